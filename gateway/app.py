@@ -1,0 +1,142 @@
+"""One gateway: built from a config with no I/O, started, served on two listeners, drained.
+
+:class:`Gateway` is what ``gateway check`` builds (and throws away) and what
+``gateway run`` serves. Plugins receive it in ``configure``, ``startup``,
+``shutdown`` and ``admin_routes`` to reach the providers and the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from gateway import plugins as plugin_loader
+from gateway.chain import Chain
+from gateway.config import ConfigError, GatewayConfig, LoadedConfig, parse_listen
+from gateway.plugins import PluginConfigError
+from gateway.proxy import Provider, Proxy, Router, make_provider
+from gateway.telemetry import get_tracer
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """Config, providers, router and chain of one running gateway."""
+
+    def __init__(self, loaded: LoadedConfig, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.config_path = loaded.path
+        self.config: GatewayConfig = loaded.gateway
+        self.providers: dict[str, Provider] = {
+            name: make_provider(name, provider) for name, provider in self.config.providers.items()
+        }
+        self.router = Router(self.config, self.providers)
+        self.tracer_provider = tracer_provider or trace.NoOpTracerProvider()
+        self.tracer = get_tracer(self.tracer_provider)
+        #: tasks that finish exchanges whose caller left; awaited on shutdown
+        self.background: set[asyncio.Task[Any]] = set()
+        self.proxy = Proxy(self.config, self.router, self.tracer, self.background)
+        manager, chain = plugin_loader.load(loaded)
+        self.chain = Chain(manager, chain, self.tracer, self.proxy.forward)
+        self.proxy.chain = self.chain
+        self.started = False
+        self.draining = False
+        self._configure()
+
+    def _configure(self) -> None:
+        for hook in self.chain.configure_hooks:
+            try:
+                hook.function(self)
+            except PluginConfigError as exc:
+                raise plugin_loader.plugin_config_error(self.config_path, hook.index, hook.label, exc) from None
+
+    async def start(self) -> None:
+        for provider in self.providers.values():
+            await provider.start()
+        await self.chain.startup(self)
+        self.started = True
+
+    async def stop(self) -> None:
+        """After the data plane drained: finish leftover exchanges, stop plugins, close pools."""
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
+        await self.chain.shutdown(self)
+        for provider in self.providers.values():
+            await provider.close()
+        self.started = False
+        if isinstance(self.tracer_provider, TracerProvider):
+            self.tracer_provider.force_flush()
+
+    def data_app(self) -> web.Application:
+        # aiohttp enforces the body limit itself while reading a chunked body.
+        app = web.Application(client_max_size=self.config.limits.max_body_bytes, handler_args={"max_field_size": 65536})
+        app.router.add_route("*", "/{path:.*}", self.proxy.handle)
+        return app
+
+
+async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce: bool = True) -> None:
+    """Run both listeners until SIGTERM/SIGINT (or ``stop``), then drain and shut down."""
+    from gateway.admin import admin_app
+
+    config = gateway.config
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    admin_runner = web.AppRunner(admin_app(gateway), access_log=None)
+    await admin_runner.setup()
+    try:
+        # The admin port comes first, so /readyz answers 503 while plugins start.
+        admin_site = web.TCPSite(admin_runner, *parse_listen(config.admin.listen))
+        await admin_site.start()
+        await gateway.start()
+        data_runner = web.AppRunner(
+            gateway.data_app(), handler_cancellation=True, shutdown_timeout=config.shutdown_grace_s, access_log=None
+        )
+        await data_runner.setup()
+        try:
+            data_site = web.TCPSite(data_runner, *parse_listen(config.listen), shutdown_timeout=config.shutdown_grace_s)
+            await data_site.start()
+            data_url, admin_url = _bound_url(data_site), _bound_url(admin_site)
+            if announce:
+                print(
+                    f"gateway ready on {data_url} (admin {admin_url}), "
+                    f"{len(gateway.chain.plugins)} plugin(s), config {gateway.config_path}",
+                    flush=True,
+                )
+            log.info("ready", extra={"listen": data_url, "admin": admin_url})
+            await stop.wait()
+            gateway.draining = True
+            log.info("draining", extra={"grace_s": config.shutdown_grace_s, "in_flight": gateway.proxy.in_flight})
+        finally:
+            await data_runner.cleanup()  # stops accepting, waits for in-flight requests up to the grace period
+    finally:
+        if gateway.started:
+            await gateway.stop()
+        await admin_runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info("stopped")
+
+
+def _bound_url(site: web.TCPSite) -> str:
+    server = site._server  # the only way aiohttp exposes the port it bound for port 0
+    sockets = getattr(server, "sockets", None) or []
+    if sockets:
+        host, port = sockets[0].getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+    return site.name
+
+
+def build(path: str | None, tracer_provider: trace.TracerProvider | None = None) -> Gateway:
+    """Load the config and build the gateway; raise ConfigError with file, key and problem."""
+    from gateway import config as config_module
+
+    return Gateway(config_module.load(path), tracer_provider)

@@ -1,0 +1,265 @@
+"""The async chain runner: config order, short-circuit, the send onion, spans, on_error.
+
+Pluggy cannot await, so the chain is read from ``get_hookimpls()`` once at startup
+and frozen into tuples of bound coroutine functions in config order. Per request a
+stage is a plain loop; a hook span is made only when the exchange is sampled.
+
+Failure policy, per plugin (``on_error``): ``closed`` turns an exception into the
+500 ``plugin_error`` answer; ``open`` logs it, counts it and carries on as if the
+plugin were not there. A :class:`GatewayError` is never a failure: it is the
+plugin's answer (429, 402...) and always reaches the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pluggy
+from opentelemetry import trace
+
+from gateway.errors import GatewayError, plugin_error
+from gateway.exchange import Exchange, Response, StreamEvent
+from gateway.plugins import Plugin
+
+log = logging.getLogger("gateway.chain")
+
+Send = Callable[[Exchange], Awaitable[Response]]
+
+
+class Hook:
+    """One plugin's implementation of one hook, ready to call."""
+
+    __slots__ = ("plugin", "name", "function", "index", "label", "fails_open", "span_name", "attributes")
+
+    def __init__(self, plugin: Plugin, name: str, function: Callable[..., Any]) -> None:
+        self.plugin = plugin
+        self.name = name
+        self.function = function
+        self.index = plugin.index
+        self.label = plugin.label
+        self.fails_open = plugin.fails_open
+        self.span_name = f"{plugin.label} {name}"
+        self.attributes = {"gateway.plugin": plugin.label, "gateway.hook": name}
+
+
+class Chain:
+    """The hooks of every stage, in the order they run, built once."""
+
+    def __init__(self, manager: pluggy.PluginManager, plugins: list[Plugin], tracer: trace.Tracer, forward: Send) -> None:
+        self.plugins = tuple(plugins)
+        self.tracer = tracer
+        #: exceptions swallowed by ``on_error: open`` plugins and in ``complete``, by plugin
+        self.failures: Counter[str] = Counter()
+        by_instance = {id(p.instance): p for p in plugins}
+
+        def hooks(name: str) -> tuple[Hook, ...]:
+            found = [
+                Hook(by_instance[id(impl.plugin)], name, impl.function)
+                for impl in getattr(manager.hook, name).get_hookimpls()
+                if id(impl.plugin) in by_instance
+            ]
+            return tuple(sorted(found, key=lambda hook: hook.index))
+
+        self.configure_hooks = hooks("configure")
+        self.startup_hooks = hooks("startup")
+        self.shutdown_hooks = tuple(reversed(hooks("shutdown")))
+        self.request_hooks = hooks("request")
+        self.send_hooks = hooks("send")
+        self.response_hooks = tuple(reversed(hooks("response")))
+        self.chunk_hooks = tuple(reversed(hooks("chunk")))
+        self.complete_hooks = tuple(reversed(hooks("complete")))
+        self.admin_routes_hooks = hooks("admin_routes")
+        self.stats_hooks = hooks("stats")
+        self.ready_hooks = hooks("ready")
+        self.send = self._onion(forward)
+        self.last_index = len(plugins)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The chain as ``gateway check`` and ``GET /plugins`` show it."""
+        stages = ("request", "send", "response", "chunk", "complete", "startup", "shutdown", "admin_routes", "stats", "ready")
+        rows = []
+        for plugin in self.plugins:
+            implemented = [
+                stage
+                for stage in stages
+                if any(hook.plugin is plugin for hook in getattr(self, f"{stage}_hooks"))
+            ]
+            factory = type(plugin.instance)
+            rows.append(
+                {
+                    "name": plugin.label,
+                    "use": plugin.use,
+                    "class": f"{factory.__module__}.{factory.__qualname__}",
+                    "on_error": plugin.on_error,
+                    "hooks": implemented,
+                }
+            )
+        return rows
+
+    # -- per request -------------------------------------------------------------
+
+    async def request(self, exchange: Exchange) -> Response | None:
+        """Forward through ``request`` hooks; the first Response ends the walk."""
+        for hook in self.request_hooks:
+            exchange.reached = hook.index
+            try:
+                if exchange.recording:
+                    with self._span(hook):
+                        answer = await hook.function(exchange)
+                else:
+                    answer = await hook.function(exchange)
+            except Exception as exc:
+                self._failed(hook, exc)
+                continue
+            if answer is not None:
+                return answer
+        exchange.reached = self.last_index
+        return None
+
+    async def response(self, exchange: Exchange, response: Response) -> Response:
+        """Backward through ``response`` hooks of the plugins whose ``request`` ran."""
+        reached = exchange.reached
+        for hook in self.response_hooks:
+            if hook.index > reached:
+                continue
+            try:
+                if exchange.recording:
+                    with self._span(hook):
+                        replaced = await hook.function(exchange, response)
+                else:
+                    replaced = await hook.function(exchange, response)
+            except Exception as exc:
+                self._failed(hook, exc)
+                continue
+            if replaced is not None:
+                response = replaced
+        return response
+
+    def chunk_hooks_for(self, exchange: Exchange) -> tuple[Hook, ...]:
+        reached = exchange.reached
+        return tuple(hook for hook in self.chunk_hooks if hook.index <= reached)
+
+    async def chunk(self, exchange: Exchange, event: StreamEvent, hooks: tuple[Hook, ...]) -> None:
+        """One streamed event through ``hooks`` (from :meth:`chunk_hooks_for`)."""
+        for hook in hooks:
+            try:
+                await hook.function(exchange, event)
+            except Exception as exc:
+                self._failed(hook, exc)
+            if event.drop:
+                return
+
+    @contextlib.contextmanager
+    def chunk_spans(self, exchange: Exchange, hooks: tuple[Hook, ...]) -> Iterator[None]:
+        """One span per chunk hook covering the stream, instead of one per event."""
+        if not exchange.recording or not hooks:
+            yield
+            return
+        spans = [self.tracer.start_span(hook.span_name, attributes=hook.attributes) for hook in hooks]
+        try:
+            yield
+        finally:
+            for span in spans:
+                span.end()
+
+    async def complete(self, exchange: Exchange) -> None:
+        """Backward through ``complete`` hooks; the answer is gone, so failures are only logged.
+
+        Runs once per exchange, even when the caller leaves while it runs."""
+        if exchange.completed:
+            return
+        exchange.completed = True
+        reached = exchange.reached
+        for hook in self.complete_hooks:
+            if hook.index > reached:
+                continue
+            try:
+                if exchange.recording:
+                    with self._span(hook):
+                        await hook.function(exchange)
+                else:
+                    await hook.function(exchange)
+            except Exception:
+                self.failures[hook.label] += 1
+                log.exception("plugin %s failed in complete", hook.label, extra={"plugin": hook.label})
+
+    def _onion(self, forward: Send) -> Send:
+        call = forward
+        for hook in reversed(self.send_hooks):
+            call = self._layer(hook, call)
+        return call
+
+    def _layer(self, hook: Hook, call_next: Send) -> Send:
+        function = hook.function
+
+        async def layer(exchange: Exchange) -> Response:
+            recorder = _Recorder(call_next) if hook.fails_open else call_next
+            try:
+                if exchange.recording:
+                    with self._span(hook):
+                        return await function(exchange, recorder)  # type: ignore[no-any-return]
+                return await function(exchange, recorder)  # type: ignore[no-any-return]
+            except Exception as exc:
+                self._failed(hook, exc)
+                # Failing open: behave as if the plugin were not there, without
+                # calling the upstream twice when the plugin already had its answer.
+                assert isinstance(recorder, _Recorder)
+                if recorder.result is not None:
+                    return recorder.result
+                return await call_next(exchange)
+
+        return layer
+
+    def _failed(self, hook: Hook, exc: Exception) -> None:
+        """Re-raise an answer; fail closed (500) or open (log and go on)."""
+        if isinstance(exc, GatewayError):
+            raise exc
+        self.failures[hook.label] += 1
+        if hook.fails_open:
+            log.warning(
+                "plugin %s failed in %s, skipped (on_error: open): %r",
+                hook.label,
+                hook.name,
+                exc,
+                extra={"plugin": hook.label},
+            )
+            return
+        log.error("plugin %s failed in %s", hook.label, hook.name, exc_info=exc, extra={"plugin": hook.label})
+        raise plugin_error(hook.label) from exc
+
+    def _span(self, hook: Hook) -> Any:
+        return self.tracer.start_as_current_span(hook.span_name, attributes=hook.attributes)
+
+    # -- lifecycle and admin -----------------------------------------------------------
+
+    async def startup(self, gateway: Any) -> None:
+        for hook in self.startup_hooks:
+            started = time.perf_counter()
+            await hook.function(gateway)
+            log.debug("plugin %s started in %.1f ms", hook.label, (time.perf_counter() - started) * 1000)
+
+    async def shutdown(self, gateway: Any) -> None:
+        for hook in self.shutdown_hooks:
+            try:
+                await hook.function(gateway)
+            except Exception:
+                log.exception("plugin %s failed in shutdown", hook.label, extra={"plugin": hook.label})
+
+
+class _Recorder:
+    """``call_next`` for a fail-open send hook: remembers the answer it returned."""
+
+    __slots__ = ("call_next", "result")
+
+    def __init__(self, call_next: Send) -> None:
+        self.call_next = call_next
+        self.result: Response | None = None
+
+    async def __call__(self, exchange: Exchange) -> Response:
+        self.result = await self.call_next(exchange)
+        return self.result

@@ -1,0 +1,99 @@
+"""``gateway run | check | mock-upstream | plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from gateway import __version__
+from gateway.config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="LLM sidecar gateway")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    config_help = "config file (default: $GATEWAY_CONFIG, then config/gateway.yaml)"
+    run = commands.add_parser("run", help="serve the data plane and the admin API")
+    run.add_argument("--config", help=config_help)
+    check = commands.add_parser("check", help="validate the config, load every plugin, print the chain")
+    check.add_argument("--config", help=config_help)
+    mock = commands.add_parser("mock-upstream", help="serve the built-in fake provider")
+    from gateway import mock_upstream
+
+    mock_upstream.add_arguments(mock)
+    commands.add_parser("plugins", help="list the installed plugins (entry points of gateway.plugins)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "mock-upstream":
+        return mock_upstream.main(args)
+    return _list_plugins()
+
+
+def _run(path: str | None) -> int:
+    from gateway import logs
+    from gateway.app import build, serve
+    from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
+
+    try:
+        tracer_provider = tracer_provider_from_env()
+        gateway = build(path, tracer_provider)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except TelemetryConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(tracer_provider)
+    logs.setup(gateway.config.log.level)
+    _use_uvloop()
+    try:
+        asyncio.run(serve(gateway))
+    except OSError as exc:  # the port is taken, the address is not ours...
+        print(f"gateway: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        tracer_provider.shutdown()
+    return 0
+
+
+def _check(path: str | None) -> int:
+    from gateway.app import build
+
+    try:
+        gateway = build(path)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    config = gateway.config
+    print(f"{gateway.config_path}: ok")
+    print(f"listen {config.listen}, admin {config.admin.listen}")
+    for name, provider in gateway.providers.items():
+        print(f"provider {name}: {provider.type} {provider.base_url or '(in-process)'}")
+    rows = gateway.chain.describe()
+    print(f"chain ({len(rows)} plugin{'s' if len(rows) != 1 else ''}):")
+    for i, row in enumerate(rows):
+        print(f"  {i}. {row['name']} ({row['class']}, on_error {row['on_error']}): {', '.join(row['hooks']) or 'no hooks'}")
+    return 0
+
+
+def _list_plugins() -> int:
+    from gateway.plugins import available
+
+    for name, target in sorted(available().items()):
+        print(f"{name}\t{target}")
+    return 0
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,285 @@
+"""The config file: typed msgspec structs, ``${VAR}`` expansion, errors that name file and key.
+
+Loading is two passes, as a plugin's options belong to the plugin: the first pass
+decodes the gateway's own sections and keeps each plugin's ``config`` raw; the
+second (in :mod:`gateway.plugins`) converts it with the plugin's own struct. Every
+mistake surfaces as one :class:`ConfigError` line such as
+``config/gateway.yaml: plugins[1].config.requests_per_minute (ratelimit): Expected `int`, got `str```.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.mock_upstream import MockSettings
+
+DEFAULT_PATH = "config/gateway.yaml"
+PROVIDER_TYPES = ("openai", "anthropic", "mock")
+OFFICIAL_BASE_URLS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+
+
+class ConfigError(Exception):
+    """One config mistake: which file, which key path, what is wrong."""
+
+    def __init__(self, file: str, key_path: str, problem: str) -> None:
+        self.file, self.key_path, self.problem = file, key_path, problem
+        where = f"{file}: {key_path}" if key_path else file
+        super().__init__(f"{where}: {problem}")
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class AdminConfig(_Section):
+    """```yaml
+    admin:
+      listen: "127.0.0.1:9901"
+      token: ${GATEWAY_ADMIN_TOKEN:-}
+    ```"""
+
+    listen: str = "127.0.0.1:9901"
+    token: str = ""
+
+
+class LimitsConfig(_Section):
+    """```yaml
+    limits: {max_body_bytes: 1048576}
+    ```"""
+
+    max_body_bytes: int = 1_048_576
+
+
+class LogConfig(_Section):
+    """```yaml
+    log: {level: info}
+    ```"""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ProviderConfig(_Section):
+    """```yaml
+    providers:
+      openai:
+        type: openai                 # openai | anthropic | mock (in-process)
+        base_url: https://api.openai.com
+        api_key: ${OPENAI_API_KEY}   # 'passthrough' forwards the caller's own key
+        timeout_s: 60
+    ```"""
+
+    type: Literal["openai", "anthropic", "mock"]
+    base_url: str = ""
+    api_key: str = ""
+    timeout_s: float = 60.0
+    max_connections: int = 100
+    headers: dict[str, str] = {}
+    mock: MockSettings = MockSettings()
+
+
+class RouteConfig(_Section):
+    """```yaml
+    routes:
+      - {prefix: /v1/messages, provider: anthropic}
+      - {model: "gpt-4o-mini*", provider: backup}
+    ```"""
+
+    provider: str
+    prefix: str | None = None
+    model: str | None = None
+
+
+class ClientConfig(_Section):
+    """```yaml
+    clients:
+      frontend: {key: ${FRONTEND_KEY}}
+    ```"""
+
+    key: str
+
+
+class PluginEntry(_Section):
+    """```yaml
+    plugins:
+      - use: ratelimit                # built-in name, entry-point name or module:attr
+        name: ratelimit-burst         # optional; defaults to `use`
+        on_error: closed              # closed answers 500 plugin_error; open skips the plugin
+        config: {requests_per_minute: 60}
+    ```"""
+
+    use: str
+    name: str = ""
+    on_error: Literal["closed", "open"] = "closed"
+    config: dict[str, Any] = {}
+
+    @property
+    def label(self) -> str:
+        return self.name or self.use
+
+
+class GatewayConfig(_Section):
+    """The whole file; see config/gateway.yaml for a commented example."""
+
+    providers: dict[str, ProviderConfig]
+    listen: str = "127.0.0.1:8080"
+    admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = LimitsConfig()
+    routes: list[RouteConfig] = []
+    clients: dict[str, ClientConfig] = {}
+    plugins: list[PluginEntry] = []
+    shutdown_grace_s: float = 30.0
+    log: LogConfig = LogConfig()
+
+
+class LoadedConfig(msgspec.Struct, frozen=True):
+    """A decoded config and the file it came from (for error messages)."""
+
+    path: str
+    gateway: GatewayConfig
+
+
+def resolve_path(path: str | None) -> str:
+    return path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_PATH
+
+
+def load(path: str | None = None, environ: dict[str, str] | None = None) -> LoadedConfig:
+    """Read, expand and validate the gateway's own sections; raise ConfigError."""
+    path = resolve_path(path)
+    raw = _read(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "", "the file must hold a mapping of sections (listen, providers, ...)")
+    expanded = _expand(raw, os.environ if environ is None else environ, path, "")
+    try:
+        gateway = msgspec.convert(expanded, GatewayConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(path, *split_validation_error(exc)) from None
+    _check(path, gateway)
+    return LoadedConfig(path, gateway)
+
+
+def _read(path: str) -> Any:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from None
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(data.decode())
+        if suffix == ".json":
+            return msgspec.json.decode(data)
+        return msgspec.yaml.decode(data)
+    except (msgspec.DecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"not valid {suffix.lstrip('.') or 'yaml'}: {exc}") from None
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def _expand(node: Any, environ: Any, path: str, key_path: str) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string (``$$`` is a literal ``$``)."""
+    if isinstance(node, str):
+        if "$" not in node:
+            return node
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, has_default, default = match.group(1), match.group(2), match.group(3)
+            value = environ.get(name)
+            if value is not None and (value or not has_default):
+                return value
+            if has_default:
+                return default
+            raise ConfigError(path, key_path, f"environment variable {name} is not set")
+
+        return _VAR.sub(substitute, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, environ, path, _join(key_path, k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, environ, path, f"{key_path}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def _join(key_path: str, key: Any) -> str:
+    return f"{key_path}.{key}" if key_path else str(key)
+
+
+_AT = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
+
+
+def split_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
+    """Turn msgspec's ``Expected int, got str - at `$.a[0].b``` into ("a[0].b", "Expected ...")."""
+    match = _AT.match(str(exc))
+    assert match is not None
+    problem, at = match.group(1), (match.group(2) or "").lstrip(".")
+    unknown = re.match(r"Object contains unknown field `(.+)`", problem)
+    if unknown:
+        at = _join(at, unknown.group(1))
+        problem = "unknown key"
+    missing = re.match(r"Object missing required field `(.+)`", problem)
+    if missing:
+        at = _join(at, missing.group(1))
+        problem = "required key is missing"
+    if prefix:
+        at = f"{prefix}.{at}" if at and not at.startswith("[") else prefix + at
+    return at, problem
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"``, ``":8080"`` or ``"[::1]:8080"`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, for example 127.0.0.1:8080")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _check(path: str, config: GatewayConfig) -> None:
+    """Rules a struct cannot express: cross-references, addresses, sizes."""
+    for key, value in (("listen", config.listen), ("admin.listen", config.admin.listen)):
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise ConfigError(path, key, f"{value!r}: {exc}") from None
+    if not config.providers:
+        raise ConfigError(path, "providers", "at least one provider is required")
+    for name, provider in config.providers.items():
+        where = f"providers.{name}"
+        if provider.timeout_s <= 0:
+            raise ConfigError(path, f"{where}.timeout_s", "must be greater than 0")
+        if provider.max_connections < 0:
+            raise ConfigError(path, f"{where}.max_connections", "must be 0 (no limit) or more")
+        if provider.base_url and not provider.base_url.startswith(("http://", "https://")):
+            raise ConfigError(path, f"{where}.base_url", "must start with http:// or https://")
+    for i, route in enumerate(config.routes):
+        if route.provider not in config.providers:
+            known = ", ".join(config.providers)
+            raise ConfigError(path, f"routes[{i}].provider", f"unknown provider {route.provider!r} (known: {known})")
+        if route.prefix is None and route.model is None:
+            raise ConfigError(path, f"routes[{i}]", "a route needs a prefix, a model glob, or both")
+        if route.prefix is not None and not route.prefix.startswith("/"):
+            raise ConfigError(path, f"routes[{i}].prefix", "must start with /")
+    keys: dict[str, str] = {}
+    for name, client in config.clients.items():
+        if not client.key:
+            raise ConfigError(path, f"clients.{name}.key", "must not be empty")
+        if client.key in keys:
+            raise ConfigError(path, f"clients.{name}.key", f"the same key as client {keys[client.key]!r}")
+        keys[client.key] = name
+    if config.limits.max_body_bytes <= 0:
+        raise ConfigError(path, "limits.max_body_bytes", "must be greater than 0")
+    if config.shutdown_grace_s < 0:
+        raise ConfigError(path, "shutdown_grace_s", "must be 0 or more")
+    labels: dict[str, int] = {}
+    for i, entry in enumerate(config.plugins):
+        if entry.label in labels:
+            raise ConfigError(
+                path, f"plugins[{i}]", f"plugin {entry.label!r} is already in the chain at plugins[{labels[entry.label]}]; give one a distinct 'name'"
+            )
+        labels[entry.label] = i

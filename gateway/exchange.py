@@ -1,0 +1,344 @@
+"""The record of one call through the gateway, as every plugin sees it.
+
+An :class:`Exchange` carries the caller's request (body bytes, JSON decoded at most
+once and only when someone asks), who the caller is, the route and provider, the
+answer once there is one, usage and cost once known, and typed per-plugin state.
+A :class:`Response` is an answer, from the upstream or from a plugin, buffered
+(``body``) or streamed (``stream`` of raw SSE bytes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import GatewayError, invalid_request
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.proxy import Provider, Route
+
+T = TypeVar("T")
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.Encoder().encode
+_UNSET: Any = object()
+
+
+class StashKey(Generic[T]):
+    """A typed key for :attr:`Exchange.state`, so plugins never clash on a string."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StashKey({self.name!r})"
+
+
+class Stash(dict):  # type: ignore[type-arg]
+    """Per-exchange plugin state keyed by :class:`StashKey`."""
+
+    def __getitem__(self, key: StashKey[T]) -> T:
+        return super().__getitem__(key)  # type: ignore[no-any-return]
+
+    def get(self, key: StashKey[T], default: Any = None) -> T | Any:  # type: ignore[override]
+        return super().get(key, default)
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Token counts of one call; the latest figure reported for each field wins."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def usage_from(document: Any) -> tuple[int | None, int | None]:
+    """Input and output tokens from an OpenAI or Anthropic body, stream event or chunk.
+
+    Understands chat/completions and completions (``prompt_tokens``,
+    ``completion_tokens``), embeddings, the Responses API and Anthropic messages
+    (``input_tokens``, ``output_tokens``; streamed in ``message_start.message.usage``
+    and, cumulatively, in ``message_delta.usage``).
+    """
+    if not isinstance(document, dict):
+        return None, None
+    usage = document.get("usage")
+    if usage is None:
+        nested = document.get("message") or document.get("response")
+        usage = nested.get("usage") if isinstance(nested, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    input_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
+    output_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
+    return (
+        input_tokens if isinstance(input_tokens, int) else None,
+        output_tokens if isinstance(output_tokens, int) else None,
+    )
+
+
+class Response:
+    """An answer: from the upstream, or made by a plugin to end the chain early.
+
+    Exactly one of ``body`` (bytes) and ``stream`` (an async iterator of raw
+    ``text/event-stream`` bytes) is set.
+    """
+
+    __slots__ = ("status", "headers", "body", "stream", "_json")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        stream: AsyncIterator[bytes] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        self.body = body if stream is not None or body is not None else b""
+        self.stream = stream
+        self._json: Any = _UNSET
+
+    @classmethod
+    def json_response(cls, document: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+        response = cls(status, headers, _encode(document))
+        response.headers["Content-Type"] = "application/json"
+        response._json = document
+        return response
+
+    @property
+    def is_stream(self) -> bool:
+        return self.stream is not None
+
+    def json(self) -> Any:
+        """The body decoded once (None for a stream or a body that is not JSON)."""
+        if self._json is _UNSET:
+            try:
+                self._json = _decode(self.body) if self.body else None
+            except msgspec.DecodeError:
+                self._json = None
+        return self._json
+
+
+class StreamEvent:
+    """One server-sent event of a streamed answer, as the ``chunk`` hook sees it.
+
+    ``raw`` is the event's bytes including its terminating blank line. A hook may
+    :meth:`replace` the data, or set ``drop`` to leave the event out.
+    """
+
+    __slots__ = ("raw", "drop", "_json")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.drop = False
+        self._json: Any = _UNSET
+
+    @property
+    def name(self) -> str | None:
+        """The ``event:`` field (Anthropic names every event; OpenAI none)."""
+        for line in self.raw.splitlines():
+            if line.startswith(b"event:"):
+                return line[6:].strip().decode()
+        return None
+
+    @property
+    def data(self) -> bytes:
+        """The ``data:`` field (lines joined with newlines, per the SSE spec)."""
+        parts = [line[5:].removeprefix(b" ") for line in self.raw.splitlines() if line.startswith(b"data:")]
+        return b"\n".join(parts)
+
+    @property
+    def is_done(self) -> bool:
+        return self.data == b"[DONE]"
+
+    def json(self) -> Any:
+        """The data decoded once (None for ``[DONE]`` or data that is not JSON)."""
+        if self._json is _UNSET:
+            try:
+                data = self.data
+                self._json = _decode(data) if data and data != b"[DONE]" else None
+            except msgspec.DecodeError:
+                self._json = None
+        return self._json
+
+    def replace(self, document: Any) -> None:
+        """Set new data (a JSON-able document or bytes), keeping the event name."""
+        data = document if isinstance(document, bytes) else _encode(document)
+        name = self.name
+        head = f"event: {name}\n".encode() if name else b""
+        self.raw = head + b"data: " + data + b"\n\n"
+        self._json = _UNSET if isinstance(document, bytes) else document
+
+
+class Exchange:
+    """One request through the gateway; what each plugin hook receives."""
+
+    __slots__ = (
+        "request",
+        "method",
+        "path",
+        "query_string",
+        "headers",
+        "request_id",
+        "caller",
+        "client",
+        "route",
+        "provider",
+        "api",
+        "response",
+        "error",
+        "response_headers",
+        "cost_usd",
+        "state",
+        "started_at",
+        "attempts",
+        "recording",
+        "reached",
+        "completed",
+        "_body",
+        "_json",
+        "_usage",
+    )
+
+    def __init__(
+        self,
+        request: web.Request | None,
+        *,
+        method: str,
+        path: str,
+        query_string: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        request_id: str = "",
+        caller: str = "",
+        client: str | None = None,
+    ) -> None:
+        self.request = request
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.headers: CIMultiDictProxy[str] | Mapping[str, str] = headers if headers is not None else CIMultiDict()
+        self.request_id = request_id
+        #: who is calling: the client's name with virtual keys, else x-gateway-user, else the address
+        self.caller = caller
+        #: the virtual client's name when ``clients`` are configured
+        self.client = client
+        self.route: Route | None = None
+        self.provider: Provider | None = None
+        #: the error and body shape of this route: "openai" or "anthropic"
+        self.api = "anthropic" if path.startswith("/v1/messages") else "openai"
+        self.response: Response | None = None
+        #: the error the gateway answered with, if it did (set before ``complete``)
+        self.error: GatewayError | None = None
+        #: headers to add to the answer the caller gets (x-gateway-cache, x-ratelimit-*...)
+        self.response_headers: dict[str, str] = {}
+        self._usage: Usage | None = None
+        self.cost_usd: float | None = None
+        self.state = Stash()
+        self.started_at = time.perf_counter()
+        #: upstream attempts so far (retries, fallbacks and cascade steps each add one)
+        self.attempts = 0
+        #: whether this exchange's spans are sampled (hook spans are made only then)
+        self.recording = False
+        #: chain index of the last plugin whose ``request`` ran (-1: none yet)
+        self.reached = -1
+        #: set once the ``complete`` hooks have run (they run once)
+        self.completed = False
+        self._body = body
+        self._json: Any = _UNSET
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self._body = value
+        self._json = _UNSET
+
+    def json(self) -> Any:
+        """The request body decoded once; None for an empty body.
+
+        Raises the 400 ``invalid_request`` answer when the body is not a JSON object.
+        """
+        if self._json is _UNSET:
+            if not self._body:
+                self._json = None
+                return None
+            try:
+                document = _decode(self._body)
+            except msgspec.DecodeError as exc:
+                raise invalid_request(f"Request body is not valid JSON: {exc}") from None
+            if not isinstance(document, dict):
+                raise invalid_request("Request body must be a JSON object.")
+            self._json = document
+        return self._json
+
+    def set_json(self, document: dict[str, Any]) -> None:
+        """Replace the body with ``document`` (the upstream gets the new bytes)."""
+        self._body = _encode(document)
+        self._json = document
+
+    @property
+    def has_json_body(self) -> bool:
+        content_type = self.headers.get("Content-Type", "")
+        return bool(self._body) and (not content_type or "json" in content_type)
+
+    @property
+    def model(self) -> str | None:
+        """The body's ``model``; None without a JSON body. Decodes on first use."""
+        if not self.has_json_body:
+            return None
+        model = self.json().get("model")
+        return model if isinstance(model, str) else None
+
+    @model.setter
+    def model(self, value: str) -> None:
+        document = dict(self.json() or {})
+        document["model"] = value
+        self.set_json(document)
+
+    @property
+    def stream(self) -> bool:
+        """Whether the caller asked for a streamed answer (``"stream": true``)."""
+        return self.has_json_body and self.json().get("stream") is True
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token counts, once known: read from a buffered answer on first use, or
+        gathered event by event from a streamed one (so far, if the caller left)."""
+        if self._usage is None:
+            response = self.response
+            if response is not None and response.body and b'"usage"' in response.body:
+                self.add_usage(*usage_from(response.json()))
+        return self._usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        self._usage = value
+
+    def add_usage(self, input_tokens: int | None, output_tokens: int | None) -> None:
+        """Record token counts as the upstream reports them (later figures win)."""
+        if input_tokens is None and output_tokens is None:
+            return
+        usage = self._usage
+        if usage is None:
+            usage = self._usage = Usage()
+        if input_tokens is not None:
+            usage.input_tokens = input_tokens
+        if output_tokens is not None:
+            usage.output_tokens = output_tokens
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started_at

@@ -1,0 +1,129 @@
+"""Finding, configuring and registering the plugins named in the config.
+
+A plugin is named by ``use:`` in one of three ways, all through the same path, so
+built-ins get no special treatment: an entry point of the group ``gateway.plugins``
+(the built-ins are entry points of this package), or ``module:attr``. The object
+found is a class (or any callable) taking its options struct, declared as the
+class attribute ``Config`` (a msgspec Struct), or nothing when it has none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+import msgspec
+import pluggy
+
+from gateway import hookspecs
+from gateway.config import ConfigError, LoadedConfig, PluginEntry, split_validation_error
+
+ENTRY_POINT_GROUP = "gateway.plugins"
+
+#: hooks run on the request path: they must be coroutines.
+ASYNC_HOOKS = ("startup", "shutdown", "request", "send", "response", "chunk", "complete")
+
+
+class PluginConfigError(Exception):
+    """Raise from a plugin's constructor or ``configure`` hook to reject its options.
+
+    ``key`` is the path below the plugin's ``config`` (``"fallbacks.openai"``) or "".
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key, self.problem = key, problem
+
+
+class Plugin(msgspec.Struct, frozen=True):
+    """A plugin instance in the chain, with what the config said of it."""
+
+    index: int
+    label: str
+    use: str
+    on_error: Literal["closed", "open"]
+    instance: Any
+
+    @property
+    def fails_open(self) -> bool:
+        return self.on_error == "open"
+
+
+def available() -> dict[str, str]:
+    """Entry-point names and what they point at (``gateway plugins`` prints this)."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def resolve(use: str) -> Any:
+    """The factory that ``use`` names: an entry point, or ``module:attr``."""
+    if ":" in use:
+        module_name, _, attr = use.partition(":")
+        module = importlib.import_module(module_name)
+        target: Any = module
+        for part in attr.split("."):
+            target = getattr(target, part)
+        return target
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=use):
+        return ep.load()
+    known = ", ".join(sorted(available())) or "none installed"
+    raise LookupError(f"unknown plugin {use!r} (installed: {known}; or give module:attr)")
+
+
+def load(loaded: LoadedConfig) -> tuple[pluggy.PluginManager, list[Plugin]]:
+    """Build every plugin of the config and register it; raise ConfigError on any mistake."""
+    manager = pluggy.PluginManager("gateway")
+    manager.add_hookspecs(hookspecs)
+    chain: list[Plugin] = []
+    for index, entry in enumerate(loaded.gateway.plugins):
+        instance = _build(loaded.path, index, entry)
+        plugin = Plugin(index, entry.label, entry.use, entry.on_error, instance)
+        where = f"plugins[{index}]"
+        try:
+            manager.register(instance, name=entry.label)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise ConfigError(loaded.path, where, f"({entry.label}) {exc}") from None
+        for hook in ASYNC_HOOKS:
+            function = getattr(instance, hook, None)
+            if function is not None and _is_hookimpl(function) and not inspect.iscoroutinefunction(function):
+                raise ConfigError(loaded.path, where, f"({entry.label}) hook {hook!r} must be 'async def'")
+        chain.append(plugin)
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {exc}") from None
+    return manager, chain
+
+
+def _is_hookimpl(function: Any) -> bool:
+    return hasattr(function, "gateway_impl")
+
+
+def _build(path: str, index: int, entry: PluginEntry) -> Any:
+    where = f"plugins[{index}]"
+    try:
+        factory = resolve(entry.use)
+    except LookupError as exc:
+        raise ConfigError(path, f"{where}.use", str(exc)) from None
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(path, f"{where}.use", f"cannot load {entry.use!r}: {exc}") from None
+    config_type = getattr(factory, "Config", None)
+    try:
+        if config_type is None:
+            if entry.config:
+                raise ConfigError(path, f"{where}.config", f"({entry.label}) this plugin takes no options")
+            return factory()
+        try:
+            options = msgspec.convert(entry.config, config_type, strict=False)
+        except msgspec.ValidationError as exc:
+            key, problem = split_validation_error(exc, prefix=f"{where}.config")
+            raise ConfigError(path, key, f"({entry.label}) {problem}") from None
+        return factory(options)
+    except PluginConfigError as exc:
+        raise plugin_config_error(path, index, entry.label, exc) from None
+
+
+def plugin_config_error(path: str, index: int, label: str, exc: PluginConfigError) -> ConfigError:
+    key = f"plugins[{index}].config" + (f".{exc.key}" if exc.key else "")
+    return ConfigError(path, key, f"({label}) {exc.problem}")

@@ -1,0 +1,653 @@
+"""The data plane: routes, providers, the upstream hop and the streaming relay.
+
+One :class:`Provider` per configured upstream owns one pooled keep-alive
+``ClientSession``. A provider of type ``mock`` answers in-process from
+:mod:`gateway.mock_upstream`, with no socket. :class:`Proxy` is the aiohttp
+handler for every data-plane path: it reads the body once, knows the caller, routes,
+runs the chain around the upstream call and relays the answer, streams event by
+event with backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from fnmatch import translate
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
+from yarl import URL
+
+from gateway.config import OFFICIAL_BASE_URLS, GatewayConfig, ProviderConfig, RouteConfig
+from gateway.errors import (
+    GatewayError,
+    error_body,
+    invalid_api_key,
+    request_too_large,
+    route_not_found,
+    upstream_error,
+    upstream_timeout,
+)
+from gateway.exchange import Exchange, Response, StreamEvent, usage_from
+from gateway.mock_upstream import MockUpstream
+from gateway.telemetry import operation_name
+
+if TYPE_CHECKING:
+    from gateway.chain import Chain
+
+log = logging.getLogger("gateway.proxy")
+
+#: the request id of the exchange being served, for log lines (see gateway.logs)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+# Headers that describe one connection, not the message (RFC 9110 7.6.1), and those
+# the HTTP client sets itself; never copied from one side to the other.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# The caller's credentials: replaced by the provider's key unless it is 'passthrough'.
+CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
+# Dropped from upstream answers: aiohttp has already decoded the body.
+DECODED_RESPONSE = HOP_BY_HOP | {"content-encoding"}
+
+# First path segments of the OpenAI and Anthropic APIs: an SDK whose base_url lacks
+# "/v1" calls "/chat/completions", which the gateway serves as "/v1/chat/completions".
+API_RESOURCES = frozenset(
+    {
+        "chat", "completions", "embeddings", "models", "responses", "messages", "moderations",
+        "images", "audio", "files", "batches", "uploads", "fine_tuning", "vector_stores",
+    }
+)  # fmt: skip
+
+SSE_CONTENT_TYPE = "text/event-stream"
+
+
+def normalize_path(path: str) -> str:
+    if path.startswith("/v1/") or path == "/v1":
+        return path
+    first = path[1:].split("/", 1)[0]
+    return "/v1" + path if first in API_RESOURCES else path
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+class Provider:
+    """An upstream LLM API reached over HTTP, with its own connection pool."""
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.type = config.type
+        self.timeout_s = config.timeout_s
+        self.passthrough = config.api_key == "passthrough"
+        self.extra_headers = dict(config.headers)
+        if config.api_key and not self.passthrough:
+            if config.type == "anthropic":
+                self.extra_headers["x-api-key"] = config.api_key
+            else:
+                self.extra_headers["Authorization"] = f"Bearer {config.api_key}"
+        base = (config.base_url or OFFICIAL_BASE_URLS.get(config.type, "")).rstrip("/")
+        # A base_url that already ends in /v1 (as SDKs write it) is not doubled.
+        self.strip_v1 = base.endswith("/v1")
+        self.base_url = base
+        self.max_connections = config.max_connections
+        self.session: aiohttp.ClientSession | None = None
+        base_url = URL(base) if base else URL()
+        self.server_address = base_url.host or ""
+        self.server_port = base_url.port or 0
+
+    def __repr__(self) -> str:
+        return f"<Provider {self.name} {self.type} {self.base_url}>"
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True)
+        # sock_read bounds every wait for the upstream: the answer's headers, a
+        # buffered body, and the gap between two events of a stream.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def url_for(self, path: str, query_string: str) -> str:
+        if self.strip_v1 and path.startswith("/v1"):
+            path = path[3:]
+        url = self.base_url + path
+        return f"{url}?{query_string}" if query_string else url
+
+    def upstream_headers(self, exchange: Exchange) -> CIMultiDict[str]:
+        """The caller's headers minus hop-by-hop, credentials and gateway-only ones,
+        plus the provider's key and headers, the request id and the trace context."""
+        headers: CIMultiDict[str] = CIMultiDict()
+        keep_credentials = self.passthrough
+        for name, value in exchange.headers.items():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower.startswith("x-gateway-"):
+                continue
+            if lower in CALLER_CREDENTIALS and not keep_credentials:
+                continue
+            headers.add(name, value)
+        headers.update(self.extra_headers)
+        if self.type == "anthropic" and "anthropic-version" not in headers:
+            headers["anthropic-version"] = "2023-06-01"
+        headers["x-request-id"] = exchange.request_id
+        if exchange.recording or "traceparent" in headers:
+            propagate.inject(headers)
+        return headers
+
+    async def send(self, exchange: Exchange) -> Response:
+        """One attempt: raises 504 upstream_timeout or 502 upstream_error."""
+        session = self.session
+        if session is None:
+            raise upstream_error(f"Provider {self.name} is not started.")
+        try:
+            upstream = await session.request(
+                exchange.method,
+                URL(self.url_for(exchange.path, exchange.query_string), encoded=True),
+                data=exchange.body or None,
+                headers=self.upstream_headers(exchange),
+                allow_redirects=False,
+            )
+            headers = _answer_headers(upstream.headers)
+            if upstream.content_type == SSE_CONTENT_TYPE:
+                return Response(upstream.status, headers, stream=_relay(upstream))
+            body = await upstream.read()
+            upstream.release()
+            return Response(upstream.status, headers, body)
+        except TimeoutError:
+            raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
+        except aiohttp.ClientError as exc:
+            raise upstream_error(f"Provider {self.name} failed: {type(exc).__name__}.") from None
+
+
+class MockProvider(Provider):
+    """The built-in fake provider, answered in-process (no socket)."""
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        self.mock = MockUpstream(config.mock)
+        self.server_address = "mock"
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def send(self, exchange: Exchange) -> Response:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reply = await self.mock.handle(
+                    exchange.method, exchange.path, exchange.query_string, self.upstream_headers(exchange), exchange.body
+                )
+        except TimeoutError:
+            raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
+        if reply.chunks is not None:
+            return Response(reply.status, reply.headers, stream=reply.chunks)
+        return Response(reply.status, reply.headers, reply.body)
+
+
+def make_provider(name: str, config: ProviderConfig) -> Provider:
+    return MockProvider(name, config) if config.type == "mock" else Provider(name, config)
+
+
+def _answer_headers(upstream_headers: Any) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in DECODED_RESPONSE)
+
+
+async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The upstream's stream as it arrives; closing it early drops the upstream call."""
+    finished = False
+    try:
+        async for data in upstream.content.iter_any():
+            yield data
+        finished = True
+    finally:
+        if finished:
+            upstream.release()
+        else:
+            upstream.close()
+
+
+class Route:
+    """One entry of ``routes``: a path prefix, a model glob, or both."""
+
+    __slots__ = ("prefix", "model", "provider", "_model_match")
+
+    def __init__(self, config: RouteConfig, provider: Provider) -> None:
+        self.prefix = config.prefix
+        self.model = config.model
+        self.provider = provider
+        self._model_match: Callable[[str], Any] | None = (
+            re.compile(translate(config.model)).match if config.model is not None else None
+        )
+
+    def matches(self, exchange: Exchange) -> bool:
+        if self.prefix is not None and not exchange.path.startswith(self.prefix):
+            return False
+        if self._model_match is not None:
+            model = exchange.model
+            return model is not None and self._model_match(model) is not None
+        return True
+
+
+class Router:
+    """First matching route wins; without routes, the defaults of SPEC.md."""
+
+    def __init__(self, config: GatewayConfig, providers: dict[str, Provider]) -> None:
+        self.routes = tuple(Route(route, providers[route.provider]) for route in config.routes)
+
+        def first(*types: str) -> Provider | None:
+            for wanted in types:
+                for provider in providers.values():
+                    if provider.type == wanted:
+                        return provider
+            return None
+
+        self.default_messages = first("anthropic", "mock")
+        self.default_other = first("openai", "mock")
+
+    def provider_for(self, exchange: Exchange) -> Provider:
+        for route in self.routes:
+            if route.matches(exchange):
+                return route.provider
+        if self.routes:
+            raise route_not_found(exchange.path)
+        provider = self.default_messages if exchange.path.startswith("/v1/messages") else self.default_other
+        if provider is None:
+            raise route_not_found(exchange.path)
+        return provider
+
+
+class SSEBuffer:
+    """Cuts a byte stream into whole server-sent events (each ends with a blank line)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self.pending + data if self.pending else data
+        events = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                crlf = buffer.find(b"\r\n\r\n", start)
+                if crlf < 0:
+                    break
+                end, width = crlf, 4
+            else:
+                width = 2
+            events.append(buffer[start : end + width])
+            start = end + width
+        self.pending = buffer[start:]
+        return events
+
+
+class Proxy:
+    """The aiohttp handler of every data-plane request."""
+
+    chain: Chain  # set by the Gateway once the chain is built around ``forward``
+
+    def __init__(
+        self, config: GatewayConfig, router: Router, tracer: trace.Tracer, background: set[asyncio.Task[Any]]
+    ) -> None:
+        self.router = router
+        self.tracer = tracer
+        self.max_body_bytes = config.limits.max_body_bytes
+        self.clients = {client.key: name for name, client in config.clients.items()}
+        self.background = background
+        #: answers by (provider or "-", status), for /stats and /metrics
+        self.answers: Counter[tuple[str, int]] = Counter()
+        self.in_flight = 0
+
+    async def forward(self, exchange: Exchange) -> Response:
+        """The core of the send onion: one attempt at ``exchange.provider``, in a CLIENT span."""
+        provider = exchange.provider
+        assert provider is not None
+        exchange.attempts += 1
+        if not exchange.recording:
+            return await provider.send(exchange)
+        try:
+            model = exchange.model
+        except GatewayError:  # a body that is not JSON is the upstream's to judge
+            model = None
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation_name(exchange.path),
+            "gen_ai.provider.name": provider.type,
+            "gateway.provider": provider.name,
+            "gateway.attempt": exchange.attempts,
+            "http.request.method": exchange.method,
+            "url.full": provider.url_for(exchange.path, ""),
+            "server.address": provider.server_address,
+        }
+        if provider.server_port:
+            attributes["server.port"] = provider.server_port
+        if model is not None:
+            attributes["gen_ai.request.model"] = model
+        span = self.tracer.start_span(
+            f"{attributes['gen_ai.operation.name']} {model}" if model else attributes["gen_ai.operation.name"],
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            response = await provider.send(exchange)
+        except GatewayError as error:
+            span.set_attribute("error.type", error.code)
+            span.set_status(StatusCode.ERROR, error.message)
+            span.end()
+            raise
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__name__)
+            span.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 400:
+            span.set_attribute("error.type", str(response.status))
+            span.set_status(StatusCode.ERROR)
+        if response.stream is None:
+            _describe_body(span, response)
+            span.end()
+            return response
+        response.stream = _traced_stream(response.stream, span)
+        return response
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        headers = request.headers
+        request_id = headers.get("x-request-id") or new_request_id()
+        request_id_var.set(request_id)
+        rel_url = request.rel_url
+        exchange = Exchange(
+            request,
+            method=request.method,
+            path=normalize_path(rel_url.raw_path),
+            query_string=rel_url.raw_query_string,
+            headers=headers,
+            request_id=request_id,
+        )
+        parent = propagate.extract(headers) if "traceparent" in headers else None
+        span = self.tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER)
+        exchange.recording = recording = span.is_recording()
+        if recording:
+            span.set_attributes(
+                {
+                    "http.request.method": request.method,
+                    "url.path": exchange.path,
+                    "url.scheme": request.scheme,
+                    "gateway.request_id": request_id,
+                }
+            )
+            if request.remote:
+                span.set_attribute("client.address", request.remote)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        self.in_flight += 1
+        status = 0
+        try:
+            answer = await self._serve(request, exchange)
+            status = answer.status
+            return answer
+        except asyncio.CancelledError:
+            # The caller left (or the drain deadline passed): the upstream call is
+            # already cancelled; count what was used all the same.
+            exchange.error = GatewayError(499, "client_closed_request", "The caller closed the connection.")
+            self._complete_later(exchange)
+            status = 499
+            raise
+        finally:
+            self.in_flight -= 1
+            provider_name = exchange.provider.name if exchange.provider is not None and exchange.attempts else "-"
+            self.answers[(provider_name, status)] += 1
+            if recording:
+                span.set_attribute("http.response.status_code", status)
+                if exchange.caller:
+                    span.set_attribute("gateway.caller", exchange.caller)
+                if provider_name != "-":
+                    span.set_attribute("gateway.provider", provider_name)
+                if exchange.error is not None:
+                    span.set_attribute("error.type", exchange.error.code)
+                    if status >= 500:
+                        span.set_status(StatusCode.ERROR, exchange.error.message)
+            span.end()
+            otel_context.detach(token)
+
+    async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        chain = self.chain
+        try:
+            self._identify(exchange)
+            exchange.body = await self._read_body(request)
+            provider = exchange.provider = self.router.provider_for(exchange)
+            if provider.type == "anthropic":
+                exchange.api = "anthropic"
+            answer = await chain.request(exchange)
+            if answer is None:
+                answer = await chain.send(exchange)
+            answer = await chain.response(exchange, answer)
+        except GatewayError as error:
+            exchange.error = error
+            reply = self._error_reply(exchange, error)
+            return await self._finish(request, exchange, reply)
+        exchange.response = answer
+        headers = answer.headers
+        headers["x-request-id"] = exchange.request_id
+        if exchange.attempts:
+            headers["x-gateway-provider"] = exchange.provider.name  # type: ignore[union-attr]
+        if exchange.response_headers:
+            headers.update(exchange.response_headers)
+        if answer.stream is not None:
+            return await self._relay(request, exchange, answer)
+        return await self._finish(request, exchange, web.Response(status=answer.status, body=answer.body, headers=headers))
+
+    def _identify(self, exchange: Exchange) -> None:
+        headers = exchange.headers
+        if self.clients:
+            authorization = headers.get("Authorization", "")
+            if authorization[:7].lower() == "bearer ":
+                key = authorization[7:].strip()
+            else:
+                key = headers.get("x-api-key", "")
+            client = self.clients.get(key) if key else None
+            if client is None:
+                raise invalid_api_key("Missing or unknown API key: present a gateway client key.")
+            exchange.client = exchange.caller = client
+        else:
+            exchange.caller = headers.get("x-gateway-user") or (exchange.request.remote if exchange.request else "") or ""
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise request_too_large(self.max_body_bytes)
+        if not request.body_exists:
+            return b""
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise request_too_large(self.max_body_bytes) from None
+
+    def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
+        headers = {"Content-Type": "application/json", "x-request-id": exchange.request_id}
+        headers.update(error.headers)
+        headers.update(exchange.response_headers)
+        level = logging.WARNING if error.status >= 500 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "answered %s %s: %s", error.status, error.code, error.message, extra={"status": error.status, "code": error.code})
+        return web.Response(status=error.status, body=error_body(error, exchange.api), headers=headers)
+
+    async def _finish(self, request: web.Request, exchange: Exchange, reply: web.Response) -> web.StreamResponse:
+        """Send a buffered answer, then run ``complete`` (so it adds no latency)."""
+        if not self.chain.complete_hooks or exchange.reached < 0:
+            return reply
+        try:
+            await reply.prepare(request)
+            await reply.write_eof()
+        except ConnectionResetError:
+            exchange.error = GatewayError(499, "client_closed_request", "The caller closed the connection.")
+        await self.chain.complete(exchange)
+        return reply
+
+    async def _relay(self, request: web.Request, exchange: Exchange, answer: Response) -> web.StreamResponse:
+        """Relay a stream as it arrives; the caller's pace holds the upstream back."""
+        stream = answer.stream
+        assert stream is not None
+        out = web.StreamResponse(status=answer.status, headers=answer.headers)
+        hooks = self.chain.chunk_hooks_for(exchange)
+        events = SSEBuffer()
+        try:
+            await _send(out.prepare(request))
+            with self.chain.chunk_spans(exchange, hooks):
+                async for data in stream:
+                    if hooks:
+                        data = await self._through_hooks(exchange, events.feed(data), hooks)
+                        if data:
+                            await _send(out.write(data))
+                    else:
+                        for raw in events.feed(data):
+                            if b'"usage"' in raw:
+                                exchange.add_usage(*usage_from(StreamEvent(raw).json()))
+                        await _send(out.write(data))
+            if events.pending and hooks:
+                await _send(out.write(events.pending))
+        except _CallerGone:
+            exchange.error = GatewayError(499, "client_closed_request", "The caller closed the connection.")
+        except GatewayError as error:
+            exchange.error = error
+            await self._write_error_event(out, exchange, error)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = (
+                upstream_timeout("The provider stopped sending the stream.")
+                if isinstance(exc, TimeoutError)
+                else upstream_error(f"The provider's stream broke: {type(exc).__name__}.")
+            )
+            exchange.error = error
+            log.warning("stream from %s ended early: %s", exchange.provider.name if exchange.provider else "-", error.message)
+            await self._write_error_event(out, exchange, error)
+        finally:
+            await _close(stream)
+        if exchange.error is None or exchange.error.status != 499:
+            try:
+                await out.write_eof()
+            except ConnectionResetError:
+                pass
+        await self.chain.complete(exchange)
+        return out
+
+    async def _through_hooks(self, exchange: Exchange, raws: list[bytes], hooks: tuple[Any, ...]) -> bytes:
+        out = []
+        for raw in raws:
+            event = StreamEvent(raw)
+            if b'"usage"' in raw:
+                exchange.add_usage(*usage_from(event.json()))
+            await self.chain.chunk(exchange, event, hooks)
+            if not event.drop:
+                out.append(event.raw)
+        return b"".join(out)
+
+    async def _write_error_event(self, out: web.StreamResponse, exchange: Exchange, error: GatewayError) -> None:
+        body = error_body(error, exchange.api)
+        event = b"event: error\ndata: " + body + b"\n\n" if exchange.api == "anthropic" else b"data: " + body + b"\n\n"
+        try:
+            await out.write(event)
+        except ConnectionResetError:
+            pass
+
+    def _complete_later(self, exchange: Exchange) -> None:
+        if not self.chain.complete_hooks or exchange.reached < 0 or exchange.completed:
+            return
+        task = asyncio.get_running_loop().create_task(self.chain.complete(exchange))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+def _describe_body(span: trace.Span, response: Response) -> None:
+    """GenAI response attributes of a buffered JSON answer."""
+    document = response.json() if response.body and response.body[:1] == b"{" else None
+    if not isinstance(document, dict):
+        return
+    model = document.get("model")
+    if isinstance(model, str):
+        span.set_attribute("gen_ai.response.model", model)
+    input_tokens, output_tokens = usage_from(document)
+    if input_tokens is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    if output_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+
+
+async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span) -> AsyncIterator[bytes]:
+    """The stream, with the CLIENT span kept open until it ends and given its usage."""
+    events = SSEBuffer()
+    model: str | None = None
+    input_tokens = output_tokens = None
+    try:
+        async for data in stream:
+            for raw in events.feed(data):
+                if model is None and b'"model"' in raw:
+                    document = StreamEvent(raw).json()
+                    found = document.get("model") if isinstance(document, dict) else None
+                    if found is None and isinstance(document, dict) and isinstance(document.get("message"), dict):
+                        found = document["message"].get("model")
+                    model = found if isinstance(found, str) else model
+                if b'"usage"' in raw:
+                    got_in, got_out = usage_from(StreamEvent(raw).json())
+                    input_tokens = got_in if got_in is not None else input_tokens
+                    output_tokens = got_out if got_out is not None else output_tokens
+            yield data
+    finally:
+        if model is not None:
+            span.set_attribute("gen_ai.response.model", model)
+        if input_tokens is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        if output_tokens is not None:
+            span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+        span.end()
+        await _close(stream)
+
+
+class _CallerGone(Exception):
+    """The caller's connection broke while the gateway was writing to it."""
+
+
+async def _send(write: Awaitable[Any]) -> None:
+    """Await a write to the caller, telling its failure apart from the upstream's."""
+    try:
+        await write
+    except ConnectionResetError:
+        raise _CallerGone from None
+
+
+async def _close(stream: AsyncIterator[bytes]) -> None:
+    """Close a stream early or late; for the upstream's, this drops its connection."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
