@@ -42,16 +42,27 @@ class RunningGateway:
         self.url = url
         self.admin_url = admin_url
         self.exporter = exporter
+        self.clients: list[Any] = []
 
     def openai(self, api_key: str = "sk-caller", **kwargs: Any) -> Any:
+        """An ``openai.AsyncOpenAI`` for this gateway (no retries), closed with it."""
         import openai
 
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
 
     def anthropic(self, api_key: str = "sk-ant-caller", **kwargs: Any) -> Any:
+        """An ``anthropic.AsyncAnthropic`` for this gateway (no retries), closed with it."""
         import anthropic
 
-        return anthropic.AsyncAnthropic(base_url=self.url, api_key=api_key, max_retries=0, **kwargs)
+        client = anthropic.AsyncAnthropic(base_url=self.url, api_key=api_key, max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
 
     def spans(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
@@ -93,7 +104,11 @@ async def run_gateway(
             access_log=None,
         )
         await data.start_server()
-        yield RunningGateway(gateway, str(data.make_url("")).rstrip("/"), str(admin.make_url("")).rstrip("/"), exporter)
+        running = RunningGateway(gateway, str(data.make_url("")).rstrip("/"), str(admin.make_url("")).rstrip("/"), exporter)
+        try:
+            yield running
+        finally:
+            await running.close_clients()
     finally:
         gateway.draining = True
         if data is not None:

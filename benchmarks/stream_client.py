@@ -1,0 +1,129 @@
+"""Streaming latency through each target: time to first content and to ``[DONE]``.
+
+One request at a time, the targets interleaved request by request so that drift
+hits them alike. Each request is the benchmark's chat request with
+``"stream": true``. TTFB is the time from just before sending to the first event
+whose ``delta.content`` is not empty (the upstream's first event carries only the
+role); total is the time to ``data: [DONE]``. A stream counts only when its status
+is 200, it ends with ``[DONE]`` and its content carries the upstream's marker.
+Prints one ``STREAMJSON {...}`` line per target.
+
+    python -m benchmarks.stream_client --requests 200 direct=http://127.0.0.1:18002/v1/chat/completions ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from benchmarks.fixtures import MARKER, REQUEST, compact
+
+
+class Stream:
+    """Figures of one target."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self.ttfb_ms: list[float] = []
+        self.total_ms: list[float] = []
+        self.bad = 0
+        self.statuses: dict[str, int] = {}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": len(self.ttfb_ms),
+            "bad": self.bad,
+            "statuses": self.statuses,
+            "ttfb_p50_ms": percentile(self.ttfb_ms, 50),
+            "ttfb_p90_ms": percentile(self.ttfb_ms, 90),
+            "ttfb_p99_ms": percentile(self.ttfb_ms, 99),
+            "total_p50_ms": percentile(self.total_ms, 50),
+        }
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 3)
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[str, float | None, float]:
+    """One streamed call: (status or error, TTFB in ms or None if it failed, total ms)."""
+    started = time.perf_counter()
+    first: float | None = None
+    text: list[str] = []
+    done = False
+    pending = b""
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+    async with session.post(url, data=body, headers=headers) as answer:
+        async for data in answer.content.iter_any():
+            pending += data
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                for line in event.splitlines():
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        continue
+                    for choice in json.loads(payload).get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            if first is None:
+                                first = time.perf_counter()
+                            text.append(content)
+        status = answer.status
+    total = (time.perf_counter() - started) * 1000
+    ok = status == 200 and done and first is not None and MARKER in "".join(text)
+    return str(status), (first - started) * 1000 if ok and first is not None else None, total
+
+
+async def run(targets: list[Stream], requests: int, warmup: int) -> None:
+    body = compact(dict(REQUEST, stream=True))
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for index in range(warmup + requests):
+            for target in targets:
+                try:
+                    status, ttfb, total = await one(session, target.url, body)
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    status, ttfb, total = type(exc).__name__, None, 0.0
+                if index < warmup:
+                    continue
+                target.statuses[status] = target.statuses.get(status, 0) + 1
+                if ttfb is None:
+                    target.bad += 1
+                else:
+                    target.ttfb_ms.append(ttfb)
+                    target.total_ms.append(total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="+", metavar="NAME=URL")
+    parser.add_argument("--requests", type=int, default=200, help="measured requests per target")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests per target first")
+    args = parser.parse_args()
+    targets = [Stream(*spec.split("=", 1)) for spec in args.targets]
+    import uvloop
+
+    uvloop.run(run(targets, args.requests, args.warmup))
+    for target in targets:
+        print("STREAMJSON " + json.dumps(target.summary()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

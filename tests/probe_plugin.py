@@ -1,0 +1,90 @@
+"""A configurable plugin that records every hook it runs, for the chain tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from gateway import Exchange, GatewayError, Response, StreamEvent, hookimpl
+from gateway.hookspecs import CallNext
+
+#: (tag, hook) in the order hooks ran, across every Probe; tests clear it.
+CALLS: list[tuple[str, str]] = []
+#: what the probes saw, by tag
+SEEN: dict[str, dict[str, Any]] = {}
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    tag: str
+    answer: bool = False  # answer from `request` instead of the upstream
+    fail_in: list[str] = []  # hooks that raise RuntimeError ("send-done": send, once the upstream answered)
+    raise_status: int = 0  # `request` raises a GatewayError with this status
+    raise_code: str = ""
+    upper_chunks: bool = False  # `chunk` upper-cases streamed content
+    retries: int = 0  # `send` calls the upstream again while it answers >= 500
+
+
+class Probe:
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.tag = config.tag
+
+    def _run(self, hook: str) -> None:
+        CALLS.append((self.tag, hook))
+        if hook in self.config.fail_in:
+            raise RuntimeError(f"{self.tag} fails in {hook} (sk-secret-in-exception)")
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> Response | None:
+        self._run("request")
+        SEEN[self.tag] = {
+            "caller": exchange.caller,
+            "client": exchange.client,
+            "provider": exchange.provider.name if exchange.provider else None,
+            "json": exchange.json() if exchange.has_json_body else None,
+            "stream": exchange.stream,
+        }
+        if self.config.raise_status:
+            raise GatewayError(
+                self.config.raise_status, self.config.raise_code, f"{self.tag} says no", headers={"Retry-After": "7"}
+            )
+        if self.config.answer:
+            return Response.json_response({"answered_by": self.tag}, headers={"x-answered-by": self.tag})
+        return None
+
+    @hookimpl
+    async def send(self, exchange: Exchange, call_next: CallNext) -> Response:
+        self._run("send")
+        response = await call_next(exchange)
+        for _ in range(self.config.retries):
+            if response.status < 500:
+                break
+            response = await call_next(exchange)
+        self._run("send-done")
+        return response
+
+    @hookimpl
+    async def response(self, exchange: Exchange, response: Response) -> None:
+        self._run("response")
+        response.headers[f"x-probe-{self.tag}"] = "seen"
+
+    @hookimpl
+    async def chunk(self, exchange: Exchange, event: StreamEvent) -> None:
+        self._run("chunk")
+        document = event.json()
+        if self.config.upper_chunks and isinstance(document, dict):
+            for choice in document.get("choices", []):
+                delta = choice.get("delta", {})
+                if delta.get("content"):
+                    delta["content"] = delta["content"].upper()
+            event.replace(document)
+
+    @hookimpl
+    async def complete(self, exchange: Exchange) -> None:
+        self._run("complete")
+        usage = exchange.usage
+        SEEN.setdefault(self.tag, {})["usage"] = (usage.input_tokens, usage.output_tokens) if usage else None
+        SEEN[self.tag]["error"] = exchange.error.code if exchange.error else None

@@ -1,0 +1,225 @@
+"""The hook-chain engine: order, short-circuit, the send onion, on_error, loading."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+import pytest
+
+import probe_plugin
+from gateway.config import ConfigError, load
+from gateway.app import Gateway
+from gateway.testing import run_gateway, write_config
+
+CHAT = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(autouse=True)
+def clean_probes():
+    probe_plugin.CALLS.clear()
+    probe_plugin.SEEN.clear()
+    yield
+
+
+def probes(*configs, provider=None):
+    return {
+        "providers": provider or {"mock": {"type": "mock"}},
+        "plugins": [{"use": "probe_plugin:Probe", "name": c["tag"], "config": c} for c in configs],
+    }
+
+
+def hooks_of(hook):
+    return [tag for tag, name in probe_plugin.CALLS if name == hook]
+
+
+async def test_hooks_run_in_config_order_forward_and_backward(tmp_path):
+    async with run_gateway(probes({"tag": "c"}, {"tag": "a"}, {"tag": "b"}), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="m", messages=CHAT)
+    assert hooks_of("request") == ["c", "a", "b"]
+    assert hooks_of("send") == ["c", "a", "b"]
+    assert hooks_of("send-done") == ["b", "a", "c"]  # an onion: the first plugin is outermost
+    assert hooks_of("response") == ["b", "a", "c"]
+    assert hooks_of("complete") == ["b", "a", "c"]
+    assert raw.headers["x-probe-a"] == "seen"
+
+
+async def test_a_plugin_answering_ends_the_chain_early(tmp_path):
+    config = probes({"tag": "first"}, {"tag": "answers", "answer": True}, {"tag": "never"})
+    async with run_gateway(config, tmp_path) as gw:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": CHAT}) as reply:
+                body = await reply.json()
+                headers = reply.headers
+    assert body == {"answered_by": "answers"}
+    assert headers["x-answered-by"] == "answers"
+    assert "x-gateway-provider" not in headers  # no upstream answered
+    assert hooks_of("request") == ["first", "answers"]
+    assert hooks_of("send") == []
+    # backward hooks only for the plugins whose request ran
+    assert hooks_of("response") == ["answers", "first"]
+    assert hooks_of("complete") == ["answers", "first"]
+
+
+async def test_gateway_error_from_a_plugin_is_the_answer_in_api_shape(tmp_path):
+    config = probes({"tag": "guard", "raise_status": 429, "raise_code": "rate_limit_exceeded"}, {"tag": "after"})
+    async with run_gateway(config, tmp_path) as gw:
+        with pytest.raises(openai.RateLimitError) as caught:
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+    assert caught.value.response.headers["Retry-After"] == "7"
+    assert caught.value.body["code"] == "rate_limit_exceeded"
+    assert hooks_of("request") == ["guard"]
+    assert hooks_of("complete") == ["guard"]
+    assert probe_plugin.SEEN["guard"]["error"] == "rate_limit_exceeded"
+
+
+async def test_on_error_closed_answers_500_plugin_error_without_leaking_the_exception(tmp_path):
+    config = probes({"tag": "broken", "fail_in": ["request"]})
+    async with run_gateway(config, tmp_path) as gw:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        stats = await _admin_json(gw, "/stats")
+    assert caught.value.status_code == 500
+    assert caught.value.body["code"] == "plugin_error"
+    assert "sk-secret" not in caught.value.response.text
+    assert stats["plugins"]["broken"]["failures"] == 1
+
+
+async def test_on_error_open_skips_the_plugin_and_counts_the_failure(tmp_path):
+    config = probes({"tag": "flaky", "fail_in": ["request", "send", "response"]})
+    config["plugins"][0]["on_error"] = "open"
+    async with run_gateway(config, tmp_path) as gw:
+        completion = await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        stats = await _admin_json(gw, "/stats")
+    assert completion.choices[0].message.content
+    assert stats["plugins"]["flaky"]["failures"] == 3
+
+
+async def test_fail_open_send_hook_that_breaks_after_the_upstream_answered_does_not_call_it_twice(tmp_path):
+    config = probes({"tag": "late", "fail_in": ["send-done"]})
+    config["plugins"][0]["on_error"] = "open"
+    async with run_gateway(config, tmp_path) as gw:
+        completion = await gw.openai().chat.completions.create(model="m", messages=CHAT)
+    assert completion.choices[0].message.content
+    assert [s.attributes["gateway.attempt"] for s in gw.spans() if s.kind.name == "CLIENT"] == [1]
+
+
+async def test_send_hook_retries_with_call_next(tmp_path, mock_http_upstream):
+    provider = {"oa": {"type": "openai", "base_url": mock_http_upstream, "api_key": "k"}}
+    async with run_gateway(probes({"tag": "retry", "retries": 2}, provider=provider), tmp_path) as gw:
+        with pytest.raises(openai.InternalServerError):
+            await gw.openai().chat.completions.create(
+                model="m", messages=CHAT, extra_headers={"x-mock-error-rate": "1", "x-mock-error-status": "503"}
+            )
+    assert hooks_of("send") == ["retry"]
+    client_spans = [s for s in gw.spans() if s.kind.name == "CLIENT"]
+    assert [s.attributes["gateway.attempt"] for s in client_spans] == [1, 2, 3]
+
+
+async def test_chunk_hooks_see_and_rewrite_every_streamed_event(tmp_path):
+    async with run_gateway(probes({"tag": "loud", "upper_chunks": True}), tmp_path) as gw:
+        stream = await gw.openai().chat.completions.create(
+            model="m", messages=CHAT, stream=True, stream_options={"include_usage": True}
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == text.upper() and "MOCK REPLY" in text
+    assert len(hooks_of("chunk")) > 5
+    assert probe_plugin.SEEN["loud"]["usage"][1] > 0
+
+
+async def test_request_body_is_decoded_once_and_shared(tmp_path):
+    async with run_gateway(probes({"tag": "one"}, {"tag": "two"}), tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="m", messages=CHAT)
+    assert probe_plugin.SEEN["one"]["json"] is probe_plugin.SEEN["two"]["json"]
+    assert probe_plugin.SEEN["one"]["json"]["model"] == "m"
+
+
+async def test_example_plugin_by_module_attr(tmp_path):
+    config = {
+        "providers": {"mock": {"type": "mock"}},
+        "plugins": [{"use": "model_aliases:ModelAliases", "config": {"aliases": {"fast": "gpt-4o-mini"}}}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        stats = await _admin_json(gw, "/stats")
+    assert raw.parse().model == "gpt-4o-mini"
+    assert raw.headers["x-model-alias"] == "fast=gpt-4o-mini"
+    assert stats["plugins"]["model_aliases:ModelAliases"]["rewrites"] == 1
+
+
+async def test_example_plugin_by_entry_point(tmp_path, entry_point):
+    entry_point("model-aliases", "model_aliases:ModelAliases")
+    config = {
+        "providers": {"mock": {"type": "mock"}},
+        "plugins": [{"use": "model-aliases", "config": {"aliases": {"smart": "gpt-4o"}}}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        completion = await gw.openai().chat.completions.create(model="smart", messages=CHAT)
+        plugins = await _admin_json(gw, "/plugins")
+    assert completion.model == "gpt-4o"
+    assert plugins["plugins"][0]["class"] == "model_aliases.ModelAliases"
+
+
+def _build(tmp_path, plugins):
+    path = write_config({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path)
+    return Gateway(load(str(path)))
+
+
+def test_plugin_options_are_checked_by_its_own_struct(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        _build(tmp_path, [{"use": "model_aliases:ModelAliases", "config": {"aliases": {"a": 1}}}])
+    assert str(caught.value).endswith(
+        "gateway.yaml: plugins[0].config.aliases[...]: (model_aliases:ModelAliases) Expected `str`, got `int`"
+    )
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.config\.alias: .* unknown key"):
+        _build(tmp_path, [{"use": "model_aliases:ModelAliases", "config": {"alias": {}}}])
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.config\.aliases: .*name at least one alias"):
+        _build(tmp_path, [{"use": "model_aliases:ModelAliases", "config": {"aliases": {}}}])
+
+
+def test_unknown_plugin_names_what_is_installed(tmp_path):
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.use: unknown plugin 'nope' \(installed: .*accesslog"):
+        _build(tmp_path, [{"use": "nope"}])
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.use: cannot load 'no_such_module:X'"):
+        _build(tmp_path, [{"use": "no_such_module:X"}])
+
+
+class Misspelt:
+    from gateway import hookimpl
+
+    @hookimpl
+    async def requets(self, exchange):
+        return None
+
+
+class SyncRequest:
+    from gateway import hookimpl
+
+    @hookimpl
+    def request(self, exchange):
+        return None
+
+
+def test_misspelt_or_sync_hooks_are_rejected_at_startup(tmp_path):
+    with pytest.raises(ConfigError, match="requets"):
+        _build(tmp_path, [{"use": "test_chain:Misspelt"}])
+    with pytest.raises(ConfigError, match=r"plugins\[0\]: \(test_chain:SyncRequest\) hook 'request' must be 'async def'"):
+        _build(tmp_path, [{"use": "test_chain:SyncRequest"}])
+
+
+def test_the_same_plugin_twice_needs_distinct_names(tmp_path):
+    with pytest.raises(ConfigError, match=r"plugins\[1\]: plugin 'accesslog' is already in the chain"):
+        _build(tmp_path, [{"use": "accesslog"}, {"use": "accesslog"}])
+    gateway = _build(tmp_path, [{"use": "accesslog"}, {"use": "accesslog", "name": "audit"}])
+    assert [p.label for p in gateway.chain.plugins] == ["accesslog", "audit"]
+
+
+def test_a_plugin_without_options_rejects_some(tmp_path):
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.config: \(test_chain:Misspelt\) this plugin takes no options"):
+        _build(tmp_path, [{"use": "test_chain:Misspelt", "config": {"x": 1}}])
+
+
+async def _admin_json(gw, path):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.admin_url + path) as reply:
+            assert reply.status == 200
+            return await reply.json()
