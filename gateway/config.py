@@ -155,6 +155,15 @@ def load(path: str | None = None, environ: dict[str, str] | None = None) -> Load
     if not isinstance(raw, dict):
         raise ConfigError(path, "", "the file must hold a mapping of sections (listen, providers, ...)")
     expanded = _expand(raw, os.environ if environ is None else environ, path, "")
+    # msgspec names a mapping's entry "[...]"; checking entries one by one names it.
+    for section, struct in (("providers", ProviderConfig), ("clients", ClientConfig)):
+        entries = expanded.get(section)
+        if isinstance(entries, dict):
+            for name, entry in entries.items():
+                try:
+                    msgspec.convert(entry, struct, strict=False)
+                except msgspec.ValidationError as exc:
+                    raise ConfigError(path, *split_validation_error(exc, prefix=f"{section}.{name}")) from None
     try:
         gateway = msgspec.convert(expanded, GatewayConfig, strict=False)
     except msgspec.ValidationError as exc:
@@ -176,7 +185,8 @@ def _read(path: str) -> Any:
             return msgspec.json.decode(data)
         return msgspec.yaml.decode(data)
     except (msgspec.DecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "", f"not valid {suffix.lstrip('.') or 'yaml'}: {exc}") from None
+        problem = " ".join(str(exc).split())  # YAML errors span several lines
+        raise ConfigError(path, "", f"not valid {suffix.lstrip('.') or 'yaml'}: {problem}") from None
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")

@@ -1,0 +1,91 @@
+"""The admin listener: probes, chain, figures, token rule, plugin routes."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway import hookimpl
+from gateway.testing import run_gateway
+
+CHAT = [{"role": "user", "content": "hello"}]
+
+
+class Backend:
+    """A plugin with a backend that can be down, figures and an admin route."""
+
+    up = True
+
+    @hookimpl
+    def ready(self) -> bool:
+        return Backend.up
+
+    @hookimpl
+    async def stats(self) -> dict:
+        return {"hits": 3, "hit_rate": 0.75}
+
+    @hookimpl
+    def admin_routes(self, gateway):
+        async def flush(request: web.Request) -> web.Response:
+            return web.json_response({"flushed": True})
+
+        return [web.delete("/backend", flush)]
+
+
+async def _get(url, token=None, method="GET"):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, url, headers=headers) as reply:
+            text = await reply.text()
+            return reply.status, (await reply.json() if reply.content_type == "application/json" else text)
+
+
+async def test_probes_chain_stats_and_metrics(tmp_path):
+    config = {"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "test_admin:Backend", "name": "backend"}]}
+    async with run_gateway(config, tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        assert await _get(gw.admin_url + "/healthz") == (200, {"status": "ok"})
+        assert await _get(gw.admin_url + "/readyz") == (200, {"status": "ready", "checks": {"backend": True}})
+        Backend.up = False
+        try:
+            status, body = await _get(gw.admin_url + "/readyz")
+        finally:
+            Backend.up = True
+        assert status == 503 and body["status"] == "backend unavailable"
+        status, plugins = await _get(gw.admin_url + "/plugins")
+        assert plugins["plugins"][0]["name"] == "backend"
+        assert plugins["plugins"][0]["hooks"] == ["admin_routes", "stats", "ready"]
+        status, stats = await _get(gw.admin_url + "/stats")
+        assert stats["requests"]["total"] == 1
+        assert stats["requests"]["by_status"] == {"200": 1}
+        assert stats["requests"]["by_provider"] == {"mock": 1}
+        assert stats["plugins"]["backend"] == {"failures": 0, "hits": 3, "hit_rate": 0.75}
+        status, metrics = await _get(gw.admin_url + "/metrics")
+        assert 'gateway_requests_total{provider="mock",status="200"} 1' in metrics
+        assert 'gateway_plugin_stat{plugin="backend",stat="hit_rate"} 0.75' in metrics
+        assert await _get(gw.admin_url + "/backend", method="DELETE") == (200, {"flushed": True})
+
+
+async def test_admin_token_guards_everything_but_probes_and_metrics(tmp_path):
+    config = {
+        "providers": {"mock": {"type": "mock"}},
+        "admin": {"token": "adm-secret"},
+        "plugins": [{"use": "test_admin:Backend"}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await _get(gw.admin_url + path))[0] == 200
+        for path in ("/plugins", "/stats"):
+            status, body = await _get(gw.admin_url + path)
+            assert status == 401 and body["error"]["code"] == "invalid_api_key"
+            assert (await _get(gw.admin_url + path, token="wrong"))[0] == 401
+            assert (await _get(gw.admin_url + path, token="adm-secret"))[0] == 200
+        assert (await _get(gw.admin_url + "/backend", method="DELETE"))[0] == 401
+        assert (await _get(gw.admin_url + "/backend", token="adm-secret", method="DELETE"))[0] == 200
+
+
+async def test_readyz_is_503_while_draining(tmp_path):
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}}, tmp_path) as gw:
+        gw.gateway.draining = True
+        status, body = await _get(gw.admin_url + "/readyz")
+    assert (status, body["status"]) == (503, "draining")
