@@ -18,12 +18,17 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from gateway import plugins as plugin_loader
 from gateway.chain import Chain
-from gateway.config import ConfigError, GatewayConfig, LoadedConfig, parse_listen
+from gateway.config import GatewayConfig, LoadedConfig, parse_listen
+from gateway.errors import StartupError
 from gateway.plugins import PluginConfigError
 from gateway.proxy import Provider, Proxy, Router, make_provider
 from gateway.telemetry import get_tracer
 
 log = logging.getLogger("gateway")
+
+#: after the grace period, aiohttp waits this long twice: for handlers to end, then for the cancelled ones to unwind
+CANCEL_WAIT_S = 0.25
+DRAIN_POLL_S = 0.02
 
 
 class Gateway:
@@ -94,16 +99,16 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce
     try:
         # The admin port comes first, so /readyz answers 503 while plugins start.
         admin_site = web.TCPSite(admin_runner, *parse_listen(config.admin.listen))
-        await admin_site.start()
+        await _listen(admin_site, "admin.listen", config.admin.listen)
         await gateway.start()
         data_runner = web.AppRunner(
-            gateway.data_app(), handler_cancellation=True, shutdown_timeout=config.shutdown_grace_s, access_log=None
+            gateway.data_app(), handler_cancellation=True, shutdown_timeout=CANCEL_WAIT_S, access_log=None
         )
         await data_runner.setup()
         try:
-            data_site = web.TCPSite(data_runner, *parse_listen(config.listen), shutdown_timeout=config.shutdown_grace_s)
-            await data_site.start()
-            data_url, admin_url = _bound_url(data_site), _bound_url(admin_site)
+            data_site = web.TCPSite(data_runner, *parse_listen(config.listen))
+            await _listen(data_site, "listen", config.listen)
+            data_url, admin_url = _bound_url(data_runner), _bound_url(admin_runner)
             if announce:
                 print(
                     f"gateway ready on {data_url} (admin {admin_url}), "
@@ -114,8 +119,9 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce
             await stop.wait()
             gateway.draining = True
             log.info("draining", extra={"grace_s": config.shutdown_grace_s, "in_flight": gateway.proxy.in_flight})
+            await _drain(data_runner, gateway, config.shutdown_grace_s)
         finally:
-            await data_runner.cleanup()  # stops accepting, waits for in-flight requests up to the grace period
+            await data_runner.cleanup()  # cancels whatever still runs
     finally:
         if gateway.started:
             await gateway.stop()
@@ -125,14 +131,36 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce
         log.info("stopped")
 
 
-def _bound_url(site: web.TCPSite) -> str:
-    server = site._server  # the only way aiohttp exposes the port it bound for port 0
-    sockets = getattr(server, "sockets", None) or []
-    if sockets:
-        host, port = sockets[0].getsockname()[:2]
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
-    return site.name
+async def _listen(site: web.TCPSite, key: str, address: str) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {address} ({key}): {exc.strerror or exc}") from None
+
+
+async def _drain(runner: web.AppRunner, gateway: Gateway, grace_s: float) -> None:
+    """Stop accepting, let in-flight requests and streams finish for up to ``grace_s``.
+
+    aiohttp's own shutdown would wait its timeout twice (once for the handler, once
+    after asking it to stop); waiting here keeps the whole drain within the grace.
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # keep-alive connections close after their current request
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while gateway.proxy.in_flight and loop.time() < deadline:
+        await asyncio.sleep(DRAIN_POLL_S)
+    if gateway.proxy.in_flight:
+        log.warning("grace period over, cancelling %d request(s)", gateway.proxy.in_flight)
+
+
+def _bound_url(runner: web.AppRunner) -> str:
+    """The URL the runner listens on (with the real port when the config said :0)."""
+    host, port = runner.addresses[0][:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
 
 
 def build(path: str | None, tracer_provider: trace.TracerProvider | None = None) -> Gateway:

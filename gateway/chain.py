@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 from opentelemetry import trace
 
-from gateway.errors import GatewayError, plugin_error
+from gateway.errors import GatewayError, StartupError, plugin_error
 from gateway.exchange import Exchange, Response, StreamEvent
 from gateway.plugins import Plugin
 
@@ -53,7 +53,7 @@ class Chain:
     def __init__(self, manager: pluggy.PluginManager, plugins: list[Plugin], tracer: trace.Tracer, forward: Send) -> None:
         self.plugins = tuple(plugins)
         self.tracer = tracer
-        #: exceptions swallowed by ``on_error: open`` plugins and in ``complete``, by plugin
+        #: exceptions raised by each plugin's hooks (whatever its ``on_error``), by label
         self.failures: Counter[str] = Counter()
         by_instance = {id(p.instance): p for p in plugins}
 
@@ -240,7 +240,11 @@ class Chain:
     async def startup(self, gateway: Any) -> None:
         for hook in self.startup_hooks:
             started = time.perf_counter()
-            await hook.function(gateway)
+            try:
+                await hook.function(gateway)
+            except Exception as exc:
+                log.exception("plugin %s failed to start", hook.label, extra={"plugin": hook.label})
+                raise StartupError(f"plugin {hook.label} failed to start: {exc}") from exc
             log.debug("plugin %s started in %.1f ms", hook.label, (time.perf_counter() - started) * 1000)
 
     async def shutdown(self, gateway: Any) -> None:

@@ -37,15 +37,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(path: str | None) -> int:
     from gateway import logs
     from gateway.app import build, serve
+    from gateway.errors import StartupError
     from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
 
     try:
         tracer_provider = tracer_provider_from_env()
         gateway = build(path, tracer_provider)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except TelemetryConfigError as exc:
+    except (ConfigError, TelemetryConfigError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     from opentelemetry import trace
@@ -55,8 +53,8 @@ def _run(path: str | None) -> int:
     _use_uvloop()
     try:
         asyncio.run(serve(gateway))
-    except OSError as exc:  # the port is taken, the address is not ours...
-        print(f"gateway: cannot listen: {exc}", file=sys.stderr)
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
         return 1
     finally:
         tracer_provider.shutdown()
@@ -66,9 +64,12 @@ def _run(path: str | None) -> int:
 def _check(path: str | None) -> int:
     from gateway.app import build
 
+    from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
+
     try:
         gateway = build(path)
-    except ConfigError as exc:
+        tracer_provider_from_env().shutdown()  # the OTEL_* variables are part of the config
+    except (ConfigError, TelemetryConfigError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     config = gateway.config

@@ -50,6 +50,10 @@ class GatewayError(Exception):
         return f"GatewayError({self.status}, {self.code!r}, {self.message!r})"
 
 
+class StartupError(Exception):
+    """The gateway cannot start: a port is taken, a plugin's startup failed."""
+
+
 def invalid_request(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(400, "invalid_request", message, param=param)
 

@@ -29,6 +29,7 @@ import math
 import random
 import re
 import signal
+import sys
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -744,7 +745,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve_forever(MockUpstream(settings), args.host, args.port))
+        try:
+            runner.run(_serve_forever(MockUpstream(settings), args.host, args.port))
+        except OSError as exc:
+            print(f"mock upstream: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -210,8 +210,23 @@ class MockProvider(Provider):
         except TimeoutError:
             raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
         if reply.chunks is not None:
-            return Response(reply.status, reply.headers, stream=reply.chunks)
+            return Response(reply.status, reply.headers, stream=_idle_timeout(reply.chunks, self.timeout_s))
         return Response(reply.status, reply.headers, reply.body)
+
+
+async def _idle_timeout(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """A stream whose every gap is bounded, as ``sock_read`` bounds an HTTP provider's."""
+    iterator = aiter(chunks)
+    try:
+        while True:
+            async with asyncio.timeout(timeout_s):
+                try:
+                    data = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+            yield data
+    finally:
+        await _close(iterator)
 
 
 def make_provider(name: str, config: ProviderConfig) -> Provider:
@@ -416,7 +431,8 @@ class Proxy:
         status = 0
         try:
             answer = await self._serve(request, exchange)
-            status = answer.status
+            error = exchange.error
+            status = 499 if error is not None and error.status == 499 else answer.status
             return answer
         except asyncio.CancelledError:
             # The caller left (or the drain deadline passed): the upstream call is

@@ -43,13 +43,17 @@ def operation_name(path: str) -> str:
     operation = OPERATIONS.get(path)
     if operation is not None:
         return operation
-    return path.rstrip("/").rsplit("/", 1)[-1] or "request"
+    # "/v1/models/gpt-4o" is the models resource, not an operation named after the model
+    parts = path.strip("/").split("/")
+    resource = parts[1] if len(parts) > 1 and parts[0] == "v1" else parts[0]
+    return resource or "request"
 
 
 def tracer_provider_from_env(environ: os._Environ[str] | dict[str, str] | None = None) -> TracerProvider:
     """A TracerProvider with the exporters the environment asks for."""
     env = os.environ if environ is None else environ
-    attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
+    named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    attributes = {} if named else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
     attributes["service.version"] = __version__
     provider = TracerProvider(resource=Resource.create(attributes))
     for processor in _processors(env):
