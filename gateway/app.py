@@ -152,8 +152,12 @@ async def _drain(runner: web.AppRunner, gateway: Gateway, grace_s: float) -> Non
     deadline = loop.time() + grace_s
     while gateway.proxy.in_flight and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL_S)
-    if gateway.proxy.in_flight:
-        log.warning("grace period over, cancelling %d request(s)", gateway.proxy.in_flight)
+    leftovers = list(gateway.proxy.serving)
+    if leftovers:
+        log.warning("grace period over, cancelling %d request(s)", len(leftovers))
+        for task in leftovers:
+            task.cancel()
+        await asyncio.wait(leftovers, timeout=CANCEL_WAIT_S)
 
 
 def _bound_url(runner: web.AppRunner) -> str:

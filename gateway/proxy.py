@@ -343,7 +343,12 @@ class Proxy:
         self.background = background
         #: answers by (provider or "-", status), for /stats and /metrics
         self.answers: Counter[tuple[str, int]] = Counter()
-        self.in_flight = 0
+        #: the handler tasks of the requests being served (the drain cancels leftovers)
+        self.serving: set[asyncio.Task[Any]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.serving)
 
     async def forward(self, exchange: Exchange) -> Response:
         """The core of the send onion: one attempt at ``exchange.provider``, in a CLIENT span."""
@@ -427,7 +432,8 @@ class Proxy:
             if request.remote:
                 span.set_attribute("client.address", request.remote)
         token = otel_context.attach(trace.set_span_in_context(span))
-        self.in_flight += 1
+        task = asyncio.current_task()
+        self.serving.add(task)  # type: ignore[arg-type]
         status = 0
         try:
             answer = await self._serve(request, exchange)
@@ -442,7 +448,7 @@ class Proxy:
             status = 499
             raise
         finally:
-            self.in_flight -= 1
+            self.serving.discard(task)  # type: ignore[arg-type]
             provider_name = exchange.provider.name if exchange.provider is not None and exchange.attempts else "-"
             self.answers[(provider_name, status)] += 1
             if recording:
@@ -451,10 +457,14 @@ class Proxy:
                     span.set_attribute("gateway.caller", exchange.caller)
                 if provider_name != "-":
                     span.set_attribute("gateway.provider", provider_name)
-                if exchange.error is not None:
-                    span.set_attribute("error.type", exchange.error.code)
-                    if status >= 500:
-                        span.set_status(StatusCode.ERROR, exchange.error.message)
+                error = exchange.error
+                if error is not None:
+                    span.set_attribute("error.type", error.code)
+                    if error.status >= 500:
+                        span.set_status(StatusCode.ERROR, error.message)
+                elif status >= 500:
+                    span.set_attribute("error.type", str(status))
+                    span.set_status(StatusCode.ERROR)
             span.end()
             otel_context.detach(token)
 
@@ -639,6 +649,10 @@ async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span) -> Asyn
                     input_tokens = got_in if got_in is not None else input_tokens
                     output_tokens = got_out if got_out is not None else output_tokens
             yield data
+    except Exception as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        span.set_status(StatusCode.ERROR, "the stream broke")
+        raise
     finally:
         if model is not None:
             span.set_attribute("gen_ai.response.model", model)

@@ -14,6 +14,7 @@ unset, spans are exported over OTLP only when an OTLP endpoint is set.
 from __future__ import annotations
 
 import os
+from urllib.parse import unquote
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -52,9 +53,15 @@ def operation_name(path: str) -> str:
 def tracer_provider_from_env(environ: os._Environ[str] | dict[str, str] | None = None) -> TracerProvider:
     """A TracerProvider with the exporters the environment asks for."""
     env = os.environ if environ is None else environ
-    named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    attributes = {} if named else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
-    attributes["service.version"] = __version__
+    # Resource.create() reads os.environ itself; these come from ``env`` (the same
+    # mapping unless a caller passes its own) and take precedence.
+    attributes: dict[str, str] = {SERVICE_NAME: DEFAULT_SERVICE_NAME, "service.version": __version__}
+    for pair in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            attributes[key.strip()] = unquote(value.strip())
+    if env.get("OTEL_SERVICE_NAME"):
+        attributes[SERVICE_NAME] = env["OTEL_SERVICE_NAME"]
     provider = TracerProvider(resource=Resource.create(attributes))
     for processor in _processors(env):
         provider.add_span_processor(processor)
