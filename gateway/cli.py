@@ -76,7 +76,7 @@ def _check(path: str | None) -> int:
     print(f"{gateway.config_path}: ok")
     print(f"listen {config.listen}, admin {config.admin.listen}")
     for name, provider in gateway.providers.items():
-        print(f"provider {name}: {provider.type} {provider.base_url or '(in-process)'}")
+        print(f"provider {name}: {provider.type} {provider.base_url}")
     rows = gateway.chain.describe()
     print(f"chain ({len(rows)} plugin{'s' if len(rows) != 1 else ''}):")
     for i, row in enumerate(rows):

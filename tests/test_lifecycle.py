@@ -329,7 +329,7 @@ def test_check_prints_the_chain_and_exits_0(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{path}: ok"
-    assert "provider mock: mock (in-process)" in lines
+    assert "provider mock: mock mock://mock" in lines
     assert "chain (1 plugin):" in lines
     assert any(line.strip().startswith("0. audit (gateway_plugins.accesslog.AccessLog") for line in lines)
     assert result.stderr == ""

@@ -292,9 +292,9 @@ def assert_client_span(span: ReadableSpan, *, provider: str, model: str, usage: 
     assert attributes["http.request.method"] == "POST"
     assert attributes["http.response.status_code"] == 200
     assert span.status.status_code != StatusCode.ERROR
-    if url is None:  # in-process: no socket, but the attributes are still there
-        assert attributes["url.full"]
-        assert attributes["server.address"]
+    if url is None:  # in-process: no socket; the provider is named mock://<provider name>
+        assert attributes["url.full"] == f"mock://{attributes['gateway.provider']}/v1/chat/completions"
+        assert attributes["server.address"] == attributes["gateway.provider"]
     else:
         assert attributes["url.full"] == url
         assert attributes["server.address"] == "127.0.0.1"
