@@ -147,9 +147,14 @@ class Provider:
         plus the provider's key and headers, the request id and the trace context."""
         headers: CIMultiDict[str] = CIMultiDict()
         keep_credentials = self.passthrough
-        for name, value in exchange.headers.items():
+        incoming = exchange.headers
+        drop = HOP_BY_HOP
+        connection = incoming.get("Connection")
+        if connection:  # and the headers it names are this hop's too (RFC 9110 7.6.1)
+            drop = drop | {token.strip().lower() for token in connection.split(",")}
+        for name, value in incoming.items():
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower.startswith("x-gateway-"):
+            if lower in drop or lower.startswith("x-gateway-"):
                 continue
             if lower in CALLER_CREDENTIALS and not keep_credentials:
                 continue
@@ -236,7 +241,11 @@ def make_provider(name: str, config: ProviderConfig) -> Provider:
 
 
 def _answer_headers(upstream_headers: Any) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in DECODED_RESPONSE)
+    drop = DECODED_RESPONSE
+    connection = upstream_headers.get("Connection")
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in drop)
 
 
 async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

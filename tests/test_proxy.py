@@ -230,7 +230,13 @@ async def test_method_path_query_and_body_are_forwarded_hop_by_hop_dropped(tmp_p
             async with session.put(
                 f"{gw.url}/v1/files/abc?purpose=batch&x=1%202",
                 data=body,
-                headers={"Content-Type": "application/json", "Keep-Alive": "timeout=5", "TE": "trailers", "Connection": "keep-alive"},
+                headers={
+                    "Content-Type": "application/json",
+                    "Keep-Alive": "timeout=5",
+                    "TE": "trailers",
+                    "Connection": "keep-alive, x-hop-only",
+                    "x-hop-only": "this hop",
+                },
             ) as reply:
                 assert reply.status == 200
                 assert "keep-alive" not in reply.headers
@@ -239,7 +245,8 @@ async def test_method_path_query_and_body_are_forwarded_hop_by_hop_dropped(tmp_p
     assert seen["path"] == "/v1/files/abc"  # a base_url ending in /v1 is not doubled
     assert seen["query"] == "purpose=batch&x=1%202"
     assert seen["body"] == body
-    assert "keep-alive" not in seen["headers"] and "te" not in seen["headers"]
+    for hop_by_hop in ("keep-alive", "te", "connection", "x-hop-only"):
+        assert hop_by_hop not in seen["headers"]
 
 
 async def test_virtual_client_keys(tmp_path, echo):
