@@ -42,7 +42,9 @@ def make_app(upstream: str) -> web.Application:
         async with request.app[session_key].request(request.method, url, data=body, headers=headers) as upstream:
             content_type = upstream.headers.get("Content-Type", "application/octet-stream")
             if upstream.content_type != SSE:
-                return web.Response(status=upstream.status, body=await upstream.read(), headers={"Content-Type": content_type})
+                return web.Response(
+                    status=upstream.status, body=await upstream.read(), headers={"Content-Type": content_type}
+                )
             out = web.StreamResponse(status=upstream.status, headers={"Content-Type": content_type})
             await out.prepare(request)
             async for data in upstream.content.iter_any():

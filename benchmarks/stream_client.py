@@ -14,7 +14,6 @@ Prints one ``STREAMJSON {...}`` line per target.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from typing import Any
@@ -87,8 +86,9 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[st
                             text.append(content)
         status = answer.status
     total = (time.perf_counter() - started) * 1000
-    ok = status == 200 and done and first is not None and MARKER in "".join(text)
-    return str(status), (first - started) * 1000 if ok and first is not None else None, total
+    if first is None or status != 200 or not done or MARKER not in "".join(text):
+        return str(status), None, total
+    return str(status), (first - started) * 1000, total
 
 
 async def run(targets: list[Stream], requests: int, warmup: int) -> None:
