@@ -22,7 +22,7 @@ from gateway.config import GatewayConfig, LoadedConfig, parse_listen
 from gateway.errors import StartupError
 from gateway.plugins import PluginConfigError
 from gateway.proxy import Provider, Proxy, Router, make_provider
-from gateway.telemetry import get_tracer
+from gateway.telemetry import get_tracer, roots_unsampled
 
 log = logging.getLogger("gateway")
 
@@ -45,7 +45,9 @@ class Gateway:
         self.tracer = get_tracer(self.tracer_provider)
         #: tasks that finish exchanges whose caller left; awaited on shutdown
         self.background: set[asyncio.Task[Any]] = set()
-        self.proxy = Proxy(self.config, self.router, self.tracer, self.background)
+        self.proxy = Proxy(
+            self.config, self.router, self.tracer, self.background, roots_unsampled=roots_unsampled(self.tracer_provider)
+        )
         manager, chain = plugin_loader.load(loaded)
         self.chain = Chain(manager, chain, self.tracer, self.proxy.forward)
         self.proxy.chain = self.chain

@@ -104,7 +104,7 @@ class Response:
         stream: AsyncIterator[bytes] | None = None,
     ) -> None:
         self.status = status
-        self.headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        self.headers: CIMultiDict[str] = headers if isinstance(headers, CIMultiDict) else CIMultiDict(headers or {})
         self.body = body if stream is not None or body is not None else b""
         self.stream = stream
         self._json: Any = _UNSET

@@ -345,10 +345,17 @@ class Proxy:
     chain: Chain  # set by the Gateway once the chain is built around ``forward``
 
     def __init__(
-        self, config: GatewayConfig, router: Router, tracer: trace.Tracer, background: set[asyncio.Task[Any]]
+        self,
+        config: GatewayConfig,
+        router: Router,
+        tracer: trace.Tracer,
+        background: set[asyncio.Task[Any]],
+        *,
+        roots_unsampled: bool = False,
     ) -> None:
         self.router = router
         self.tracer = tracer
+        self.roots_unsampled = roots_unsampled
         self.max_body_bytes = config.limits.max_body_bytes
         self.clients = {client.key: name for name, client in config.clients.items()}
         self.background = background
@@ -428,21 +435,10 @@ class Proxy:
             headers=headers,
             request_id=request_id,
         )
-        parent = propagate.extract(headers) if "traceparent" in headers else None
-        span = self.tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER)
-        exchange.recording = recording = span.is_recording()
-        if recording:
-            span.set_attributes(
-                {
-                    "http.request.method": request.method,
-                    "url.path": exchange.path,
-                    "url.scheme": request.scheme,
-                    "gateway.request_id": request_id,
-                }
-            )
-            if request.remote:
-                span.set_attribute("client.address", request.remote)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        # Sampled off and no caller trace to continue: no span, no context at all.
+        traced = not self.roots_unsampled or "traceparent" in headers
+        if traced:
+            span, token = self._start_server_span(request, exchange)
         task = asyncio.current_task()
         self.serving.add(task)  # type: ignore[arg-type]
         status = 0
@@ -462,22 +458,27 @@ class Proxy:
             self.serving.discard(task)  # type: ignore[arg-type]
             provider_name = exchange.provider.name if exchange.provider is not None and exchange.attempts else "-"
             self.answers[(provider_name, status)] += 1
-            if recording:
-                span.set_attribute("http.response.status_code", status)
-                if exchange.caller:
-                    span.set_attribute("gateway.caller", exchange.caller)
-                if provider_name != "-":
-                    span.set_attribute("gateway.provider", provider_name)
-                error = exchange.error
-                if error is not None:
-                    span.set_attribute("error.type", error.code)
-                    if error.status >= 500:
-                        span.set_status(StatusCode.ERROR, error.message)
-                elif status >= 500:
-                    span.set_attribute("error.type", str(status))
-                    span.set_status(StatusCode.ERROR)
-            span.end()
-            otel_context.detach(token)
+            if traced:
+                _end_server_span(span, exchange, status, provider_name)
+                otel_context.detach(token)
+
+    def _start_server_span(self, request: web.Request, exchange: Exchange) -> tuple[trace.Span, object]:
+        headers = request.headers
+        parent = propagate.extract(headers) if "traceparent" in headers else None
+        span = self.tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER)
+        exchange.recording = span.is_recording()
+        if exchange.recording:
+            span.set_attributes(
+                {
+                    "http.request.method": request.method,
+                    "url.path": exchange.path,
+                    "url.scheme": request.scheme,
+                    "gateway.request_id": exchange.request_id,
+                }
+            )
+            if request.remote:
+                span.set_attribute("client.address", request.remote)
+        return span, otel_context.attach(trace.set_span_in_context(span))
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         chain = self.chain
@@ -624,6 +625,24 @@ class Proxy:
         task = asyncio.get_running_loop().create_task(self.chain.complete(exchange))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+def _end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_name: str) -> None:
+    if exchange.recording:
+        span.set_attribute("http.response.status_code", status)
+        if exchange.caller:
+            span.set_attribute("gateway.caller", exchange.caller)
+        if provider_name != "-":
+            span.set_attribute("gateway.provider", provider_name)
+        error = exchange.error
+        if error is not None:
+            span.set_attribute("error.type", error.code)
+            if error.status >= 500:
+                span.set_status(StatusCode.ERROR, error.message)
+        elif status >= 500:
+            span.set_attribute("error.type", str(status))
+            span.set_status(StatusCode.ERROR)
+    span.end()
 
 
 def _describe_body(span: trace.Span, response: Response) -> None:

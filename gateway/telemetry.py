@@ -5,10 +5,11 @@ Export is configured the way every OpenTelemetry SDK reads its environment:
 ``OTEL_EXPORTER_OTLP_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``
 (``http/protobuf``, the default, or ``grpc``), the OTLP endpoint and header
 variables (read by the exporters themselves), ``OTEL_SERVICE_NAME`` and
-``OTEL_RESOURCE_ATTRIBUTES`` (read by the Resource), ``OTEL_TRACES_SAMPLER`` and
-``OTEL_TRACES_SAMPLER_ARG`` (read by the TracerProvider). One deviation, for a
-sidecar that must not spam a missing collector: with ``OTEL_TRACES_EXPORTER``
-unset, spans are exported over OTLP only when an OTLP endpoint is set.
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``.
+Two deviations, for a sidecar that must not spam a missing collector nor pay for
+spans nobody reads: with ``OTEL_TRACES_EXPORTER`` unset, spans are exported over
+OTLP only when an OTLP endpoint is set; and with nothing exported and no sampler
+named, nothing is sampled (unsampled spans still give log lines a trace id).
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from urllib.parse import unquote
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from gateway import __version__
@@ -62,10 +75,34 @@ def tracer_provider_from_env(environ: os._Environ[str] | dict[str, str] | None =
             attributes[key.strip()] = unquote(value.strip())
     if env.get("OTEL_SERVICE_NAME"):
         attributes[SERVICE_NAME] = env["OTEL_SERVICE_NAME"]
-    provider = TracerProvider(resource=Resource.create(attributes))
-    for processor in _processors(env):
+    processors = _processors(env)
+    # Recorded spans that no processor receives are pure cost: unless a sampler is
+    # asked for, record nothing when nothing is exported. Unsampled spans are still
+    # made (see roots_unsampled), so log lines keep a trace id.
+    sampler = _sampler(env) or (None if processors else ParentBased(StaticSampler(Decision.DROP)))
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    for processor in processors:
         provider.add_span_processor(processor)
     return provider
+
+
+def _sampler(env: os._Environ[str] | dict[str, str]) -> Sampler | None:
+    """The sampler ``OTEL_TRACES_SAMPLER`` (and ``_ARG``) name; None when unset."""
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name:
+        return None
+    fixed = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF, "parentbased_always_on": DEFAULT_ON, "parentbased_always_off": DEFAULT_OFF}
+    if name in fixed:
+        return fixed[name]
+    if name in ("traceidratio", "parentbased_traceidratio"):
+        try:
+            rate = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+        except ValueError:
+            raise TelemetryConfigError("OTEL_TRACES_SAMPLER_ARG: expected a number from 0 to 1") from None
+        return TraceIdRatioBased(rate) if name == "traceidratio" else ParentBasedTraceIdRatio(rate)
+    raise TelemetryConfigError(
+        f"OTEL_TRACES_SAMPLER: unknown sampler {name!r} (use always_on, always_off, traceidratio or their parentbased_ forms)"
+    )
 
 
 def _processors(env: os._Environ[str] | dict[str, str]) -> list[SpanProcessor]:
@@ -103,6 +140,19 @@ def _otlp_exporter(env: os._Environ[str] | dict[str, str]) -> SpanExporter:
     raise TelemetryConfigError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r} (use http/protobuf or grpc)"
     )
+
+
+def roots_unsampled(provider: trace.TracerProvider) -> bool:
+    """Whether tracing was turned off: a request that brings no ``traceparent`` is never sampled.
+
+    Then the gateway makes no span for it at all (a non-recording span still costs
+    its ids and two context switches). True for the API's no-op provider and for
+    ``OTEL_TRACES_SAMPLER=always_off`` or ``parentbased_always_off``; not for the
+    default without an exporter, whose unsampled spans still give log lines a trace id.
+    """
+    if not isinstance(provider, TracerProvider):
+        return True
+    return provider.sampler is ALWAYS_OFF or provider.sampler is DEFAULT_OFF
 
 
 def get_tracer(provider: trace.TracerProvider) -> trace.Tracer:

@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Sampler
 
 from gateway.admin import admin_app
 from gateway.app import Gateway
@@ -80,15 +81,21 @@ def write_config(config: dict[str, Any] | str, directory: Path, name: str = "gat
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    config: dict[str, Any] | str | Path, directory: Path | None = None, *, environ: dict[str, str] | None = None
+    config: dict[str, Any] | str | Path,
+    directory: Path | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    sampler: Sampler | None = None,
 ) -> AsyncIterator[RunningGateway]:
-    """Serve a gateway for the body of the ``async with``; drain and stop it after."""
+    """Serve a gateway for the body of the ``async with``; drain and stop it after.
+
+    Every span is sampled (parentbased_always_on) unless ``sampler`` says otherwise."""
     if not isinstance(config, Path):
         if directory is None:
             raise ValueError("a config given as data needs a directory to write it to")
         config = write_config(config, directory)
     exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = TracerProvider(sampler=sampler or DEFAULT_ON)
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     gateway = Gateway(load(str(config), environ), tracer_provider)
     admin = TestServer(admin_app(gateway), host="127.0.0.1")

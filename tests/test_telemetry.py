@@ -33,11 +33,12 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway import CallNext, Exchange, Response, hookimpl
 from gateway.mock_upstream import MockUpstream
-from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
+from gateway.telemetry import TelemetryConfigError, roots_unsampled, tracer_provider_from_env
 from gateway.testing import RunningGateway, run_gateway, serve_app
 from helpers_lifecycle import child_env, loopback_config, start_gateway
 
@@ -669,6 +670,36 @@ def test_service_name_comes_from_otel_service_name(otel_env):
 def test_service_name_comes_from_the_environ_passed_in(otel_env):
     provider = tracer_provider_from_env({"OTEL_SERVICE_NAME": "gw-test"})
     assert provider.resource.attributes["service.name"] == "gw-test"
+
+
+def test_sampler_comes_from_the_environ_and_nothing_is_sampled_when_nothing_is_exported(otel_env):
+    assert tracer_provider_from_env({"OTEL_TRACES_SAMPLER": "always_off"}).sampler is ALWAYS_OFF
+    ratio = tracer_provider_from_env({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"})
+    assert ratio.sampler.get_description().startswith("ParentBased{root:TraceIdRatioBased{0.25}")
+    with pytest.raises(TelemetryConfigError, match="OTEL_TRACES_SAMPLER"):
+        tracer_provider_from_env({"OTEL_TRACES_SAMPLER": "sometimes"})
+    unexported = tracer_provider_from_env({})
+    assert not unexported.get_tracer("t").start_span("x").is_recording()
+    # ...but its spans still carry ids (for log lines): tracing was not turned off
+    assert not roots_unsampled(unexported)
+    assert roots_unsampled(tracer_provider_from_env({"OTEL_TRACES_SAMPLER": "always_off"}))
+    assert roots_unsampled(tracer_provider_from_env({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}))
+
+
+async def test_sampled_off_makes_no_span_unless_a_sampled_caller_trace_comes_in(tmp_path):
+    seen: list[dict[str, str]] = []
+    async with serve_app(header_recording_upstream(seen)) as upstream:
+        config = {"providers": {"openai": {"type": "openai", "base_url": upstream, "api_key": "sk-upstream"}}}
+        async with run_gateway(config, tmp_path, sampler=DEFAULT_OFF) as gw:
+            await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+            assert gw.spans() == []
+            assert "traceparent" not in seen[0]
+            await gw.openai().chat.completions.create(
+                model="gpt-4o-mini", messages=QUESTION, extra_headers={"traceparent": CALLER_TRACEPARENT}
+            )
+            spans = await settled(gw, 1)
+    assert format(only(spans, kind=SpanKind.SERVER).context.trace_id, "032x") == CALLER_TRACE_ID
+    assert seen[1]["traceparent"].split("-")[1] == CALLER_TRACE_ID
 
 
 # -- export over OTLP, from `gateway run` --------------------------------------------------
