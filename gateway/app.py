@@ -79,11 +79,23 @@ class Gateway:
         if isinstance(self.tracer_provider, TracerProvider):
             self.tracer_provider.force_flush()
 
-    def data_app(self) -> web.Application:
-        # aiohttp enforces the body limit itself while reading a chunked body.
-        app = web.Application(client_max_size=self.config.limits.max_body_bytes, handler_args={"max_field_size": 65536})
-        app.router.add_route("*", "/{path:.*}", self.proxy.handle)
-        return app
+    def data_server(self) -> web.Server:
+        """The data plane: aiohttp's low-level server, with the proxy as its only
+        handler (no router, no middlewares: every path is proxied)."""
+        max_body_bytes = self.config.limits.max_body_bytes
+
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            # aiohttp enforces the body limit itself while reading a chunked body.
+            loop = asyncio.get_running_loop()
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=max_body_bytes)
+
+        return web.Server(
+            self.proxy.handle,
+            request_factory=make_request,
+            handler_cancellation=True,
+            access_log=None,
+            max_field_size=65536,
+        )
 
 
 async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce: bool = True) -> None:
@@ -103,9 +115,7 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce
         admin_site = web.TCPSite(admin_runner, *parse_listen(config.admin.listen))
         await _listen(admin_site, "admin.listen", config.admin.listen)
         await gateway.start()
-        data_runner = web.AppRunner(
-            gateway.data_app(), handler_cancellation=True, shutdown_timeout=CANCEL_WAIT_S, access_log=None
-        )
+        data_runner = web.ServerRunner(gateway.data_server(), shutdown_timeout=CANCEL_WAIT_S)
         await data_runner.setup()
         try:
             data_site = web.TCPSite(data_runner, *parse_listen(config.listen))
@@ -140,7 +150,7 @@ async def _listen(site: web.TCPSite, key: str, address: str) -> None:
         raise StartupError(f"cannot listen on {address} ({key}): {exc.strerror or exc}") from None
 
 
-async def _drain(runner: web.AppRunner, gateway: Gateway, grace_s: float) -> None:
+async def _drain(runner: web.BaseRunner, gateway: Gateway, grace_s: float) -> None:
     """Stop accepting, let in-flight requests and streams finish for up to ``grace_s``.
 
     aiohttp's own shutdown would wait its timeout twice (once for the handler, once
@@ -162,7 +172,7 @@ async def _drain(runner: web.AppRunner, gateway: Gateway, grace_s: float) -> Non
         await asyncio.wait(leftovers, timeout=CANCEL_WAIT_S)
 
 
-def _bound_url(runner: web.AppRunner) -> str:
+def _bound_url(runner: web.BaseRunner) -> str:
     """The URL the runner listens on (with the real port when the config said :0)."""
     host, port = runner.addresses[0][:2]
     host = f"[{host}]" if ":" in host else host

@@ -213,7 +213,7 @@ class Exchange:
 
     def __init__(
         self,
-        request: web.Request | None,
+        request: web.BaseRequest | None,
         *,
         method: str,
         path: str,

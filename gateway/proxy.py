@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from fnmatch import translate
+from random import getrandbits as _random_bits
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -92,7 +92,7 @@ def normalize_path(path: str) -> str:
 
 
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    return "%032x" % _random_bits(128)
 
 
 class Provider:
@@ -241,11 +241,14 @@ def make_provider(name: str, config: ProviderConfig) -> Provider:
 
 
 def _answer_headers(upstream_headers: Any) -> CIMultiDict[str]:
-    drop = DECODED_RESPONSE
-    connection = upstream_headers.get("Connection")
+    headers = CIMultiDict(upstream_headers)
+    connection = headers.get("Connection")
     if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
-    return CIMultiDict((k, v) for k, v in upstream_headers.items() if k.lower() not in drop)
+        for token in connection.split(","):
+            headers.popall(token.strip(), None)
+    for name in DECODED_RESPONSE:
+        headers.popall(name, None)
+    return headers
 
 
 async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
@@ -422,7 +425,7 @@ class Proxy:
         response.stream = _traced_stream(response.stream, span)
         return response
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         headers = request.headers
         request_id = headers.get("x-request-id") or new_request_id()
         request_id_var.set(request_id)
@@ -462,7 +465,7 @@ class Proxy:
                 _end_server_span(span, exchange, status, provider_name)
                 otel_context.detach(token)
 
-    def _start_server_span(self, request: web.Request, exchange: Exchange) -> tuple[trace.Span, object]:
+    def _start_server_span(self, request: web.BaseRequest, exchange: Exchange) -> tuple[trace.Span, object]:
         headers = request.headers
         parent = propagate.extract(headers) if "traceparent" in headers else None
         span = self.tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER)
@@ -480,7 +483,7 @@ class Proxy:
                 span.set_attribute("client.address", request.remote)
         return span, otel_context.attach(trace.set_span_in_context(span))
 
-    async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _serve(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         chain = self.chain
         try:
             self._identify(exchange)
@@ -522,7 +525,7 @@ class Proxy:
         else:
             exchange.caller = headers.get("x-gateway-user") or (exchange.request.remote if exchange.request else "") or ""
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             raise request_too_large(self.max_body_bytes)
@@ -542,7 +545,7 @@ class Proxy:
             log.log(level, "answered %s %s: %s", error.status, error.code, error.message, extra={"status": error.status, "code": error.code})
         return web.Response(status=error.status, body=error_body(error, exchange.api), headers=headers)
 
-    async def _finish(self, request: web.Request, exchange: Exchange, reply: web.Response) -> web.StreamResponse:
+    async def _finish(self, request: web.BaseRequest, exchange: Exchange, reply: web.Response) -> web.StreamResponse:
         """Send a buffered answer, then run ``complete`` (so it adds no latency)."""
         if not self.chain.complete_hooks or exchange.reached < 0:
             return reply
@@ -554,7 +557,7 @@ class Proxy:
         await self.chain.complete(exchange)
         return reply
 
-    async def _relay(self, request: web.Request, exchange: Exchange, answer: Response) -> web.StreamResponse:
+    async def _relay(self, request: web.BaseRequest, exchange: Exchange, answer: Response) -> web.StreamResponse:
         """Relay a stream as it arrives; the caller's pace holds the upstream back."""
         stream = answer.stream
         assert stream is not None

@@ -100,18 +100,14 @@ async def run_gateway(
     gateway = Gateway(load(str(config), environ), tracer_provider)
     admin = TestServer(admin_app(gateway), host="127.0.0.1")
     await admin.start_server()
-    data: TestServer | None = None
+    data: web.ServerRunner | None = None
     try:
         await gateway.start()
-        data = TestServer(
-            gateway.data_app(),
-            host="127.0.0.1",
-            handler_cancellation=True,
-            shutdown_timeout=gateway.config.shutdown_grace_s,
-            access_log=None,
-        )
-        await data.start_server()
-        running = RunningGateway(gateway, str(data.make_url("")).rstrip("/"), str(admin.make_url("")).rstrip("/"), exporter)
+        data = web.ServerRunner(gateway.data_server(), shutdown_timeout=gateway.config.shutdown_grace_s)
+        await data.setup()
+        await web.TCPSite(data, "127.0.0.1", 0).start()
+        host, port = data.addresses[0][:2]
+        running = RunningGateway(gateway, f"http://{host}:{port}", str(admin.make_url("")).rstrip("/"), exporter)
         try:
             yield running
         finally:
@@ -119,7 +115,7 @@ async def run_gateway(
     finally:
         gateway.draining = True
         if data is not None:
-            await data.close()
+            await data.cleanup()
         if gateway.started:
             await gateway.stop()
         await admin.close()
