@@ -105,12 +105,10 @@ async def _stats(gateway: Gateway, started_at: float) -> dict[str, Any]:
             by_provider[provider] += count
     return {
         "uptime_s": round(time.time() - started_at, 3),
-        "requests": {
-            "total": sum(answers.values()),
-            "in_flight": gateway.proxy.in_flight,
-            "by_status": dict(by_status),
-            "by_provider": dict(by_provider),
-        },
+        "requests": sum(answers.values()),
+        "in_flight": gateway.proxy.in_flight,
+        "by_status": dict(by_status),
+        "by_provider": dict(by_provider),
         "plugins": await _plugin_stats(gateway),
     }
 

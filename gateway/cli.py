@@ -63,7 +63,6 @@ def _run(path: str | None) -> int:
 
 def _check(path: str | None) -> int:
     from gateway.app import build
-
     from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
 
     try:

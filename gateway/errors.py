@@ -103,6 +103,11 @@ def plugin_error(plugin: str) -> GatewayError:
     return GatewayError(500, "plugin_error", f"Plugin '{plugin}' failed; see the gateway log.")
 
 
+def client_closed_request() -> GatewayError:
+    """Recorded, never sent: the caller left before the answer was complete (nginx's 499)."""
+    return GatewayError(499, "client_closed_request", "The caller closed the connection.")
+
+
 def route_not_found(path: str) -> GatewayError:
     return GatewayError(404, "route_not_found", f"No route or provider serves {path}.")
 

@@ -21,7 +21,7 @@ from gateway.errors import GatewayError, invalid_request
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from gateway.proxy import Provider, Route
+    from gateway.proxy import Provider
 
 T = TypeVar("T")
 
@@ -181,6 +181,40 @@ class StreamEvent:
         self._json = _UNSET if isinstance(document, bytes) else document
 
 
+class SSEBuffer:
+    """Cuts a byte stream into whole server-sent events (each ends with a blank line)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self.pending + data if self.pending else data
+        events = []
+        start = 0
+        crlf = b"\r" in buffer  # the providers end lines with \n alone; CRLF is rare
+        while True:
+            end, width = buffer.find(b"\n\n", start), 2
+            if crlf:
+                crlf_end = buffer.find(b"\r\n\r\n", start)
+                if crlf_end >= 0 and (end < 0 or crlf_end < end):
+                    end, width = crlf_end, 4
+            if end < 0:
+                break
+            events.append(buffer[start : end + width])
+            start = end + width
+        self.pending = buffer[start:]
+        return events
+
+
+async def close_stream(stream: AsyncIterator[bytes]) -> None:
+    """Close a stream early or late; for the upstream's, this drops its connection."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 class Exchange:
     """One request through the gateway; what each plugin hook receives."""
 
@@ -193,7 +227,6 @@ class Exchange:
         "request_id",
         "caller",
         "client",
-        "route",
         "provider",
         "api",
         "response",
@@ -234,7 +267,6 @@ class Exchange:
         self.caller = caller
         #: the virtual client's name when ``clients`` are configured
         self.client = client
-        self.route: Route | None = None
         self.provider: Provider | None = None
         #: the error and body shape of this route: "openai" or "anthropic"
         self.api = "anthropic" if path.startswith("/v1/messages") else "openai"

@@ -29,8 +29,8 @@ import math
 import random
 import re
 import signal
-import sys
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
@@ -608,7 +608,7 @@ _ENDPOINTS: dict[str, Callable[[_Call], MockReply]] = {
 class MockUpstream:
     """The fake provider: ``handle`` is the engine, ``web_app`` its HTTP transport."""
 
-    def __init__(self, settings: MockSettings = MockSettings()) -> None:
+    def __init__(self, settings: MockSettings = MockSettings()) -> None:  # noqa: B008 (frozen)
         self.settings = settings
         self._rng = random.Random(settings.seed)
 

@@ -15,11 +15,15 @@ named, nothing is sampled (unsampled spans still give log lines a trace id).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -32,9 +36,16 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, close_stream, usage_from
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.proxy import Provider
 
 DEFAULT_SERVICE_NAME = "llm-gateway"
 TRACER_NAME = "gateway"
@@ -157,3 +168,146 @@ def roots_unsampled(provider: trace.TracerProvider) -> bool:
 
 def get_tracer(provider: trace.TracerProvider) -> trace.Tracer:
     return provider.get_tracer(TRACER_NAME, __version__)
+
+
+# -- the spans of one exchange ------------------------------------------------------------
+
+
+def start_server_span(tracer: trace.Tracer, request: web.BaseRequest, exchange: Exchange) -> tuple[trace.Span, object]:
+    """The request's SERVER span, continuing the caller's ``traceparent``, made current.
+
+    Returns the span and the context token to detach when it ends.
+    """
+    headers = request.headers
+    parent = propagate.extract(headers) if "traceparent" in headers else None
+    span = tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER)
+    exchange.recording = span.is_recording()
+    if exchange.recording:
+        attributes = {
+            "http.request.method": request.method,
+            "url.path": exchange.path,
+            "url.scheme": request.scheme,
+            "gateway.request_id": exchange.request_id,
+        }
+        if request.remote:
+            attributes["client.address"] = request.remote
+        span.set_attributes(attributes)
+    return span, otel_context.attach(trace.set_span_in_context(span))
+
+
+def end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_name: str) -> None:
+    """Status, caller and provider on the SERVER span; ERROR for 5xx and the gateway's own errors >= 500."""
+    if exchange.recording:
+        attributes: dict[str, Any] = {"http.response.status_code": status}
+        if exchange.caller:
+            attributes["gateway.caller"] = exchange.caller
+        if provider_name != "-":
+            attributes["gateway.provider"] = provider_name
+        error = exchange.error
+        if error is not None:
+            attributes["error.type"] = error.code
+            if error.status >= 500:
+                span.set_status(StatusCode.ERROR, error.message)
+        elif status >= 500:
+            attributes["error.type"] = str(status)
+            span.set_status(StatusCode.ERROR)
+        span.set_attributes(attributes)
+    span.end()
+
+
+def start_client_span(tracer: trace.Tracer, exchange: Exchange, provider: Provider) -> tuple[trace.Span, object]:
+    """A CLIENT span for one upstream attempt, with the GenAI request attributes, made
+    current (so the upstream's ``traceparent`` names it)."""
+    try:
+        model = exchange.model
+    except GatewayError:  # a body that is not JSON is the upstream's to judge
+        model = None
+    operation = operation_name(exchange.path)
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": provider.type,
+        "gateway.provider": provider.name,
+        "gateway.attempt": exchange.attempts,
+        "http.request.method": exchange.method,
+        "url.full": provider.url_for(exchange.path, ""),  # no query: it may carry a key
+        "server.address": provider.server_address,
+    }
+    if provider.server_port:
+        attributes["server.port"] = provider.server_port
+    if model is not None:
+        attributes["gen_ai.request.model"] = model
+    span = tracer.start_span(f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attributes)
+    return span, otel_context.attach(trace.set_span_in_context(span))
+
+
+def end_client_span_on_error(span: trace.Span, exc: BaseException) -> None:
+    if isinstance(exc, GatewayError):
+        span.set_attribute("error.type", exc.code)
+        span.set_status(StatusCode.ERROR, exc.message)
+    else:
+        span.set_attribute("error.type", type(exc).__name__)
+    span.end()
+
+
+def end_client_span_on_answer(span: trace.Span, response: Response) -> Response:
+    """Status and GenAI response attributes; a stream keeps the span open until it ends."""
+    span.set_attribute("http.response.status_code", response.status)
+    if response.status >= 400:
+        span.set_attribute("error.type", str(response.status))
+        span.set_status(StatusCode.ERROR)
+    if response.stream is None:
+        _describe_body(span, response)
+        span.end()
+    else:
+        response.stream = _traced_stream(response.stream, span)
+    return response
+
+
+def _describe_body(span: trace.Span, response: Response) -> None:
+    """GenAI response attributes of a buffered JSON answer."""
+    document = response.json() if response.body and response.body[:1] == b"{" else None
+    if not isinstance(document, dict):
+        return
+    model = document.get("model")
+    if isinstance(model, str):
+        span.set_attribute("gen_ai.response.model", model)
+    _set_usage(span, *usage_from(document))
+
+
+def _set_usage(span: trace.Span, input_tokens: int | None, output_tokens: int | None) -> None:
+    if input_tokens is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    if output_tokens is not None:
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+
+
+async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span) -> AsyncIterator[bytes]:
+    """The stream, with the CLIENT span kept open until it ends and given its model and usage."""
+    events = SSEBuffer()
+    model: str | None = None
+    input_tokens = output_tokens = None
+    try:
+        async for data in stream:
+            for raw in events.feed(data):
+                if model is None and b'"model"' in raw:
+                    document = StreamEvent(raw).json()
+                    if isinstance(document, dict):
+                        found = document.get("model")
+                        if found is None and isinstance(document.get("message"), dict):
+                            found = document["message"].get("model")  # Anthropic's message_start
+                        model = found if isinstance(found, str) else None
+                if b'"usage"' in raw:
+                    got_in, got_out = usage_from(StreamEvent(raw).json())
+                    input_tokens = got_in if got_in is not None else input_tokens
+                    output_tokens = got_out if got_out is not None else output_tokens
+            yield data
+    except Exception as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        span.set_status(StatusCode.ERROR, "the stream broke")
+        raise
+    finally:
+        if model is not None:
+            span.set_attribute("gen_ai.response.model", model)
+        _set_usage(span, input_tokens, output_tokens)
+        span.end()
+        await close_stream(stream)

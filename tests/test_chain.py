@@ -6,10 +6,11 @@ import aiohttp
 import openai
 import pytest
 
-import probe_plugin
-from gateway.config import ConfigError, load
 from gateway.app import Gateway
+from gateway.config import ConfigError, load
 from gateway.testing import run_gateway, write_config
+
+import probe_plugin
 
 CHAT = [{"role": "user", "content": "hello"}]
 

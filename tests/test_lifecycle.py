@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from gateway.testing import write_config
+
 from helpers_lifecycle import (
     GatewayProcess,
     child_env,

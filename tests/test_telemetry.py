@@ -40,6 +40,7 @@ from gateway import CallNext, Exchange, Response, hookimpl
 from gateway.mock_upstream import MockUpstream
 from gateway.telemetry import TelemetryConfigError, roots_unsampled, tracer_provider_from_env
 from gateway.testing import RunningGateway, run_gateway, serve_app
+
 from helpers_lifecycle import child_env, loopback_config, start_gateway
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
