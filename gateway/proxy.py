@@ -133,9 +133,7 @@ class Provider:
         # sock_read bounds every wait for the upstream: the answer's headers, a
         # buffered body, and the gap between two events of a stream.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=True, skip_auto_headers=("User-Agent",)
-        )
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
 
     async def close(self) -> None:
         if self.session is not None:
@@ -187,7 +185,7 @@ class Provider:
                 allow_redirects=False,
             )
             headers = _answer_headers(upstream.headers)
-            if upstream.content_type == SSE_CONTENT_TYPE:
+            if headers.get("Content-Type", "").startswith(SSE_CONTENT_TYPE):
                 return Response(upstream.status, headers, stream=_relay(upstream))
             body = await upstream.read()
             upstream.release()
