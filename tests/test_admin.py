@@ -89,3 +89,21 @@ async def test_readyz_is_503_while_draining(tmp_path):
         gw.gateway.draining = True
         status, body = await _get(gw.admin_url + "/readyz")
     assert (status, body["status"]) == (503, "draining")
+
+
+async def test_readyz_is_503_until_the_gateway_has_started(tmp_path):
+    from gateway.admin import admin_app
+    from gateway.app import Gateway
+    from gateway.config import load
+    from gateway.testing import serve_app, write_config
+
+    gateway = Gateway(load(str(write_config({"providers": {"mock": {"type": "mock"}}}, tmp_path))))
+    async with serve_app(admin_app(gateway)) as admin_url:
+        status, body = await _get(admin_url + "/readyz")
+        assert (status, body["status"]) == (503, "starting")
+        assert (await _get(admin_url + "/healthz"))[0] == 200  # alive while starting
+        await gateway.start()
+        try:
+            assert (await _get(admin_url + "/readyz"))[0] == 200
+        finally:
+            await gateway.stop()
