@@ -141,7 +141,7 @@ class Provider:
             self.session = None
 
     def url_for(self, path: str, query_string: str) -> str:
-        if self.strip_v1 and path.startswith("/v1"):
+        if self.strip_v1 and (path.startswith("/v1/") or path == "/v1"):
             path = path[3:]
         url = self.base_url + path
         return f"{url}?{query_string}" if query_string else url

@@ -81,3 +81,14 @@ def test_stash_keys_are_typed_and_distinct():
     ex = exchange(b"{}")
     ex.state[count] = 1
     assert ex.state[count] == 1 and ex.state.get(other) is None
+
+
+def test_provider_urls_do_not_double_v1():
+    from gateway.config import ProviderConfig
+    from gateway.proxy import Provider
+
+    groq_style = Provider("g", ProviderConfig(type="openai", base_url="https://h/openai/v1/"))
+    assert groq_style.url_for("/v1/chat/completions", "") == "https://h/openai/v1/chat/completions"
+    assert groq_style.url_for("/v1beta/models", "a=1") == "https://h/openai/v1/v1beta/models?a=1"
+    assert Provider("o", ProviderConfig(type="openai")).url_for("/v1/models", "") == "https://api.openai.com/v1/models"
+    assert Provider("a", ProviderConfig(type="anthropic")).url_for("/v1/messages", "") == "https://api.anthropic.com/v1/messages"
