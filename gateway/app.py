@@ -17,8 +17,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from gateway import plugins as plugin_loader
+from gateway.admin import admin_app
 from gateway.chain import Chain
-from gateway.config import GatewayConfig, LoadedConfig, parse_listen
+from gateway.config import GatewayConfig, LoadedConfig, load, parse_listen
 from gateway.errors import StartupError
 from gateway.plugins import PluginConfigError
 from gateway.proxy import Provider, Proxy, Router, make_provider
@@ -26,7 +27,7 @@ from gateway.telemetry import get_tracer, roots_unsampled
 
 log = logging.getLogger("gateway")
 
-#: after the grace period, aiohttp waits this long twice: for handlers to end, then for the cancelled ones to unwind
+#: once the grace period is over, how long cancelled requests get to unwind
 CANCEL_WAIT_S = 0.25
 DRAIN_POLL_S = 0.02
 
@@ -77,7 +78,7 @@ class Gateway:
             await provider.close()
         self.started = False
         if isinstance(self.tracer_provider, TracerProvider):
-            self.tracer_provider.force_flush()
+            await asyncio.to_thread(self.tracer_provider.force_flush)  # exporting may wait on the network
 
     def data_server(self) -> web.Server:
         """The data plane: aiohttp's low-level server, with the proxy as its only
@@ -98,12 +99,10 @@ class Gateway:
         )
 
 
-async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce: bool = True) -> None:
-    """Run both listeners until SIGTERM/SIGINT (or ``stop``), then drain and shut down."""
-    from gateway.admin import admin_app
-
+async def serve(gateway: Gateway) -> None:
+    """Run both listeners until SIGTERM or SIGINT, then drain and shut down."""
     config = gateway.config
-    stop = stop or asyncio.Event()
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -121,12 +120,11 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, announce
             data_site = web.TCPSite(data_runner, *parse_listen(config.listen))
             await _listen(data_site, "listen", config.listen)
             data_url, admin_url = _bound_url(data_runner), _bound_url(admin_runner)
-            if announce:
-                print(
-                    f"gateway ready on {data_url} (admin {admin_url}), "
-                    f"{len(gateway.chain.plugins)} plugin(s), config {gateway.config_path}",
-                    flush=True,
-                )
+            print(
+                f"gateway ready on {data_url} (admin {admin_url}), "
+                f"{len(gateway.chain.plugins)} plugin(s), config {gateway.config_path}",
+                flush=True,
+            )
             log.info("ready", extra={"listen": data_url, "admin": admin_url})
             await stop.wait()
             gateway.draining = True
@@ -181,6 +179,4 @@ def _bound_url(runner: web.BaseRunner) -> str:
 
 def build(path: str | None, tracer_provider: trace.TracerProvider | None = None) -> Gateway:
     """Load the config and build the gateway; raise ConfigError with file, key and problem."""
-    from gateway import config as config_module
-
-    return Gateway(config_module.load(path), tracer_provider)
+    return Gateway(load(path), tracer_provider)
