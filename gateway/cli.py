@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(path: str | None) -> int:
+    from opentelemetry import trace
+
     from gateway import logs
     from gateway.app import build, serve
     from gateway.errors import StartupError
@@ -46,8 +48,6 @@ def _run(path: str | None) -> int:
     except (ConfigError, TelemetryConfigError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from opentelemetry import trace
-
     trace.set_tracer_provider(tracer_provider)
     logs.setup(gateway.config.log.level)
     _use_uvloop()
