@@ -442,3 +442,73 @@ async def test_caller_leaving_mid_stream_cancels_the_upstream_call(tmp_path):
                     break
                 await asyncio.sleep(0.02)
         assert SEEN["left"]["error"] == "client_closed_request"
+
+
+@pytest.fixture
+async def raw_upstream():
+    """A TCP server that misbehaves as told: answers garbage, or drops the connection."""
+    servers = []
+
+    async def start(behaviour: str) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            if behaviour == "garbage":
+                writer.write(b"\x00\x01 this is not HTTP at all\r\n\r\n")
+                await writer.drain()
+            elif behaviour == "half-body":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"id\":")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("behaviour", ["garbage", "reset", "half-body"])
+async def test_upstream_that_resets_or_sends_garbage_is_502(tmp_path, raw_upstream, behaviour):
+    url = await raw_upstream(behaviour)
+    config = {"providers": {"oa": {"type": "openai", "base_url": url, "api_key": "sk-provider-secret"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        # the gateway stays healthy for the next caller
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gw.admin_url + "/healthz") as reply:
+                assert reply.status == 200
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_error"
+    assert "sk-provider-secret" not in caught.value.response.text
+
+
+async def test_a_slow_caller_holds_a_fast_stream_back(tmp_path):
+    """Backpressure: the gateway does not buffer a stream the caller is not reading."""
+    event = b"data: " + b"x" * 65_530 + b"\n\n"
+    total_events = 4096  # 256 MiB: far more than every socket buffer on the path
+    sent = 0
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(total_events):
+            await response.write(event)
+            sent += len(event)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", flood)
+    async with serve_app(app) as url:
+        config = {"providers": {"oa": {"type": "openai", "base_url": url, "api_key": "k"}}}
+        async with run_gateway(config, tmp_path) as gw:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "stream": True}) as reply:
+                    await reply.content.readexactly(len(event))
+                    await asyncio.sleep(1.0)  # the caller reads nothing more for a while
+                    held_at = sent
+    assert held_at < total_events * len(event) // 2, f"the upstream sent {held_at} bytes to a caller that read 64 KiB"
