@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -114,6 +115,7 @@ async def serve(gateway: Gateway) -> None:
         admin_site = web.TCPSite(admin_runner, *parse_listen(config.admin.listen))
         await _listen(admin_site, "admin.listen", config.admin.listen)
         await gateway.start()
+        gc.freeze()  # what startup built lives forever: keep it out of every collection
         data_runner = web.ServerRunner(gateway.data_server(), shutdown_timeout=CANCEL_WAIT_S)
         await data_runner.setup()
         try:
