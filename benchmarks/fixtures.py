@@ -7,8 +7,13 @@ cannot drift apart: a target counts as measured only when its answer carries
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+from collections.abc import Callable
 from typing import Any
+
+from aiohttp import web
 
 #: text found only in the upstream's answer: proof that a target really proxied
 MARKER = "fixed reply from the benchmark upstream"
@@ -88,3 +93,17 @@ def sse_events() -> list[bytes]:
     chunks.append(dict(head, choices=choice({}, "stop")))
     chunks.append(dict(head, choices=[], usage={"prompt_tokens": 25, "completion_tokens": 19, "total_tokens": 44}))
     return [b"data: " + compact(chunk) + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"]
+
+
+async def serve_until_signalled(app: web.Application, port: int, ready_line: Callable[[int], str]) -> None:
+    """Serve ``app`` on 127.0.0.1:``port``, print ``ready_line(bound port)``, stop on SIGTERM/SIGINT."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(ready_line(runner.addresses[0][1]), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()

@@ -12,12 +12,12 @@ Prints one ready line (``pass-through ready on URL -> UPSTREAM``) once it listen
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
+
+from benchmarks.fixtures import serve_until_signalled
 
 SSE = "text/event-stream"
 
@@ -60,18 +60,9 @@ def make_app(upstream: str) -> web.Application:
 
 
 async def serve(upstream: str, port: int) -> None:
-    runner = web.AppRunner(make_app(upstream), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    print(f"pass-through ready on http://127.0.0.1:{bound} -> {upstream}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signalled(
+        make_app(upstream), port, lambda bound: f"pass-through ready on http://127.0.0.1:{bound} -> {upstream}"
+    )
 
 
 def main() -> None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 from aiohttp import web
 
-from benchmarks.fixtures import sse_events
+from benchmarks.fixtures import serve_until_signalled, sse_events
 
 
 def make_app(first_byte_s: float, chunk_s: float) -> web.Application:
@@ -41,18 +40,9 @@ def make_app(first_byte_s: float, chunk_s: float) -> web.Application:
 
 
 async def serve(port: int, first_byte_s: float, chunk_s: float) -> None:
-    runner = web.AppRunner(make_app(first_byte_s, chunk_s), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    print(f"stream upstream ready on http://127.0.0.1:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signalled(
+        make_app(first_byte_s, chunk_s), port, lambda bound: f"stream upstream ready on http://127.0.0.1:{bound}"
+    )
 
 
 def main() -> None:
