@@ -363,7 +363,7 @@ class Proxy:
             raise
         finally:
             otel_context.detach(token)
-        return end_client_span_on_answer(span, response)
+        return end_client_span_on_answer(span, response, exchange)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         headers = request.headers

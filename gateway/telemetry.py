@@ -249,7 +249,7 @@ def end_client_span_on_error(span: trace.Span, exc: BaseException) -> None:
     span.end()
 
 
-def end_client_span_on_answer(span: trace.Span, response: Response) -> Response:
+def end_client_span_on_answer(span: trace.Span, response: Response, exchange: Exchange) -> Response:
     """Status and GenAI response attributes; a stream keeps the span open until it ends."""
     span.set_attribute("http.response.status_code", response.status)
     if response.status >= 400:
@@ -259,7 +259,7 @@ def end_client_span_on_answer(span: trace.Span, response: Response) -> Response:
         _describe_body(span, response)
         span.end()
     else:
-        response.stream = _traced_stream(response.stream, span)
+        response.stream = _traced_stream(response.stream, span, exchange)
     return response
 
 
@@ -281,33 +281,41 @@ def _set_usage(span: trace.Span, input_tokens: int | None, output_tokens: int | 
         span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
 
 
-async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span) -> AsyncIterator[bytes]:
-    """The stream, with the CLIENT span kept open until it ends and given its model and usage."""
+async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span, exchange: Exchange) -> AsyncIterator[bytes]:
+    """The stream, with the CLIENT span kept open until it ends and given its model and usage.
+
+    The relay gathers the usage into the exchange event by event; only the model
+    is read here, from the first event that names it.
+    """
     events = SSEBuffer()
     model: str | None = None
-    input_tokens = output_tokens = None
     try:
         async for data in stream:
-            for raw in events.feed(data):
-                if model is None and b'"model"' in raw:
-                    document = StreamEvent(raw).json()
-                    if isinstance(document, dict):
-                        found = document.get("model")
-                        if found is None and isinstance(document.get("message"), dict):
-                            found = document["message"].get("model")  # Anthropic's message_start
-                        model = found if isinstance(found, str) else None
-                if b'"usage"' in raw:
-                    got_in, got_out = usage_from(StreamEvent(raw).json())
-                    input_tokens = got_in if got_in is not None else input_tokens
-                    output_tokens = got_out if got_out is not None else output_tokens
+            if model is None:
+                model = _stream_model(events.feed(data))
             yield data
     except Exception as exc:
         span.set_attribute("error.type", type(exc).__name__)
         span.set_status(StatusCode.ERROR, "the stream broke")
         raise
     finally:
-        if model is not None:
+        if model:
             span.set_attribute("gen_ai.response.model", model)
-        _set_usage(span, input_tokens, output_tokens)
+        usage = exchange.usage
+        if usage is not None:
+            _set_usage(span, usage.input_tokens, usage.output_tokens)
         span.end()
         await close_stream(stream)
+
+
+def _stream_model(raws: list[bytes]) -> str | None:
+    """The model the first of these events names ("" once one was read without a model)."""
+    for raw in raws:
+        if b'"model"' in raw:
+            document = StreamEvent(raw).json()
+            if isinstance(document, dict):
+                found = document.get("model")
+                if found is None and isinstance(document.get("message"), dict):
+                    found = document["message"].get("model")  # Anthropic's message_start
+                return found if isinstance(found, str) else ""
+    return None
