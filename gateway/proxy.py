@@ -152,10 +152,8 @@ class Provider:
         headers: CIMultiDict[str] = CIMultiDict()
         keep_credentials = self.passthrough
         incoming = exchange.headers
-        drop = HOP_BY_HOP
-        connection = incoming.get("Connection")
-        if connection:  # and the headers it names are this hop's too (RFC 9110 7.6.1)
-            drop = drop | {token.strip().lower() for token in connection.split(",")}
+        named = _named_by_connection(incoming)
+        drop = HOP_BY_HOP | named if named else HOP_BY_HOP
         for name, value in incoming.items():
             lower = name.lower()
             if lower in drop or lower.startswith("x-gateway-"):
@@ -244,12 +242,18 @@ def make_provider(name: str, config: ProviderConfig) -> Provider:
     return MockProvider(name, config) if config.type == "mock" else Provider(name, config)
 
 
+def _named_by_connection(headers: Any) -> frozenset[str]:
+    """The headers a Connection header names: this hop's too (RFC 9110 7.6.1)."""
+    connection = headers.get("Connection")
+    if not connection:
+        return frozenset()
+    return frozenset(token.strip().lower() for token in connection.split(",") if token.strip())
+
+
 def _answer_headers(upstream_headers: Any) -> CIMultiDict[str]:
     headers = CIMultiDict(upstream_headers)
-    connection = headers.get("Connection")
-    if connection:
-        for token in connection.split(","):
-            headers.popall(token.strip(), None)
+    for name in _named_by_connection(headers):
+        headers.popall(name, None)
     for name in DECODED_RESPONSE:
         headers.popall(name, None)
     return headers

@@ -170,7 +170,7 @@ class EchoUpstream:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
-            headers={"x-upstream": "yes", "Connection": "keep-alive"},
+            headers={"x-upstream": "yes", "Connection": "keep-alive, x-upstream-hop", "x-upstream-hop": "1"},
         )
 
     def app(self) -> web.Application:
@@ -200,6 +200,7 @@ async def test_provider_key_injected_and_caller_key_never_forwarded(tmp_path, ec
     assert "x-gateway-user" not in headers
     assert headers["x-request-id"] == raw.headers["x-request-id"]
     assert raw.headers["x-upstream"] == "yes"
+    assert "x-upstream-hop" not in raw.headers  # named by the upstream's Connection header
 
 
 async def test_anthropic_provider_gets_x_api_key_and_version(tmp_path, echo):
