@@ -53,10 +53,21 @@ class Stash(dict):  # type: ignore[type-arg]
 
 
 class Usage(msgspec.Struct, kw_only=True):
-    """Token counts of one call; the latest figure reported for each field wins."""
+    """Token counts of one call; the latest figure reported for each field wins.
+
+    ``input_tokens`` counts every prompt token, cached ones included;
+    ``cached_input_tokens`` (OpenAI ``cached_tokens``, Anthropic cache reads) and
+    ``cache_write_tokens`` (Anthropic cache creation) say how many of them were
+    cache reads and writes; ``reasoning_tokens`` are part of ``output_tokens``.
+    ``estimated`` is set when the figures were counted by the gateway, not reported.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -233,6 +244,11 @@ class Exchange:
         "error",
         "response_headers",
         "cost_usd",
+        "threat_severity",
+        "cache_status",
+        "cascade_decision",
+        "served_model",
+        "upstream_s",
         "state",
         "started_at",
         "attempts",
@@ -276,7 +292,19 @@ class Exchange:
         #: headers to add to the answer the caller gets (x-gateway-cache, x-ratelimit-*...)
         self.response_headers: dict[str, str] = {}
         self._usage: Usage | None = None
+        #: what the call cost, once a cost plugin knows (set by the cost plugin)
         self.cost_usd: float | None = None
+        # Facts one plugin finds and others read, without importing each other:
+        #: the highest severity a scanner found ("LOW" ... "CRITICAL"), None when clean or not scanned
+        self.threat_severity: str | None = None
+        #: "hit" (answered from a cache: no tokens spent), "miss" or "bypass"; None without a cache
+        self.cache_status: str | None = None
+        #: "accepted" (the draft model answered) or "escalated"; None without a cascade
+        self.cascade_decision: str | None = None
+        #: the model that answered when a plugin changed it (fallback, cascade, alias): ``x-gateway-model``
+        self.served_model: str | None = None
+        #: seconds spent waiting for upstream answers' headers, over every attempt (``Server-Timing``)
+        self.upstream_s = 0.0
         self.state = Stash()
         self.started_at = time.perf_counter()
         #: upstream attempts so far (retries, fallbacks and cascade steps each add one)

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from fnmatch import translate
 from random import getrandbits as _random_bits
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -95,6 +96,14 @@ def normalize_path(path: str) -> str:
         return path
     first = path[1:].split("/", 1)[0]
     return "/v1" + path if first in API_RESOURCES else path
+
+
+def server_timing(exchange: Exchange) -> str:
+    """``gateway;dur=MS, upstream;dur=MS``: the gateway's own time so far and the
+    upstream's (until its answer's headers), so callers see the overhead in their tools."""
+    upstream_ms = exchange.upstream_s * 1000
+    gateway_ms = (perf_counter() - exchange.started_at) * 1000 - upstream_ms
+    return "gateway;dur=%.3f, upstream;dur=%.3f" % (max(gateway_ms, 0.0), upstream_ms)  # noqa: UP031 (hot path)
 
 
 def new_request_id() -> str:
@@ -357,8 +366,12 @@ class Proxy:
         provider = exchange.provider
         assert provider is not None
         exchange.attempts += 1
+        started = perf_counter()
         if not exchange.recording:
-            return await provider.send(exchange)
+            try:
+                return await provider.send(exchange)
+            finally:
+                exchange.upstream_s += perf_counter() - started
         span, token = start_client_span(self.tracer, exchange, provider)
         try:
             response = await provider.send(exchange)
@@ -367,6 +380,7 @@ class Proxy:
             raise
         finally:
             otel_context.detach(token)
+            exchange.upstream_s += perf_counter() - started
         return end_client_span_on_answer(span, response, exchange)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -435,6 +449,9 @@ class Proxy:
         headers["x-request-id"] = exchange.request_id
         if exchange.attempts:
             headers["x-gateway-provider"] = exchange.provider.name  # type: ignore[union-attr]
+        if exchange.served_model is not None:
+            headers["x-gateway-model"] = exchange.served_model
+        headers["Server-Timing"] = server_timing(exchange)
         if exchange.response_headers:
             headers.update(exchange.response_headers)
         if answer.stream is not None:
@@ -468,7 +485,11 @@ class Proxy:
             raise request_too_large(self.max_body_bytes) from None
 
     def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
-        headers = {"Content-Type": "application/json", "x-request-id": exchange.request_id}
+        headers = {
+            "Content-Type": "application/json",
+            "x-request-id": exchange.request_id,
+            "Server-Timing": server_timing(exchange),
+        }
         headers.update(error.headers)
         headers.update(exchange.response_headers)
         level = logging.WARNING if error.status >= 500 else logging.INFO

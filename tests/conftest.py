@@ -9,6 +9,7 @@ import pytest
 
 from gateway.mock_upstream import MockUpstream
 from gateway.testing import serve_app
+from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # The example plugin is an ordinary module; tests import it as `model_aliases`.
@@ -34,3 +35,14 @@ def entry_point(tmp_path, monkeypatch):
         monkeypatch.syspath_prepend(str(tmp_path / "site"))
 
     return install
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free port, killed after the test; ``.url`` is redis://..."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

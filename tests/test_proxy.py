@@ -513,3 +513,20 @@ async def test_a_slow_caller_holds_a_fast_stream_back(tmp_path):
                     await asyncio.sleep(1.0)  # the caller reads nothing more for a while
                     held_at = sent
     assert held_at < total_events * len(event) // 2, f"the upstream sent {held_at} bytes to a caller that read 64 KiB"
+
+
+async def test_every_answer_has_server_timing_with_gateway_and_upstream_durations(tmp_path):
+    config = {"providers": {"mock": {"type": "mock", "mock": {"latency_ms": 30}}}}
+    async with run_gateway(config, tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        timing = raw.headers["server-timing"]
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{gw.url}/v1/chat/completions", data=b"{not json") as error:
+                error_timing = error.headers["server-timing"]
+    parts = dict(part.strip().split(";dur=") for part in timing.split(","))
+    assert set(parts) == {"gateway", "upstream"}
+    assert float(parts["upstream"]) >= 30
+    assert 0 <= float(parts["gateway"]) < 1000
+    assert error_timing.startswith("gateway;dur=")
