@@ -138,6 +138,8 @@ def _tool_to_anthropic(tool: Any, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {"name": function.get("name"), "input_schema": schema}
     if function.get("description"):
         out["description"] = function["description"]
+    if function.get("strict") is True:
+        out["strict"] = True
     return out
 
 
@@ -501,7 +503,12 @@ def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
             continue  # OpenAI takes no reasoning back
         else:
             raise _unsupported(f"{where}.content[{j}].type")
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    content: Any = None
+    if len(texts) == 1:
+        content = texts[0]
+    elif texts:  # blocks stay apart: joining would change the text the model wrote
+        content = [{"type": "text", "text": text} for text in texts]
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = calls
     return message
