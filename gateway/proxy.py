@@ -336,6 +336,9 @@ class Router:
 
         self.default_messages = first("anthropic", "mock")
         self.default_other = first("openai", "mock")
+        # With no provider of the caller's API, a chat goes to one of the other, translated.
+        self.translated_messages = first("openai")
+        self.translated_chat = first("anthropic")
 
     def provider_for(self, exchange: Exchange) -> Provider:
         for route in self.routes:
@@ -343,9 +346,17 @@ class Router:
                 return route.provider
         if self.routes:
             raise route_not_found(exchange.path)
-        provider = self.default_messages if exchange.path.startswith("/v1/messages") else self.default_other
+        path = exchange.path
+        if path.startswith("/v1/messages"):
+            provider = self.default_messages
+            if provider is None and path == "/v1/messages":
+                provider = self.translated_messages
+        else:
+            provider = self.default_other
+            if provider is None and path == "/v1/chat/completions":
+                provider = self.translated_chat
         if provider is None:
-            raise route_not_found(exchange.path)
+            raise route_not_found(path)
         return provider
 
 

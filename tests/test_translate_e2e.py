@@ -378,3 +378,114 @@ async def test_the_untranslated_path_is_unchanged(gw):
     completion = await gw.openai().chat.completions.create(model="gpt-4o", messages=ASK, n=1)
     message = await gw.anthropic().messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=ASK)
     assert completion.id.startswith("chatcmpl-mock-") and message.id.startswith("msg_mock_")
+
+
+# -- what reaches the provider -------------------------------------------------------------------
+
+
+class Recorder:
+    """A provider double that remembers each request and answers in the shape of its path."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        body = await request.json()
+        self.seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        if request.path.endswith("/messages"):
+            return web.json_response(
+                {
+                    "id": "msg_rec",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": [{"type": "text", "text": "recorded"}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 3, "output_tokens": 1},
+                }
+            )
+        return web.json_response(
+            {
+                "id": "chatcmpl-rec",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "recorded"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        )
+
+
+@pytest.fixture
+async def recorder():
+    from aiohttp import web
+
+    from gateway.testing import serve_app
+
+    upstream = Recorder()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", upstream.handle)
+    async with serve_app(app) as url:
+        upstream.url = url
+        yield upstream
+
+
+async def test_the_anthropic_provider_gets_an_anthropic_request_with_its_own_key(tmp_path, recorder):
+    config = {"providers": {"claude": {"type": "anthropic", "base_url": recorder.url, "api_key": "sk-ant-provider"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        completion = await gw.openai(api_key="sk-caller").chat.completions.create(
+            model="claude-sonnet-4-5", messages=ASK, stop=["END"], temperature=1.5
+        )
+    assert completion.choices[0].message.content == "recorded"
+    [seen] = recorder.seen
+    assert seen["path"] == "/v1/messages"
+    assert seen["headers"]["x-api-key"] == "sk-ant-provider"
+    assert seen["headers"]["anthropic-version"] == "2023-06-01"
+    assert "sk-caller" not in str(seen["headers"])
+    assert seen["body"] == {
+        "model": "claude-sonnet-4-5",
+        "stop_sequences": ["END"],
+        "temperature": 1.0,
+        "messages": [{"role": "user", "content": "Tell me about otters"}],
+        "max_tokens": 64000,
+    }
+
+
+async def test_azure_style_provider_gets_its_key_in_the_api_key_header(tmp_path, recorder):
+    config = {
+        "providers": {
+            "azure": {"type": "openai", "base_url": recorder.url + "/openai/v1", "api_key": "azure-key", "api_key_header": "api-key"}
+        }
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        message = await gw.anthropic().messages.create(model="gpt-4o", max_tokens=50, messages=ASK)
+    assert message.content[0].text == "recorded"
+    [seen] = recorder.seen
+    assert seen["path"] == "/openai/v1/chat/completions"
+    assert seen["headers"]["api-key"] == "azure-key"
+    assert "Authorization" not in seen["headers"]
+    assert seen["body"]["max_tokens"] == 50  # a compatible server: max_tokens, not max_completion_tokens
+
+
+def test_provider_urls_and_max_tokens_field_for_openai_compatible_servers():
+    from gateway.config import ProviderConfig
+    from gateway.proxy import Provider
+
+    def provider(base_url, **extra):
+        return Provider("p", ProviderConfig(type="openai", base_url=base_url, **extra))
+
+    gemini = provider("https://generativelanguage.googleapis.com/v1beta/openai/")
+    assert gemini.url_for("/v1/chat/completions", "") == "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"
+    groq = provider("https://api.groq.com/openai/v1")
+    assert groq.url_for("/v1/chat/completions", "") == "https://api.groq.com/openai/v1/chat/completions"
+    assert provider("https://openrouter.ai/api").url_for("/v1/chat/completions", "") == "https://openrouter.ai/api/v1/chat/completions"
+    assert provider("http://localhost:11434/v1").url_for("/v1/chat/completions", "") == "http://localhost:11434/v1/chat/completions"
+    assert Provider("o", ProviderConfig(type="openai")).max_tokens_field == "max_completion_tokens"
+    assert provider("https://my-resource.openai.azure.com/openai/v1").max_tokens_field == "max_completion_tokens"
+    assert groq.max_tokens_field == "max_tokens"
+    azure = provider("https://r.openai.azure.com/openai/v1", api_key="k", api_key_header="api-key")
+    assert azure.extra_headers == {"api-key": "k"}
+    assert provider("https://x", api_key="k").extra_headers == {"Authorization": "Bearer k"}
