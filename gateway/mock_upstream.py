@@ -8,8 +8,9 @@ shapes the official SDKs parse, with usage blocks that count whitespace-separate
 words as tokens.
 
 Knobs make it slow or failing: latency before the answer, time to first token,
-delay between streamed tokens, an error rate and status, a hang, a fixed reply and
-a stream cut mid-way. Each is set for the whole upstream (``MockSettings``, the
+delay between streamed tokens, an error rate and status, a hang, a fixed reply,
+a stream cut mid-way, and tool calls (``x-mock-tool-call``, or a ``tool_choice``
+that forces a tool) with arguments made from each tool's schema. Each is set for the whole upstream (``MockSettings``, the
 command line) and may be overridden per request by an ``x-mock-*`` header, so a
 test that goes through the gateway can steer it from the SDK's ``extra_headers``.
 
