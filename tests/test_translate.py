@@ -187,3 +187,16 @@ def test_a_stream_that_stops_short_is_an_upstream_error(converter, events):
     with pytest.raises(GatewayError) as caught:
         run(converter, sse(events), 1)
     assert caught.value.code == "upstream_error"
+
+
+def test_the_callers_shape_comes_from_the_path_or_the_anthropic_version_header():
+    from gateway.exchange import Exchange
+
+    def api(path, **headers):
+        return Exchange(None, method="GET", path=path, headers=headers).api
+
+    assert api("/v1/messages") == "anthropic"
+    assert api("/v1/messages/count_tokens") == "anthropic"
+    assert api("/v1/chat/completions", **{"anthropic-version": "2023-06-01"}) == "openai"
+    assert api("/v1/models") == "openai"
+    assert api("/v1/models", **{"anthropic-version": "2023-06-01"}) == "anthropic"

@@ -246,3 +246,35 @@ def test_openai_answer_keeps_text_and_tool_calls_buffered_and_streamed_alike(com
     assert streamed["content"] == expected
     assert streamed["stop_reason"] == message["stop_reason"]
     assert streamed["usage"] == message["usage"]
+
+
+def exchange_for(path: str, body: dict):
+    from gateway.exchange import Exchange
+
+    return Exchange(None, method="POST", path=path, body=msgspec.json.encode(body), headers={"Content-Type": "application/json"})
+
+
+keys = st.sampled_from(
+    ["model", "messages", "system", "tools", "tool_choice", "stop", "stop_sequences", "max_tokens", "content", "role",
+     "type", "text", "image_url", "source", "tool_calls", "function", "arguments", "input", "response_format", "metadata"]
+)  # fmt: skip
+shapes = st.recursive(
+    scalars | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(keys, shapes, max_size=6), st.sampled_from(["/v1/chat/completions", "/v1/messages"]))
+def test_any_json_body_is_translated_or_refused_with_a_400_never_a_crash(body, path):
+    from gateway.errors import GatewayError
+    from gateway.translate import translate_request
+
+    target = "anthropic" if path == "/v1/chat/completions" else "openai"
+    try:
+        translation = translate_request(exchange_for(path, body), target)
+    except GatewayError as error:
+        assert error.status == 400 and error.code == "invalid_request"
+    else:
+        assert translation is not None and msgspec.json.decode(translation.body)["messages"] is not None

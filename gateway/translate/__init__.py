@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.errors import upstream_error
+from gateway.errors import invalid_request, upstream_error
 from gateway.exchange import Response
 from gateway.translate.answers import chat_to_message, error_to_anthropic, error_to_openai, message_to_chat
 from gateway.translate.requests import chat_to_messages, messages_to_chat
@@ -28,6 +28,8 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
 
 CHAT_PATH = "/v1/chat/completions"
+# What a body of the right JSON type but the wrong inner shapes makes the mappings raise.
+_MALFORMED = (TypeError, AttributeError, KeyError, ValueError, IndexError, msgspec.EncodeError)
 MESSAGES_PATH = "/v1/messages"
 
 
@@ -56,12 +58,15 @@ def translate_request(exchange: Exchange, target: str, max_tokens_field: str = "
         return None
     model = document.get("model")
     model = model if isinstance(model, str) else None
-    if target == "anthropic" and path == CHAT_PATH:
-        options = document.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return Translation(target, MESSAGES_PATH, _encode(chat_to_messages(document)), include_usage, model)
-    if target == "openai" and path == MESSAGES_PATH:
-        return Translation(target, CHAT_PATH, _encode(messages_to_chat(document, max_tokens_field)), True, model)
+    try:
+        if target == "anthropic" and path == CHAT_PATH:
+            options = document.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            return Translation(target, MESSAGES_PATH, _encode(chat_to_messages(document)), include_usage, model)
+        if target == "openai" and path == MESSAGES_PATH:
+            return Translation(target, CHAT_PATH, _encode(messages_to_chat(document, max_tokens_field)), True, model)
+    except _MALFORMED as exc:  # a value of the wrong type somewhere the mapping looked
+        raise invalid_request(f"The request cannot be translated for this provider: {type(exc).__name__}.") from None
     return None
 
 
@@ -84,7 +89,10 @@ def translate_response(response: Response, translation: Translation, exchange: E
         document = None
     if not isinstance(document, dict):
         raise upstream_error("The provider's answer is not JSON and cannot be translated.")
-    answer, usage = message_to_chat(document) if to_openai else chat_to_message(document)
+    try:
+        answer, usage = message_to_chat(document) if to_openai else chat_to_message(document)
+    except _MALFORMED:
+        raise upstream_error("The provider's answer has an unexpected shape and cannot be translated.") from None
     exchange.usage = usage
     headers["Content-Type"] = "application/json"
     translated = Response(response.status, headers, _encode(answer))

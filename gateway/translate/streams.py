@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _encode = msgspec.json.encode
 _DONE = b"data: [DONE]\n\n"
+_MALFORMED = (TypeError, AttributeError, KeyError, ValueError, IndexError, msgspec.EncodeError)
 _STATUS_BY_ANTHROPIC_TYPE = {kind: status for status, kind in ANTHROPIC_ERROR_TYPES.items()} | {"api_error": 500}
 
 
@@ -254,7 +255,10 @@ async def translated_stream(stream: AsyncIterator[bytes], converter: _Converter,
         async for data in stream:
             out = b""
             for raw in events.feed(data):
-                out += converter.feed(StreamEvent(raw))
+                try:
+                    out += converter.feed(StreamEvent(raw))
+                except _MALFORMED:
+                    raise upstream_error("The provider sent a stream event of an unexpected shape.") from None
                 if converter.usage is not seen:
                     seen = converter.usage
                     exchange.usage = msgspec.structs.replace(seen)  # the relay adds to its own copy
