@@ -113,6 +113,19 @@ async def test_openai_stream_from_an_anthropic_provider_ends_with_usage_and_done
     assert seen["usage"].output_tokens == plain.usage.completion_tokens
 
 
+async def test_translated_stream_events_arrive_as_the_provider_sends_them(gw):
+    """Not buffered: each Anthropic event becomes a chunk the moment it arrives."""
+    import time
+
+    stream = await gw.openai().chat.completions.create(
+        model="claude-sonnet-4-5", messages=ASK, stream=True, extra_headers={"x-mock-inter-token-ms": "60"}
+    )
+    started = time.perf_counter()
+    arrivals = [time.perf_counter() - started async for _ in stream]
+    assert len(arrivals) > 10
+    assert arrivals[-1] - arrivals[1] > 0.5  # the tokens kept their pace through the translation
+
+
 async def test_openai_stream_without_include_usage_has_no_usage_chunk_but_usage_is_counted(gw):
     stream = await gw.openai().chat.completions.create(model="claude-sonnet-4-5", messages=ASK, stream=True)
     chunks = [chunk async for chunk in stream]
