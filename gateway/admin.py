@@ -159,7 +159,10 @@ def _bad_request(message: str) -> web.Response:
 
 def _sampling(gateway: Gateway) -> str:
     sampler = getattr(gateway.tracer_provider, "sampler", None)
-    return f"sampler {sampler.get_description()}" if sampler is not None else "tracing off"
+    if sampler is None:
+        return "tracing off"
+    root = getattr(sampler, "_root", None)  # ParentBased: callers' decisions are followed
+    return f"new traces: {root.get_description()}, a caller's sampled trace always" if root is not None else sampler.get_description()
 
 
 async def _metrics(gateway: Gateway, accept: str = "") -> tuple[bytes, str]:
