@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -458,3 +459,40 @@ def test_with_nothing_exported_a_few_requests_a_second_are_sampled_for_the_trace
     assert recorded[0] and 1 <= recorded.count(True) <= 11
     assert "RateLimitingSampler{10/s}" in provider.sampler.get_description()
     assert trace_buffer(provider) is trace_buffer(provider) is not None
+
+
+# -- the Grafana dashboard ---------------------------------------------------------------------
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "gateway-dashboard.json"
+METRIC_NAME = re.compile(r"\b((?:gateway|gen_ai)_[a-z0-9_]+)\b")
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return queries
+
+
+async def test_every_metric_the_grafana_dashboard_queries_exists_after_a_workload(tmp_path):
+    config = mock_config(
+        limits={"max_body_bytes": 4096}, plugins=[{"use": "test_observability:Facts", "name": "facts"}]
+    )
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT, stream=True)
+        async for _ in stream:
+            pass
+        async with aiohttp.ClientSession() as session:  # a gateway error: 413
+            async with session.post(gw.url + "/v1/chat/completions", data=b"x" * 5000) as reply:
+                assert reply.status == 413
+        samples = await scrape(gw)
+    exposed = {name for name, _, _ in samples}
+    label_names = {label for _, labels, _ in samples for label in labels}
+    queried = {name for query in dashboard_queries() for name in METRIC_NAME.findall(query)} - label_names
+    assert len(queried) >= 10
+    missing = {name for name in queried if name not in exposed}
+    assert not missing, f"the dashboard queries metrics /metrics does not have: {sorted(missing)}"
+    for query in dashboard_queries():
+        assert query.count("(") == query.count(")") and query.count("{") == query.count("}"), query
