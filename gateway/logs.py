@@ -35,20 +35,16 @@ class JsonFormatter(logging.Formatter):
     _second = -1
     _stamp = ""
 
-    def _ts(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def ts(self, created: float) -> str:
+        second = int(created)
         if second != self._second:  # one strftime a second, not one a line
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._stamp}.{int(record.msecs):03d}Z"
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
 
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": self._ts(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+    def head(self, created: float, level: str, logger: str, message: str) -> dict[str, Any]:
+        """The fields every line starts with, the request and trace ids included."""
+        line: dict[str, Any] = {"ts": self.ts(created), "level": level, "logger": logger, "message": message}
         request_id = request_id_var.get()
         if request_id is not None:
             line["request_id"] = request_id
@@ -56,6 +52,10 @@ class JsonFormatter(logging.Formatter):
         if context.is_valid:
             line["trace_id"] = format(context.trace_id, "032x")
             line["span_id"] = format(context.span_id, "016x")
+        return line
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.head(record.created, record.levelname.lower(), record.name, record.getMessage())
         fields = record.__dict__.get("_fields")
         if fields is not None:  # the access line's fields, in one attribute (see write_access_line)
             line.update(fields)
@@ -68,9 +68,23 @@ class JsonFormatter(logging.Formatter):
         return _encode(line).decode()
 
 
+class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stderr handler :func:`setup` installs. Access lines skip the logging
+    machinery (a record, its handlers, the formatter) and go straight to it when it
+    is the only handler they would reach: see :meth:`AccessLog.write`."""
+
+    def write_line(self, line: str) -> None:
+        self.acquire()
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        finally:
+            self.release()
+
+
 def setup(level: str = "info") -> None:
     """Send every log line, the gateway's and its libraries', to stderr as JSON."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = GatewayHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -139,13 +153,39 @@ class AccessLog:
     def __init__(self, config: LogConfig) -> None:
         self.enabled = config.access
         self.level = logging.getLevelName(config.access_level.upper())
+        self.level_name = config.access_level
         self.lines = 0
 
     def write(self, exchange: Exchange, status: int) -> None:
         if not self.enabled or not access_log.isEnabledFor(self.level):
             return
-        write_access_line(self.level, exchange, status)
+        handler = _direct_handler(self.level)
+        if handler is None:
+            write_access_line(self.level, exchange, status)
+        else:
+            # The same line JsonFormatter would make, for a quarter of the cost.
+            formatter = handler.formatter
+            assert isinstance(formatter, JsonFormatter)
+            message = f"{exchange.method} {exchange.path} {status}"
+            line = formatter.head(time.time(), self.level_name, "gateway.access", message)
+            line.update(access_fields(exchange, status))
+            handler.write_line(_encode(line).decode())
         self.lines += 1
+
+
+def _direct_handler(level: int) -> GatewayHandler | None:
+    """The handler an access line would reach, when it is setup()'s alone (no other
+    handler or filter on the way), else None."""
+    root = logging.root
+    handlers = root.handlers
+    if access_log.handlers or access_log.filters or root.filters or not access_log.propagate or len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if type(handler) is not GatewayHandler or handler.filters or handler.level > level:
+        return None
+    if not isinstance(handler.formatter, JsonFormatter):
+        return None
+    return handler
 
 
 def write_access_line(level: int, exchange: Exchange, status: int) -> None:

@@ -502,8 +502,10 @@ class TraceBuffer(SpanProcessor):
                     entry.dropped += 1
         on_hook = self.on_hook
         attributes = span.attributes
-        if on_hook is not None and attributes and "gateway.hook" in attributes and span.end_time and span.start_time:
-            on_hook(str(attributes.get("gateway.plugin")), str(attributes["gateway.hook"]), (span.end_time - span.start_time) / 1e9)
+        if on_hook is not None and attributes and span.end_time and span.start_time:
+            hook = attributes.get("gateway.hook")
+            if hook is not None and hook != "chunk":  # a chunk span lasts the whole stream: not a hook's latency
+                on_hook(str(attributes.get("gateway.plugin")), str(hook), (span.end_time - span.start_time) / 1e9)
 
     def shutdown(self) -> None:
         return None
