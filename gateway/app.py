@@ -27,7 +27,7 @@ from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.plugins import PluginConfigError
 from gateway.proxy import Provider, Proxy, Router, make_provider
-from gateway.telemetry import get_tracer, roots_unsampled, trace_buffer
+from gateway.telemetry import get_tracer, requested_model, roots_unsampled, trace_buffer
 
 log = logging.getLogger("gateway")
 
@@ -70,8 +70,9 @@ class Gateway:
     def _finished(self, exchange: Exchange, status: int) -> None:
         """Once per exchange, when it is over: metrics and the access line."""
         try:
-            self.metrics.record(exchange, status, exchange.provider if exchange.attempts else None)
-            self.access_log.write(exchange, status)
+            model = requested_model(exchange)
+            self.metrics.record(exchange, status, exchange.provider if exchange.attempts else None, model)
+            self.access_log.write(exchange, status, model)
         except Exception:
             log.exception("recording the metrics or access line of a request failed")
 

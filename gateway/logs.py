@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # Attributes every LogRecord has; anything else came in through ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _encode = msgspec.json.Encoder(enc_hook=repr).encode
+_UNKNOWN: Any = object()
 
 
 class JsonFormatter(logging.Formatter):
@@ -111,7 +112,7 @@ def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000, 3) if seconds is not None else None
 
 
-def access_fields(exchange: Exchange, status: int) -> dict[str, Any]:
+def access_fields(exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> dict[str, Any]:
     """What one access line says about an exchange; never a header, key or body.
 
     The request id and trace id come with every log line (see :class:`JsonFormatter`).
@@ -128,7 +129,7 @@ def access_fields(exchange: Exchange, status: int) -> dict[str, Any]:
         "caller": exchange.caller,
         "client": exchange.client,
         "provider": provider.name if provider is not None else None,
-        "model": requested_model(exchange),
+        "model": requested_model(exchange) if model is _UNKNOWN else model,
         "served_model": exchange.served_model,
         "stream": response.is_stream if response is not None else False,
         "attempts": exchange.attempts,
@@ -156,19 +157,20 @@ class AccessLog:
         self.level_name = config.access_level
         self.lines = 0
 
-    def write(self, exchange: Exchange, status: int) -> None:
+    def write(self, exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> None:
+        """The access line of a finished exchange (``model``: the body's, when the caller already read it)."""
         if not self.enabled or not access_log.isEnabledFor(self.level):
             return
         handler = _direct_handler(self.level)
         if handler is None:
-            write_access_line(self.level, exchange, status)
+            write_access_line(self.level, exchange, status, model)
         else:
             # The same line JsonFormatter would make, for a quarter of the cost.
             formatter = handler.formatter
             assert isinstance(formatter, JsonFormatter)
             message = f"{exchange.method} {exchange.path} {status}"
             line = formatter.head(time.time(), self.level_name, "gateway.access", message)
-            line.update(access_fields(exchange, status))
+            line.update(access_fields(exchange, status, model))
             handler.write_line(_encode(line).decode())
         self.lines += 1
 
@@ -188,10 +190,10 @@ def _direct_handler(level: int) -> GatewayHandler | None:
     return handler
 
 
-def write_access_line(level: int, exchange: Exchange, status: int) -> None:
+def write_access_line(level: int, exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> None:
     """Log the access line of an exchange on ``gateway.access`` (its level enabled)."""
     record = logging.LogRecord(
         "gateway.access", level, "", 0, "%s %s %s", (exchange.method, exchange.path, status), None
     )
-    record._fields = access_fields(exchange, status)
+    record._fields = access_fields(exchange, status, model)
     access_log.handle(record)

@@ -21,7 +21,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -51,6 +51,7 @@ MAX_MODELS = 100
 MAX_CACHED_SERIES = 10_000
 NONE = "none"
 OTHER = "other"
+_UNKNOWN: Any = object()
 
 # Seconds: from a cache hit (well under a millisecond) to a long generation.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -272,6 +273,10 @@ class Metrics:
         self._series: dict[tuple[Any, ...], _Series] = {}
         self.plugins = PluginCollector()
         self.registry.register(self.plugins)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
+        # and python_info, read at scrape time.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def _family(
         self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...] | None = None
@@ -280,10 +285,13 @@ class Metrics:
         self.registry.register(family)
         return family
 
-    def record(self, exchange: Exchange, status: int, provider: Any) -> None:
-        """Count one finished exchange; ``provider`` is the Provider that was called, or None."""
+    def record(self, exchange: Exchange, status: int, provider: Any, model: str | None | Any = _UNKNOWN) -> None:
+        """Count one finished exchange; ``provider`` is the Provider that was called, or
+        None; ``model`` the body's model when the caller already read it."""
         route = route_of(exchange.path)
-        model = self.models.fold(exchange.served_model or requested_model(exchange), status)
+        if model is _UNKNOWN:
+            model = requested_model(exchange)
+        model = self.models.fold(exchange.served_model or model, status)
         if provider is not None:
             provider_name, provider_type = provider.name, provider.type
         else:
