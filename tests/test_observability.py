@@ -496,3 +496,28 @@ async def test_every_metric_the_grafana_dashboard_queries_exists_after_a_workloa
     assert not missing, f"the dashboard queries metrics /metrics does not have: {sorted(missing)}"
     for query in dashboard_queries():
         assert query.count("(") == query.count(")") and query.count("{") == query.count("}"), query
+
+
+async def test_trace_page_needs_the_admin_token_and_metrics_do_not(tmp_path):
+    async with run_gateway(mock_config(admin={"token": "adm-secret"}), tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        for path in ("/traces", "/traces.json"):
+            assert (await get_text(gw.admin_url + path))[0] == 401
+            status, headers, _ = await get_text(gw.admin_url + path, {"Authorization": "Bearer adm-secret"})
+            assert status == 200
+        assert headers["Content-Type"].startswith("application/json")
+        status, headers, page = await get_text(gw.admin_url + "/traces", {"Authorization": "Bearer adm-secret"})
+        assert "default-src 'none'" in headers["Content-Security-Policy"] and "<script" not in page
+        assert (await get_text(gw.admin_url + "/metrics"))[0] == 200
+
+
+async def test_sampled_off_keeps_no_trace_but_still_counts_and_logs(tmp_path, access_lines):
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    async with run_gateway(mock_config(), tmp_path, sampler=ALWAYS_OFF) as gw:
+        await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        _, _, text = await get_text(gw.admin_url + "/traces.json")
+        samples = await scrape(gw)
+    assert json.loads(text) == {"traces": []}
+    assert value(samples, "gateway_requests_total", model="m") == 1
+    assert len(access_lines) == 1 and "trace_id" not in access_lines[0]
