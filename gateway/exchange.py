@@ -249,6 +249,8 @@ class Exchange:
         "cascade_decision",
         "served_model",
         "upstream_s",
+        "gateway_s",
+        "first_token_s",
         "state",
         "started_at",
         "attempts",
@@ -311,6 +313,10 @@ class Exchange:
         self.served_model: str | None = None
         #: seconds spent waiting for upstream answers' headers, over every attempt (``Server-Timing``)
         self.upstream_s = 0.0
+        #: the gateway's own seconds until the answer's headers, as ``Server-Timing`` reports them (set with it)
+        self.gateway_s: float | None = None
+        #: seconds from the request's arrival to the first streamed event relayed to the caller (streams only)
+        self.first_token_s: float | None = None
         self.state = Stash()
         self.started_at = time.perf_counter()
         #: upstream attempts so far (retries, fallbacks and cascade steps each add one)
