@@ -203,6 +203,8 @@ def end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_
             attributes["gateway.caller"] = exchange.caller
         if provider_name != "-":
             attributes["gateway.provider"] = provider_name
+        if exchange.cost_usd is not None:
+            attributes["gateway.cost_usd"] = exchange.cost_usd
         error = exchange.error
         if error is not None:
             attributes["error.type"] = error.code
