@@ -513,3 +513,34 @@ async def test_a_locked_store_still_answers_counts_the_failure_and_catches_up(tm
     figures = admin_stats["plugins"]["cost"]
     assert figures["ledger_write_errors"] >= 1 and figures["ledger_pending"] == 1
     assert len(rows) == 1 and after["ledger_pending"] == 0 and after["ledger_lost"] == 0
+
+
+# -- Redis budgets --------------------------------------------------------------------------
+
+
+async def test_redis_budget_calls_get_spans_and_a_redis_outage_follows_failure_mode(tmp_path, redis_server):
+    shared = {"store": redis_server.url, "ledger": str(tmp_path / "usage.db"), "budget_usd_per_day": 1, "redis_timeout_s": 0.2}
+    async with run_gateway(cost_config(tmp_path, **shared), tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        await ledger_rows(gw, at_least=1)
+        spans = gw.spans_named("cost reserve") + gw.spans_named("cost settle")
+        redis_server.stop()
+        served = await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # open: unmetered
+        stats = plugin(gw).stats()
+        rows = await ledger_rows(gw, at_least=2)
+    assert [span.attributes["db.system"] for span in spans] == ["redis", "redis"]
+    assert served.choices and stats["unmetered"] == 1 and stats["budget_backend_errors"] >= 1
+    assert len(rows) == 2  # the ledger is local: both calls are on record
+
+    redis_server.start()
+    closed_dir = tmp_path / "closed"
+    closed_dir.mkdir()
+    closed = cost_config(closed_dir, **{**shared, "ledger": str(closed_dir / "usage.db")}, failure_mode="closed")
+    async with run_gateway(closed, closed_dir) as gw:
+        await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        redis_server.stop()
+        with pytest.raises(openai.APIStatusError) as refused:
+            await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        ready, _ = await admin_get(gw, "/readyz")
+    assert refused.value.status_code == 503 and refused.value.body["code"] == "backend_unavailable"
+    assert ready == 503
