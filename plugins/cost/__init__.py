@@ -25,6 +25,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import itertools
 import logging
 import secrets
 import sqlite3
@@ -185,6 +186,9 @@ class Cost:
         self.injected = 0
         self.dropped_usage_chunks = 0
         self._preload: asyncio.Task[Any] | None = None
+        # Reservation ids: unique across replicas without a syscall per call.
+        self._token_prefix = secrets.token_hex(6) + "-"
+        self._tokens = itertools.count()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -264,7 +268,7 @@ class Cost:
                 self.injected += 1
 
     async def _reserve(self, exchange: Exchange, call: _Call, limits: Limits, document: Any) -> None:
-        call.token = secrets.token_hex(8)
+        call.token = f"{self._token_prefix}{next(self._tokens)}"
         estimate_pico = self._estimate_cost(exchange, document)
         now = time.time()
         try:

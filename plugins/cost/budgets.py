@@ -43,9 +43,19 @@ class Decision(msgspec.Struct):
     period: str | None = None
 
 
+_periods_cache: tuple[int, tuple[str, str]] = (-1, ("", ""))
+
+
 def periods(now: float) -> tuple[str, str]:
-    day = dt.datetime.fromtimestamp(now, dt.UTC)
-    return day.strftime("%Y-%m-%d"), day.strftime("%Y-%m")
+    """The UTC day and month of ``now`` (formatted once a day: this runs on every call)."""
+    global _periods_cache
+    day_number = int(now // 86400)
+    cached_day, names = _periods_cache
+    if day_number != cached_day:
+        day = dt.datetime.fromtimestamp(day_number * 86400, dt.UTC)
+        names = (day.strftime("%Y-%m-%d"), day.strftime("%Y-%m"))
+        _periods_cache = (day_number, names)
+    return names
 
 
 def resets_at(now: float) -> tuple[str, str]:

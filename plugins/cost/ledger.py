@@ -122,6 +122,8 @@ class Ledger:
         self.lost = 0
         self.batches = 0
         self._queued = 0
+        self._taken = 0
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._flushed = threading.Event()
 
@@ -135,15 +137,21 @@ class Ledger:
         self._thread.start()
 
     def put(self, record: tuple[Any, ...]) -> None:
-        """Queue one record (a tuple in COLUMNS order); never blocks."""
+        """Queue one record (a tuple in COLUMNS order); never blocks.
+
+        The writer sleeps through its window rather than waiting on the queue, so a
+        put does not wake a thread (and hand the GIL over) for every record."""
         self._queued += 1
         self.queue.put(record)
+        if self._queued - self._taken >= self.batch_size:
+            self._wake.set()
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write every queued record, then stop the thread (blocking: call it off the loop)."""
         if self._thread is None:
             return
         self.queue.put(_STOP)
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.error("usage ledger: %d record(s) still unwritten at shutdown", self.pending)
@@ -153,6 +161,7 @@ class Ledger:
         """Write what is queued now (blocking; for tests and admin)."""
         self._flushed.clear()
         self.queue.put(_FLUSH)
+        self._wake.set()
         return self._flushed.wait(timeout_s)
 
     # -- the writer thread --------------------------------------------------------
@@ -164,35 +173,24 @@ class Ledger:
         backoff_s = 0.0
         failures_at_stop = 0
         while True:
-            # Gather for one window (or the backoff after a failure), until the batch is
-            # full, or a stop or a flush arrives: a record waits at most one window.
-            window_end = time.monotonic() + (backoff_s or self.flush_interval_s)
+            # Sleep one window (or the backoff after a failure) unless a full batch, a
+            # flush or a stop wakes us, then take everything queued: a record waits
+            # at most one window before its batch is written.
+            self._wake.wait(backoff_s or self.flush_interval_s)
+            self._wake.clear()
             flush_requested = False
-            while not stopping and (backoff_s or len(batch) < self.batch_size):
-                timeout = window_end - time.monotonic()
-                if timeout <= 0:
-                    break
+            while True:
                 try:
-                    item = self.queue.get(timeout=timeout)
+                    item = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stopping = True
                 elif item is _FLUSH:
                     flush_requested = True
-                    break
                 else:
+                    self._taken += 1
                     self._add(batch, item)
-            if stopping:  # take everything still queued, without waiting
-                while True:
-                    try:
-                        item = self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _FLUSH:
-                        flush_requested = True
-                    elif item is not _STOP:
-                        self._add(batch, item)
             if batch:
                 connection, error = self._write(connection, batch)
                 if error is None:
@@ -210,6 +208,7 @@ class Ledger:
                             log.error("usage ledger: %d record(s) lost at shutdown: the store keeps failing", len(batch))
                             batch.clear()
                         else:
+                            self._wake.set()  # retry soon: the shutdown is waiting
                             time.sleep(backoff_s)
             if flush_requested and not batch:
                 self._flushed.set()
