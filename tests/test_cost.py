@@ -544,3 +544,15 @@ async def test_redis_budget_calls_get_spans_and_a_redis_outage_follows_failure_m
         ready, _ = await admin_get(gw, "/readyz")
     assert refused.value.status_code == 503 and refused.value.body["code"] == "backend_unavailable"
     assert ready == 503
+
+
+async def test_listing_models_is_neither_budgeted_nor_recorded_and_a_non_json_body_is_metered(tmp_path):
+    async with run_gateway(cost_config(tmp_path, budget_usd_per_day=0), tmp_path) as gw:
+        models = await gw.openai().models.list()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{gw.url}/v1/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}) as reply:
+                status = reply.status
+        rows = await ledger_rows(gw)
+    assert models.data  # a zero budget does not stop a free call
+    assert status == 402  # but it does stop one that may cost
+    assert [(row["path"], row["status"]) for row in rows] == [("/v1/chat/completions", 402)]

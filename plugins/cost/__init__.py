@@ -244,9 +244,14 @@ class Cost:
 
     @hookimpl
     async def request(self, exchange: Exchange) -> None:
+        if exchange.method != "POST":  # listing models and the like costs nothing: no budget, no record
+            return
         call = _Call(exchange.caller)
         exchange.state[CALL] = call
-        document = exchange.json() if exchange.has_json_body else None
+        try:
+            document = exchange.json() if exchange.has_json_body else None
+        except GatewayError:  # not JSON: the upstream's to judge; metered all the same
+            document = None
         if self.has_budgets:
             limits = self.limits_for(call.caller)
             if limits.per_day is not None or limits.per_month is not None:
