@@ -427,6 +427,7 @@ async def test_client_overrides_and_a_monthly_budget_apply_per_client(tmp_path):
             await frontend.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
         for _ in range(3):
             await batch.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        await ledger_rows(gw)  # every call charged
         _, frontend_quota = await admin_get(gw, "/usage/quota?client=frontend")
         _, batch_quota = await admin_get(gw, "/usage/quota?client=batch")
     assert refused.value.status_code == 402 and "monthly budget" in refused.value.body["message"]
@@ -440,6 +441,7 @@ async def test_quota_shows_spent_limit_and_reset_time_and_survives_a_restart(tmp
     config = cost_config(tmp_path, budget_usd_per_day=0.5)
     async with run_gateway(config, tmp_path) as gw:
         await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        await ledger_rows(gw)  # charged once complete has run
         status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
         missing, _ = await admin_get(gw, "/usage/quota")
     assert status == 200 and missing == 400
