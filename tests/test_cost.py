@@ -558,3 +558,25 @@ async def test_listing_models_is_neither_budgeted_nor_recorded_and_a_non_json_bo
     assert models.data  # a zero budget does not stop a free call
     assert status == 402  # but it does stop one that may cost
     assert [(row["path"], row["status"]) for row in rows] == [("/v1/chat/completions", 402)]
+
+
+class DraftFirst:
+    """A stand-in cascade for the test: the draft model answers and says so."""
+
+    @hookimpl
+    async def send(self, exchange: Exchange, call_next: Any) -> Response:
+        exchange.model = "gpt-4o-mini"
+        exchange.served_model = "gpt-4o-mini"
+        exchange.cascade_decision = "accepted"
+        return await call_next(exchange)
+
+
+async def test_the_model_that_answered_is_priced_and_the_cascade_decision_recorded(tmp_path):
+    config = cost_config(tmp_path)
+    config["plugins"].append({"use": "test_cost:DraftFirst"})
+    async with run_gateway(config, tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+        rows = await ledger_rows(gw)
+    assert raw.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert Decimal(raw.headers["x-gateway-cost-usd"]) == GPT_4O_MINI_HELLO
+    assert [(row["model"], row["cascade"]) for row in rows] == [("gpt-4o-mini", "accepted")]

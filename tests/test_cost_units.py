@@ -152,3 +152,43 @@ def test_the_estimate_tokenizer_works_with_the_network_blocked(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip()) == 9  # cl100k_base: Hello , world ! This is a test .
+
+
+def test_a_full_store_keeps_records_pending_counts_what_overflows_and_catches_up(tmp_path):
+    """SQLITE_FULL (a full disk), made real with a page limit on the writer's connection."""
+    import sqlite3
+    import time
+
+    from gateway_plugins.cost.ledger import COLUMNS, Ledger
+
+    class SmallDisk(Ledger):
+        full = True
+
+        def _connect(self) -> sqlite3.Connection:
+            connection = super()._connect()
+            if self.full:
+                pages = connection.execute("PRAGMA page_count").fetchone()[0]
+                connection.execute(f"PRAGMA max_page_count = {pages}")
+            return connection
+
+    path = tmp_path / "usage.db"
+    ledger = SmallDisk(str(path), flush_interval_s=0.02, batch_size=100, max_pending=50)
+    ledger.start()
+    record = (1.0, "2026-12-02", "r", "c", "p", "m", "/v1/chat/completions", 200, None, 0, 1, 2, 0, 0, 0, 5, 0, 0, None, 1.0)
+    assert len(record) == len(COLUMNS)
+    try:
+        for index in range(60):
+            ledger.put((*record[:2], f"r{index}-" + "x" * 2000, *record[3:]))
+        deadline = time.monotonic() + 10
+        while ledger.write_errors < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ledger.write_errors >= 1
+        assert ledger.written == 0 and ledger.lost == 10 and ledger.pending == 50
+        SmallDisk.full = False  # space freed: the next retry writes what was held
+        assert ledger.flush(15)
+        assert ledger.written == 50 and ledger.pending == 0
+    finally:
+        ledger.close()
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 50
+    connection.close()

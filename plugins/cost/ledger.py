@@ -218,6 +218,11 @@ class Ledger:
             connection.close()
         self._flushed.set()
 
+    def _connect(self) -> sqlite3.Connection:
+        connection = connect(self.path)
+        connection.executescript(SCHEMA)  # the file may have been locked at startup, or replaced
+        return connection
+
     def _add(self, batch: deque[tuple[Any, ...]], record: tuple[Any, ...]) -> None:
         if len(batch) >= self.max_pending:
             self.lost += 1
@@ -231,7 +236,7 @@ class Ledger:
     ) -> tuple[sqlite3.Connection | None, sqlite3.Error | None]:
         try:
             if connection is None:
-                connection = connect(self.path)
+                connection = self._connect()
             connection.execute("BEGIN IMMEDIATE")
             try:
                 connection.executemany(_INSERT, batch)
