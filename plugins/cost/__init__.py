@@ -185,6 +185,7 @@ class Cost:
         self.warned_models: set[str] = set()
         self.injected = 0
         self.dropped_usage_chunks = 0
+        self.estimate_errors = 0
         self._preload: asyncio.Task[Any] | None = None
         # Reservation ids: unique across replicas without a syscall per call.
         self._token_prefix = secrets.token_hex(6) + "-"
@@ -208,7 +209,7 @@ class Cost:
                 await self.budgets.ping()
             except Exception as exc:
                 log.warning("cost: Redis is unreachable at startup (%s); failure_mode %s", exc, self.config.failure_mode)
-        elif self.has_budgets:
+        else:
             month_start = periods(time.time())[1] + "-01"
             try:
                 rows = await asyncio.to_thread(spent_since, self.ledger_path, month_start)
@@ -354,7 +355,9 @@ class Cost:
         if not call.done:
             await self._finish(exchange, call, exchange.response)
         now = time.time()
-        if call.reserved is not None or (self.has_budgets and call.cost):
+        # Charge every caller's spend: in memory it is cheap (and /usage/quota shows it
+        # without a limit); in Redis only when some budget needs it (a round trip).
+        if call.reserved is not None or (call.cost and (self.has_budgets or not self.shared)):
             try:
                 with self._backend_span(exchange, "settle"):
                     await self.budgets.settle(call.caller, call.token, call.reserved, call.cost, now)
@@ -381,16 +384,16 @@ class Cost:
             reported = exchange.usage
         usage = msgspec.structs.replace(reported) if reported is not None else None
         answered = response is not None and exchange.attempts > 0 and response.status < 400
-        if answered and self.config.estimate:
-            assert response is not None
-            if usage is None:
-                self.usage_missing += 1
-                usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, None)
-            elif response.is_stream and exchange.error is not None:
-                # Cut: the usage seen so far may be the opening figures only.
-                usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, usage)
-        elif answered and usage is None:
+        if answered and usage is None:
             self.usage_missing += 1
+        if answered and self.config.estimate and (usage is None or (response.is_stream and exchange.error is not None)):
+            # No usage, or a cut stream whose usage so far may be the opening figures only.
+            assert response is not None
+            try:
+                usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, usage)
+            except Exception as exc:  # an estimate is never worth failing the call for
+                self.estimate_errors += 1
+                log.warning("cost: estimating the tokens of %s failed: %r", exchange.request_id, exc)
         call.raws = []
         if usage is None:
             usage = Usage()
@@ -417,7 +420,7 @@ class Cost:
         if seen is None:
             usage = Usage(input_tokens=estimate.request_tokens(document), estimated=True)
         else:
-            usage = seen
+            usage = msgspec.structs.replace(seen)
         if response.is_stream:
             streamed = estimate.stream_tokens(raws)
         else:
@@ -571,6 +574,7 @@ class Cost:
             "cache_hits": self.cache_hits,
             "estimated": self.estimated,
             "usage_missing": self.usage_missing,
+            "estimate_errors": self.estimate_errors,
             "unknown_model_calls": self.unknown_model_calls,
             "unknown_models": len(self.warned_models),
             "budget_rejections": self.budget_rejections,
