@@ -192,3 +192,27 @@ def test_a_full_store_keeps_records_pending_counts_what_overflows_and_catches_up
     connection = sqlite3.connect(path)
     assert connection.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 50
     connection.close()
+
+
+def test_records_older_than_the_retention_are_deleted(tmp_path):
+    import sqlite3
+    import time
+
+    from gateway_plugins.cost.ledger import Ledger
+
+    ledger = Ledger(str(tmp_path / "usage.db"), flush_interval_s=0.02, batch_size=10, max_pending=100, retention_days=30)
+    old = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 31 * 86400))
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    ledger.start()
+    try:
+        for day in (old, old, today):
+            ledger.put((1.0, day, "r", "c", "p", "m", "/v1/chat/completions", 200, None, 0, 1, 2, 0, 0, 0, 5, 0, 0, None, 1.0))
+        assert ledger.flush(10)
+        ledger._pruned_at = None  # the hourly check is due again
+        assert ledger.flush(10)
+    finally:
+        ledger.close()
+    connection = sqlite3.connect(tmp_path / "usage.db")
+    assert [row[0] for row in connection.execute("SELECT day FROM usage")] == [today]
+    connection.close()
+    assert ledger.pruned == 2

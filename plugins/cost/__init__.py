@@ -90,6 +90,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
     #: records kept in memory while the store fails; beyond, they are counted as lost
     max_pending: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    #: delete records older than this many days (checked hourly); None: keep them all
+    retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
     #: ask streamed OpenAI chat/completions for their usage (the extra chunk is hidden from callers who did not)
     include_usage: bool = True
     #: count tokens with the offline tokenizer when the provider reports none
@@ -162,6 +164,7 @@ class Cost:
             flush_interval_s=config.flush_interval_s,
             batch_size=config.batch_size,
             max_pending=config.max_pending,
+            retention_days=config.retention_days,
         )
         self.budgets: MemoryBudgets | RedisBudgets = MemoryBudgets()
         self.tracer: trace.Tracer = trace.NoOpTracer()
@@ -585,6 +588,7 @@ class Cost:
             "ledger_pending": self.ledger.pending,
             "ledger_write_errors": self.ledger.write_errors,
             "ledger_lost": self.ledger.lost,
+            "ledger_pruned": self.ledger.pruned,
         }
 
 

@@ -84,6 +84,7 @@ _STOP: Any = object()
 _FLUSH: Any = object()
 BUSY_TIMEOUT_MS = 2000
 RETRY_MAX_S = 5.0
+PRUNE_EVERY_S = 3600.0
 
 
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -110,8 +111,19 @@ def open_database(path: str) -> None:
 class Ledger:
     """A batching SQLite writer on a thread of its own."""
 
-    def __init__(self, path: str, *, flush_interval_s: float, batch_size: int, max_pending: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        flush_interval_s: float,
+        batch_size: int,
+        max_pending: int,
+        retention_days: int | None = None,
+    ) -> None:
         self.path = path
+        self.retention_days = retention_days
+        self.pruned = 0
+        self._pruned_at: float | None = None  # None: due
         self.flush_interval_s = flush_interval_s
         self.batch_size = batch_size
         self.max_pending = max_pending
@@ -210,6 +222,10 @@ class Ledger:
                         else:
                             self._wake.set()  # retry soon: the shutdown is waiting
                             time.sleep(backoff_s)
+            if self.retention_days is not None and (
+                self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY_S
+            ):
+                connection = self._prune(connection)
             if flush_requested and not batch:
                 self._flushed.set()
             if stopping and not batch:
@@ -217,6 +233,19 @@ class Ledger:
         if connection is not None:
             connection.close()
         self._flushed.set()
+
+    def _prune(self, connection: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Delete the records of days older than ``retention_days`` (once an hour)."""
+        self._pruned_at = time.monotonic()
+        assert self.retention_days is not None
+        cutoff = time.strftime("%Y-%m-%d", time.gmtime(time.time() - self.retention_days * 86400))
+        try:
+            if connection is None:
+                connection = self._connect()
+            self.pruned += connection.execute("DELETE FROM usage WHERE day < ?", (cutoff,)).rowcount
+        except sqlite3.Error as exc:
+            log.warning("usage ledger: deleting records before %s failed: %s", cutoff, exc)
+        return connection
 
     def _connect(self) -> sqlite3.Connection:
         connection = connect(self.path)
