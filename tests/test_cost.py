@@ -580,3 +580,21 @@ async def test_the_model_that_answered_is_priced_and_the_cascade_decision_record
     assert raw.headers["x-gateway-model"] == "gpt-4o-mini"
     assert Decimal(raw.headers["x-gateway-cost-usd"]) == GPT_4O_MINI_HELLO
     assert [(row["model"], row["cascade"]) for row in rows] == [("gpt-4o-mini", "accepted")]
+
+
+async def test_a_caller_that_leaves_mid_stream_is_recorded_with_the_tokens_streamed_so_far(tmp_path):
+    body = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    async with run_gateway(cost_config(tmp_path), tmp_path) as gw:
+        async with aiohttp.ClientSession() as session:
+            reply = await session.post(f"{gw.url}/v1/chat/completions", json=body, headers={"x-mock-inter-token-ms": "100"})
+            seen = 0
+            async for line in reply.content:
+                seen += line.startswith(b"data:")
+                if seen == 4:
+                    break
+            reply.close()  # the caller leaves
+        rows = await ledger_rows(gw, at_least=1)
+    (row,) = rows
+    assert row["status"] == 499 and row["error"] == "client_closed_request"
+    assert row["estimated"] == 1 and 3 <= row["output_tokens"] < 15
+    assert row["cost_picousd"] > 0
