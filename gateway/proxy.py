@@ -41,7 +41,7 @@ from gateway.errors import (
     upstream_error,
     upstream_timeout,
 )
-from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, close_stream, usage_from
+from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, carries_usage, close_stream, usage_details
 from gateway.mock_upstream import MockUpstream
 from gateway.telemetry import (
     end_client_span_on_answer,
@@ -666,8 +666,8 @@ class Proxy:
                             await _send(out.write(data))
                     else:
                         for raw in events.feed(data):
-                            if b'"usage"' in raw:
-                                exchange.add_usage(*usage_from(StreamEvent(raw).json()))
+                            if carries_usage(raw):
+                                exchange.add_usage(*usage_details(StreamEvent(raw).json()))
                         await _send(out.write(data))
             if events.pending and hooks:
                 await _send(out.write(events.pending))
@@ -699,8 +699,8 @@ class Proxy:
         out = []
         for raw in raws:
             event = StreamEvent(raw)
-            if b'"usage"' in raw:
-                exchange.add_usage(*usage_from(event.json()))
+            if carries_usage(raw):
+                exchange.add_usage(*usage_details(event.json()))
             await self.chain.chunk(exchange, event, hooks)
             if not event.drop:
                 out.append(event.raw)
