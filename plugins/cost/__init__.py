@@ -265,8 +265,6 @@ class Cost:
             and document is not None
             and document.get("stream") is True
             and exchange.path in _INCLUDE_USAGE_PATHS
-            and exchange.provider is not None
-            and exchange.provider.type in ("openai", "mock")
         ):
             options = document.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
