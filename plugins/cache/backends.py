@@ -197,5 +197,8 @@ class RedisEntryCache(RedisCache):
             await client.zrem(self.index, *batch)
         return deleted
 
+    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
+        await self.client.aclose()
+
     async def size(self) -> int:
         return int(await self.client.zcount(self.index, time.time(), "+inf"))
