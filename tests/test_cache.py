@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind
 from gateway import Exchange, hookimpl
 from gateway.config import ConfigError, load
 from gateway.testing import run_gateway, write_config
+
 from helpers_lifecycle import loopback_config, start_gateway
 
 CHAT = [{"role": "user", "content": "What is a sidecar?"}]
@@ -77,7 +78,14 @@ async def test_second_identical_call_is_a_hit_that_never_reaches_the_upstream(tm
 
 async def test_key_ignores_json_key_order_whitespace_user_stream_options_and_metadata(tmp_path):
     async with run_gateway(cache_config(), tmp_path) as gw:
-        body = {"model": "gpt-4o-mini", "messages": CHAT, "temperature": 0.2, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]}
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": CHAT,
+            "temperature": 0.2,
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+            ],
+        }
         assert (await post(gw.url, body))[1] == "miss"
         reordered = json.dumps(dict(reversed(list(body.items()))), indent=3).encode()
         assert (await post(gw.url, reordered))[1] == "hit"
@@ -189,7 +197,9 @@ async def test_a_stream_the_caller_abandons_is_not_cached(tmp_path):
     async with run_gateway(cache_config(), tmp_path) as gw:
         body = {"model": "gpt-4o-mini", "messages": CHAT, "stream": True}
         async with aiohttp.ClientSession() as session:
-            async with session.post(gw.url + "/v1/chat/completions", json=body, headers={"x-mock-inter-token-ms": "50"}) as reply:
+            async with session.post(
+                gw.url + "/v1/chat/completions", json=body, headers={"x-mock-inter-token-ms": "50"}
+            ) as reply:
                 await reply.content.readany()
         for _ in range(100):
             if (await cache_stats(gw.admin_url))["in_flight"] == 0:
@@ -242,7 +252,9 @@ async def test_embeddings_are_cached(tmp_path):
 
 
 async def openai_stream_text(client, **kwargs):
-    raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT, stream=True, **kwargs)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=CHAT, stream=True, **kwargs
+    )
     chunks = [chunk async for chunk in raw.parse()]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return raw.headers["x-gateway-cache"], text, chunks
@@ -362,14 +374,18 @@ async def test_followers_of_a_streamed_leader_get_events_as_they_arrive(tmp_path
         follower_first_content_before_leader_done = asyncio.Event()
 
         async def leader():
-            raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT, stream=True)
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=CHAT, stream=True
+            )
             async for _ in raw.parse():
                 pass
             leader_done.set()
 
         async def follower():
             await asyncio.sleep(0.1)  # the leader is streaming by now
-            raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT, stream=True)
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=CHAT, stream=True
+            )
             assert raw.headers["x-gateway-cache"] == "hit"
             async for chunk in raw.parse():
                 if chunk.choices and chunk.choices[0].delta.content and not leader_done.is_set():
@@ -413,8 +429,14 @@ async def test_admin_delete_cache_empties_all_or_by_provider_or_model(tmp_path):
         await chat(client)
         await chat(client, content="two")
         await client.chat.completions.create(model="gpt-4o", messages=CHAT)
-        assert (await admin(gw, "DELETE", "/cache?provider=other")) == (200, {"deleted": 1, "provider": "other", "model": None})
-        assert (await admin(gw, "DELETE", "/cache?model=gpt-4o")) == (200, {"deleted": 0, "provider": None, "model": "gpt-4o"})
+        assert (await admin(gw, "DELETE", "/cache?provider=other")) == (
+            200,
+            {"deleted": 1, "provider": "other", "model": None},
+        )
+        assert (await admin(gw, "DELETE", "/cache?model=gpt-4o")) == (
+            200,
+            {"deleted": 0, "provider": None, "model": "gpt-4o"},
+        )
         status, body = await admin(gw, "DELETE", "/cache?model=gpt-4o-mini&provider=mock")
         assert body["deleted"] == 2
         assert (await chat(client))[0] == "miss"

@@ -91,7 +91,9 @@ class LRUMemoryCache(BaseCache):
     async def _multi_get(self, keys: list[str], encoding: str | None = None, _conn: Any = None) -> list[Any]:
         return [self.peek(key) for key in keys]
 
-    async def _set(self, key: str, value: Any, ttl: float | None = None, _cas_token: Any = None, _conn: Any = None) -> bool:
+    async def _set(
+        self, key: str, value: Any, ttl: float | None = None, _cas_token: Any = None, _conn: Any = None
+    ) -> bool:
         entries = self._entries
         entries[key] = (time.monotonic() + ttl if ttl else float("inf"), value)
         entries.move_to_end(key)
@@ -130,7 +132,9 @@ class LRUMemoryCache(BaseCache):
     async def delete_prefix(self, prefix: str, model: str | None = None) -> int:
         """Delete every entry whose key starts with ``prefix`` (and, with ``model``,
         whose model segment is ``model``); the number deleted."""
-        doomed = [key for key in self._entries if key.startswith(prefix) and (model is None or key.split(":")[2] == model)]
+        doomed = [
+            key for key in self._entries if key.startswith(prefix) and (model is None or key.split(":")[2] == model)
+        ]
         for key in doomed:
             del self._entries[key]
         return len(doomed)
@@ -143,7 +147,9 @@ class RedisEntryCache(RedisCache):
     """aiocache's Redis cache with msgspec entries, short timeouts and no retries
     (a Redis outage must cost the caller milliseconds, not seconds), and an index."""
 
-    def __init__(self, url: str, *, namespace: str, max_entries: int, timeout_s: float, on_evict: Callable[[int], None]) -> None:
+    def __init__(
+        self, url: str, *, namespace: str, max_entries: int, timeout_s: float, on_evict: Callable[[int], None]
+    ) -> None:
         parsed = URL(url)
         db = parsed.path.strip("/") or "0"
         pool_kwargs: dict[str, Any] = {

@@ -24,7 +24,17 @@ PENDING, BUFFERED, STREAMING, DONE, FAILED = range(5)
 class Flight:
     """One upstream call that identical requests share while it runs."""
 
-    __slots__ = ("state", "status", "content_type", "body", "chunks", "include_usage", "started_at", "followers", "_changed")
+    __slots__ = (
+        "state",
+        "status",
+        "content_type",
+        "body",
+        "chunks",
+        "include_usage",
+        "started_at",
+        "followers",
+        "_changed",
+    )
 
     def __init__(self, include_usage: bool) -> None:
         self.state = PENDING

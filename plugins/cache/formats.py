@@ -213,7 +213,13 @@ def _chat_to_stream(document: dict[str, Any], include_usage: bool) -> bytes | No
         message = choice["message"]
 
         def chunk(delta: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
-            return _sse({**head, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}], **tail})
+            return _sse(
+                {
+                    **head,
+                    "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                    **tail,
+                }
+            )
 
         out.append(chunk({"role": message.get("role", "assistant"), "content": ""}))
         if message.get("content"):
@@ -221,7 +227,12 @@ def _chat_to_stream(document: dict[str, Any], include_usage: bool) -> bytes | No
         if message.get("refusal"):
             out.append(chunk({"refusal": message["refusal"]}))
         for position, call in enumerate(message.get("tool_calls") or ()):
-            delta_call = {"index": position, "id": call["id"], "type": call.get("type", "function"), "function": call["function"]}
+            delta_call = {
+                "index": position,
+                "id": call["id"],
+                "type": call.get("type", "function"),
+                "function": call["function"],
+            }
             out.append(chunk({"tool_calls": [delta_call]}))
         out.append(chunk({}, choice.get("finish_reason") or "stop"))
     if include_usage and document.get("usage") is not None:
@@ -232,30 +243,80 @@ def _chat_to_stream(document: dict[str, Any], include_usage: bool) -> bytes | No
 
 def _message_to_stream(message: dict[str, Any]) -> bytes | None:
     usage = message.get("usage") or {}
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 0}}
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 0},
+    }
     out = [_typed({"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
         kind = block["type"]
         if kind == "text":
             opening = {key: value for key, value in block.items() if key not in ("text", "citations")}
-            out.append(_typed({"type": "content_block_start", "index": index, "content_block": {**opening, "text": ""}}))
-            out.append(_typed({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": block["text"]}}))
+            out.append(
+                _typed({"type": "content_block_start", "index": index, "content_block": {**opening, "text": ""}})
+            )
+            out.append(
+                _typed(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": block["text"]},
+                    }
+                )
+            )
         elif kind in ("tool_use", "server_tool_use"):
             opening = {**block, "input": {}}
             out.append(_typed({"type": "content_block_start", "index": index, "content_block": opening}))
             partial = _encode(block.get("input") or {}).decode()
-            out.append(_typed({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": partial}}))
+            out.append(
+                _typed(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": partial},
+                    }
+                )
+            )
         elif kind == "thinking":
-            out.append(_typed({"type": "content_block_start", "index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
-            out.append(_typed({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": block["thinking"]}}))
-            out.append(_typed({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": block.get("signature", "")}}))
+            out.append(
+                _typed(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                    }
+                )
+            )
+            out.append(
+                _typed(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": block["thinking"]},
+                    }
+                )
+            )
+            out.append(
+                _typed(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "signature_delta", "signature": block.get("signature", "")},
+                    }
+                )
+            )
         elif kind == "redacted_thinking":
             out.append(_typed({"type": "content_block_start", "index": index, "content_block": block}))
         else:
             return None
         out.append(_typed({"type": "content_block_stop", "index": index}))
     delta = {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}
-    out.append(_typed({"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage.get("output_tokens", 0)}}))
+    out.append(
+        _typed({"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage.get("output_tokens", 0)}})
+    )
     out.append(_typed({"type": "message_stop"}))
     return b"".join(out)
 

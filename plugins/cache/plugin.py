@@ -316,7 +316,9 @@ class Cache:
                     return None
                 if state == STREAMING and call.wants_stream:
                     drop_usage = call.kind == formats.CHAT and flight.include_usage and not call.include_usage
-                    return Response(flight.status, {"Content-Type": flight.content_type}, stream=flight.follow(drop_usage))
+                    return Response(
+                        flight.status, {"Content-Type": flight.content_type}, stream=flight.follow(drop_usage)
+                    )
                 if state == STREAMING:
                     state = await flight.until(DONE)
                     if state == FAILED:
@@ -488,7 +490,14 @@ class Cache:
         except Exception as exc:
             self._backend_failed("DEL", exc)
             return web.json_response(
-                {"error": {"message": f"The cache backend is unreachable: {type(exc).__name__}.", "type": "server_error", "code": "backend_unavailable", "param": None}},
+                {
+                    "error": {
+                        "message": f"The cache backend is unreachable: {type(exc).__name__}.",
+                        "type": "server_error",
+                        "code": "backend_unavailable",
+                        "param": None,
+                    }
+                },
                 status=503,
             )
         return web.json_response({"deleted": deleted, "provider": provider, "model": model})
