@@ -8,11 +8,13 @@ import logging
 
 import aiohttp
 import pytest
+from aiohttp import web
 from opentelemetry.trace import SpanKind
+from test_cache_units import TOOL_CHAT, TOOL_MESSAGE
 
 from gateway import Exchange, hookimpl
 from gateway.config import ConfigError, load
-from gateway.testing import run_gateway, write_config
+from gateway.testing import run_gateway, serve_app, write_config
 
 from helpers_lifecycle import loopback_config, start_gateway
 
@@ -343,6 +345,42 @@ async def test_responses_api_keeps_streamed_and_buffered_answers_apart(tmp_path)
         again = await client.responses.with_raw_response.create(model="gpt-4o-mini", input="hello", stream=True)
         assert again.headers["x-gateway-cache"] == "hit"
         assert [event.type async for event in again.parse()][-1] == "response.completed"
+
+
+async def test_tool_calls_and_thinking_survive_json_to_stream_for_both_sdks(tmp_path):
+    calls = []
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.json_response(TOOL_MESSAGE if request.path.endswith("/messages") else TOOL_CHAT)
+
+    app = web.Application()
+    app.router.add_post("/{path:.*}", answer)
+    async with serve_app(app) as upstream:
+        providers = {
+            "oai": {"type": "openai", "base_url": upstream, "api_key": "sk-up"},
+            "ant": {"type": "anthropic", "base_url": upstream, "api_key": "sk-up"},
+        }
+        async with run_gateway({"providers": providers, "plugins": [{"use": "cache"}]}, tmp_path) as gw:
+            client = gw.openai()
+            request = {"model": "gpt-4o-mini", "messages": CHAT}
+            await client.chat.completions.create(**request)
+            async with client.beta.chat.completions.stream(**request) as stream:
+                final = await stream.get_final_completion()
+            tool_calls = final.choices[0].message.tool_calls
+            assert [(c.id, c.function.name, c.function.arguments) for c in tool_calls] == [
+                ("call_1", "weather", '{"city":"Oslo"}'),
+                ("call_2", "time", "{}"),
+            ]
+            anthropic = gw.anthropic()
+            request = {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": CHAT}
+            await anthropic.messages.create(**request)
+            async with anthropic.messages.stream(**request) as stream:
+                message = await stream.get_final_message()
+                assert stream.response.headers["x-gateway-cache"] == "hit"
+            assert message.model_dump(exclude_none=True)["content"] == TOOL_MESSAGE["content"]
+            assert message.stop_reason == "tool_use"
+    assert len(calls) == 2
 
 
 # -- single-flight -----------------------------------------------------------------
