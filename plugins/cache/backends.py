@@ -180,7 +180,7 @@ class RedisEntryCache(RedisCache):
         now = time.time()
         client: redis.Redis = self.client
         async with client.pipeline(transaction=False) as pipe:
-            pipe.set(key, self.serializer.dumps(entry), px=int(ttl_s * 1000))
+            pipe.set(key, self.serializer.dumps(entry), px=max(1, int(ttl_s * 1000)))
             pipe.zadd(self.index, {key: now + ttl_s})
             pipe.zremrangebyscore(self.index, "-inf", now)
             pipe.zcard(self.index)

@@ -62,16 +62,17 @@ def request_key(
 ) -> str:
     """The key of one request. ``caller`` is None for ``scope: shared``; ``with_stream``
     keeps streamed and buffered answers apart (for APIs whose forms do not convert)."""
-    body = {name: value for name, value in document.items() if name not in ignored}
-    digest = blake2b(digest_size=16)
-    digest.update(f"{path}\0{provider}\0{api}\0".encode())
+    body = document if ignored.isdisjoint(document) else {k: v for k, v in document.items() if k not in ignored}
+    parts = [path, provider, api]
     if caller is not None:
-        digest.update(b"caller\0" + caller.encode(errors="surrogatepass") + b"\0")
+        parts += ("caller", caller)
     for name in VARY_HEADERS:
         value = headers.get(name)
         if value:
-            digest.update(f"{name}\0{value}\0".encode(errors="surrogatepass"))
+            parts += (name, value)
     if with_stream:
-        digest.update(b"stream\0" if document.get("stream") is True else b"buffered\0")
+        parts.append("stream" if document.get("stream") is True else "buffered")
+    parts.append("")
+    digest = blake2b("\0".join(parts).encode(errors="surrogatepass"), digest_size=16)
     digest.update(_canonical(body))
     return f"{namespace}:{escape(provider)}:{escape(model)}:{digest.hexdigest()}"
