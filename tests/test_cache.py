@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -524,6 +525,14 @@ async def test_a_hit_runs_every_plugins_hooks_and_says_hit_on_the_exchange(tmp_p
         await chat(client)
         await chat(client, extra_headers={"Cache-Control": "no-store"})
     assert [status for status, _ in CacheStatusRecorder.seen] == ["miss", "hit", "bypass"]
+
+
+async def test_the_demo_config_answers_the_second_identical_call_from_the_cache(tmp_path):
+    demo = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+    async with run_gateway(demo) as gw:
+        client = gw.openai()
+        assert (await chat(client))[0] == "miss"
+        assert (await chat(client))[0] == "hit"
 
 
 def test_bad_options_are_startup_errors_naming_the_key(tmp_path):
