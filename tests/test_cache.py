@@ -552,7 +552,7 @@ def test_bad_options_are_startup_errors_naming_the_key(tmp_path):
 
 
 async def test_two_gateway_processes_share_the_cache_through_redis(tmp_path, redis_server):
-    config = loopback_config(plugins=[{"use": "cache", "config": {"backend": redis_server.url, "scope": "shared"}}])
+    config = loopback_config(plugins=[{"use": "cache", "config": {"backend": redis_server.url, "scope": "shared", "backend_timeout_s": 2}}])
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with start_gateway(config, tmp_path / "a") as one, start_gateway(config, tmp_path / "b") as two:
@@ -572,7 +572,7 @@ async def test_two_gateway_processes_share_the_cache_through_redis(tmp_path, red
 
 
 async def test_redis_outage_degrades_to_misses_with_a_log_line_and_a_count(tmp_path, redis_server, caplog):
-    config = cache_config(backend=redis_server.url)
+    config = cache_config(backend=redis_server.url, backend_timeout_s=2)  # a loaded CI machine is slow, not down
     async with run_gateway(config, tmp_path) as gw:
         client = gw.openai()
         assert (await chat(client))[0] == "miss"
@@ -593,7 +593,7 @@ async def test_redis_outage_degrades_to_misses_with_a_log_line_and_a_count(tmp_p
 
 
 async def test_redis_calls_are_spans_with_db_system(tmp_path, redis_server):
-    async with run_gateway(cache_config(backend=redis_server.url), tmp_path) as gw:
+    async with run_gateway(cache_config(backend=redis_server.url, backend_timeout_s=2), tmp_path) as gw:
         client = gw.openai()
         await chat(client)
         await chat(client)
@@ -605,7 +605,7 @@ async def test_redis_calls_are_spans_with_db_system(tmp_path, redis_server):
 
 
 async def test_redis_max_entries_evicts_the_oldest(tmp_path, redis_server):
-    async with run_gateway(cache_config(backend=redis_server.url, max_entries=2), tmp_path) as gw:
+    async with run_gateway(cache_config(backend=redis_server.url, max_entries=2, backend_timeout_s=2), tmp_path) as gw:
         client = gw.openai()
         for content in ("one", "two", "three"):
             assert (await chat(client, content=content))[0] == "miss"

@@ -367,7 +367,9 @@ class Cache:
             if entry is not None and call.write and (error is None or (entry.form == "json" and error.status == 499)):
                 await self._store(exchange, call.key, entry)
         finally:
-            self._land(call.key, call.flight)
+            # A stream nobody read to its end (a response hook replaced it) fails its followers.
+            flight = call.flight
+            self._land(call.key, flight, failed=flight is not None and flight.state not in (BUFFERED, DONE))
 
     # -- the backend ---------------------------------------------------------------
 
