@@ -15,6 +15,7 @@ from test_cache_units import TOOL_CHAT, TOOL_MESSAGE
 
 from gateway import Exchange, hookimpl
 from gateway.config import ConfigError, load
+from gateway.errors import threat_detected
 from gateway.testing import run_gateway, serve_app, write_config
 
 from helpers_lifecycle import loopback_config, start_gateway
@@ -516,6 +517,24 @@ class CacheStatusRecorder:
         CacheStatusRecorder.seen.append((exchange.cache_status, usage and usage.output_tokens))
 
 
+class BlockFlaggedAnswers:
+    """Like scan with scan_responses: blocks an answer when the request says so."""
+
+    @hookimpl
+    async def response(self, exchange: Exchange, response):
+        if exchange.headers.get("x-test-block"):
+            raise threat_detected("blocked by the test scanner")
+
+
+async def test_an_answer_blocked_by_a_response_scanner_is_not_stored(tmp_path):
+    config = {"providers": MOCK, "plugins": [{"use": "test_cache:BlockFlaggedAnswers"}, {"use": "cache"}]}
+    async with run_gateway(config, tmp_path) as gw:
+        status, cache, _ = await post(gw.url, {"model": "gpt-4o-mini", "messages": CHAT}, {"x-test-block": "1"})
+        assert (status, cache) == (400, "miss")
+        assert (await post(gw.url, {"model": "gpt-4o-mini", "messages": CHAT}))[1] == "miss"
+        assert (await post(gw.url, {"model": "gpt-4o-mini", "messages": CHAT}))[1] == "hit"
+
+
 async def test_a_hit_runs_every_plugins_hooks_and_says_hit_on_the_exchange(tmp_path):
     CacheStatusRecorder.seen = []
     config = {"providers": MOCK, "plugins": [{"use": "cache"}, {"use": "test_cache:CacheStatusRecorder"}]}
@@ -552,7 +571,9 @@ def test_bad_options_are_startup_errors_naming_the_key(tmp_path):
 
 
 async def test_two_gateway_processes_share_the_cache_through_redis(tmp_path, redis_server):
-    config = loopback_config(plugins=[{"use": "cache", "config": {"backend": redis_server.url, "scope": "shared", "backend_timeout_s": 2}}])
+    config = loopback_config(
+        plugins=[{"use": "cache", "config": {"backend": redis_server.url, "scope": "shared", "backend_timeout_s": 2}}]
+    )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with start_gateway(config, tmp_path / "a") as one, start_gateway(config, tmp_path / "b") as two:
@@ -590,6 +611,15 @@ async def test_redis_outage_degrades_to_misses_with_a_log_line_and_a_count(tmp_p
         await asyncio.sleep(1.1)  # the pause after an error
         assert (await chat(client))[0] == "miss"
         assert (await chat(client))[0] == "hit"
+
+
+async def test_a_redis_down_at_startup_means_misses_not_errors(tmp_path, redis_server):
+    redis_server.stop()
+    async with run_gateway(cache_config(backend=redis_server.url), tmp_path) as gw:
+        client = gw.openai()
+        assert (await chat(client))[0] == "miss"
+        assert (await chat(client))[0] == "miss"
+        assert (await cache_stats(gw.admin_url))["backend_errors"] >= 1
 
 
 async def test_redis_calls_are_spans_with_db_system(tmp_path, redis_server):
