@@ -205,7 +205,18 @@ def start(bench: Bench, processes: Processes, knobs: Knobs) -> list[Target]:
     return targets
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc; 0 when unreadable)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(bench: Bench, knobs: Knobs, targets: list[Target]) -> None:
+    """wrk rounds; for each proxy, also the CPU time its process spent per request
+    (immune to other work on the machine, unlike latency: the figure to read on a busy box)."""
     live = [target for target in targets if target.problem is None]
     for target in live:
         bench.wrk(target, knobs.conc, knobs.warmup, "warmup")
@@ -214,9 +225,18 @@ def measure(bench: Bench, knobs: Knobs, targets: list[Target]) -> None:
         shift = round_index % len(live)
         for target in live[shift:] + live[:shift]:
             for conc, seconds in ((knobs.conc, knobs.duration), (knobs.low_conc, knobs.low_duration)):
+                before = cpu_seconds(target.process.pid) if target.process else 0.0
                 result = bench.wrk(target, conc, seconds, f"round{round_index + 1}")
                 if result is not None:
+                    if target.process and result["requests"]:
+                        spent = cpu_seconds(target.process.pid) - before
+                        result["cpu_us"] = spent / result["requests"] * 1e6
                     target.wrk.setdefault(conc, []).append(result)
+
+
+def cpu_us(target: Target, conc: int) -> float | None:
+    values = [result["cpu_us"] for result in target.wrk.get(conc, []) if "cpu_us" in result]
+    return statistics.median(values) if values else None
 
 
 def table(knobs: Knobs, targets: list[Target]) -> list[str]:
@@ -228,20 +248,22 @@ def table(knobs: Knobs, targets: list[Target]) -> list[str]:
         "",
         f"### Over sockets: req/s at c={hi}, latency at c={lo} (median of rounds; ms)",
         "",
-        f"| target | req/s c={hi} | x pass-through | p50 c={lo} | p99 c={lo} | added p50 vs direct | req/s per round |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        f"| target | req/s c={hi} | x pass-through | p50 c={lo} | p99 c={lo} | added p50 vs direct | "
+        f"CPU us/request c={hi} | CPU us/request c={lo} | req/s per round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for target in targets:
         high, low = figures(target, hi), figures(target, lo)
         if target.problem or high is None or low is None:
-            lines.append(f"| {target.label} | NOT MEASURED: {target.problem or 'no wrk result'} ||||||")
+            lines.append(f"| {target.label} | NOT MEASURED: {target.problem or 'no wrk result'} ||||||||")
             continue
         ratio = f"{high['rps'] / floor_high['rps']:.2f}x" if floor_high and target.name != "direct" else "-"
         added = f"+{low['p50'] - direct_low['p50']:.3f}" if direct_low and target.name != "direct" else "-"
         per_round = " ".join(f"{result['rps']:.0f}" for result in target.wrk[hi])
+        cpu = " | ".join("-" if value is None else f"{value:.0f}" for value in (cpu_us(target, hi), cpu_us(target, lo)))
         lines.append(
             f"| {target.label} | {high['rps']:.0f} | {ratio} | {low['p50']:.3f} | {low['p99']:.3f} | {added} | "
-            f"{per_round} |"
+            f"{cpu} | {per_round} |"
         )
     hit = by_name["gateway cache hit"]
     hit_high, hit_low = figures(hit, hi), figures(hit, lo)
@@ -255,6 +277,12 @@ def table(knobs: Knobs, targets: list[Target]) -> list[str]:
             f"* memory hit req/s at c={hi}: {ratio:.2f}x the pass-through's "
             f"(target >= 2x: {'met' if ratio >= 2 else 'NOT met'})",
         ]
+        hit_cpu = cpu_us(hit, lo)
+        if hit_cpu is not None:
+            lines.append(
+                f"* memory hit, gateway CPU per request at c={lo}: {hit_cpu:.0f} us, the latency it adds on an idle "
+                f"core (target < 200 us: {'met' if hit_cpu < 200 else 'NOT met'})"
+            )
     lines += [
         "",
         "direct: wrk and nginx share one core, so its req/s is the box's, not comparable to a proxy's.",

@@ -407,6 +407,16 @@ async def test_concurrent_stream_and_json_callers_share_one_streamed_call(tmp_pa
         assert results[0][1] == results[1][1] == results[2][1]
 
 
+async def test_a_follower_that_did_not_ask_for_usage_gets_no_usage_chunk_from_its_leader(tmp_path):
+    async with run_gateway(cache_config(), tmp_path) as gw:
+        client = gw.openai(default_headers={"x-mock-inter-token-ms": "20"})
+        (_, leader_text, leader_chunks), (cache, text, chunks) = await asyncio.gather(
+            openai_stream_text(client, stream_options={"include_usage": True}), openai_stream_text(client)
+        )
+        assert upstream_calls(gw) == 1 and cache == "hit" and text == leader_text
+        assert leader_chunks[-1].usage is not None and all(chunk.choices for chunk in chunks)
+
+
 async def test_followers_of_a_streamed_leader_get_events_as_they_arrive(tmp_path):
     async with run_gateway(cache_config(), tmp_path) as gw:
         client = gw.openai(default_headers={"x-mock-inter-token-ms": "60"})
