@@ -16,6 +16,7 @@ by prefix, the rest as a 128-bit BLAKE2b of the canonical encoding.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
 
@@ -33,6 +34,7 @@ _canonical = msgspec.json.Encoder(order="sorted").encode
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+@lru_cache(maxsize=4096)
 def escape(value: str) -> str:
     """A key segment with no ``:`` and no glob character (``*?[\\``): percent-encoded."""
     return _UNSAFE.sub(lambda match: "%%%02X" % ord(match.group()), value) if _UNSAFE.search(value) else value  # noqa: UP031
