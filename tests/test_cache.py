@@ -235,6 +235,16 @@ async def test_max_entries_evicts_the_least_recently_used(tmp_path):
         assert stats["evictions"] == 2 and stats["size"] == 2
 
 
+async def test_max_memory_bytes_bounds_what_memory_holds(tmp_path):
+    async with run_gateway(cache_config(max_memory_bytes=800), tmp_path) as gw:
+        client = gw.openai()
+        for content in ("one", "two", "three", "four"):
+            assert (await chat(client, content=content))[0] == "miss"
+        stats = await cache_stats(gw.admin_url)
+        assert 0 < stats["bytes"] <= 800 and stats["evictions"] == 4 - stats["size"]
+        assert (await chat(client, content="four"))[0] == "hit"
+
+
 async def test_an_answer_over_max_entry_bytes_is_served_but_not_stored(tmp_path):
     async with run_gateway(cache_config(max_entry_bytes=100), tmp_path) as gw:
         client = gw.openai()
@@ -641,6 +651,7 @@ async def test_redis_calls_are_spans_with_db_system(tmp_path, redis_server):
         assert {span.name for span in spans} == {"cache GET", "cache SET"}
         assert all(span.attributes["db.system"] == "redis" and span.kind == SpanKind.CLIENT for span in spans)
         send_spans = {span.context.span_id for span in gw.spans_named("cache send")}
+        assert [span.attributes["gateway.cache.status"] for span in gw.spans_named("cache send")] == ["miss", "hit"]
         assert all(span.parent.span_id in send_spans for span in spans if span.name == "cache GET")
 
 

@@ -62,11 +62,17 @@ class LRUMemoryCache(BaseCache):
 
     NAME = "memory"
 
-    def __init__(self, max_entries: int, on_evict: Callable[[int], None], **kwargs: Any) -> None:
+    def __init__(
+        self, max_entries: int, on_evict: Callable[[int], None], max_bytes: int = 1 << 62, **kwargs: Any
+    ) -> None:
         super().__init__(serializer=NullSerializer(), timeout=0, **kwargs)
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.on_evict = on_evict
-        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        #: key -> (expires at, value, size in bytes)
+        self._entries: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
+        #: the sum of the sizes of the entries held
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -77,7 +83,7 @@ class LRUMemoryCache(BaseCache):
         if found is None:
             return None
         if found[0] < time.monotonic():
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return found[1]
@@ -95,15 +101,25 @@ class LRUMemoryCache(BaseCache):
         self, key: str, value: Any, ttl: float | None = None, _cas_token: Any = None, _conn: Any = None
     ) -> bool:
         entries = self._entries
-        entries[key] = (time.monotonic() + ttl if ttl else float("inf"), value)
-        entries.move_to_end(key)
+        self._drop(key)
+        size = len(getattr(value, "body", b""))
+        entries[key] = (time.monotonic() + ttl if ttl else float("inf"), value, size)
+        self.bytes += size
         evicted = 0
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+        while len(entries) > self.max_entries or (self.bytes > self.max_bytes and len(entries) > 1):
+            _, (_, _, dropped) = entries.popitem(last=False)
+            self.bytes -= dropped
             evicted += 1
         if evicted:
             self.on_evict(evicted)
         return True
+
+    def _drop(self, key: str) -> int:
+        found = self._entries.pop(key, None)
+        if found is None:
+            return 0
+        self.bytes -= found[2]
+        return 1
 
     async def _multi_set(self, pairs: list[tuple[str, Any]], ttl: float | None = None, _conn: Any = None) -> bool:
         for key, value in pairs:
@@ -119,14 +135,15 @@ class LRUMemoryCache(BaseCache):
         return self.peek(key) is not None
 
     async def _delete(self, key: str, _conn: Any = None) -> int:
-        return 1 if self._entries.pop(key, None) is not None else 0
+        return self._drop(key)
 
     async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
         if namespace:
             for key in [key for key in self._entries if key.startswith(namespace)]:
-                del self._entries[key]
+                self._drop(key)
         else:
             self._entries.clear()
+            self.bytes = 0
         return True
 
     async def delete_prefix(self, prefix: str, model: str | None = None) -> int:
@@ -136,7 +153,7 @@ class LRUMemoryCache(BaseCache):
             key for key in self._entries if key.startswith(prefix) and (model is None or key.split(":")[2] == model)
         ]
         for key in doomed:
-            del self._entries[key]
+            self._drop(key)
         return len(doomed)
 
     async def size(self) -> int:

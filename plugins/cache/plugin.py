@@ -57,6 +57,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     scope: Literal["client", "shared"] = "client"
     #: answers bigger than this (bytes; a stream: all its events) are not stored
     max_entry_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1048576
+    #: memory backend: the bound on all entries' bytes (least recently read out first)
+    max_memory_bytes: Annotated[int, msgspec.Meta(ge=1)] = 268435456
     #: requests with a higher ``temperature`` are not cached (None: no bound)
     max_temperature: float | None = 1.0
     #: the POST paths whose answers are cached
@@ -108,7 +110,7 @@ class Cache:
         self.memory: LRUMemoryCache | None = None
         self.redis: RedisEntryCache | None = None
         if backend == "memory":
-            self.memory = LRUMemoryCache(config.max_entries, self._evicted)
+            self.memory = LRUMemoryCache(config.max_entries, self._evicted, config.max_memory_bytes)
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self.flights: dict[str, Flight] = {}
         self.hits = self.misses = self.bypasses = self.coalesced = 0
@@ -223,12 +225,16 @@ class Cache:
                     self.coalesced += 1
                     return self._hit(exchange, answer)
             self.misses += 1
+        if exchange.recording:
+            trace.get_current_span().set_attribute("gateway.cache.status", exchange.cache_status or "miss")
         return await self._lead(exchange, call, call_next)
 
     def _hit(self, exchange: Exchange, answer: Response) -> Response:
         self.hits += 1
         exchange.cache_status = "hit"
         exchange.response_headers["x-gateway-cache"] = "hit"
+        if exchange.recording:
+            trace.get_current_span().set_attribute("gateway.cache.status", "hit")
         return answer
 
     async def _lead(self, exchange: Exchange, call: _Call, call_next: CallNext) -> Response:
@@ -445,8 +451,10 @@ class Cache:
     @hookimpl
     async def stats(self) -> dict[str, Any]:
         size: int | None
+        memory_bytes = None
         if self.memory is not None:
             size = len(self.memory)
+            memory_bytes = self.memory.bytes
         elif self.redis is not None and time.monotonic() >= self._paused_until:
             try:
                 size = await self.redis.size()
@@ -470,6 +478,8 @@ class Cache:
         }
         if size is not None:
             figures["size"] = size
+        if memory_bytes is not None:
+            figures["bytes"] = memory_bytes
         return figures
 
     @hookimpl
@@ -514,6 +524,7 @@ class Cache:
             "max_entries": config.max_entries,
             "scope": config.scope,
             "max_entry_bytes": config.max_entry_bytes,
+            "max_memory_bytes": config.max_memory_bytes,
             "max_temperature": config.max_temperature,
             "paths": list(config.paths),
             "follow_timeout_s": config.follow_timeout_s,
