@@ -328,6 +328,8 @@ async def test_anthropic_stream_is_replayed_to_stream_and_json_callers(tmp_path)
         assert message.content[0].text == first.content[0].text and message.stop_reason == "end_turn"
         assert message.usage.input_tokens == first.usage.input_tokens
         assert upstream_calls(gw) == 1
+        (client_span,) = [s for s in gw.spans() if "gen_ai.operation.name" in (s.attributes or {})]
+        assert client_span.attributes["gen_ai.usage.output_tokens"] == first.usage.output_tokens
 
 
 async def test_anthropic_json_answer_is_served_as_a_stream(tmp_path):
@@ -453,6 +455,32 @@ async def test_followers_of_a_streamed_leader_get_events_as_they_arrive(tmp_path
 
         await asyncio.gather(leader(), follower())
         assert follower_first_content_before_leader_done.is_set()
+        assert upstream_calls(gw) == 1
+
+
+async def test_when_a_streamed_leaders_caller_leaves_its_followers_still_get_the_whole_answer(tmp_path):
+    async with run_gateway(cache_config(), tmp_path) as gw:
+        body = {"model": "gpt-4o-mini", "messages": CHAT, "stream": True}
+        slow = {"x-mock-inter-token-ms": "40"}
+
+        async def leader_who_leaves():
+            async with aiohttp.ClientSession() as session:
+                async with session.post(gw.url + "/v1/chat/completions", json=body, headers=slow) as reply:
+                    await reply.content.readany()
+                    flights = gw.gateway.chain.plugins[0].instance.flights
+                    for _ in range(250):  # leave once the follower has attached
+                        if any(flight.followers > 1 for flight in flights.values()):  # the leader reads too
+                            break
+                        await asyncio.sleep(0.02)
+
+        async def follower():
+            await asyncio.sleep(0.05)
+            return await openai_stream_text(gw.openai(default_headers=slow))
+
+        _, (cache, text, chunks) = await asyncio.gather(leader_who_leaves(), follower())
+        assert cache == "hit" and text.startswith("Mock reply to: What is a sidecar?")
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert (await chat(gw.openai()))[0] == "hit"  # stored once the followers had it
         assert upstream_calls(gw) == 1
 
 

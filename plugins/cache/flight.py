@@ -3,17 +3,19 @@
 The first request for a key leads: it calls the upstream and publishes what comes
 back on a :class:`Flight`. Requests for the same key that arrive meanwhile follow:
 they wait for the leader's answer instead of calling. A buffered answer reaches
-followers when it arrives; a streamed one event batch by event batch, as the
-leader's caller receives it, so a follower's first token is not held back until
-the end. A leader that fails before answering sets followers free to call the
-upstream themselves.
+followers when it arrives. A streamed one is read from the upstream by a task of
+its own (the pump) into the flight, and the leader's caller reads it from there
+like every follower, as it arrives: so a follower's first token is not held back
+until the end, and the leader's caller leaving does not cut the stream its
+followers are reading (the pump stops only when nobody reads any more). A leader
+that fails before answering sets followers free to call the upstream themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from gateway.errors import upstream_error
 from gateway.exchange import SSEBuffer
@@ -33,6 +35,9 @@ class Flight:
         "include_usage",
         "started_at",
         "followers",
+        "error",
+        "whole",
+        "on_idle",
         "_changed",
     )
 
@@ -46,7 +51,15 @@ class Flight:
         #: whether the leader's stream carries a usage-only chunk (OpenAI include_usage)
         self.include_usage = include_usage
         self.started_at = time.monotonic()
+        #: readers waiting for or reading the answer now (a streamed leader's caller too);
+        #: the pump stops when the last one leaves before the end
         self.followers = 0
+        #: why the stream broke (re-raised to the leader's caller, so it gets the usual error event)
+        self.error: BaseException | None = None
+        #: the stream ended with its API's closing event (a stream may end cleanly but cut short)
+        self.whole = False
+        #: called when the last reader leaves before the end (the pump is stopped)
+        self.on_idle: Callable[[], None] | None = None
         self._changed: asyncio.Future[None] | None = None
 
     # -- the leader publishes ------------------------------------------------------
@@ -66,8 +79,9 @@ class Flight:
     def finished(self) -> None:
         self._set(DONE)
 
-    def failed(self) -> None:
+    def failed(self, error: BaseException | None = None) -> None:
         if self.state not in (DONE, BUFFERED):
+            self.error = error
             self._set(FAILED)
 
     def _set(self, state: int) -> None:
@@ -94,9 +108,23 @@ class Flight:
             await self.changed()
         return self.state
 
-    async def follow(self, drop_usage_chunk: bool) -> AsyncIterator[bytes]:
-        """The leader's stream, from its first byte, as it arrives. A leader whose
-        stream breaks ends this one with an error event (raised as upstream_error)."""
+    def leave(self) -> None:
+        """A reader is gone; when it was the last before the end, the flight is idle."""
+        self.followers -= 1
+        if self.followers <= 0 and self.state in (PENDING, STREAMING) and self.on_idle is not None:
+            self.on_idle()
+
+    async def follow(self, drop_usage_chunk: bool, original_error: bool = False) -> AsyncIterator[bytes]:
+        """The stream, from its first byte, as it arrives, for a reader counted in
+        ``followers``. A stream that breaks ends this one with an error: the original
+        one for the leader's caller, an ``upstream_error`` for followers."""
+        try:
+            async for data in self._follow(drop_usage_chunk, original_error):
+                yield data
+        finally:
+            self.leave()
+
+    async def _follow(self, drop_usage_chunk: bool, original_error: bool) -> AsyncIterator[bytes]:
         index = 0
         events = SSEBuffer() if drop_usage_chunk else None
         while True:
@@ -113,5 +141,7 @@ class Flight:
             if self.state == DONE:
                 return
             if self.state == FAILED:
+                if original_error and self.error is not None:
+                    raise self.error
                 raise upstream_error("The upstream stream this answer shared ended early.")
             await self.changed()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -24,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from gateway import CallNext, Exchange, GatewayError, PluginConfigError, Response, StashKey, hookimpl
+from gateway.exchange import SSEBuffer, StreamEvent, close_stream, usage_from
 from gateway_plugins.cache import formats
 from gateway_plugins.cache.backends import Entry, LRUMemoryCache, RedisEntryCache
 from gateway_plugins.cache.flight import BUFFERED, DONE, FAILED, STREAMING, Flight
@@ -84,6 +86,11 @@ class _Call(msgspec.Struct):
     max_age_s: float | None
     flight: Flight | None = None
     captured: Entry | None = None
+    #: the task reading a streamed answer into the flight
+    pump: asyncio.Task[None] | None = None
+    #: the leader's ``complete`` has run (a pump still running lands the flight itself)
+    completed: bool = False
+    store_on_finish: bool = False
 
 
 CALL = StashKey[_Call]("cache.call")
@@ -113,6 +120,8 @@ class Cache:
             self.memory = LRUMemoryCache(config.max_entries, self._evicted, config.max_memory_bytes)
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self.flights: dict[str, Flight] = {}
+        #: pumps: tasks reading streamed answers into flights
+        self._tasks: set[asyncio.Task[None]] = set()
         self.hits = self.misses = self.bypasses = self.coalesced = 0
         self.stores = self.evictions = self.too_large = self.backend_errors = 0
         self._paused_until = 0.0
@@ -141,6 +150,9 @@ class Cache:
 
     @hookimpl
     async def shutdown(self, gateway: Gateway) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.close()
@@ -264,43 +276,80 @@ class Cache:
         if not storable:
             self._land(key, flight, failed=True)
             return response
-        if flight is not None:
-            flight.streaming(response.status, content_type)
-        response.stream = self._capture(exchange.path, response.status, content_type, response.stream, call)
+        if flight is None:
+            response.stream = self._capture(exchange.path, response.status, content_type, response.stream, call)
+            return response
+        flight.streaming(response.status, content_type)
+        pump = call.pump = asyncio.get_running_loop().create_task(
+            self._pump(exchange, response.status, content_type, response.stream, call)
+        )
+        self._tasks.add(pump)
+        pump.add_done_callback(self._tasks.discard)
+        flight.on_idle = pump.cancel
+        flight.followers += 1  # the leader's caller reads like a follower
+        response.stream = flight.follow(drop_usage_chunk=False, original_error=True)
         return response
 
     async def _capture(
         self, path: str, status: int, content_type: str, stream: AsyncIterator[bytes], call: _Call
     ) -> AsyncIterator[bytes]:
-        """The upstream stream, relayed untouched, kept for followers and the store.
+        """A stream nobody follows (``no-cache``), relayed untouched and kept for the store.
         Only a stream that ends with its API's closing event is kept."""
+        chunks: list[bytes] = []
+        try:
+            async for data in stream:
+                chunks.append(data)
+                yield data
+            body = b"".join(chunks)
+            if formats.stream_is_whole(path, body):
+                call.captured = self._stream_entry(status, content_type, body, call)
+        finally:
+            await close_stream(stream)
+
+    async def _pump(
+        self, exchange: Exchange, status: int, content_type: str, stream: AsyncIterator[bytes], call: _Call
+    ) -> None:
+        """Read the upstream's stream into the flight as it arrives; keep it if whole.
+
+        Runs as a task of its own, so the leader's caller leaving (its handler is
+        cancelled) does not cut the stream for the followers; cancelled when the last
+        reader leaves. Usage is gathered into the leader's exchange here too (the
+        relay's figures are the same: the latest wins), so the CLIENT span has it."""
         flight = call.flight
-        chunks: list[bytes] = flight.chunks if flight is not None else []
+        assert flight is not None
+        events = SSEBuffer()
         whole = False
         try:
             async for data in stream:
-                if flight is not None:
-                    flight.push(data)
-                else:
-                    chunks.append(data)
-                yield data
-            body = b"".join(chunks)
-            whole = formats.stream_is_whole(path, body)
+                flight.push(data)
+                for raw in events.feed(data):
+                    if b'"usage"' in raw:
+                        exchange.add_usage(*usage_from(StreamEvent(raw).json()))
+            body = b"".join(flight.chunks)
+            whole = flight.whole = formats.stream_is_whole(exchange.path, body)
             if whole:
-                if len(body) <= self.config.max_entry_bytes:
-                    usage_chunk = call.kind == formats.CHAT and b'"choices":[]' in body
-                    call.captured = Entry("sse", status, content_type, body, time.time(), usage_chunk)
-                else:
-                    self.too_large += 1
+                call.captured = self._stream_entry(status, content_type, body, call)
+            flight.finished()
+        except asyncio.CancelledError:
+            flight.failed()
+            raise
+        except Exception as exc:  # the relay turns it into the usual error event
+            flight.failed(exc)
         finally:
-            if flight is not None:
-                if whole:
-                    flight.finished()
-                else:
-                    self._land(call.key, flight, failed=True)
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_stream(stream)
+            if call.completed:  # the leader's caller left before the end: store for it
+                if call.store_on_finish and call.captured is not None:
+                    await self._store(None, call.key, call.captured)
+                self._land(call.key, flight, failed=not whole)
+            elif flight.state == FAILED:
+                self._land(call.key, flight)
+
+    def _stream_entry(self, status: int, content_type: str, body: bytes, call: _Call) -> Entry | None:
+        if len(body) > self.config.max_entry_bytes:
+            self.too_large += 1
+            return None
+        usage_chunk = call.kind == formats.CHAT and b'"choices":[]' in body
+        return Entry("sse", status, content_type, body, time.time(), usage_chunk)
 
     def _land(self, key: str, flight: Flight | None, failed: bool = False) -> None:
         """The flight is over: followers are released (to call themselves when it failed)."""
@@ -315,22 +364,28 @@ class Cache:
         """The answer of the identical call in flight, in the form this caller asked for;
         None when it failed or took longer than ``follow_timeout_s`` (then: call yourself)."""
         flight.followers += 1
+        streaming = False
         try:
-            async with _timeout(self.config.follow_timeout_s):
+            async with asyncio.timeout(self.config.follow_timeout_s):
                 state = await flight.until(BUFFERED, STREAMING, DONE)
                 if state == FAILED:
                     return None
                 if state == STREAMING and call.wants_stream:
                     drop_usage = call.kind == formats.CHAT and flight.include_usage and not call.include_usage
-                    return Response(
-                        flight.status, {"Content-Type": flight.content_type}, stream=flight.follow(drop_usage)
-                    )
+                    streaming = True  # the stream counts itself out when it ends
+                    headers = {"Content-Type": flight.content_type}
+                    return Response(flight.status, headers, stream=flight.follow(drop_usage))
                 if state == STREAMING:
                     state = await flight.until(DONE)
-                    if state == FAILED:
+                    if state == FAILED or not flight.whole:
                         return None
         except TimeoutError:
             return None
+        finally:
+            if not streaming:
+                flight.leave()
+        if state == DONE and not flight.whole:
+            return None  # cut short: not an answer to give anyone but the leader's caller
         if state == BUFFERED:
             entry = Entry("json", flight.status, flight.content_type, flight.body, time.time())
         else:
@@ -367,13 +422,20 @@ class Cache:
         call = exchange.state.get(CALL)
         if call is None:
             return
+        call.completed = True
+        error = exchange.error
+        # An answer the upstream gave whole is kept even if the caller left; not one a
+        # plugin refused (a scan of responses) or one that broke.
+        storable = call.write and (error is None or error.status == 499)
+        pump = call.pump
+        if pump is not None and not pump.done():
+            call.store_on_finish = storable  # followers still read it: the pump stores and lands
+            return
         try:
-            entry = call.captured
-            error = exchange.error
-            if entry is not None and call.write and (error is None or (entry.form == "json" and error.status == 499)):
-                await self._store(exchange, call.key, entry)
+            if storable and call.captured is not None:
+                await self._store(exchange, call.key, call.captured)
         finally:
-            # A stream nobody read to its end (a response hook replaced it) fails its followers.
+            # A flight not over by now (a response hook replaced the stream) fails its followers.
             flight = call.flight
             self._land(call.key, flight, failed=flight is not None and flight.state not in (BUFFERED, DONE))
 
@@ -393,7 +455,7 @@ class Cache:
             self._backend_failed("GET", exc)
             return None
 
-    async def _store(self, exchange: Exchange, key: str, entry: Entry) -> None:
+    async def _store(self, exchange: Exchange | None, key: str, entry: Entry) -> None:
         if self.memory is not None:
             await self.memory.set(key, entry, ttl=self.ttl_s)
             self.stores += 1
@@ -409,8 +471,8 @@ class Cache:
             self._backend_failed("SET", exc)
 
     @contextlib.contextmanager
-    def _span(self, exchange: Exchange, operation: str) -> Iterator[None]:
-        if not exchange.recording:
+    def _span(self, exchange: Exchange | None, operation: str) -> Iterator[None]:
+        if exchange is None or not exchange.recording:
             yield
             return
         redis = self.redis
@@ -534,9 +596,3 @@ class Cache:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def _timeout(seconds: float) -> Any:
-    import asyncio
-
-    return asyncio.timeout(seconds)
