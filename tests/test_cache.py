@@ -546,8 +546,8 @@ async def test_hits_misses_bypasses_and_hit_rate_in_stats_and_metrics(tmp_path):
         assert stats["hit_rate"] == pytest.approx(2 / 3, abs=1e-3)
         async with aiohttp.ClientSession() as session:
             metrics = await (await session.get(gw.admin_url + "/metrics")).text()
-        assert 'gateway_plugin_stat{plugin="cache",stat="hits"} 2' in metrics
-        assert 'gateway_plugin_stat{plugin="cache",stat="hit_rate"}' in metrics
+        assert "gateway_cache_hits 2.0" in metrics
+        assert "gateway_cache_hit_rate " in metrics
 
 
 class CacheStatusRecorder:
