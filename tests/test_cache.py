@@ -59,6 +59,14 @@ async def admin(gw, method, path):
             return reply.status, await reply.json()
 
 
+async def stored(url, count, within_s=10.0):
+    """Wait until the gateway at admin ``url`` has stored ``count`` answers."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while (await cache_stats(url))["stores"] < count:
+        assert asyncio.get_running_loop().time() < deadline, "the answer was never stored"
+        await asyncio.sleep(0.02)
+
+
 async def cache_stats(url):
     async with aiohttp.ClientSession() as session:
         async with session.get(url + "/stats") as reply:
@@ -628,6 +636,7 @@ async def test_two_gateway_processes_share_the_cache_through_redis(tmp_path, red
         body = {"model": "gpt-4o-mini", "messages": CHAT}
         status, cache, first = await post(one.url, body)
         assert (status, cache) == (200, "miss")
+        await stored(one.admin_url, 1)  # the store runs after the answer is sent
         status, cache, second = await post(two.url, body)
         assert (status, cache) == (200, "hit") and json.loads(second) == json.loads(first)
         stream = {**body, "stream": True}
