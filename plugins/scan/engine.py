@@ -26,7 +26,8 @@ import codecs
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import msgspec
 import re2
@@ -525,7 +526,26 @@ def rot13(text: str) -> str:
 def build_scanner(extra_packs: Sequence[str] = (), disable: Sequence[str] = (), stages: Sequence[Stage] = ()) -> Scanner:
     """The rules stage over the built-in packs (plus ``extra_packs``), then ``stages``.
 
-    Raises :class:`gateway_plugins.scan.packs.PackError` for a bad pack."""
-    from gateway_plugins.scan.packs import load_rules
+    Raises :class:`gateway_plugins.scan.packs.PackError` for a bad pack. The rules
+    stage is immutable, so one built from the same files (same sizes and times) and
+    the same ``disable`` list is shared: a reload does not compile the packs again."""
+    from gateway_plugins.scan.packs import builtin_packs, load_rules
 
-    return Scanner([RuleStage(load_rules(extra_packs, disable)), *stages])
+    files = []
+    for path in [*builtin_packs(), *map(Path, extra_packs)]:
+        try:
+            status = path.stat()
+            files.append((str(path), status.st_mtime_ns, status.st_size))
+        except OSError:
+            files.append((str(path), 0, 0))
+    key = (tuple(files), tuple(sorted(disable)))
+    stage = _BUILT.get(key)
+    if stage is None:
+        stage = RuleStage(load_rules(extra_packs, disable))
+        if len(_BUILT) >= 8:
+            _BUILT.clear()
+        _BUILT[key] = stage
+    return Scanner([stage, *stages])
+
+
+_BUILT: dict[tuple[Any, ...], RuleStage] = {}

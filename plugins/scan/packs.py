@@ -45,6 +45,7 @@ DETECTORS = ("zero_width", "bidi", "homoglyph", "evasion", "leetspeak", "rot13",
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _FAMILY = re.compile(r"^[a-z][a-z0-9_]*$")
 _VAR = re.compile(r"\{\{(\w+)\}\}")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class PackError(Exception):
@@ -104,7 +105,7 @@ def load_pack(path: str | Path) -> list[Rule]:
     """The rules of one pack file; raises :class:`PackError`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
     except OSError as exc:
         raise PackError(path, None, f"cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
