@@ -64,6 +64,51 @@ def four_kb_prompt(benign: list[str]) -> str:
     return "\n".join(parts)[:4096]
 
 
+def _drive(coroutine):
+    """Run a hook that never suspends (as scan's request hook on a small body) without a loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("the hook suspended")
+
+
+def hot_path(rules: list[str], disable: list[str]) -> None:
+    """The scan plugin's ``request`` hook on a clean 300-byte chat request, in microseconds:
+    a text seen for the first time (scanned) and one seen before (a cache hit)."""
+    import msgspec
+
+    from gateway import Exchange
+    from gateway_plugins.scan import Config, Scan
+
+    plugin = Scan(Config(rules=rules[0] if rules else None, disable=disable))
+    question = (
+        "Could you suggest a three-day walking itinerary for Lisbon in spring, with a cafe for lunch each day "
+        "and one museum that is not too crowded? "
+    )
+    headers = {"Content-Type": "application/json"}
+
+    def body(serial: int) -> bytes:
+        text = f"{question}We arrive on day {serial}."
+        document = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are a helpful travel guide."},
+                                                         {"role": "user", "content": text}]}  # fmt: skip
+        return msgspec.json.encode(document)
+
+    size = len(body(1000))
+    for label, fresh in (("first seen (scanned)", True), ("seen before (cache hit)", False)):
+        samples = []
+        for serial in range(3000):
+            exchange = Exchange(None, method="POST", path="/v1/chat/completions", headers=headers,
+                                body=body(100000 + serial if fresh else 1))  # fmt: skip
+            started = time.thread_time()
+            _drive(plugin.request(exchange))
+            samples.append((time.thread_time() - started) * 1e6)
+        print(
+            f"hot path, clean {size}-byte chat request, {label}:"
+            f" p50 {percentile(samples, 0.5):.1f} us, p99 {percentile(samples, 0.99):.1f} us"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", type=Path, default=[DEFAULT_SET])
@@ -151,6 +196,7 @@ def main() -> int:
         f"  wall time p50 {percentile(wall, 0.5):.1f} us, p99 {percentile(wall, 0.99):.1f} us"
         f" (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
+    hot_path(args.rules, args.disable)
     if args.misses and misses:
         print("\n" + "\n".join(misses))
     return 0

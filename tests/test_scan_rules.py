@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway_plugins.scan import Scan, ScanReport
 from gateway_plugins.scan import Config as ScanConfig
+from gateway_plugins.scan import Scan, ScanReport
 from gateway_plugins.scan.engine import Detection, Scanner, build_scanner
 from gateway_plugins.scan.extract import slots, stream_slots
 from gateway_plugins.scan.packs import PackError, builtin_packs, load_pack, load_rules
