@@ -186,8 +186,18 @@ _ROT13 = str.maketrans(
 # ROT13 only works on a model told to decode it: the text names the cipher or decoding.
 _ROT13_HINT = re2.compile(rb"(?i)\b(?:rot[ -]?13|caesar|cipher|deciph|decod|rotat)")
 
+# ...and carries ROT13 English: the ROT13 of "the", "and", "you", "your", "is", "to",
+# "of", "this", "with", "system", "prompt", "rules", "instructions", "ignore".
+_ROT13_WORDS = re2.compile(
+    rb"(?i)\b(?:gur|naq|lbh|lbhe|vf|gb|bs|guvf|jvgu|flfgrz|cebzcg|ehyrf|vafgehpgvbaf|vtaber)\b"
+)
+
 _BASE64 = re2.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX = re2.compile(rb"(?i)(?:0x)?(?:[0-9a-f]{2}){8,}|(?:[0-9a-f]{2}[ :,]){7,}[0-9a-f]{2}|(?:\\x[0-9a-f]{2}){8,}")
+# Hints found in the rules' own pass (indexes into _HINTS).
+_HINTS = (_LEET_WORD, _ROT13_HINT, _ROT13_WORDS, _BASE64, _HEX)
+_LEET_AT, _ROT13_HINT_AT, _ROT13_WORDS_AT = 0, 1, 2
+_BLOB_AT = frozenset({3, 4})
 _HEX_STRIP = re.compile(r"0x|\\x|[ :,]", re.I)
 
 
@@ -313,6 +323,11 @@ class RuleStage:
         matcher = re2.Set.SearchSet(options)
         for compiled in self.compiled:
             matcher.Add(compiled.regex.pattern)
+        # The hints that decide which views are worth making ride along in the same
+        # pass (one DFA run instead of one per hint).
+        self.aux = len(self.compiled)
+        for hint in _HINTS:
+            matcher.Add(hint.pattern.decode())
         matcher.Compile()
         self.matcher = matcher
         self.any_normalised = any(compiled.normalised for compiled in self.compiled)
@@ -326,24 +341,27 @@ class RuleStage:
             return found
         ascii_only = text.isascii()
         encoded = text.encode()
-        seen = self._match(text, None, found, via, encoded=encoded)
+        hits = self._hits(encoded)
+        aux = self.aux
+        present = {index - aux for index in hits if index >= aux}
+        seen = self._match(text, None, found, via, hits=hits)
         views = text
         if not ascii_only and _FOLDABLE.search(encoded) is not None:
             views = self._folded(text, found, seen, via)
         detectors = self.detectors
         # Leetspeak and ROT13: only the rules that describe intent (not secrets or PII).
         if self.any_normalised:
-            if "leetspeak" in detectors and _leet_words(encoded) >= 3:
+            if _LEET_AT in present and "leetspeak" in detectors and _leet_words(encoded) >= 3:
                 # Only the lines dense in leet words: a view of the whole text would
                 # cost a pass over every byte for a few words.
                 for start, line in _leet_lines(views, encoded if views is text else views.encode(), ascii_only):
                     self._view(line.translate(_LEET), start, found, seen, "leetspeak", via)
-            if "rot13" in detectors:
+            if _ROT13_HINT_AT in present and _ROT13_WORDS_AT in present and "rot13" in detectors:
                 # A model decodes ROT13 when told to: the text near the words that say
                 # so is the view (bounded, whatever the size of the text).
                 for start, end in _windows(encoded, ascii_only, ROT13_WINDOW):
                     self._view(views[start:end].translate(_ROT13), start, found, seen, "rot13", via)
-        if depth < MAX_DECODE_DEPTH and "encoded_payload" in detectors:
+        if depth < MAX_DECODE_DEPTH and (present & _BLOB_AT) and "encoded_payload" in detectors:
             self._decode(text, encoded, ascii_only, depth, found, via)
         return found
 
@@ -365,16 +383,20 @@ class RuleStage:
         via: str | None,
         normalised_only: bool = False,
         base: int = 0,
-        encoded: bytes | None = None,
+        hits: set[int] | None = None,
     ) -> set[str]:
         """Every rule of ``matchers`` that matches ``view``; offsets mapped by ``where``
         (a view with characters removed) or shifted by ``base`` (a slice)."""
         rules: set[str] = set()
-        hits = self._hits(encoded if encoded is not None else view)
+        if hits is None:
+            hits = self._hits(view)
         if not hits:
             return rules
         compiled_all = self.compiled
+        aux = self.aux
         for hit in sorted(hits):
+            if hit >= aux:
+                continue
             compiled = compiled_all[hit]
             if normalised_only and not compiled.normalised:
                 continue
