@@ -195,9 +195,10 @@ _ROT13_WORDS = re2.compile(
 _BASE64 = re2.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX = re2.compile(rb"(?i)(?:0x)?(?:[0-9a-f]{2}){8,}|(?:[0-9a-f]{2}[ :,]){7,}[0-9a-f]{2}|(?:\\x[0-9a-f]{2}){8,}")
 # Hints found in the rules' own pass (indexes into _HINTS).
-_HINTS = (_LEET_WORD, _ROT13_HINT, _ROT13_WORDS, _BASE64, _HEX)
-_LEET_AT, _ROT13_HINT_AT, _ROT13_WORDS_AT = 0, 1, 2
-_BLOB_AT = frozenset({3, 4})
+_HINTS = (_LEET_WORD, _ROT13_HINT, _ROT13_WORDS, _BASE64, _HEX, _FOLDABLE)
+_LEET_AT, _ROT13_HINT_AT, _ROT13_WORDS_AT, _FOLDABLE_AT = 0, 1, 2, 5
+_BASE64_AT, _HEX_AT = 3, 4
+_BLOB_AT = frozenset({_BASE64_AT, _HEX_AT})
 _HEX_STRIP = re.compile(r"0x|\\x|[ :,]", re.I)
 
 
@@ -346,7 +347,7 @@ class RuleStage:
         present = {index - aux for index in hits if index >= aux}
         seen = self._match(text, None, found, via, hits=hits)
         views = text
-        if not ascii_only and _FOLDABLE.search(encoded) is not None:
+        if _FOLDABLE_AT in present:
             views = self._folded(text, found, seen, via)
         detectors = self.detectors
         # Leetspeak and ROT13: only the rules that describe intent (not secrets or PII).
@@ -362,7 +363,7 @@ class RuleStage:
                 for start, end in _windows(encoded, ascii_only, ROT13_WINDOW):
                     self._view(views[start:end].translate(_ROT13), start, found, seen, "rot13", via)
         if depth < MAX_DECODE_DEPTH and (present & _BLOB_AT) and "encoded_payload" in detectors:
-            self._decode(text, encoded, ascii_only, depth, found, via)
+            self._decode(text, encoded, ascii_only, depth, found, via, _HEX_AT in present, _BASE64_AT in present)
         return found
 
     def _hits(self, view: str | bytes) -> set[int]:
@@ -483,17 +484,25 @@ class RuleStage:
         return folded if where is None else text.translate(_FOLD)
 
     def _decode(
-        self, text: str, encoded: bytes, ascii_only: bool, depth: int, found: list[Detection], via: str | None
+        self,
+        text: str,
+        encoded: bytes,
+        ascii_only: bool,
+        depth: int,
+        found: list[Detection],
+        via: str | None,
+        hex_blobs: bool = True,
+        base64_blobs: bool = True,
     ) -> None:
         """Decode base64 and hex blobs and scan what they say, at the blob's offsets."""
         detector = self.detectors["encoded_payload"]
         blobs = 0
         spans: list[tuple[int, int, str]] = []
-        for match in _HEX.finditer(encoded):
+        for match in _HEX.finditer(encoded) if hex_blobs else ():
             spans.append((match.start(), match.end(), "hex"))
             if len(spans) >= MAX_BLOBS:
                 break
-        for match in _BASE64.finditer(encoded):
+        for match in _BASE64.finditer(encoded) if base64_blobs else ():
             if len(spans) >= 4 * MAX_BLOBS:
                 break
             start, end = match.span()
