@@ -9,6 +9,7 @@ import anthropic
 import openai
 import pytest
 
+from gateway import hookimpl
 from gateway.app import Gateway
 from gateway.config import ConfigError, load
 from gateway.testing import run_gateway, write_config
@@ -340,3 +341,44 @@ async def test_a_large_body_is_scanned_off_the_event_loop(tmp_path):
             await gw.openai().chat.completions.create(model="m", messages=user(text))
         figures = (await stats(gw))["plugins"]["scan"]
     assert figures["offloaded"] == 1
+
+
+class ThreatReader:
+    """A plugin after scan that reads the shared field, as ratelimit does, without importing scan."""
+
+    seen: list = []
+
+    @hookimpl
+    async def request(self, exchange) -> None:
+        ThreatReader.seen.append(exchange.threat_severity)
+
+
+async def test_later_plugins_read_the_threat_severity_from_the_exchange(tmp_path):
+    ThreatReader.seen = []
+    setup = config(action="flag")
+    setup["plugins"].append({"use": "test_scan:ThreatReader"})
+    async with run_gateway(setup, tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="m", messages=user(INJECTION))
+        await gw.openai().chat.completions.create(model="m", messages=user("What is the capital of Australia?"))
+    assert ThreatReader.seen == ["HIGH", None]
+
+
+async def test_streamed_responses_api_and_completions_answers_are_scanned(tmp_path):
+    async with run_gateway(config(scan_responses=True), tmp_path) as gw:
+        client = gw.openai()
+        with pytest.raises(openai.APIError):
+            stream = await client.responses.create(
+                model="m", input="hi", stream=True, extra_headers={"x-mock-reply": f"ok {PEM} tail-secret"}
+            )
+            async for _event in stream:
+                pass
+        received = []
+        with pytest.raises(openai.APIError):
+            stream = await client.completions.create(
+                model="m", prompt="hi", stream=True, extra_headers={"x-mock-reply": f"ok {PEM} tail-secret"}
+            )
+            async for chunk in stream:
+                received.append(chunk.choices[0].text if chunk.choices else "")
+        figures = (await stats(gw))["plugins"]["scan"]
+    assert "tail-secret" not in "".join(received)
+    assert figures["blocked"] == 2 and figures["responses_scanned"] == 2
