@@ -272,3 +272,18 @@ def test_stream_deltas_are_keyed_by_the_stream_they_extend():
     responses_event = {"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "c"}
     assert [s.text for _, s in stream_slots(responses_event)] == ["c"]
     assert stream_slots({"type": "message_start", "message": {"content": []}}) == []
+
+
+def test_rule_authors_check_a_pack_and_its_examples_from_the_command_line(tmp_path, capsys):
+    from gateway_plugins.scan.__main__ import main
+
+    assert main(["check"]) == 0
+    good = _pack(tmp_path, "family: custom\nrules:\n  - id: custom.word\n    severity: LOW\n    description: d\n"
+                 "    pattern: '\\bbluebird\\b'\n    examples: {match: [a bluebird], clean: [a blue bird]}\n")
+    assert main(["check", str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("clean: [a blue bird]", "clean: [bluebird]"))
+    assert main(["check", str(bad)]) == 1
+    assert "rule custom.word: matches its clean example 'bluebird'" in capsys.readouterr().out
+    assert main(["scan", "--rules", str(good), "a bluebird sings"]) == 0
+    assert '"rule_id":"custom.word"' in capsys.readouterr().out
