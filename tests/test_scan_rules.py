@@ -287,3 +287,17 @@ def test_rule_authors_check_a_pack_and_its_examples_from_the_command_line(tmp_pa
     assert "rule custom.word: matches its clean example 'bluebird'" in capsys.readouterr().out
     assert main(["scan", "--rules", str(good), "a bluebird sings"]) == 0
     assert '"rule_id":"custom.word"' in capsys.readouterr().out
+
+
+def test_the_result_cache_is_bounded_by_entries_and_by_characters():
+    from gateway_plugins.scan.cache import ResultCache
+
+    cache: ResultCache[int] = ResultCache(max_entries=100, ttl_s=60, max_chars=10)
+    cache.put("aaaa", 1)
+    cache.put("bbbb", 2)
+    cache.put("cccc", 3)  # 12 characters: the oldest goes
+    assert cache.get("aaaa") is None and cache.get("cccc") == 3
+    assert cache.chars == 8 and cache.evictions == 1
+    expired: ResultCache[int] = ResultCache(max_entries=10, ttl_s=1e-9)
+    expired.put("x", 1)
+    assert expired.get("x") is None and expired.chars == 0

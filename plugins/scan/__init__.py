@@ -83,6 +83,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: results kept for texts seen again (system prompts, retries, POST /scan); 0: no cache
     cache_size: int = 10000
     cache_ttl_s: float = 600.0
+    #: and at most this many characters of cached texts in all (bounds the memory)
+    cache_max_chars: int = 16_000_000
     #: bodies with more text than this are scanned on a worker thread, off the event loop
     offload_bytes: int = 64 * 1024
 
@@ -132,7 +134,7 @@ class Scan:
         self.min_rank = SEVERITY_RANK[config.min_severity]
         self.redact = frozenset(config.redact)
         self.extra_stages = tuple(stages)
-        self.cache: ResultCache[ScanResult] = ResultCache(config.cache_size, config.cache_ttl_s)
+        self.cache: ResultCache[ScanResult] = ResultCache(config.cache_size, config.cache_ttl_s, config.cache_max_chars)
         if config.cache_size < 0:
             raise PluginConfigError("cache_size", "must be 0 (no cache) or more")
         if config.cache_ttl_s <= 0:

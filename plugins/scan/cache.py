@@ -3,7 +3,8 @@
 A system prompt or a retried request is the same text again and again; its result
 is looked up instead of scanned. Entries expire after ``ttl_s`` (so a rule change
 on reload never meets an old result: the plugin, and its cache, are rebuilt) and
-the least recently used one goes when the cache is full.
+the least recently used one goes when the cache is full: more than ``max_entries``
+entries, or more than ``max_chars`` characters of keys (the texts) in all.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ V = TypeVar("V")
 
 
 class ResultCache(Generic[V]):
-    def __init__(self, max_entries: int, ttl_s: float) -> None:
+    def __init__(self, max_entries: int, ttl_s: float, max_chars: int = 16_000_000) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
+        self.max_chars = max_chars
+        self.chars = 0
         self.entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self.lock = threading.Lock()
         self.hits = 0
@@ -36,6 +39,7 @@ class ResultCache(Generic[V]):
             if entry is None or entry[0] <= now:
                 if entry is not None:
                     del self.entries[key]
+                    self.chars -= len(key)
                 self.misses += 1
                 return None
             self.entries.move_to_end(key)
@@ -47,15 +51,19 @@ class ResultCache(Generic[V]):
             return
         expires = time.monotonic() + self.ttl_s
         with self.lock:
+            if key not in self.entries:
+                self.chars += len(key)
             self.entries[key] = (expires, value)
             self.entries.move_to_end(key)
-            while len(self.entries) > self.max_entries:
-                self.entries.popitem(last=False)
+            while len(self.entries) > self.max_entries or self.chars > self.max_chars:
+                old, _ = self.entries.popitem(last=False)
+                self.chars -= len(old)
                 self.evictions += 1
 
     def clear(self) -> None:
         with self.lock:
             self.entries.clear()
+            self.chars = 0
 
     def figures(self) -> dict[str, float]:
         looked_up = self.hits + self.misses
