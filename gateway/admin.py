@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import re
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,9 @@ async def _stats(gateway: Gateway, started_at: float) -> dict[str, Any]:
     }
 
 
+_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -131,8 +135,17 @@ async def _metrics(gateway: Gateway) -> str:
         "# HELP gateway_plugin_stat Numeric figures plugins report in /stats.",
         "# TYPE gateway_plugin_stat gauge",
     ]
+    labelled: list[str] = []
     for plugin, figures in (await _plugin_stats(gateway)).items():
         for name, value in figures.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 lines.append(f'gateway_plugin_stat{{plugin="{_label(plugin)}",stat="{_label(name)}"}} {value}')
-    return "\n".join(lines) + "\n"
+            elif isinstance(value, dict) and "_by_" in name:
+                # "detections_by_family": {"pii": 2} -> gateway_<plugin>_detections{family="pii"} 2
+                figure, label = name.split("_by_", 1)
+                metric = _METRIC_NAME.sub("_", f"gateway_{plugin}_{figure}")
+                label = _METRIC_NAME.sub("_", label)
+                for key, count in value.items():
+                    if isinstance(count, (int, float)) and not isinstance(count, bool):
+                        labelled.append(f'{metric}{{{label}="{_label(str(key))}"}} {count}')
+    return "\n".join(lines + labelled) + "\n"

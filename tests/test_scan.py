@@ -382,3 +382,12 @@ async def test_streamed_responses_api_and_completions_answers_are_scanned(tmp_pa
         figures = (await stats(gw))["plugins"]["scan"]
     assert "tail-secret" not in "".join(received)
     assert figures["blocked"] == 2 and figures["responses_scanned"] == 2
+
+
+async def test_detections_by_family_are_labelled_series_in_metrics(tmp_path):
+    async with run_gateway(config(action="log"), tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="m", messages=user(INJECTION))
+        async with aiohttp.ClientSession() as session, session.get(f"{gw.admin_url}/metrics") as reply:
+            text = await reply.text()
+    assert 'gateway_scan_detections{family="prompt_injection"} 1' in text
+    assert 'gateway_plugin_stat{plugin="scan",stat="logged"} 1' in text
