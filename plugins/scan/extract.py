@@ -53,38 +53,74 @@ class Slot:
 
 
 def slots(document: Any) -> list[Slot]:
-    """Every text to scan in a request or answer body, in document order."""
+    """Every text to scan in a request or answer body, in document order.
+
+    Iterative (an explicit stack), so a body nested as deep as the JSON decoder
+    allows cannot exhaust the interpreter's stack."""
+    if type(document) is dict:
+        plain = _plain_chat(document)
+        if plain is not None:
+            return plain
     found: list[Slot] = []
-    if isinstance(document, dict):
-        _walk_dict(document, False, found)
-    elif isinstance(document, list):
-        _walk_list(document, False, found)
+    # Slots, or (node, inside a text-bearing key); children go on in reverse so
+    # they come off in document order.
+    stack: list[Any] = [(document, False)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Slot):
+            found.append(item)
+            continue
+        node, inside = item
+        children: list[Any] = []
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in SKIP_KEYS:
+                    continue
+                text_key = inside or key in TEXT_KEYS
+                if isinstance(value, str):
+                    if text_key and value:
+                        children.append(Slot(node, key, value))
+                elif isinstance(value, (dict, list)):
+                    children.append((value, text_key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                if isinstance(value, str):
+                    if inside and value:
+                        children.append(Slot(node, index, value))
+                elif isinstance(value, (dict, list)):
+                    children.append((value, inside))
+        stack.extend(reversed(children))
     return found
 
 
-def _walk_dict(node: dict[str, Any], inside: bool, found: list[Slot]) -> None:
-    for key, value in node.items():
-        if key in SKIP_KEYS:
-            continue
-        text_key = inside or key in TEXT_KEYS
-        if isinstance(value, str):
-            if text_key and value:
-                found.append(Slot(node, key, value))
-        elif isinstance(value, dict):
-            _walk_dict(value, text_key, found)
-        elif isinstance(value, list):
-            _walk_list(value, text_key, found)
+def _plain_chat(document: dict[str, Any]) -> list[Slot] | None:
+    """The common case fast: chat messages of string content and scalar options
+    (None: anything else, for the general walk)."""
+    found: list[Slot] = []
+    for key, value in document.items():
+        if key == "messages" and type(value) is list:
+            for message in value:
+                if type(message) is not dict:
+                    return None
+                for field, content in message.items():
+                    if field == "content":
+                        if type(content) is str:
+                            if content:
+                                found.append(Slot(message, "content", content))
+                        elif content is not None:
+                            return None
+                    elif field not in _PLAIN_MESSAGE_KEYS:
+                        return None
+        elif type(value) in _SCALARS:
+            if key in TEXT_KEYS and type(value) is str:
+                return None
+        elif key not in SKIP_KEYS:
+            return None
+    return found
 
 
-def _walk_list(node: list[Any], inside: bool, found: list[Slot]) -> None:
-    for index, value in enumerate(node):
-        if isinstance(value, str):
-            if inside and value:
-                found.append(Slot(node, index, value))
-        elif isinstance(value, dict):
-            _walk_dict(value, inside, found)
-        elif isinstance(value, list):
-            _walk_list(value, inside, found)
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "name"})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def stream_slots(document: Any) -> list[tuple[tuple[Any, ...], Slot]]:
