@@ -179,7 +179,8 @@ _FOLDABLE = re2.compile(
 # Leetspeak undone (one for one): 1gn0r3 -> ignore, 5y5t3m -> system.
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "9": "g", "@": "a", "$": "s", "|": "l", "!": "i", "€": "e"})
 # Words mixing letters with leet digits; three of them make the view worth a pass.
-_LEET_WORD = re2.compile(rb"(?i)\b(?:[a-z]+[013457@$][a-z013457@$]*|[013457@$]+[a-z][a-z013457@$]*)\b")
+# (a digit between letters, or two digits around letters: "y0u", "1gn0r3"; not "4th", "md5")
+_LEET_WORD = re2.compile(rb"(?i)\b(?:[a-z]+[013457@$]+[a-z][a-z013457@$]*|[013457@$]+[a-z]+[013457@$][a-z013457@$]*)\b")
 _ROT13 = str.maketrans(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", "NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm"
 )
