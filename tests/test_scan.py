@@ -389,5 +389,5 @@ async def test_detections_by_family_are_labelled_series_in_metrics(tmp_path):
         await gw.openai().chat.completions.create(model="m", messages=user(INJECTION))
         async with aiohttp.ClientSession() as session, session.get(f"{gw.admin_url}/metrics") as reply:
             text = await reply.text()
-    assert 'gateway_scan_detections{family="prompt_injection"} 1' in text
-    assert 'gateway_plugin_stat{plugin="scan",stat="logged"} 1' in text
+    assert 'gateway_scan_detections{family="prompt_injection"} 1.0' in text
+    assert 'gateway_scan_logged 1.0' in text
