@@ -102,12 +102,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class Candidate:
     """One provider a request may be sent to, with the model map for it."""
 
-    __slots__ = ("provider", "name", "models", "apis")
+    __slots__ = ("provider", "name", "models", "apis", "breaker")
 
     def __init__(self, provider: Provider, models: dict[str, str] | None) -> None:
         self.provider = provider
         self.name = provider.name
         self.models = models
+        #: the provider's breaker (None with ``per_model``: looked up per request)
+        self.breaker: Breaker | None = None
         # Which request shapes it can take as they are (no translation in the core yet).
         self.apis = ("openai", "anthropic") if provider.type == "mock" else (provider.type,)
 
@@ -126,6 +128,8 @@ class CircuitBreaker:
         self.failure_statuses_retryable = config.retry_statuses
         self.breakers: dict[str, Breaker] = {}
         self.routes: dict[str, tuple[Candidate, ...]] = {}
+        #: the 503 message when every candidate of (provider, api) is open, made once
+        self.open_messages: dict[tuple[str, str], str] = {}
         self.providers: dict[str, Provider] = {}
         self.shared: SharedState | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
@@ -166,15 +170,20 @@ class CircuitBreaker:
                 raise PluginConfigError(f"fallback_models.{backup}", f"no provider named {backup!r} ({_known(providers)})")
         self.providers = providers
         self.tracer = gateway.tracer
-        self.routes = {
-            name: (
+        if not config.per_model:
+            self.breakers = {name: self._new_breaker(name, name, None) for name in providers}
+        self.routes = {}
+        for name, provider in providers.items():
+            route = (
                 Candidate(provider, None),
                 *(Candidate(providers[b], config.fallback_models.get(b)) for b in config.fallbacks.get(name, ())),
             )
-            for name, provider in providers.items()
-        }
-        if not config.per_model:
-            self.breakers = {name: self._new_breaker(name, name, None) for name in providers}
+            for candidate in route:
+                candidate.breaker = self.breakers.get(candidate.name)
+            self.routes[name] = route
+            for api in ("openai", "anthropic"):
+                names = " and ".join(c.name for c in route if api in c.apis or c is route[0])
+                self.open_messages[name, api] = f"The circuit breaker of {names} is open: not calling it for now."
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
@@ -217,7 +226,7 @@ class CircuitBreaker:
                     if mapped is not None and original_model is not None and mapped != original_model:
                         exchange.model = mapped
                         exchange.served_model = mapped
-            breaker = self._breaker_for(candidate.name, exchange)
+            breaker = candidate.breaker or self._breaker_for(candidate.name, exchange)
             attempt = 0
             while True:
                 permit = breaker.acquire()
@@ -294,10 +303,9 @@ class CircuitBreaker:
                 await asyncio.sleep(delay_s)
         if outcome is None:
             exchange.provider, exchange.body, exchange.served_model = primary, original_body, None
-            names = " and ".join(c.name for c in route if exchange.api in c.apis)
             raise circuit_open(
-                f"The circuit breaker of {names} is open: not calling it for now.",
-                retry_after_s if retry_after_s is not None else self.config.recovery_s,
+                self.open_messages[primary.name, exchange.api],  # type: ignore[union-attr]
+                retry_after_s if retry_after_s is not None else config.recovery_s,
             )
         assert outcome_as is not None
         exchange.provider, exchange.body, exchange.served_model = outcome_as
