@@ -527,3 +527,21 @@ async def test_breaker_state_is_a_gauge_in_stats_and_metrics(tmp_path):
     assert figures["state_by_provider"] == {"mock": 2, "backup": 0}
     assert figures["transitions_by_state"] == {"closed": 0, "half_open": 0, "open": 1}
     assert 'plugin="breaker"' in metrics
+
+
+# -- 7. the demo ---------------------------------------------------------------------
+
+
+async def test_the_demo_config_fails_over_to_backup_when_the_first_mock_fails(tmp_path):
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+    async with run_gateway(demo) as gw:
+        headers = {"x-mock-target": "mock", **FAIL}
+        status, answer_headers, body = await chat(gw, headers, model="gpt-4o")
+        _, document = await admin(gw, "GET", "/breakers")
+    assert status == 200
+    assert answer_headers["x-gateway-provider"] == "backup"
+    assert answer_headers["x-gateway-model"] == "gpt-4o-mini"
+    assert body.model == "gpt-4o-mini"
+    assert breaker_of(document, "mock")["failures"] == 2  # the call and its retry

@@ -286,8 +286,8 @@ class CircuitBreaker:
                     failed = response
                 await _discard(outcome)
                 outcome, outcome_as = failed, (candidate.provider, exchange.body, exchange.served_model)
-                if not retryable or attempt >= config.retries:
-                    break
+                if not retryable or attempt >= config.retries or breaker.state is OPEN:
+                    break  # (a breaker this failure opened would only short-circuit the retry)
                 delay_s = random.random() * min(config.backoff_max_s, config.backoff_base_s * (1 << attempt))
                 if hint_s is not None:
                     if hint_s > config.retry_after_max_s:
