@@ -64,6 +64,23 @@ class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class CorsConfig(_Section):
+    """```yaml
+    cors:                               # browsers calling the gateway directly; nothing allowed by default
+      allow_origins: ["https://app.example.com"]   # or ["*"]
+      allow_methods: [GET, POST]
+      allow_headers: ["*"]              # "*": whatever the preflight asks for
+      allow_credentials: false
+      max_age_s: 600
+    ```"""
+
+    allow_origins: list[str] = []
+    allow_methods: list[str] = msgspec.field(default_factory=lambda: ["GET", "POST"])
+    allow_headers: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    max_age_s: int = 600
+
+
 class ProviderConfig(_Section):
     """```yaml
     providers:
@@ -135,6 +152,7 @@ class GatewayConfig(_Section):
     plugins: list[PluginEntry] = []
     shutdown_grace_s: float = 30.0
     log: LogConfig = LogConfig()
+    cors: CorsConfig = CorsConfig()
 
 
 class LoadedConfig(msgspec.Struct, frozen=True):
@@ -284,6 +302,11 @@ def _check(path: str, config: GatewayConfig) -> None:
         keys[client.key] = name
     if config.limits.max_body_bytes <= 0:
         raise ConfigError(path, "limits.max_body_bytes", "must be greater than 0")
+    if "*" in config.cors.allow_origins and config.cors.allow_credentials:
+        raise ConfigError(path, "cors.allow_credentials", "cannot be true with allow_origins '*' (browsers refuse it)")
+    for i, origin in enumerate(config.cors.allow_origins):
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ConfigError(path, f"cors.allow_origins[{i}]", f"{origin!r}: an origin is scheme://host[:port], or '*'")
     if config.shutdown_grace_s < 0:
         raise ConfigError(path, "shutdown_grace_s", "must be 0 or more")
     labels: dict[str, int] = {}

@@ -29,11 +29,13 @@ from opentelemetry import propagate, trace
 from yarl import URL
 
 from gateway.config import OFFICIAL_BASE_URLS, GatewayConfig, ProviderConfig, RouteConfig
+from gateway.cors import SECURITY_HEADERS, Cors, cors_not_allowed, is_preflight
 from gateway.errors import (
     GatewayError,
     client_closed_request,
     error_body,
     invalid_api_key,
+    invalid_request,
     request_too_large,
     route_not_found,
     upstream_error,
@@ -76,8 +78,17 @@ HOP_BY_HOP = frozenset(
 )
 # The caller's credentials: replaced by the provider's key unless it is 'passthrough'.
 CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
-# Dropped from upstream answers: aiohttp has already decoded the body.
-DECODED_RESPONSE = HOP_BY_HOP | {"content-encoding"}
+# Dropped from upstream answers: aiohttp has already decoded the body, and what a
+# browser may read is the gateway's to say (cors), not the provider's.
+DECODED_RESPONSE = HOP_BY_HOP | {
+    "content-encoding",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+}
 
 # First path segments of the OpenAI and Anthropic APIs: an SDK whose base_url lacks
 # "/v1" calls "/chat/completions", which the gateway serves as "/v1/chat/completions".
@@ -92,10 +103,37 @@ SSE_CONTENT_TYPE = "text/event-stream"
 
 
 def normalize_path(path: str) -> str:
+    """The path the router and the upstream see: dot segments removed, empty ones
+    dropped, and "/v1" added where an SDK's base_url lacked it.
+
+    Raises 400 ``invalid_request`` for a path whose ``..`` would climb above the root.
+    """
+    if "/." in path or "//" in path or "%2" in path:  # the common path skips the walk
+        path = _remove_dot_segments(path)
     if path.startswith("/v1/") or path == "/v1":
         return path
     first = path[1:].split("/", 1)[0]
     return "/v1" + path if first in API_RESOURCES else path
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 on a raw path, with ``%2e`` read as ``.`` (so ``%2e%2e`` is ``..``);
+    never forwards a ``..``. Encoded slashes stay encoded: they are not separators."""
+    segments: list[str] = []
+    parts = path.split("/")
+    for index, segment in enumerate(parts[1:], start=1):
+        dots = segment.replace("%2e", ".").replace("%2E", ".")
+        if dots == "..":
+            if not segments:
+                raise invalid_request("The request path climbs above the root ('..').")
+            segments.pop()
+        elif dots == "." or (not segment and index < len(parts) - 1):
+            continue
+        else:
+            segments.append(segment)
+    if parts[-1] in ("", ".", "..", "%2e", "%2E") and segments and segments[-1] != "":
+        segments.append("")  # "/v1/models/." is the folder "/v1/models/"
+    return "/" + "/".join(segments)
 
 
 def server_timing(exchange: Exchange) -> str:
@@ -351,6 +389,7 @@ class Proxy:
         self.roots_unsampled = roots_unsampled
         self.max_body_bytes = config.limits.max_body_bytes
         self.clients = {client.key: name for name, client in config.clients.items()}
+        self.cors = Cors(config.cors) if config.cors.allow_origins else None
         self.background = background
         #: answers by (provider or "-", status), for /stats and /metrics
         self.answers: Counter[tuple[str, int]] = Counter()
@@ -388,10 +427,15 @@ class Proxy:
         request_id = headers.get("x-request-id") or new_request_id()
         request_id_var.set(request_id)
         rel_url = request.rel_url
+        refused: GatewayError | None = None
+        try:
+            path = normalize_path(rel_url.raw_path)
+        except GatewayError as error:
+            path, refused = "/", error
         exchange = Exchange(
             request,
             method=request.method,
-            path=normalize_path(rel_url.raw_path),
+            path=path,
             query_string=rel_url.raw_query_string,
             headers=headers,
             request_id=request_id,
@@ -404,7 +448,7 @@ class Proxy:
         self.serving.add(task)  # type: ignore[arg-type]
         status = 0
         try:
-            answer = await self._serve(request, exchange)
+            answer = await self._serve(request, exchange, refused)
             error = exchange.error
             status = 499 if error is not None and error.status == 499 else answer.status
             return answer
@@ -423,9 +467,15 @@ class Proxy:
                 end_server_span(span, exchange, status, provider_name)
                 otel_context.detach(token)
 
-    async def _serve(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.BaseRequest, exchange: Exchange, refused: GatewayError | None = None
+    ) -> web.StreamResponse:
         chain = self.chain
         try:
+            if refused is not None:
+                raise refused
+            if is_preflight(exchange.method, exchange.headers):
+                return self._preflight(exchange)
             self._identify(exchange)
             exchange.body = await self._read_body(request)
             provider = exchange.provider = self.router.provider_for(exchange)
@@ -454,9 +504,27 @@ class Proxy:
         headers["Server-Timing"] = server_timing(exchange)
         if exchange.response_headers:
             headers.update(exchange.response_headers)
+        headers.update(SECURITY_HEADERS)
+        if self.cors is not None and "Origin" in exchange.headers:
+            self._allow_origin(exchange, headers)
         if answer.stream is not None:
             return await self._relay(request, exchange, answer)
         return await self._finish(request, exchange, web.Response(status=answer.status, body=answer.body, headers=headers))
+
+    def _preflight(self, exchange: Exchange) -> web.Response:
+        """A CORS preflight is the gateway's to answer: never forwarded, no key needed."""
+        if self.cors is None:
+            raise cors_not_allowed("Cross-origin calls are not enabled (cors.allow_origins is empty).")
+        headers = self.cors.preflight(exchange.headers)
+        headers.update(SECURITY_HEADERS)
+        headers["x-request-id"] = exchange.request_id
+        return web.Response(status=204, headers=headers)
+
+    def _allow_origin(self, exchange: Exchange, headers: Any) -> None:
+        assert self.cors is not None
+        origin = exchange.headers["Origin"]
+        if self.cors.allows(origin):
+            headers.update(self.cors.answer_headers(origin))
 
     def _identify(self, exchange: Exchange) -> None:
         headers = exchange.headers
@@ -489,9 +557,13 @@ class Proxy:
             "Content-Type": "application/json",
             "x-request-id": exchange.request_id,
             "Server-Timing": server_timing(exchange),
+            "Cache-Control": "no-store",
+            **SECURITY_HEADERS,
         }
         headers.update(error.headers)
         headers.update(exchange.response_headers)
+        if self.cors is not None and "Origin" in exchange.headers:
+            self._allow_origin(exchange, headers)
         level = logging.WARNING if error.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "answered %s %s: %s", error.status, error.code, error.message, extra={"status": error.status, "code": error.code})
