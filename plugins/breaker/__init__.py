@@ -79,7 +79,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: more attempts at the same provider after a retryable failure
     retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
     #: provider answers worth another attempt (connection failures and timeouts always are)
-    retry_statuses: frozenset[Annotated[int, msgspec.Meta(ge=400, le=599)]] = frozenset({429, 502, 503, 504, 529})
+    retry_statuses: tuple[Annotated[int, msgspec.Meta(ge=400, le=599)], ...] = (429, 502, 503, 504, 529)
     #: backoff before retry n (from 0) is uniform in [0, min(backoff_max_s, backoff_base_s * 2**n)]
     backoff_base_s: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     backoff_max_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
@@ -125,7 +125,7 @@ class CircuitBreaker:
         if config.backoff_max_s < config.backoff_base_s:
             raise PluginConfigError("backoff_max_s", "must be at least backoff_base_s")
         self.config = config
-        self.failure_statuses_retryable = config.retry_statuses
+        self.retry_statuses = frozenset(config.retry_statuses)
         self.breakers: dict[str, Breaker] = {}
         self.routes: dict[str, tuple[Candidate, ...]] = {}
         #: the 503 message when every candidate of (provider, api) is open, made once
@@ -281,7 +281,7 @@ class CircuitBreaker:
                             self.served_by_fallback[candidate.name] += 1
                         return response
                     breaker.failure(permit)
-                    retryable = status in self.failure_statuses_retryable
+                    retryable = status in self.retry_statuses
                     hint_s = _retry_after_s(response) if retryable else None
                     failed = response
                 await _discard(outcome)
