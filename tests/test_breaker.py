@@ -413,6 +413,20 @@ async def test_a_fallback_model_map_rewrites_the_model_and_says_so(tmp_path):
     assert body.model == "gpt-4o-mini"
 
 
+async def test_an_anthropic_stream_fails_over_before_its_first_event(tmp_path):
+    config = breaker_config(TWO_MOCKS, retries=0, fallbacks={"mock": ["backup"]})
+    async with run_gateway(config, tmp_path) as gw:
+        async with gw.anthropic().messages.stream(
+            model="claude-haiku-4-5", max_tokens=50, messages=CHAT, extra_headers=PRIMARY_FAILS
+        ) as stream:
+            text = "".join([chunk async for chunk in stream.text_stream])
+            headers = stream.response.headers
+        (fallback,) = [e for s in gw.spans_named("breaker send") for e in s.events if e.name == "breaker.fallback"]
+    assert text.startswith("Mock reply to: Tell me about otters")
+    assert headers["x-gateway-provider"] == "backup"
+    assert dict(fallback.attributes) == {"from": "mock", "to": "backup"}
+
+
 async def test_fallbacks_are_tried_in_order(tmp_path):
     providers = {**TWO_MOCKS, "third": {"type": "mock"}}
     config = breaker_config(providers, retries=0, fallbacks={"mock": ["backup", "third"]})

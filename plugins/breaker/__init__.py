@@ -262,6 +262,8 @@ class CircuitBreaker:
                 except TimeoutError:
                     # The request's own deadline, not the provider's fault: no verdict.
                     breaker.release(permit)
+                    if deadline_s is None:
+                        raise
                     self.deadline_exceeded += 1
                     await _discard(outcome)
                     exchange.provider, exchange.body, exchange.served_model = primary, original_body, None  # type: ignore[assignment]
@@ -300,7 +302,11 @@ class CircuitBreaker:
                 if exchange.recording:
                     reason = failed.code if isinstance(failed, GatewayError) else str(failed.status)
                     _event("breaker.retry", provider=candidate.name, attempt=attempt, reason=reason, delay_s=delay_s)
-                await asyncio.sleep(delay_s)
+                try:
+                    await asyncio.sleep(delay_s)
+                except BaseException:  # the caller left while we waited
+                    await _discard(outcome)
+                    raise
         if outcome is None:
             exchange.provider, exchange.body, exchange.served_model = primary, original_body, None
             raise circuit_open(
