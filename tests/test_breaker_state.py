@@ -127,3 +127,26 @@ def test_retry_after_is_read_from_ms_or_seconds(headers, expected):
 def test_retry_after_as_an_http_date():
     when = email.utils.formatdate(time.time() + 10, usegmt=True)
     assert 8 < _retry_after_s(Response(429, {"retry-after": when})) <= 10
+
+
+def test_each_failed_probe_doubles_the_open_time_up_to_the_cap():
+    breaker, clock, _ = make(failure_threshold=1, recovery_s=10, recovery_max_s=35)
+    breaker.failure(breaker.acquire())
+    waits = [breaker.retry_after_s()]
+    for _ in range(3):
+        clock.now += breaker.retry_after_s()
+        breaker.failure(breaker.acquire())  # the probe fails
+        waits.append(breaker.retry_after_s())
+    assert waits == [10, 20, 35, 35]
+    clock.now += 35
+    breaker.success(breaker.acquire())
+    breaker.failure(breaker.acquire())
+    assert breaker.retry_after_s() == 10  # closed in between: back to recovery_s
+
+
+def test_without_a_cap_the_open_time_stays_recovery_s():
+    breaker, clock, _ = make(failure_threshold=1, recovery_s=10)
+    breaker.failure(breaker.acquire())
+    clock.now += 10
+    breaker.failure(breaker.acquire())
+    assert breaker.retry_after_s() == 10

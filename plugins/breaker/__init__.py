@@ -72,6 +72,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     window: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
     #: how long an open breaker refuses calls before letting a probe through
     recovery_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: each failed probe doubles the next open time, up to this (default: recovery_s, no growth)
+    recovery_max_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     #: calls let through at once while half-open; the first success closes, a failure reopens
     half_open_probes: Annotated[int, msgspec.Meta(ge=1)] = 1
     #: one breaker per provider and model instead of one per provider
@@ -122,6 +124,8 @@ class CircuitBreaker:
     def __init__(self, config: Config) -> None:
         if config.backend != "memory" and not config.backend.startswith(("redis://", "rediss://", "unix://")):
             raise PluginConfigError("backend", "must be 'memory' or a redis://, rediss:// or unix:// URL")
+        if config.recovery_max_s is not None and config.recovery_max_s < config.recovery_s:
+            raise PluginConfigError("recovery_max_s", "must be at least recovery_s")
         if config.backoff_max_s < config.backoff_base_s:
             raise PluginConfigError("backoff_max_s", "must be at least backoff_base_s")
         self.config = config
@@ -341,6 +345,7 @@ class CircuitBreaker:
             failure_rate=config.failure_rate,
             window_size=config.window,
             recovery_s=config.recovery_s,
+            recovery_max_s=config.recovery_max_s,
             probes=config.half_open_probes,
             on_transition=self._transition,
         )

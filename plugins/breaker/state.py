@@ -46,6 +46,8 @@ class Breaker:
         "failure_rate",
         "window_size",
         "recovery_s",
+        "recovery_max_s",
+        "reopened",
         "probes",
         "clock",
         "on_transition",
@@ -74,6 +76,7 @@ class Breaker:
         window_size: int,
         recovery_s: float,
         probes: int,
+        recovery_max_s: float | None = None,
         on_transition: Callable[[Transition], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -84,6 +87,10 @@ class Breaker:
         self.failure_rate = failure_rate
         self.window_size = window_size
         self.recovery_s = recovery_s
+        #: with a failed probe the open time doubles, up to this (Envoy's max_ejection_time)
+        self.recovery_max_s = recovery_max_s if recovery_max_s is not None else recovery_s
+        #: failed probes since the breaker last closed
+        self.reopened = 0
         self.probes = probes
         self.clock = clock
         self.on_transition = on_transition
@@ -168,7 +175,10 @@ class Breaker:
         """Open now, until ``until`` (monotonic; default: ``recovery_s`` from now)."""
         old = self.state
         self.state = OPEN
-        self.open_until = until if until is not None else self.clock() + self.recovery_s
+        self.reopened = self.reopened + 1 if old is HALF_OPEN else 0
+        if until is None:
+            until = self.clock() + self.open_for_s()
+        self.open_until = until
         self.opened_at = time.time()
         self.opened += 1
         self.source = source
@@ -176,6 +186,10 @@ class Breaker:
         self.probes_in_flight = 0
         self._clear_window()
         self.on_transition(Transition(self, old, OPEN, reason))
+
+    def open_for_s(self) -> float:
+        """How long an opening lasts now: ``recovery_s``, doubled per failed probe, capped."""
+        return min(self.recovery_s * (1 << min(self.reopened, 30)), max(self.recovery_max_s, self.recovery_s))
 
     def half_open(self, reason: str) -> None:
         """Let the next call probe now (another replica closed it, or its entry went away)."""
@@ -193,6 +207,7 @@ class Breaker:
         old = self.state
         self.state = CLOSED
         self.consecutive_failures = 0
+        self.reopened = 0
         self.source = "local"
         self._clear_window()
         self.on_transition(Transition(self, old, CLOSED, reason))
