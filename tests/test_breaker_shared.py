@@ -119,3 +119,16 @@ async def test_opening_writes_a_redis_span(tmp_path, redis_server):
         (span,) = gw.spans_named("breaker redis HSET")
     assert span.attributes["db.system"] == "redis"
     assert span.attributes["gateway.breaker"] == "mock"
+
+
+async def test_a_gateway_starts_and_serves_while_redis_is_down(tmp_path, redis_server, caplog):
+    caplog.set_level(logging.WARNING, logger="gateway.breaker")
+    redis_server.stop()
+    async with run_gateway(shared_config(redis_server.url), tmp_path) as gw, aiohttp.ClientSession() as session:
+        status, _, _ = await post(session, gw.url)
+        assert status == 200
+        async with session.get(gw.admin_url + "/stats") as answer:
+            figures = (await answer.json())["plugins"]["breaker"]
+    assert figures["backend_healthy"] == 0 and figures["backend_errors"] >= 1
+    (warning,) = [r for r in caplog.records if "backend unreachable" in r.getMessage()]
+    assert "redis://" not in warning.getMessage()  # the URL (and any password in it) stays out of logs
