@@ -55,7 +55,7 @@ async def test_a_breaker_opened_on_one_replica_short_circuits_the_other(tmp_path
 
         learned = await until_state(session, b.admin_url, "open")
         assert learned["state"] == "open" and learned["source"] == "shared"
-        assert 25 < learned["next_probe_in_s"] <= 30  # A's opening time, not a fresh one
+        assert 15 < learned["next_probe_in_s"] <= 30  # A's opening time
 
         status, headers, body = await post(session, b.url)
         assert status == 503 and body["error"]["code"] == "circuit_open"
@@ -87,15 +87,15 @@ async def test_a_replica_that_starts_during_an_outage_knows_it_before_its_first_
 
 async def test_a_redis_outage_falls_back_to_local_state_with_one_log_line(tmp_path, redis_server, caplog):
     caplog.set_level(logging.INFO, logger="gateway.breaker")
-    config = shared_config(redis_server.url, recovery_s=0.2)
+    config = shared_config(redis_server.url, recovery_s=1)
     async with run_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as session:
         redis_server.stop()
-        for _ in range(3):
+        for _ in range(2):
             status, _, _ = await post(session, gw.url, FAIL)  # opens locally (publishing fails)
             assert status == 503
             status, _, body = await post(session, gw.url)
             assert body["error"]["code"] == "circuit_open"  # still broken locally
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(1.05)
         async with session.get(gw.admin_url + "/breakers") as answer:
             document = await answer.json()
         assert document["backend_healthy"] is False

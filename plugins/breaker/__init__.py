@@ -214,6 +214,8 @@ class CircuitBreaker:
         outcome: Response | GatewayError | None = None
         outcome_as: tuple[Provider, bytes, str | None] | None = None
         original_body = exchange.body
+        # A plugin before this one (an alias, a cascade) may have chosen the model already.
+        original_served = exchange.served_model
         original_model: Any = _UNREAD
         retry_after_s: float | None = None
         for index, candidate in enumerate(route):
@@ -221,8 +223,9 @@ class CircuitBreaker:
                 if exchange.api not in candidate.apis:
                     continue
                 exchange.provider = candidate.provider
-                exchange.body = original_body
-                exchange.served_model = None
+                if exchange.body is not original_body:
+                    exchange.body = original_body
+                exchange.served_model = original_served
                 if candidate.models:
                     if original_model is _UNREAD:
                         original_model = _model_of(exchange)
@@ -270,7 +273,7 @@ class CircuitBreaker:
                         raise
                     self.deadline_exceeded += 1
                     await _discard(outcome)
-                    exchange.provider, exchange.body, exchange.served_model = primary, original_body, None  # type: ignore[assignment]
+                    exchange.provider, exchange.body, exchange.served_model = primary, original_body, original_served  # type: ignore[assignment]
                     raise upstream_timeout(f"No provider answered within the deadline of {deadline_s:g} s.") from None
                 except BaseException:
                     breaker.release(permit)  # the caller left (CancelledError) or a bug: not the provider's failure
@@ -312,7 +315,7 @@ class CircuitBreaker:
                     await _discard(outcome)
                     raise
         if outcome is None:
-            exchange.provider, exchange.body, exchange.served_model = primary, original_body, None
+            exchange.provider, exchange.body, exchange.served_model = primary, original_body, original_served
             raise circuit_open(
                 self.open_messages[primary.name, exchange.api],  # type: ignore[union-attr]
                 retry_after_s if retry_after_s is not None else config.recovery_s,
