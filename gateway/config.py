@@ -89,11 +89,18 @@ class ProviderConfig(_Section):
         base_url: https://api.openai.com
         api_key: ${OPENAI_API_KEY}   # 'passthrough' forwards the caller's own key
         timeout_s: 60
+      azure:
+        type: openai
+        base_url: https://my-resource.openai.azure.com/openai/v1
+        api_key: ${AZURE_OPENAI_API_KEY}
+        api_key_header: api-key      # the key as it is, in this header
     ```"""
 
     type: Literal["openai", "anthropic", "mock"]
     base_url: str = ""
     api_key: str = ""
+    #: the header that carries api_key: default Authorization (Bearer) for openai, x-api-key for anthropic
+    api_key_header: str = ""
     timeout_s: float = 60.0
     max_connections: int = 100
     headers: dict[str, str] = {}

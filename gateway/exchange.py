@@ -284,8 +284,14 @@ class Exchange:
         #: the virtual client's name when ``clients`` are configured
         self.client = client
         self.provider: Provider | None = None
-        #: the error and body shape of this route: "openai" or "anthropic"
-        self.api = "anthropic" if path.startswith("/v1/messages") else "openai"
+        #: the caller's API shape, for bodies, streams and errors: "openai" or "anthropic".
+        #: From the path; for paths both APIs have (/v1/models), Anthropic's SDKs send anthropic-version.
+        if path.startswith("/v1/messages"):
+            self.api = "anthropic"
+        elif path.startswith("/v1/chat/") or headers is None or "anthropic-version" not in headers:
+            self.api = "openai"
+        else:
+            self.api = "anthropic"
         self.response: Response | None = None
         #: the error the gateway answered with, if it did (set before ``complete``)
         self.error: GatewayError | None = None
@@ -349,6 +355,13 @@ class Exchange:
         """Replace the body with ``document`` (the upstream gets the new bytes)."""
         self._body = _encode(document)
         self._json = document
+
+    @property
+    def provider_api(self) -> str:
+        """The API shape of the provider of this attempt: ``api``, unless the provider
+        speaks only the other one, and then the core translates request and answer."""
+        provider = self.provider
+        return self.api if provider is None or provider.api is None else provider.api
 
     @property
     def has_json_body(self) -> bool:

@@ -50,6 +50,7 @@ from gateway.telemetry import (
     start_client_span,
     start_server_span,
 )
+from gateway.translate import translate_request, translate_response
 
 if TYPE_CHECKING:
     from gateway.chain import Chain
@@ -100,6 +101,7 @@ API_RESOURCES = frozenset(
 )  # fmt: skip
 
 SSE_CONTENT_TYPE = "text/event-stream"
+_VERSION_SEGMENT = re.compile(r"/v\d+[a-z0-9]*(/|$)")
 
 
 def normalize_path(path: str) -> str:
@@ -155,17 +157,26 @@ class Provider:
         self.name = name
         self.type = config.type
         self.timeout_s = config.timeout_s
+        #: the API shape this provider speaks (None: both, as the mock does)
+        self.api: str | None = config.type if config.type in ("openai", "anthropic") else None
+        #: the caller shapes it serves without translation
+        self.apis = frozenset({self.api} if self.api else {"openai", "anthropic"})
         self.passthrough = config.api_key == "passthrough"
         self.extra_headers = dict(config.headers)
         if config.api_key and not self.passthrough:
-            if config.type == "anthropic":
-                self.extra_headers["x-api-key"] = config.api_key
-            else:
-                self.extra_headers["Authorization"] = f"Bearer {config.api_key}"
+            key_header = config.api_key_header or ("x-api-key" if config.type == "anthropic" else "Authorization")
+            bearer = key_header.lower() == "authorization"
+            self.extra_headers[key_header] = f"Bearer {config.api_key}" if bearer else config.api_key
         base = (config.base_url or OFFICIAL_BASE_URLS.get(config.type, "")).rstrip("/")
-        # A base_url that already ends in /v1 (as SDKs write it) is not doubled.
-        self.strip_v1 = base.endswith("/v1")
+        # A base_url that already names an API version (/v1, /openai/v1, /v1beta/openai),
+        # as SDKs write it, gets the path without its own /v1.
+        self.strip_v1 = _VERSION_SEGMENT.search(URL(base).path if base else "") is not None
         self.base_url = base
+        host = URL(base).host or "" if base else ""
+        #: OpenAI itself (and Azure) want max_completion_tokens; other compatible servers know max_tokens
+        self.max_tokens_field = (
+            "max_completion_tokens" if host == "api.openai.com" or host.endswith(".openai.azure.com") else "max_tokens"
+        )
         self.max_connections = config.max_connections
         self.session: aiohttp.ClientSession | None = None
         base_url = URL(base) if base else URL()
@@ -216,16 +227,18 @@ class Provider:
             propagate.inject(headers)
         return headers
 
-    async def send(self, exchange: Exchange) -> Response:
-        """One attempt: raises 504 upstream_timeout or 502 upstream_error."""
+    async def send(self, exchange: Exchange, path: str | None = None, body: bytes | None = None) -> Response:
+        """One attempt: raises 504 upstream_timeout or 502 upstream_error.
+
+        ``path`` and ``body`` replace the exchange's for a translated request."""
         session = self.session
         if session is None:
             raise upstream_error(f"Provider {self.name} is not started.")
         try:
             upstream = await session.request(
                 exchange.method,
-                URL(self.url_for(exchange.path, exchange.query_string), encoded=True),
-                data=exchange.body or None,
+                URL(self.url_for(path or exchange.path, exchange.query_string), encoded=True),
+                data=(exchange.body if body is None else body) or None,
                 headers=self.upstream_headers(exchange),
                 allow_redirects=False,
             )
@@ -257,11 +270,15 @@ class MockProvider(Provider):
     async def close(self) -> None:
         return None
 
-    async def send(self, exchange: Exchange) -> Response:
+    async def send(self, exchange: Exchange, path: str | None = None, body: bytes | None = None) -> Response:
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await self.mock.handle(
-                    exchange.method, exchange.path, exchange.query_string, self.upstream_headers(exchange), exchange.body
+                    exchange.method,
+                    path or exchange.path,
+                    exchange.query_string,
+                    self.upstream_headers(exchange),
+                    exchange.body if body is None else body,
                 )
         except TimeoutError:
             raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
@@ -357,6 +374,9 @@ class Router:
 
         self.default_messages = first("anthropic", "mock")
         self.default_other = first("openai", "mock")
+        # With no provider of the caller's API, a chat goes to one of the other, translated.
+        self.translated_messages = first("openai")
+        self.translated_chat = first("anthropic")
 
     def provider_for(self, exchange: Exchange) -> Provider:
         for route in self.routes:
@@ -364,9 +384,17 @@ class Router:
                 return route.provider
         if self.routes:
             raise route_not_found(exchange.path)
-        provider = self.default_messages if exchange.path.startswith("/v1/messages") else self.default_other
+        path = exchange.path
+        if path.startswith("/v1/messages"):
+            provider = self.default_messages
+            if provider is None and path == "/v1/messages":
+                provider = self.translated_messages
+        else:
+            provider = self.default_other
+            if provider is None and path == "/v1/chat/completions":
+                provider = self.translated_chat
         if provider is None:
-            raise route_not_found(exchange.path)
+            raise route_not_found(path)
         return provider
 
 
@@ -404,6 +432,8 @@ class Proxy:
         """The core of the send onion: one attempt at ``exchange.provider``, in a CLIENT span."""
         provider = exchange.provider
         assert provider is not None
+        if exchange.api not in provider.apis:
+            return await self._forward_translated(exchange, provider)
         exchange.attempts += 1
         started = perf_counter()
         if not exchange.recording:
@@ -421,6 +451,36 @@ class Proxy:
             otel_context.detach(token)
             exchange.upstream_s += perf_counter() - started
         return end_client_span_on_answer(span, response, exchange)
+
+    async def _forward_translated(self, exchange: Exchange, provider: Provider) -> Response:
+        """One attempt at a provider of the other API: the request translated before,
+        the answer after; the CLIENT span sees the provider's own shapes."""
+        assert provider.api is not None
+        translation = translate_request(exchange, provider.api, provider.max_tokens_field)
+        path = body = None
+        if translation is not None:
+            path, body = translation.path, translation.body
+        exchange.attempts += 1
+        started = perf_counter()
+        if not exchange.recording:
+            try:
+                response = await provider.send(exchange, path, body)
+            finally:
+                exchange.upstream_s += perf_counter() - started
+        else:
+            span, token = start_client_span(self.tracer, exchange, provider, path)
+            try:
+                response = await provider.send(exchange, path, body)
+            except BaseException as exc:
+                end_client_span_on_error(span, exc)
+                raise
+            finally:
+                otel_context.detach(token)
+                exchange.upstream_s += perf_counter() - started
+            response = end_client_span_on_answer(span, response, exchange)
+        if translation is None:
+            return response
+        return translate_response(response, translation, exchange)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         headers = request.headers
@@ -478,9 +538,7 @@ class Proxy:
                 return self._preflight(exchange)
             self._identify(exchange)
             exchange.body = await self._read_body(request)
-            provider = exchange.provider = self.router.provider_for(exchange)
-            if provider.type == "anthropic":
-                exchange.api = "anthropic"
+            exchange.provider = self.router.provider_for(exchange)
             # An empty stage costs nothing: no coroutine is made for it.
             if chain.request_hooks:
                 answer = await chain.request(exchange)

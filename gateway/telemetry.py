@@ -215,9 +215,12 @@ def end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_
     span.end()
 
 
-def start_client_span(tracer: trace.Tracer, exchange: Exchange, provider: Provider) -> tuple[trace.Span, object]:
+def start_client_span(
+    tracer: trace.Tracer, exchange: Exchange, provider: Provider, path: str | None = None
+) -> tuple[trace.Span, object]:
     """A CLIENT span for one upstream attempt, with the GenAI request attributes, made
-    current (so the upstream's ``traceparent`` names it)."""
+    current (so the upstream's ``traceparent`` names it). ``path`` is the provider's
+    when the request was translated to its API."""
     try:
         model = exchange.model
     except GatewayError:  # a body that is not JSON is the upstream's to judge
@@ -229,7 +232,7 @@ def start_client_span(tracer: trace.Tracer, exchange: Exchange, provider: Provid
         "gateway.provider": provider.name,
         "gateway.attempt": exchange.attempts,
         "http.request.method": exchange.method,
-        "url.full": provider.url_for(exchange.path, ""),  # no query: it may carry a key
+        "url.full": provider.url_for(path or exchange.path, ""),  # no query: it may carry a key
         "server.address": provider.server_address,
     }
     if provider.server_port:

@@ -454,12 +454,39 @@ async def test_when_every_candidate_is_open_the_answer_is_circuit_open(tmp_path)
     assert int(headers["Retry-After"]) >= 1
 
 
-async def test_a_fallback_of_the_other_api_type_is_skipped_for_a_request_it_cannot_take(tmp_path):
+async def test_a_fallback_of_the_other_api_type_serves_a_chat_through_the_cores_translation(
+    tmp_path, mock_http_upstream
+):
+    app, calls = flaky_upstream([503] * 10)
+    async with serve_app(app) as url:
+        providers = {
+            "openai": {"type": "openai", "base_url": url, "api_key": "k"},
+            "claude": {"type": "anthropic", "base_url": mock_http_upstream, "api_key": "k"},
+        }
+        config = breaker_config(
+            providers, retries=0, fallbacks={"openai": ["claude"]}, fallback_models={"claude": {"*": "claude-haiku-4-5"}}
+        )
+        async with run_gateway(config, tmp_path) as gw:
+            status, headers, completion = await chat(gw, model="gpt-4o")
+            stream = await gw.openai().chat.completions.create(model="gpt-4o", messages=CHAT, stream=True)
+            text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    assert status == 200
+    assert headers["x-gateway-provider"] == "claude"
+    assert headers["x-gateway-model"] == "claude-haiku-4-5"
+    assert completion.model == "claude-haiku-4-5"
+    assert completion.choices[0].message.content.startswith("Mock reply to: Tell me about otters")
+    assert text.startswith("Mock reply to: Tell me about otters")
+    assert len(calls) == 2 and calls[0]["model"] == "gpt-4o"  # the primary got the caller's request
+
+
+async def test_a_fallback_of_the_other_api_type_is_skipped_for_a_path_the_core_does_not_translate(tmp_path):
     providers = {"mock": {"type": "mock"}, "claude": {"type": "anthropic", "api_key": "k", "base_url": "http://127.0.0.1:9"}}
     config = breaker_config(providers, retries=0, failure_threshold=1, fallbacks={"mock": ["claude"]})
     async with run_gateway(config, tmp_path) as gw:
-        status, headers, _ = await chat(gw, FAIL)  # an OpenAI-shaped request: claude cannot take it
-        assert status == 503 and headers["x-gateway-provider"] == "mock"
+        with pytest.raises(openai.InternalServerError) as caught:
+            await gw.openai().embeddings.create(model="text-embedding-3-small", input="hi", extra_headers=FAIL)
+        assert caught.value.response.headers["x-gateway-provider"] == "mock"
+        assert [span.attributes["gateway.provider"] for span in upstream_calls(gw)] == ["mock"]
 
 
 def check(config, tmp_path):
@@ -484,7 +511,7 @@ def test_bad_options_are_refused_at_startup_naming_the_key(tmp_path, options, ke
     assert f"plugins[0].config.{key}" in message and problem in message
 
 
-def test_a_fallback_across_api_types_is_refused_until_translation_exists(tmp_path):
+def test_a_fallback_across_api_types_needs_a_model_map(tmp_path):
     providers = {
         "openai": {"type": "openai", "api_key": "k"},
         "claude": {"type": "anthropic", "api_key": "k"},
@@ -493,7 +520,11 @@ def test_a_fallback_across_api_types_is_refused_until_translation_exists(tmp_pat
         check(breaker_config(providers, fallbacks={"openai": ["claude"]}), tmp_path)
     message = str(caught.value)
     assert "plugins[0].config.fallbacks.openai[0]" in message
-    assert "translation" in message
+    assert "translation" in message and "fallback_models" in message
+    mapped = breaker_config(
+        providers, fallbacks={"openai": ["claude"]}, fallback_models={"claude": {"gpt-4o": "claude-sonnet-4-5"}}
+    )
+    assert check(mapped, tmp_path).chain.plugins[0].label == "breaker"
 
 
 # -- 5. admin ------------------------------------------------------------------------

@@ -101,6 +101,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     key_prefix: str = "gateway:breaker:"
 
 
+#: (caller's API, path) the core translates for a provider of the other type (docs/translation.md)
+TRANSLATED = frozenset({("openai", "/v1/chat/completions"), ("anthropic", "/v1/messages")})
+
+
 class Candidate:
     """One provider a request may be sent to, with the model map for it."""
 
@@ -110,10 +114,15 @@ class Candidate:
         self.provider = provider
         self.name = provider.name
         self.models = models
+        #: the request shapes it takes as they are (the mock takes both)
+        self.apis = provider.apis
         #: the provider's breaker (None with ``per_model``: looked up per request)
         self.breaker: Breaker | None = None
-        # Which request shapes it can take as they are (no translation in the core yet).
-        self.apis = ("openai", "anthropic") if provider.type == "mock" else (provider.type,)
+
+    def takes(self, exchange: Exchange) -> bool:
+        """Whether this provider can serve the request: the same API, or one the core translates."""
+        api = exchange.api
+        return api in self.apis or (exchange.method == "POST" and (api, exchange.path) in TRANSLATED)
 
 
 class CircuitBreaker:
@@ -132,8 +141,8 @@ class CircuitBreaker:
         self.retry_statuses = frozenset(config.retry_statuses)
         self.breakers: dict[str, Breaker] = {}
         self.routes: dict[str, tuple[Candidate, ...]] = {}
-        #: the 503 message when every candidate of (provider, api) is open, made once
-        self.open_messages: dict[tuple[str, str], str] = {}
+        #: the 503 message when every candidate of a provider's route is open, made once
+        self.open_messages: dict[str, str] = {}
         self.providers: dict[str, Provider] = {}
         self.shared: SharedState | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
@@ -162,12 +171,12 @@ class CircuitBreaker:
                 if backup == primary or backups.index(backup) != position:
                     raise PluginConfigError(where, f"{backup!r} is named twice in this fallback list")
                 first, second = providers[primary].type, providers[backup].type
-                if "mock" not in (first, second) and first != second:
+                if "mock" not in (first, second) and first != second and backup not in config.fallback_models:
                     raise PluginConfigError(
                         where,
-                        f"falling back from {primary!r} (type {first}) to {backup!r} (type {second}) needs the "
-                        "core's OpenAI/Anthropic translation, which this gateway does not have yet; "
-                        "name a fallback of the same type",
+                        f"falling back from {primary!r} (type {first}) to {backup!r} (type {second}) goes through "
+                        f"the core's translation and needs the models to ask {backup!r} for: "
+                        f"fallback_models: {{{backup}: {{MODEL: {second.upper()}_MODEL}}}} ('*' matches any model)",
                     )
         for backup in config.fallback_models:
             if backup not in providers:
@@ -185,9 +194,8 @@ class CircuitBreaker:
             for candidate in route:
                 candidate.breaker = self.breakers.get(candidate.name)
             self.routes[name] = route
-            for api in ("openai", "anthropic"):
-                names = " and ".join(c.name for c in route if api in c.apis or c is route[0])
-                self.open_messages[name, api] = f"The circuit breaker of {names} is open: not calling it for now."
+            names = " and ".join(c.name for c in route)
+            self.open_messages[name] = f"The circuit breaker of {names} is open: not calling it for now."
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
@@ -220,7 +228,7 @@ class CircuitBreaker:
         retry_after_s: float | None = None
         for index, candidate in enumerate(route):
             if index:
-                if exchange.api not in candidate.apis:
+                if not candidate.takes(exchange):
                     continue
                 exchange.provider = candidate.provider
                 if exchange.body is not original_body:
@@ -317,7 +325,7 @@ class CircuitBreaker:
         if outcome is None:
             exchange.provider, exchange.body, exchange.served_model = primary, original_body, original_served
             raise circuit_open(
-                self.open_messages[primary.name, exchange.api],  # type: ignore[union-attr]
+                self.open_messages[primary.name],  # type: ignore[union-attr]
                 retry_after_s if retry_after_s is not None else config.recovery_s,
             )
         assert outcome_as is not None
