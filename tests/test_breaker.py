@@ -479,6 +479,22 @@ async def test_a_fallback_of_the_other_api_type_serves_a_chat_through_the_cores_
     assert len(calls) == 2 and calls[0]["model"] == "gpt-4o"  # the primary got the caller's request
 
 
+async def test_an_anthropic_caller_is_served_by_an_openai_type_fallback_in_its_own_shape(tmp_path, mock_http_upstream):
+    providers = {"primary": {"type": "mock"}, "gpt": {"type": "openai", "base_url": mock_http_upstream, "api_key": "k"}}
+    config = breaker_config(
+        providers, retries=0, fallbacks={"primary": ["gpt"]}, fallback_models={"gpt": {"*": "gpt-4o-mini"}}
+    )
+    async with run_gateway(config, tmp_path) as gw:
+        raw = await gw.anthropic().messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=50, messages=CHAT, extra_headers={"x-mock-target": "primary", **FAIL}
+        )
+        message = await raw.parse()
+    assert raw.headers["x-gateway-provider"] == "gpt"
+    assert raw.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert message.type == "message" and message.model == "gpt-4o-mini"
+    assert message.content[0].text.startswith("Mock reply to: Tell me about otters")
+
+
 async def test_a_fallback_of_the_other_api_type_is_skipped_for_a_path_the_core_does_not_translate(tmp_path):
     providers = {"mock": {"type": "mock"}, "claude": {"type": "anthropic", "api_key": "k", "base_url": "http://127.0.0.1:9"}}
     config = breaker_config(providers, retries=0, failure_threshold=1, fallbacks={"mock": ["claude"]})
