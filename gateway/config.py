@@ -58,10 +58,15 @@ class LimitsConfig(_Section):
 
 class LogConfig(_Section):
     """```yaml
-    log: {level: info}
+    log:
+      level: info             # JSON lines on stderr
+      access: true            # one access line per request (logger gateway.access)
+      access_level: info      # the level of those lines: debug hides them under level info
     ```"""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+    access: bool = True
+    access_level: Literal["debug", "info", "warning"] = "info"
 
 
 class CorsConfig(_Section):

@@ -41,7 +41,7 @@ from gateway.errors import (
     upstream_error,
     upstream_timeout,
 )
-from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, close_stream, usage_from
+from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, carries_usage, close_stream, usage_details
 from gateway.mock_upstream import MockUpstream
 from gateway.telemetry import (
     end_client_span_on_answer,
@@ -141,9 +141,9 @@ def _remove_dot_segments(path: str) -> str:
 def server_timing(exchange: Exchange) -> str:
     """``gateway;dur=MS, upstream;dur=MS``: the gateway's own time so far and the
     upstream's (until its answer's headers), so callers see the overhead in their tools."""
-    upstream_ms = exchange.upstream_s * 1000
-    gateway_ms = (perf_counter() - exchange.started_at) * 1000 - upstream_ms
-    return "gateway;dur=%.3f, upstream;dur=%.3f" % (max(gateway_ms, 0.0), upstream_ms)  # noqa: UP031 (hot path)
+    upstream_s = exchange.upstream_s
+    gateway_s = exchange.gateway_s = max(perf_counter() - exchange.started_at - upstream_s, 0.0)
+    return "gateway;dur=%.3f, upstream;dur=%.3f" % (gateway_s * 1000, upstream_s * 1000)  # noqa: UP031 (hot path)
 
 
 def new_request_id() -> str:
@@ -423,6 +423,8 @@ class Proxy:
         self.answers: Counter[tuple[str, int]] = Counter()
         #: the handler tasks of the requests being served (the drain cancels leftovers)
         self.serving: set[asyncio.Task[Any]] = set()
+        #: called once per exchange when it is over, with its status (metrics, access log)
+        self.finished: Callable[[Exchange, int], None] = _ignore
 
     @property
     def in_flight(self) -> int:
@@ -507,6 +509,7 @@ class Proxy:
         task = asyncio.current_task()
         self.serving.add(task)  # type: ignore[arg-type]
         status = 0
+        completing = None
         try:
             answer = await self._serve(request, exchange, refused)
             error = exchange.error
@@ -516,13 +519,18 @@ class Proxy:
             # The caller left (or the drain deadline passed): the upstream call is
             # already cancelled; count what was used all the same.
             exchange.error = client_closed_request()
-            self._complete_later(exchange)
+            completing = self._complete_later(exchange)
             status = 499
             raise
         finally:
             self.serving.discard(task)  # type: ignore[arg-type]
             provider_name = exchange.provider.name if exchange.provider is not None and exchange.attempts else "-"
             self.answers[(provider_name, status)] += 1
+            if completing is None:
+                self.finished(exchange, status)
+            else:  # after the complete hooks, which may still count tokens and cost
+                finished, final_status = self.finished, status
+                completing.add_done_callback(lambda _: finished(exchange, final_status))
             if traced:
                 end_server_span(span, exchange, status, provider_name)
                 otel_context.detach(token)
@@ -650,14 +658,16 @@ class Proxy:
             await _send(out.prepare(request))
             with self.chain.chunk_spans(exchange, hooks):
                 async for data in stream:
+                    if exchange.first_token_s is None:
+                        exchange.first_token_s = perf_counter() - exchange.started_at
                     if hooks:
                         data = await self._through_hooks(exchange, events.feed(data), hooks)
                         if data:
                             await _send(out.write(data))
                     else:
                         for raw in events.feed(data):
-                            if b'"usage"' in raw:
-                                exchange.add_usage(*usage_from(StreamEvent(raw).json()))
+                            if carries_usage(raw):
+                                exchange.add_usage(*usage_details(StreamEvent(raw).json()))
                         await _send(out.write(data))
             if events.pending and hooks:
                 await _send(out.write(events.pending))
@@ -689,8 +699,8 @@ class Proxy:
         out = []
         for raw in raws:
             event = StreamEvent(raw)
-            if b'"usage"' in raw:
-                exchange.add_usage(*usage_from(event.json()))
+            if carries_usage(raw):
+                exchange.add_usage(*usage_details(event.json()))
             await self.chain.chunk(exchange, event, hooks)
             if not event.drop:
                 out.append(event.raw)
@@ -704,12 +714,17 @@ class Proxy:
         except ConnectionResetError:
             pass
 
-    def _complete_later(self, exchange: Exchange) -> None:
+    def _complete_later(self, exchange: Exchange) -> asyncio.Task[None] | None:
         if not self.chain.complete_hooks or exchange.reached < 0 or exchange.completed:
-            return
+            return None
         task = asyncio.get_running_loop().create_task(self.chain.complete(exchange))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        return task
+
+
+def _ignore(exchange: Exchange, status: int) -> None:
+    return None
 
 
 class _CallerGone(Exception):

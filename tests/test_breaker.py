@@ -600,8 +600,8 @@ async def test_the_demo_config_fails_over_to_backup_when_the_first_mock_fails(tm
     from pathlib import Path
 
     demo = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
-    async with run_gateway(demo) as gw:
-        headers = {"x-mock-target": "mock", **FAIL}
+    async with run_gateway(demo, environ={"GATEWAY_USAGE_DB": str(tmp_path / "usage.db")}) as gw:
+        headers = {"x-mock-target": "mock", "cache-control": "no-cache", **FAIL}
         status, answer_headers, body = await chat(gw, headers, model="gpt-4o")
         _, document = await admin(gw, "GET", "/breakers")
     assert status == 200
