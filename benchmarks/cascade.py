@@ -23,8 +23,8 @@ It asserts nothing; it prints figures.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
+import os
 import random
 import statistics
 import tempfile
