@@ -297,6 +297,9 @@ class Exchange:
         "cache_status",
         "cascade_decision",
         "served_model",
+        "requested_model",
+        "unserved_usage",
+        "baseline_cost_usd",
         "upstream_s",
         "gateway_s",
         "first_token_s",
@@ -360,6 +363,12 @@ class Exchange:
         self.cascade_decision: str | None = None
         #: the model that answered when a plugin changed it (fallback, cascade, alias): ``x-gateway-model``
         self.served_model: str | None = None
+        #: the model the caller asked for, when a plugin sent the request to another (cascade)
+        self.requested_model: str | None = None
+        #: (model, usage) of upstream answers the caller never got (a cascade's rejected draft): cost charges them
+        self.unserved_usage: list[tuple[str, Usage]] = []
+        #: what asking ``requested_model`` directly would have cost (set by cost when a cascade changed the model)
+        self.baseline_cost_usd: float | None = None
         #: seconds spent waiting for upstream answers' headers, over every attempt (``Server-Timing``)
         self.upstream_s = 0.0
         #: the gateway's own seconds until the answer's headers, as ``Server-Timing`` reports them (set with it)

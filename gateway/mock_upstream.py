@@ -94,6 +94,17 @@ MODELS = (
 DEFAULT_EMBEDDING_DIMENSIONS = 8
 MAX_EMBEDDING_DIMENSIONS = 8192
 ECHOED_WORDS = 8
+CONFIDENT_LOGPROB = -0.02
+UNSURE_LOGPROB = -1.6
+# What a weak model answers (x-mock-weak-model, x-mock-weak-answer): reply text, or None to keep it.
+WEAK_ANSWERS = {
+    "refuse": "I'm sorry, but I can't help with that.",
+    "empty": "",
+    "short": "Yes.",
+    "bad-json": '{"answer": "incomplete',
+    "truncate": None,
+    "unsure": None,
+}
 FILLER = "- this is a deterministic answer from the mock upstream."
 
 _encode = msgspec.json.encode
@@ -197,7 +208,7 @@ _KNOB_HEADERS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
 class _Call:
     """What an endpoint needs to know about one request."""
 
-    __slots__ = ("payload", "digest", "settings", "reply", "cut_after", "tool_names")
+    __slots__ = ("payload", "digest", "settings", "reply", "cut_after", "tool_names", "logprob")
 
     def __init__(
         self,
@@ -207,6 +218,7 @@ class _Call:
         reply: str | None,
         cut_after: int | None,
         tool_names: list[str] | None = None,
+        logprob: float = CONFIDENT_LOGPROB,
     ) -> None:
         self.payload = payload
         self.digest = digest
@@ -215,6 +227,8 @@ class _Call:
         self.cut_after = cut_after
         #: tools named by ``x-mock-tool-call`` ("*": every tool of the request)
         self.tool_names = tool_names
+        #: every answer token's logprob, when the request asks for logprobs
+        self.logprob = logprob
 
 
 class _Answer:
@@ -232,6 +246,22 @@ class _Answer:
         self.text = "".join(tokens)
         self.input_tokens = input_tokens
         self.output_tokens = len(tokens)
+
+
+def _weaken(call: _Call, kind: str) -> None:
+    """Make this answer one a cascade should reject: refusing, empty, short, broken JSON,
+    cut at the token limit, or unsure (low logprobs)."""
+    if WEAK_ANSWERS[kind] is not None:
+        call.reply = WEAK_ANSWERS[kind]
+    elif kind == "truncate":
+        call.payload = {**call.payload, "max_tokens": 3, "max_completion_tokens": 3, "max_output_tokens": 3}
+    else:
+        call.logprob = UNSURE_LOGPROB
+
+
+def _token_logprobs(call: _Call, tokens: list[str]) -> dict[str, Any]:
+    content = [{"token": t, "logprob": call.logprob, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]
+    return {"content": content, "refusal": None}
 
 
 def _reply_text(prompt: str) -> str:
@@ -389,9 +419,11 @@ def _chat(call: _Call) -> MockReply:
         "model": _model(payload),
         "system_fingerprint": _FINGERPRINT,
     }
+    with_logprobs = payload.get("logprobs") is True
     if not streamed:
         message = {"role": "assistant", "content": answer.text, "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        logprobs = _token_logprobs(call, answer.tokens) if with_logprobs else None
+        choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
         return _json(200, {**head, "choices": [choice], "usage": usage})
 
     # With include_usage every chunk carries "usage": null until the last one.
@@ -408,8 +440,14 @@ def _chat(call: _Call) -> MockReply:
         events.append(_DONE)
         return events
 
-    before, after = _template(chunk({"content": _SLOT}, None))
-    deltas = (before + _encode(token) + after for token in answer.tokens)
+    if with_logprobs:
+        deltas: Iterable[bytes] = (
+            _sse({**head, "choices": [{"index": 0, "delta": {"content": token}, "logprobs": _token_logprobs(call, [token]), "finish_reason": None}], **tail})
+            for token in answer.tokens
+        )
+    else:
+        before, after = _template(chunk({"content": _SLOT}, None))
+        deltas = (before + _encode(token) + after for token in answer.tokens)
     return _stream(call, [chunk({"role": "assistant", "content": ""}, None)], deltas, closing)
 
 
@@ -830,6 +868,9 @@ class MockUpstream:
             None if cut_after is None else _non_negative_int(cut_after),
             None if tool_call is None else [name.strip() for name in tool_call.split(",") if name.strip()],
         )
+        weak = headers.get("x-mock-weak-answer")
+        if weak in WEAK_ANSWERS and _model(payload) in headers.get("x-mock-weak-model", "").split(","):
+            _weaken(call, weak)
         return endpoint(call)
 
     def _settings(self, headers: Mapping[str, str]) -> MockSettings:

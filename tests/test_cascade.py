@@ -1,0 +1,233 @@
+"""cascade end to end: the draft answers when it is good enough, the strong model when not."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+from opentelemetry.trace import SpanKind
+
+from gateway.config import ConfigError
+from gateway.testing import run_gateway
+from gateway_plugins.cascade.answer import Draft, Question, StreamReader, draft_from_body
+from gateway_plugins.cascade.validators import Complexity, Confidence, JsonAnswer, MinLength, Refusal, ToolArguments
+
+HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def config(**options):
+    cascade = {"draft_model": "gpt-4o-mini", "escalate_model": "gpt-4o", **options}
+    return {
+        "providers": {"mock": {"type": "mock"}, "flaky": {"type": "mock", "mock": {"error_rate": 1, "error_status": 503}}},
+        "plugins": [{"use": "cascade", "config": cascade}],
+    }
+
+
+def weak(kind: str, model: str = "gpt-4o-mini,claude-haiku-4-5") -> dict[str, str]:
+    return {"x-mock-weak-model": model, "x-mock-weak-answer": kind}
+
+
+def client_spans(gw) -> list:
+    return [span for span in gw.spans() if span.kind == SpanKind.CLIENT]
+
+
+async def test_a_good_draft_answers_and_the_strong_model_is_never_asked(tmp_path):
+    async with run_gateway(config(), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    reply = raw.parse()
+    assert reply.model == "gpt-4o-mini"
+    assert raw.headers["x-gateway-cascade"] == "accepted"
+    assert raw.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert reply.choices[0].logprobs is None  # asked of the draft for the confidence check, not shown
+    assert [span.attributes["gen_ai.request.model"] for span in client_spans(gw)] == ["gpt-4o-mini"]
+    (send,) = gw.spans_named("cascade send")
+    assert send.attributes["gateway.cascade.decision"] == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "extra"),
+    [
+        ("refuse", "refusal", {}),
+        ("empty", "length", {}),
+        ("truncate", "truncation", {}),
+        ("unsure", "confidence", {}),
+        ("bad-json", "json", {"response_format": {"type": "json_object"}}),
+    ],
+)
+async def test_a_weak_draft_escalates_to_the_strong_model_with_its_reason(tmp_path, kind, reason, extra):
+    async with run_gateway(config(), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, extra_headers=weak(kind), **extra
+        )
+        async with aiohttp.ClientSession() as session:
+            stats = await (await session.get(f"{gw.admin_url}/stats")).json()
+    assert raw.parse().model == "gpt-4o"
+    assert raw.headers["x-gateway-cascade"] == "escalated"
+    assert raw.headers["x-gateway-model"] == "gpt-4o"
+    assert [span.attributes["gen_ai.request.model"] for span in client_spans(gw)] == ["gpt-4o-mini", "gpt-4o"]
+    figures = stats["plugins"]["cascade"]
+    assert figures["escalations_by_reason"] == {reason: 1}
+    assert (figures["accepted"], figures["escalated"], figures["acceptance_rate"]) == (0, 1, 0.0)
+    (send,) = gw.spans_named("cascade send")
+    assert send.attributes["gateway.cascade.reason"] == reason
+
+
+async def test_a_streamed_draft_is_held_back_until_judged_then_streamed(tmp_path):
+    async with run_gateway(config(), tmp_path) as gw:
+        client = gw.openai()
+        accepted = [chunk async for chunk in await client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)]
+        escalated_raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, stream=True, extra_headers=weak("refuse")
+        )
+        escalated = [chunk async for chunk in escalated_raw.parse()]
+    assert {chunk.model for chunk in accepted} == {"gpt-4o-mini"}
+    assert "".join(c.choices[0].delta.content or "" for c in accepted if c.choices).startswith("Mock reply to:")
+    assert all(c.choices[0].logprobs is None for c in accepted if c.choices)
+    assert {chunk.model for chunk in escalated} == {"gpt-4o"}  # nothing of the refused draft reached the caller
+    assert escalated_raw.headers["x-gateway-cascade"] == "escalated"
+
+
+async def test_anthropic_callers_get_the_draft_in_their_shape_streamed_or_not(tmp_path):
+    cascade = {"cascades": [{"models": ["claude-sonnet-*"], "draft_model": "claude-haiku-4-5"}]}
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "cascade", "config": cascade}]}, tmp_path) as gw:
+        client = gw.anthropic()
+        raw = await client.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=100, messages=HELLO)
+        async with client.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=100, messages=HELLO, extra_headers=weak("refuse")
+        ) as stream:
+            final = await stream.get_final_message()
+    assert (await raw.parse()).model == "claude-haiku-4-5"
+    assert raw.headers["x-gateway-cascade"] == "accepted"
+    assert final.model == "claude-sonnet-4-5"
+
+
+async def test_cascade_off_header_and_bypass_clients_go_straight_to_the_requested_model(tmp_path):
+    async with run_gateway(config(bypass_clients=["batch"]), tmp_path) as gw:
+        client = gw.openai()
+        off = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, extra_headers={"x-gateway-cascade": "off"}
+        )
+        batch = await client.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"x-gateway-user": "batch"})
+        other = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert off.parse().model == "gpt-4o" and "x-gateway-cascade" not in off.headers
+    assert batch.model == "gpt-4o"
+    assert other.model == "gpt-4o-mini"
+    assert len(client_spans(gw)) == 3
+    assert all("gateway.cascade.decision" not in span.attributes for span in gw.spans_named("cascade send"))
+
+
+async def test_a_hard_question_skips_the_draft(tmp_path):
+    question = "Prove step by step that the integral of this function converges, and analyze the trade-offs: " + "x " * 200
+    async with run_gateway(config(), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": question}]
+        )
+    assert raw.headers["x-gateway-cascade"] == "escalated"
+    assert [span.attributes["gen_ai.request.model"] for span in client_spans(gw)] == ["gpt-4o"]
+    (send,) = gw.spans_named("cascade send")
+    assert send.attributes["gateway.cascade.reason"] == "complexity"
+
+
+async def test_a_failing_draft_provider_escalates_to_the_routed_one(tmp_path):
+    cascade = {"cascades": [{"models": ["gpt-4o"], "draft_model": "gpt-4o-mini", "draft_provider": "flaky"}]}
+    async with run_gateway({**config(), "plugins": [{"use": "cascade", "config": cascade}]}, tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    assert raw.parse().model == "gpt-4o"
+    assert raw.headers["x-gateway-provider"] == "mock"
+    assert [span.attributes["gateway.provider"] for span in client_spans(gw)] == ["flaky", "mock"]
+    (send,) = gw.spans_named("cascade send")
+    assert send.attributes["gateway.cascade.reason"] == "draft_error"
+
+
+async def test_a_third_party_validator_loads_by_module_and_attr(tmp_path):
+    validators = ["refusal", {"use": "cascade_validators_example:MustMentionMock", "config": {"word": "zebra"}}]
+    async with run_gateway(config(validators=validators), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    assert raw.headers["x-gateway-cascade"] == "escalated"
+    (send,) = gw.spans_named("cascade send")
+    assert send.attributes["gateway.cascade.reason"] == "mentions_mock"
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "problem"),
+    [
+        ({"draft_model": "a"}, "config.draft_model", "go together"),
+        ({"cascades": [{"models": ["x"], "draft_model": "y", "draft_provider": "nope"}]}, "config.cascades[0].draft_provider", "unknown provider"),
+        ({"draft_model": "a", "escalate_model": "b", "validators": ["psychic"]}, "config.validators[0]", "unknown validator"),
+        ({"draft_model": "a", "escalate_model": "b", "threshold": 2}, "config.threshold", "at most 1"),
+    ],
+)
+async def test_config_mistakes_name_the_key(tmp_path, options, key, problem):
+    with pytest.raises(ConfigError) as raised:
+        async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "cascade", "config": options}]}, tmp_path):
+            pass
+    assert raised.value.key_path == f"plugins[0].{key}"
+    assert problem in raised.value.problem
+
+
+# -- the validators on their own -------------------------------------------------------------
+
+
+def test_validators_score_answers_from_zero_to_one():
+    question = Question.of({"messages": HELLO})
+    good = Draft(text="The capital of France is Paris.", finish="stop")
+    assert MinLength({}).check(question, good) == 1.0
+    assert MinLength({}).check(question, Draft(text="")) == 0.0
+    assert Refusal({}).check(question, Draft(text="Je ne peux pas aider avec cela.")) == 0.0
+    assert Refusal({}).check(question, Draft(text="I'm not sure, maybe Lyon?")) == 0.4
+    assert Refusal({}).check(question, good) == 1.0
+    assert Confidence({}).check(question, Draft(text="x", logprobs=[-0.01, -0.02])) == 1.0
+    assert Confidence({}).check(question, Draft(text="x", logprobs=[-1.5, -1.5])) < 0.5
+    assert Confidence({}).check(question, good) is None
+
+
+def test_json_and_tool_arguments_are_checked_against_the_requests_schemas():
+    schema = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+    question = Question.of(
+        {
+            "messages": HELLO,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": schema}}],
+        }
+    )
+    assert JsonAnswer({}).check(question, Draft(text='{"city": "Paris"}')) == 1.0
+    assert JsonAnswer({}).check(question, Draft(text='{"town": "Paris"}')) == 0.0
+    assert JsonAnswer({}).check(question, Draft(text="Paris")) == 0.0
+    assert ToolArguments({}).check(question, Draft(tool_calls=[("lookup", '{"city": "Paris"}')])) == 1.0
+    assert ToolArguments({}).check(question, Draft(tool_calls=[("lookup", '{"city": ')])) == 0.0
+    assert ToolArguments({}).check(question, Draft(tool_calls=[("lookup", "{}")])) == 0.0
+    assert ToolArguments({}).check(question, Draft(tool_calls=[("delete_all", "{}")])) == 0.0
+
+
+def test_complexity_sends_only_questions_with_several_signs_of_difficulty_to_the_strong_model():
+    easy = Question.of({"messages": HELLO})
+    hard = Question.of({"messages": [{"role": "user", "content": "Prove the theorem step by step and analyze its complexity."}]})
+    assert Complexity({}).route(easy) > 0.9
+    assert Complexity({}).route(hard) < 0.5
+
+
+def test_drafts_are_read_alike_from_both_apis_buffered_and_streamed():
+    anthropic_body = json.dumps(
+        {
+            "type": "message",
+            "content": [{"type": "text", "text": "Hi"}, {"type": "tool_use", "name": "f", "input": {"a": 1}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        }
+    ).encode()
+    draft = draft_from_body(anthropic_body)
+    assert (draft.text, draft.finish, draft.tool_calls, draft.usage) == ("Hi", "tool_calls", [("f", '{"a":1}')], (3, 4))
+    reader = StreamReader()
+    for event in (
+        {"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 0}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Par"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "is"}},
+        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 2}},
+    ):
+        data = json.dumps(event).encode()
+        reader.feed(b"event: " + event["type"].encode() + b"\ndata: " + data[: len(data) // 2])
+        reader.feed(data[len(data) // 2 :] + b"\n\n")
+    streamed = reader.result()
+    assert (streamed.text, streamed.finish, streamed.usage) == ("Paris", "length", (5, 2))
