@@ -14,6 +14,7 @@ from gateway_plugins.cascade.answer import Draft, Question, StreamReader, draft_
 from gateway_plugins.cascade.validators import Complexity, Confidence, JsonAnswer, MinLength, Refusal, ToolArguments
 
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+DRAFT, STRONG = "gpt-4o-mini", "gpt-4o"
 
 
 def config(**options):
@@ -231,3 +232,25 @@ def test_drafts_are_read_alike_from_both_apis_buffered_and_streamed():
         reader.feed(data[len(data) // 2 :] + b"\n\n")
     streamed = reader.result()
     assert (streamed.text, streamed.finish, streamed.usage) == ("Paris", "length", (5, 2))
+
+
+async def test_with_cost_an_escalation_pays_for_both_calls_and_stats_show_the_saving(tmp_path):
+    plugins = [
+        {"use": "cascade", "config": {"draft_model": DRAFT, "escalate_model": STRONG}},
+        {"use": "cost", "config": {"store": str(tmp_path / "usage.db")}},
+    ]
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path) as gw:
+        client = gw.openai()
+        accepted = await client.chat.completions.with_raw_response.create(model=STRONG, messages=HELLO)
+        escalated = await client.chat.completions.with_raw_response.create(
+            model=STRONG, messages=HELLO, extra_headers=weak("refuse")
+        )
+        async with aiohttp.ClientSession() as session:
+            stats = await (await session.get(f"{gw.admin_url}/stats")).json()
+    cheap, dear = (float(raw.headers["x-gateway-cost-usd"]) for raw in (accepted, escalated))
+    assert 0 < cheap < dear
+    figures = stats["plugins"]["cascade"]
+    assert figures["cost_usd"] == pytest.approx(cheap + dear)
+    # the accepted draft saved what the strong model would have cost minus what it did
+    assert figures["saving_usd"] > 0
+    assert figures["baseline_cost_usd"] > figures["cost_usd"] - dear

@@ -410,6 +410,16 @@ class Cost:
                     log.warning("cost: no price for model %r: its calls cost 0 until `prices` names it", model)
         else:
             call.cost = cost_pico(rates, usage)
+        # A cascade's rejected draft was paid for too; and what the model the caller
+        # asked for would have cost for these tokens is the cascade's baseline.
+        for unserved_model, unserved_usage in exchange.unserved_usage:
+            unserved_rates = self.prices.lookup(unserved_model)
+            if unserved_rates is not None:
+                call.cost += cost_pico(unserved_rates, unserved_usage)
+        if exchange.requested_model is not None:
+            baseline_rates = self.prices.lookup(exchange.requested_model)
+            if baseline_rates is not None:
+                exchange.baseline_cost_usd = pico_to_usd(cost_pico(baseline_rates, usage))
         exchange.cost_usd = pico_to_usd(call.cost)
 
     def _estimate_usage(self, exchange: Exchange, response: Response, raws: list[bytes], seen: Usage | None) -> Usage:
