@@ -31,19 +31,18 @@ async def _maybe_await(value: Any) -> Any:
 
 
 def admin_app(gateway: Gateway) -> web.Application:
-    token = gateway.config.admin.token
     started_at = time.time()
 
     @web.middleware
     async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+        token = gateway.config.admin.token  # read per call: a reload may change it
         if token and request.path not in OPEN_PATHS:
             presented = request.headers.get("Authorization", "")
             if not hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
-                return web.json_response(
-                    {"error": {"message": "Admin calls need Authorization: Bearer <admin token>.", "type": "authentication_error", "code": "invalid_api_key", "param": None}},
-                    status=401,
+                return _secured(
+                    _error(401, "authentication_error", "invalid_api_key", "Admin calls need Authorization: Bearer <admin token>.")
                 )
-        return await handler(request)
+        return _secured(await handler(request))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -108,6 +107,14 @@ def admin_app(gateway: Gateway) -> web.Application:
             },
         )
 
+    async def reload(request: web.Request) -> web.Response:
+        from gateway.app import reload_logged  # app imports this module
+
+        problem = await reload_logged(gateway)
+        if problem is not None:
+            return _error(400, "invalid_request_error", "reload_refused", f"Reload refused, the running configuration stays: {problem}")
+        return web.json_response({"status": "reloaded", "config": gateway.config_path, "plugins": gateway.chain.describe()})
+
     app = web.Application(middlewares=[require_token])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -116,9 +123,47 @@ def admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/traces", traces_html)
     app.router.add_get("/traces.json", traces_json)
-    for hook in gateway.chain.admin_routes_hooks:
-        app.router.add_routes(list(hook.function(gateway)))
+    app.router.add_post("/reload", reload)
+    # A plugin's routes are looked up in the current configuration at each call, so
+    # after a reload they reach the new plugin instances.
+    for method, path in gateway.admin_handlers:
+        app.router.add_route(method, path, _current_handler(gateway, method, path))
+    # A plugin a reload added: its routes with a fixed path are found here.
+    app.router.add_route("*", "/{tail:.*}", _added_by_reload(gateway))
     return app
+
+
+def _current_handler(gateway: Gateway, method: str, path: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        current = gateway.admin_handlers.get((method, path))
+        if current is None:
+            return _error(404, "not_found_error", "not_found", "No plugin of the running configuration serves this path.")
+        return await current(request)  # type: ignore[no-any-return]
+
+    return handler
+
+
+def _added_by_reload(gateway: Gateway) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        current = gateway.admin_handlers.get((request.method, request.path))
+        if current is None:
+            return _error(404, "not_found_error", "not_found", f"No admin route {request.method} {request.path}.")
+        return await current(request)  # type: ignore[no-any-return]
+
+    return handler
+
+
+def _error(status: int, kind: str, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": code, "param": None}}, status=status)
+
+
+def _secured(response: web.StreamResponse) -> web.StreamResponse:
+    """The headers of a page a browser may open: no sniffing, no framing, no caching."""
+    if not response.prepared:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 async def _plugin_stats(gateway: Gateway) -> dict[str, dict[str, Any]]:
@@ -152,9 +197,7 @@ async def _stats(gateway: Gateway, started_at: float) -> dict[str, Any]:
 
 
 def _bad_request(message: str) -> web.Response:
-    return web.json_response(
-        {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_request", "param": None}}, status=400
-    )
+    return _error(400, "invalid_request_error", "invalid_request", message)
 
 
 def _sampling(gateway: Gateway) -> str:

@@ -1,0 +1,152 @@
+"""Reload (admin POST /reload and SIGHUP): the whole configuration swaps at once, in-flight
+requests finish on the old one, and an invalid config leaves the old one serving."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+import reload_plugin
+
+from gateway.testing import run_gateway, write_config
+
+from helpers_lifecycle import child_env, loopback_config, start_gateway
+
+HI = [{"role": "user", "content": "Hi"}]
+WORDS = "one two three four five six seven eight nine ten"
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    reload_plugin.EVENTS.clear()
+
+
+def config(tag: str, **sections: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "providers": {"first": {"type": "mock"}},
+        "plugins": [{"use": "reload_plugin:Stamp", "config": {"tag": tag}}],
+    }
+    base.update(sections)
+    return base
+
+
+async def post_reload(admin_url: str, token: str = "") -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.post(f"{admin_url}/reload", headers=headers) as reply:
+        return reply.status, await reply.json()
+
+
+async def test_post_reload_swaps_providers_routes_clients_and_the_chain(tmp_path):
+    async with run_gateway(config("old"), tmp_path) as gw:
+        before = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+        write_config(
+            config(
+                "new",
+                providers={"second": {"type": "mock"}},
+                clients={"app": {"key": "app-key"}},
+                plugins=[{"use": "reload_plugin:Stamp", "config": {"tag": "new"}}, {"use": "cost", "config": {"store": str(tmp_path / "u.db")}}],
+            ),
+            tmp_path,
+        )
+        status, body = await post_reload(gw.admin_url)
+        after = await gw.openai(api_key="app-key").chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.AuthenticationError):
+            await gw.openai(api_key="not-a-client").chat.completions.create(model="gpt-4o-mini", messages=HI)
+        async with aiohttp.ClientSession() as session:
+            stats = await (await session.get(f"{gw.admin_url}/stats")).json()
+            quota = await session.get(f"{gw.admin_url}/usage/quota?client=app")  # a route of a plugin the reload added
+            quota_body = await quota.json()
+    assert status == 200 and body["status"] == "reloaded"
+    assert [row["name"] for row in body["plugins"]] == ["reload_plugin:Stamp", "cost"]
+    assert (before.headers["x-stamp"], before.headers["x-gateway-provider"]) == ("old", "first")
+    assert (after.headers["x-stamp"], after.headers["x-gateway-provider"]) == ("new", "second")
+    assert "x-gateway-cost-usd" in after.headers
+    assert stats["requests"] == 3  # counted across both configurations
+    assert quota.status == 200 and quota_body["client"] == "app"
+    assert ("new", "startup") in reload_plugin.EVENTS
+    assert ("old", "shutdown") in reload_plugin.EVENTS
+
+
+async def test_an_in_flight_stream_finishes_on_the_old_configuration(tmp_path):
+    async with run_gateway(config("old"), tmp_path) as gw:
+        client = gw.openai()
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=HI,
+            stream=True,
+            extra_headers={"x-mock-inter-token-ms": "60", "x-mock-reply": WORDS},
+        )
+        stream = raw.parse()
+        chunks = [await stream.__anext__()]
+        write_config(config("new"), tmp_path)
+        status, _ = await post_reload(gw.admin_url)
+        fresh = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+        assert ("old", "shutdown") not in reload_plugin.EVENTS  # the stream still runs on it
+        chunks += [chunk async for chunk in stream]
+        await asyncio.sleep(0.1)
+    assert status == 200
+    assert raw.headers["x-stamp"] == "old" and fresh.headers["x-stamp"] == "new"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == WORDS
+    assert reload_plugin.EVENTS.index(("new", "startup")) < reload_plugin.EVENTS.index(("old", "shutdown"))
+
+
+@pytest.mark.parametrize(
+    ("new_config", "problem"),
+    [
+        ("providers: {first: {type: mock}}\nplugins: [{use: reload_plugin:Stamp, config: {tag: 5}}]\n", "plugins[0].config.tag"),
+        ("providers: {first: {type: mock, timeout_s: -1}}\n", "providers.first.timeout_s: must be greater than 0"),
+        ("providers: [\n", "not valid yaml"),
+        ("providers: {first: {type: mock}}\nplugins: [{use: reload_plugin:Stamp, config: {tag: x, fail_startup: true}}]\n", "x cannot start"),
+    ],
+)
+async def test_an_invalid_config_is_refused_and_the_old_one_keeps_serving(tmp_path, caplog, new_config, problem):
+    async with run_gateway(config("old"), tmp_path) as gw:
+        (tmp_path / "gateway.yaml").write_text(new_config)
+        status, body = await post_reload(gw.admin_url)
+        still = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+        events = list(reload_plugin.EVENTS)
+    assert status == 400
+    assert body["error"]["code"] == "reload_refused"
+    assert problem in body["error"]["message"]
+    assert still.headers["x-stamp"] == "old"
+    assert any(problem in record.getMessage() and "reload refused" in record.getMessage() for record in caplog.records)
+    assert events == [("old", "startup")]
+
+
+async def test_post_reload_needs_the_admin_token(tmp_path):
+    async with run_gateway(config("old", admin={"token": "s3cret"}), tmp_path) as gw:
+        refused, _ = await post_reload(gw.admin_url)
+        accepted, _ = await post_reload(gw.admin_url, token="s3cret")
+    assert (refused, accepted) == (401, 200)
+
+
+async def test_sighup_reloads_a_running_process_and_a_bad_file_is_a_log_line(tmp_path):
+    first = loopback_config(plugins=[{"use": "reload_plugin:Stamp", "config": {"tag": "old"}}])
+    env = child_env(PYTHONPATH=str(Path(reload_plugin.__file__).parent))
+    async with start_gateway(first, tmp_path, env=env) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="k", max_retries=0)
+        write_config(loopback_config(plugins=[{"use": "reload_plugin:Stamp", "config": {"tag": "new"}}]), tmp_path)
+        gw.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+            if raw.headers["x-stamp"] == "new":
+                break
+            await asyncio.sleep(0.05)
+        assert raw.headers["x-stamp"] == "new"
+        (tmp_path / "gateway.yaml").write_text("providers: {mock: {type: nope}}\n")
+        gw.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if any("reload refused" in line for line in gw.stderr):
+                break
+            await asyncio.sleep(0.05)
+        still = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+        await client.close()
+        gw.send_signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    refused = [line for line in gw.log_lines() if "reload refused" in line["message"]]
+    assert len(refused) == 1 and "providers.mock.type" in refused[0]["message"]
+    assert still.headers["x-stamp"] == "new"
