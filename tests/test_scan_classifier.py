@@ -97,11 +97,11 @@ def test_scores_are_identical_across_calls_and_across_processes_with_other_hash_
 
 
 def test_severity_follows_the_calibrated_bands(model):
-    med, high, crit = model._w.bands
+    med, high = model._w.bands
     assert model.severity(med - 1e-6) == "LOW"
     assert model.severity(med) == "MEDIUM"
     assert model.severity(high) == "HIGH"
-    assert model.severity(crit) == "CRITICAL"
+    assert model.severity(1.0) == "HIGH"  # a wording guess never says CRITICAL
 
 
 def test_a_long_document_is_scored_in_windows_and_the_detection_spans_the_injected_part(model):
@@ -249,3 +249,14 @@ def test_the_shipped_model_is_small_and_its_card_describes_it():
     assert 0 < card["threshold"] < 1
     assert card["training"]["rows_by_source"]
     assert "bastioncorpus" in card["training"]["licenses"]
+
+
+def test_the_stage_counts_texts_detections_by_family_and_time():
+    model = clf.InjectionClassifier.load()
+    model.scan(ATTACKS[1][0])
+    model.scan(BENIGN[0])
+    figures = model.stats()
+    assert figures["texts"] == 2
+    assert figures["detections"] == 1
+    assert figures["detections_by_family"] == {"jailbreak": 1}
+    assert figures["time_ms_total"] > 0
