@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "stride": STRIDE,
         "families": list(clf.FAMILIES),
         "model": {
-            "features": f"hashed char 3/4/5-grams + word 1/2-grams into 2**{BITS} buckets, counts / sqrt(n)",
+            "features": f"hashed char 3/4/5-grams + word 1/2-grams into 2**{BITS} buckets, presence per {STRIDE}-char "
+                        "block / sqrt(n)",
             "heads": f"logistic regression attack-vs-benign (L2, C={C_BINARY:g}) + multinomial family head "
                      f"(C={C_FAMILY:g})",
             "calibration": {"method": "Platt", "a": platt[0], "b": platt[1], "fitted_on": "validation fold"},

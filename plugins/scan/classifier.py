@@ -113,8 +113,12 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def normalize(text: str) -> tuple[np.ndarray, np.ndarray]:
     """Normalised code points (uint64, framed by one space each side) and each one's offset in ``text``."""
-    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    mapped = np.where(cps < 0x10000, _FOLD[cps & 0xFFFF], cps)
+    if text.isascii():  # the common case: one table lookup, no astral plane to pass through
+        cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        mapped = _FOLD[cps]
+    else:
+        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        mapped = np.where(cps < 0x10000, _FOLD[cps & 0xFFFF], cps)
     keep = mapped != 0
     space = mapped == 32
     # a space directly after another kept space is dropped (runs collapse to one)
@@ -157,7 +161,7 @@ def featurize(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
                     hashes.append(h + _SALT["c5"])
             ar = np.arange(n - 2)
             pos.extend(ar[: len(x)] for x in hashes)
-        isw = _WORD[np.minimum(codes, 0xFFFF).astype(np.intp)] & (codes < 0x10000)
+        isw = _WORD[np.minimum(codes, 0xFFFF)] & (codes < 0x10000)
         edges = np.diff(isw.view(np.int8))
         starts = np.flatnonzero(edges == 1) + 1
         if len(starts):
