@@ -220,7 +220,9 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
     cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     cuts = np.flatnonzero((cps == 32) | (cps == 10) | (cps == 9) | (cps == 13))
     tokens = np.diff(cuts, prepend=-1, append=len(cps)) - 1  # lengths of whitespace-separated tokens
-    runs = bool((tokens >= 16).any()) and _RUN.search(text) is not None
+    long_tokens = bool((tokens >= 16).any())
+    runs = long_tokens and _RUN.search(text) is not None
+    percent = long_tokens and "%" in text
     spaced = np.count_nonzero(tokens == 1) >= 6
     pairs = np.count_nonzero(tokens == 2) >= 8
     binary = text.count("0") + text.count("1") >= 32
@@ -246,7 +248,7 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
         out = _printable(bytes.fromhex(re.sub(r"[ :]", "", m.group())))
         if out:
             views.append((out, m.start(), m.end(), "hex"))
-    for pattern, how, gate in ((_BINARY, "binary", binary), (_PERCENT, "percent", runs), (_BASE32, "base32", runs),
+    for pattern, how, gate in ((_BINARY, "binary", binary), (_PERCENT, "percent", percent), (_BASE32, "base32", runs),
                                (_TAGS, "unicode_tags", tags)):
         if len(views) >= MAX_DECODED_VIEWS:
             break
