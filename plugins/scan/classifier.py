@@ -189,7 +189,7 @@ _RUN = re.compile(r"[A-Za-z0-9+/=_-]{16,}")  # candidate base64 / hex runs (line
 _HEX_SPACED = re.compile(r"\b[0-9a-fA-F]{2}(?:[ :][0-9a-fA-F]{2}){7,}\b")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _LEET = re.compile(r"[a-zA-Z][0134578@$!|][a-zA-Z]")
-_SPACED = re.compile(r"(?:\b\w[ .\-_*|]{1,3}){6,}\w\b")  # "i g n o r e  a l l", "i.g.n.o.r.e"
+_SPACED = re.compile(r"(?:\b\w[ .\-_*|]{1,3}){6,}\w\b")  # "i g n o r e  a l l" (opened by whitespace runs)
 _SEP_WORD = re.compile(r"[ .\-_*|]{2,}")
 _SEP_CHAR = re.compile(r"[ .\-_*|]")
 _BINARY = re.compile(r"(?:[01]{8}[ ]?){4,}")
@@ -213,20 +213,32 @@ def _printable(raw: bytes) -> str | None:
     return out if sum(ch.isalpha() for ch in out) >= 0.5 * len(out.replace(" ", "")) else None
 
 
+def _has_run(flags: np.ndarray, k: int) -> bool:
+    """Whether ``flags`` has ``k`` True values in a row."""
+    if np.count_nonzero(flags) < k:
+        return False
+    return bool(np.convolve(flags.astype(np.int16), np.ones(k, dtype=np.int16), mode="valid").max() >= k)
+
+
 def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
     """``(view, start, end, via)`` for each decodable run (at most MAX_DECODED_VIEWS) and folded whole-text view."""
     views: list[tuple[str, int, int, str]] = []
     # Cheap gates first: an ordinary text pays for a handful of linear regex passes and counts, nothing more.
-    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    ascii_text = text.isascii()
+    if ascii_text:
+        cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    else:
+        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     cuts = np.flatnonzero((cps == 32) | (cps == 10) | (cps == 9) | (cps == 13))
     tokens = np.diff(cuts, prepend=-1, append=len(cps)) - 1  # lengths of whitespace-separated tokens
+    tokens = tokens[tokens > 0]
     long_tokens = bool((tokens >= 16).any())
     runs = long_tokens and _RUN.search(text) is not None
     percent = long_tokens and "%" in text
-    spaced = np.count_nonzero(tokens == 1) >= 6
-    pairs = np.count_nonzero(tokens == 2) >= 8
+    spaced = _has_run(tokens == 1, 6)  # six single letters in a row: "i g n o r e"
+    pairs = _has_run(tokens == 2, 8)  # eight two-character tokens in a row: "49 67 6e ..."
     binary = text.count("0") + text.count("1") >= 32
-    tags = not text.isascii() and _TAGS.search(text) is not None
+    tags = not ascii_text and _TAGS.search(text) is not None
     for m in _RUN.finditer(text) if runs else ():
         if len(views) >= MAX_DECODED_VIEWS:
             break
