@@ -14,6 +14,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+from gateway import __version__, tracepage
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -70,7 +73,40 @@ def admin_app(gateway: Gateway) -> web.Application:
         return web.json_response(await _stats(gateway, started_at))
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=await _metrics(gateway), content_type="text/plain", charset="utf-8")
+        # Prometheus text 0.0.4 by default, OpenMetrics when the scraper asks for it.
+        body, content_type = await _metrics(gateway, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def traces_json(request: web.Request) -> web.Response:
+        buffer = gateway.traces
+        try:
+            limit = int(request.query.get("limit", "")) if request.query.get("limit") else None
+        except ValueError:
+            return _bad_request("limit must be a whole number")
+        return web.json_response({"traces": buffer.recent(limit) if buffer is not None else []})
+
+    async def traces_html(request: web.Request) -> web.Response:
+        buffer = gateway.traces
+        key = request.query.get("id") or request.query.get("trace")
+        if key:
+            found = buffer.find(key) if buffer is not None else None
+            text = tracepage.detail_page(found) if found is not None else tracepage.not_found_page(key)
+            status = 200 if found is not None else 404
+        else:
+            traces = buffer.recent() if buffer is not None else []
+            kept = buffer.max_traces if buffer is not None else 0
+            text, status = tracepage.list_page(traces, kept, _sampling(gateway)), 200
+        return web.Response(
+            text=text,
+            status=status,
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                "Content-Security-Policy": tracepage.CONTENT_SECURITY_POLICY,
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-store",
+            },
+        )
 
     app = web.Application(middlewares=[require_token])
     app.router.add_get("/healthz", healthz)
@@ -78,6 +114,8 @@ def admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/plugins", plugins)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/traces", traces_html)
+    app.router.add_get("/traces.json", traces_json)
     for hook in gateway.chain.admin_routes_hooks:
         app.router.add_routes(list(hook.function(gateway)))
     return app
@@ -113,26 +151,22 @@ async def _stats(gateway: Gateway, started_at: float) -> dict[str, Any]:
     }
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _bad_request(message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_request", "param": None}}, status=400
+    )
 
 
-async def _metrics(gateway: Gateway) -> str:
-    lines = [
-        "# HELP gateway_requests_total Requests answered, by provider and status (499: the caller left).",
-        "# TYPE gateway_requests_total counter",
-    ]
-    for (provider, status), count in sorted(gateway.proxy.answers.items()):
-        lines.append(f'gateway_requests_total{{provider="{_label(provider)}",status="{status}"}} {count}')
-    lines += [
-        "# HELP gateway_requests_in_flight Requests being served now.",
-        "# TYPE gateway_requests_in_flight gauge",
-        f"gateway_requests_in_flight {gateway.proxy.in_flight}",
-        "# HELP gateway_plugin_stat Numeric figures plugins report in /stats.",
-        "# TYPE gateway_plugin_stat gauge",
-    ]
-    for plugin, figures in (await _plugin_stats(gateway)).items():
-        for name, value in figures.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                lines.append(f'gateway_plugin_stat{{plugin="{_label(plugin)}",stat="{_label(name)}"}} {value}')
-    return "\n".join(lines) + "\n"
+def _sampling(gateway: Gateway) -> str:
+    sampler = getattr(gateway.tracer_provider, "sampler", None)
+    if sampler is None:
+        return "tracing off"
+    root = getattr(sampler, "_root", None)  # ParentBased: callers' decisions are followed
+    return f"new traces: {root.get_description()}, a caller's sampled trace always" if root is not None else sampler.get_description()
+
+
+async def _metrics(gateway: Gateway, accept: str = "") -> tuple[bytes, str]:
+    in_flight = GaugeMetricFamily("gateway_requests_in_flight", "Requests being served now.", value=gateway.proxy.in_flight)
+    info = InfoMetricFamily("gateway_build", "The gateway's version.", value={"version": __version__})
+    ready = GaugeMetricFamily("gateway_ready", "1 when started and not draining.", value=int(gateway.started and not gateway.draining))
+    return gateway.metrics.exposition(await _plugin_stats(gateway), extra=(in_flight, info, ready), accept=accept)

@@ -22,9 +22,12 @@ from gateway.admin import admin_app
 from gateway.chain import Chain
 from gateway.config import GatewayConfig, LoadedConfig, load, parse_listen
 from gateway.errors import StartupError
+from gateway.exchange import Exchange
+from gateway.logs import AccessLog
+from gateway.metrics import Metrics
 from gateway.plugins import PluginConfigError
 from gateway.proxy import Provider, Proxy, Router, make_provider
-from gateway.telemetry import get_tracer, roots_unsampled
+from gateway.telemetry import get_tracer, requested_model, roots_unsampled, trace_buffer
 
 log = logging.getLogger("gateway")
 
@@ -53,9 +56,25 @@ class Gateway:
         manager, chain = plugin_loader.load(loaded)
         self.chain = Chain(manager, chain, self.tracer, self.proxy.forward)
         self.proxy.chain = self.chain
+        self.metrics = Metrics()
+        self.access_log = AccessLog(self.config.log)
+        #: the trace page's spans (None when tracing is off altogether)
+        self.traces = trace_buffer(self.tracer_provider)
+        if self.traces is not None:
+            self.traces.on_hook = self.metrics.observe_hook
+        self.proxy.finished = self._finished
         self.started = False
         self.draining = False
         self._configure()
+
+    def _finished(self, exchange: Exchange, status: int) -> None:
+        """Once per exchange, when it is over: metrics and the access line."""
+        try:
+            model = requested_model(exchange)
+            self.metrics.record(exchange, status, exchange.provider if exchange.attempts else None, model)
+            self.access_log.write(exchange, status, model)
+        except Exception:
+            log.exception("recording the metrics or access line of a request failed")
 
     def _configure(self) -> None:
         for hook in self.chain.configure_hooks:

@@ -1,4 +1,4 @@
-"""``gateway run | check | mock-upstream | plugins``."""
+"""``gateway run | check | mock-upstream | plugins | new-plugin``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     from gateway import mock_upstream
 
     mock_upstream.add_arguments(mock)
-    commands.add_parser("plugins", help="list the installed plugins (entry points of gateway.plugins)")
+    listing = commands.add_parser(
+        "plugins", help="list the built-in and installed plugins: version, hooks and options"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON for machines")
+    scaffold = commands.add_parser("new-plugin", help="scaffold a pip-installable plugin package")
+    scaffold.add_argument("name", help="the plugin's entry-point name, e.g. pii-mask")
+    scaffold.add_argument("--dir", default=".", help="where to create the package folder (default: here)")
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args.config)
@@ -31,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "mock-upstream":
         return mock_upstream.main(args)
-    return _list_plugins()
+    if args.command == "new-plugin":
+        return _new_plugin(args.name, args.dir)
+    return _list_plugins(args.json)
 
 
 def _run(path: str | None) -> int:
@@ -83,11 +91,41 @@ def _check(path: str | None) -> int:
     return 0
 
 
-def _list_plugins() -> int:
-    from gateway.plugins import available
+def _list_plugins(as_json: bool) -> int:
+    import json
 
-    for name, target in sorted(available().items()):
-        print(f"{name}\t{target}")
+    from gateway.plugins import describe_installed
+
+    rows = describe_installed()
+    if as_json:
+        print(json.dumps({"plugins": rows}, indent=2))
+        return 0
+    for row in rows:
+        origin = "built-in" if row["builtin"] else f"{row['distribution']} {row['version']}"
+        print(f"{row['name']} ({origin}) {row['target']}")
+        if "error" in row:
+            print(f"  cannot load: {row['error']}")
+            continue
+        print(f"  hooks: {', '.join(row['hooks']) or 'none'}")
+        for option in row["options"]:
+            default = "required" if option["required"] else f"default {json.dumps(option['default'])}"
+            print(f"  {option['name']}: {option['type']} ({default})")
+    return 0
+
+
+def _new_plugin(name: str, directory: str) -> int:
+    from pathlib import Path
+
+    from gateway.scaffold import ScaffoldError, names, new_plugin
+
+    try:
+        root = new_plugin(name, Path(directory))
+    except ScaffoldError as exc:
+        print(f"gateway new-plugin: {exc}", file=sys.stderr)
+        return 2
+    module = names(name)[1]
+    print(f"created {root}: {module}.py, tests/, pyproject.toml (entry point {name!r})")
+    print(f"next: cd {root} && pip install -e '.[test]' && pytest")
     return 0
 
 

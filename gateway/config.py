@@ -58,10 +58,32 @@ class LimitsConfig(_Section):
 
 class LogConfig(_Section):
     """```yaml
-    log: {level: info}
+    log:
+      level: info             # JSON lines on stderr
+      access: true            # one access line per request (logger gateway.access)
+      access_level: info      # the level of those lines: debug hides them under level info
     ```"""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+    access: bool = True
+    access_level: Literal["debug", "info", "warning"] = "info"
+
+
+class CorsConfig(_Section):
+    """```yaml
+    cors:                               # browsers calling the gateway directly; nothing allowed by default
+      allow_origins: ["https://app.example.com"]   # or ["*"]
+      allow_methods: [GET, POST]
+      allow_headers: ["*"]              # "*": whatever the preflight asks for
+      allow_credentials: false
+      max_age_s: 600
+    ```"""
+
+    allow_origins: list[str] = []
+    allow_methods: list[str] = msgspec.field(default_factory=lambda: ["GET", "POST"])
+    allow_headers: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    max_age_s: int = 600
 
 
 class ProviderConfig(_Section):
@@ -72,11 +94,18 @@ class ProviderConfig(_Section):
         base_url: https://api.openai.com
         api_key: ${OPENAI_API_KEY}   # 'passthrough' forwards the caller's own key
         timeout_s: 60
+      azure:
+        type: openai
+        base_url: https://my-resource.openai.azure.com/openai/v1
+        api_key: ${AZURE_OPENAI_API_KEY}
+        api_key_header: api-key      # the key as it is, in this header
     ```"""
 
     type: Literal["openai", "anthropic", "mock"]
     base_url: str = ""
     api_key: str = ""
+    #: the header that carries api_key: default Authorization (Bearer) for openai, x-api-key for anthropic
+    api_key_header: str = ""
     timeout_s: float = 60.0
     max_connections: int = 100
     headers: dict[str, str] = {}
@@ -135,6 +164,7 @@ class GatewayConfig(_Section):
     plugins: list[PluginEntry] = []
     shutdown_grace_s: float = 30.0
     log: LogConfig = LogConfig()
+    cors: CorsConfig = CorsConfig()
 
 
 class LoadedConfig(msgspec.Struct, frozen=True):
@@ -284,6 +314,11 @@ def _check(path: str, config: GatewayConfig) -> None:
         keys[client.key] = name
     if config.limits.max_body_bytes <= 0:
         raise ConfigError(path, "limits.max_body_bytes", "must be greater than 0")
+    if "*" in config.cors.allow_origins and config.cors.allow_credentials:
+        raise ConfigError(path, "cors.allow_credentials", "cannot be true with allow_origins '*' (browsers refuse it)")
+    for i, origin in enumerate(config.cors.allow_origins):
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ConfigError(path, f"cors.allow_origins[{i}]", f"{origin!r}: an origin is scheme://host[:port], or '*'")
     if config.shutdown_grace_s < 0:
         raise ConfigError(path, "shutdown_grace_s", "must be 0 or more")
     labels: dict[str, int] = {}

@@ -74,28 +74,77 @@ class Usage(msgspec.Struct, kw_only=True):
         return self.input_tokens + self.output_tokens
 
 
-def usage_from(document: Any) -> tuple[int | None, int | None]:
-    """Input and output tokens from an OpenAI or Anthropic body, stream event or chunk.
+_NO_USAGE: tuple[None, None, None, None, None] = (None, None, None, None, None)
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def _detail(usage: dict[str, Any], key: str, field: str) -> int | None:
+    details = usage.get(key)
+    return _int(details.get(field)) if isinstance(details, dict) else None
+
+
+def usage_details(document: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:
+    """Input, output, cached-input, cache-write and reasoning tokens from an OpenAI or
+    Anthropic body, stream event or chunk; None for each figure it does not give.
 
     Understands chat/completions and completions (``prompt_tokens``,
-    ``completion_tokens``), embeddings, the Responses API and Anthropic messages
-    (``input_tokens``, ``output_tokens``; streamed in ``message_start.message.usage``
-    and, cumulatively, in ``message_delta.usage``).
+    ``completion_tokens``, ``prompt_tokens_details.cached_tokens``,
+    ``completion_tokens_details.reasoning_tokens``), embeddings, the Responses API
+    (``input_tokens``, ``input_tokens_details``, ``output_tokens_details``; streamed in
+    ``response.completed``) and Anthropic messages (streamed in
+    ``message_start.message.usage`` and, cumulatively, ``message_delta.usage``).
+    Anthropic's ``input_tokens`` leave out cache reads and writes; here input counts
+    every prompt token, so they are added back (see :class:`Usage`).
     """
     if not isinstance(document, dict):
-        return None, None
+        return _NO_USAGE
     usage = document.get("usage")
     if usage is None:
         nested = document.get("message") or document.get("response")
         usage = nested.get("usage") if isinstance(nested, dict) else None
     if not isinstance(usage, dict):
-        return None, None
-    input_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
-    output_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (
-        input_tokens if isinstance(input_tokens, int) else None,
-        output_tokens if isinstance(output_tokens, int) else None,
-    )
+        return _NO_USAGE
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is not None or "completion_tokens" in usage:  # chat/completions, completions, embeddings
+        return (
+            prompt,
+            _int(usage.get("completion_tokens")),
+            _detail(usage, "prompt_tokens_details", "cached_tokens"),
+            None,
+            _detail(usage, "completion_tokens_details", "reasoning_tokens"),
+        )
+    input_tokens = _int(usage.get("input_tokens"))
+    output_tokens = _int(usage.get("output_tokens"))
+    if "input_tokens_details" in usage or "output_tokens_details" in usage:  # the Responses API
+        return (
+            input_tokens,
+            output_tokens,
+            _detail(usage, "input_tokens_details", "cached_tokens"),
+            None,
+            _detail(usage, "output_tokens_details", "reasoning_tokens"),
+        )
+    cache_read = _int(usage.get("cache_read_input_tokens"))
+    cache_write = _int(usage.get("cache_creation_input_tokens"))
+    if input_tokens is not None and (cache_read or cache_write):
+        input_tokens += (cache_read or 0) + (cache_write or 0)
+    return input_tokens, output_tokens, cache_read, cache_write, None
+
+
+def usage_from(document: Any) -> tuple[int | None, int | None]:
+    """Input and output tokens alone (see :func:`usage_details`)."""
+    figures = usage_details(document)
+    return figures[0], figures[1]
+
+
+def carries_usage(raw: bytes) -> bool:
+    """Whether a streamed event may hold usage figures: cheap, on raw bytes.
+
+    With ``stream_options.include_usage`` every OpenAI chunk carries
+    ``"usage": null``; those are not worth decoding."""
+    return b'"usage"' in raw and b'"usage":null' not in raw and b'"usage": null' not in raw
 
 
 class Response:
@@ -249,6 +298,8 @@ class Exchange:
         "cascade_decision",
         "served_model",
         "upstream_s",
+        "gateway_s",
+        "first_token_s",
         "state",
         "started_at",
         "attempts",
@@ -284,8 +335,14 @@ class Exchange:
         #: the virtual client's name when ``clients`` are configured
         self.client = client
         self.provider: Provider | None = None
-        #: the error and body shape of this route: "openai" or "anthropic"
-        self.api = "anthropic" if path.startswith("/v1/messages") else "openai"
+        #: the caller's API shape, for bodies, streams and errors: "openai" or "anthropic".
+        #: From the path; for paths both APIs have (/v1/models), Anthropic's SDKs send anthropic-version.
+        if path.startswith("/v1/messages"):
+            self.api = "anthropic"
+        elif path.startswith("/v1/chat/") or headers is None or "anthropic-version" not in headers:
+            self.api = "openai"
+        else:
+            self.api = "anthropic"
         self.response: Response | None = None
         #: the error the gateway answered with, if it did (set before ``complete``)
         self.error: GatewayError | None = None
@@ -305,6 +362,10 @@ class Exchange:
         self.served_model: str | None = None
         #: seconds spent waiting for upstream answers' headers, over every attempt (``Server-Timing``)
         self.upstream_s = 0.0
+        #: the gateway's own seconds until the answer's headers, as ``Server-Timing`` reports them (set with it)
+        self.gateway_s: float | None = None
+        #: seconds from the request's arrival to the first streamed event relayed to the caller (streams only)
+        self.first_token_s: float | None = None
         self.state = Stash()
         self.started_at = time.perf_counter()
         #: upstream attempts so far (retries, fallbacks and cascade steps each add one)
@@ -351,6 +412,13 @@ class Exchange:
         self._json = document
 
     @property
+    def provider_api(self) -> str:
+        """The API shape of the provider of this attempt: ``api``, unless the provider
+        speaks only the other one, and then the core translates request and answer."""
+        provider = self.provider
+        return self.api if provider is None or provider.api is None else provider.api
+
+    @property
     def has_json_body(self) -> bool:
         content_type = self.headers.get("Content-Type", "")
         return bool(self._body) and (not content_type or "json" in content_type)
@@ -381,15 +449,22 @@ class Exchange:
         if self._usage is None:
             response = self.response
             if response is not None and response.body and b'"usage"' in response.body:
-                self.add_usage(*usage_from(response.json()))
+                self.add_usage(*usage_details(response.json()))
         return self._usage
 
     @usage.setter
     def usage(self, value: Usage | None) -> None:
         self._usage = value
 
-    def add_usage(self, input_tokens: int | None, output_tokens: int | None) -> None:
-        """Record token counts as the upstream reports them (later figures win)."""
+    def add_usage(
+        self,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cached_input_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+    ) -> None:
+        """Record token counts as the upstream reports them (later figures win, field by field)."""
         if input_tokens is None and output_tokens is None:
             return
         usage = self._usage
@@ -399,6 +474,12 @@ class Exchange:
             usage.input_tokens = input_tokens
         if output_tokens is not None:
             usage.output_tokens = output_tokens
+        if cached_input_tokens is not None:
+            usage.cached_input_tokens = cached_input_tokens
+        if cache_write_tokens is not None:
+            usage.cache_write_tokens = cache_write_tokens
+        if reasoning_tokens is not None:
+            usage.reasoning_tokens = reasoning_tokens
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started_at

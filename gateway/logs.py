@@ -3,6 +3,9 @@
 One object per line on stderr: ``ts``, ``level``, ``logger``, ``message``, then
 ``request_id`` and ``trace_id``/``span_id`` when a request is being served, then any
 ``extra`` fields. Nothing here ever formats a message whose level is not enabled.
+
+With ``log.access`` (the default) the core writes one access line per request
+(:class:`AccessLog`), whatever plugins are in the chain.
 """
 
 from __future__ import annotations
@@ -10,26 +13,39 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from opentelemetry import trace
 
+from gateway.metrics import route_of
 from gateway.proxy import request_id_var
+from gateway.telemetry import requested_model
+
+if TYPE_CHECKING:
+    from gateway.config import LogConfig
+    from gateway.exchange import Exchange
 
 # Attributes every LogRecord has; anything else came in through ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _encode = msgspec.json.Encoder(enc_hook=repr).encode
+_UNKNOWN: Any = object()
 
 
 class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+    _second = -1
+    _stamp = ""
+
+    def ts(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # one strftime a second, not one a line
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
+    def head(self, created: float, level: str, logger: str, message: str) -> dict[str, Any]:
+        """The fields every line starts with, the request and trace ids included."""
+        line: dict[str, Any] = {"ts": self.ts(created), "level": level, "logger": logger, "message": message}
         request_id = request_id_var.get()
         if request_id is not None:
             line["request_id"] = request_id
@@ -37,20 +53,147 @@ class JsonFormatter(logging.Formatter):
         if context.is_valid:
             line["trace_id"] = format(context.trace_id, "032x")
             line["span_id"] = format(context.span_id, "016x")
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                line[key] = value
+        return line
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.head(record.created, record.levelname.lower(), record.name, record.getMessage())
+        fields = record.__dict__.get("_fields")
+        if fields is not None:  # the access line's fields, in one attribute (see write_access_line)
+            line.update(fields)
+        else:
+            for key, value in record.__dict__.items():
+                if key not in _STANDARD and not key.startswith("_"):
+                    line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _encode(line).decode()
 
 
+class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stderr handler :func:`setup` installs. Access lines skip the logging
+    machinery (a record, its handlers, the formatter) and go straight to it when it
+    is the only handler they would reach: see :meth:`AccessLog.write`."""
+
+    def write_line(self, line: str) -> None:
+        self.acquire()
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        finally:
+            self.release()
+
+
 def setup(level: str = "info") -> None:
     """Send every log line, the gateway's and its libraries', to stderr as JSON."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = GatewayHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # No line shows the file and line number of its call: do not look them up
+    # (walking the stack is the dearest part of a log call).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    fast_records()
+
+
+def fast_records() -> None:
+    """Log records skip what no line shows: thread, process and task names."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiohttp's access log would be a second, unstructured line per request.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+access_log = logging.getLogger("gateway.access")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 3) if seconds is not None else None
+
+
+def access_fields(exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> dict[str, Any]:
+    """What one access line says about an exchange; never a header, key or body.
+
+    The request id and trace id come with every log line (see :class:`JsonFormatter`).
+    """
+    provider = exchange.provider if exchange.attempts else None
+    error = exchange.error
+    response = exchange.response
+    usage = exchange.usage
+    return {
+        "method": exchange.method,
+        "path": exchange.path,
+        "route": route_of(exchange.path),
+        "status": status,
+        "caller": exchange.caller,
+        "client": exchange.client,
+        "provider": provider.name if provider is not None else None,
+        "model": requested_model(exchange) if model is _UNKNOWN else model,
+        "served_model": exchange.served_model,
+        "stream": response.is_stream if response is not None else False,
+        "attempts": exchange.attempts,
+        "duration_ms": _ms(exchange.elapsed_s()),
+        "upstream_ms": _ms(exchange.upstream_s),
+        "gateway_ms": _ms(exchange.gateway_s),
+        "first_token_ms": _ms(exchange.first_token_s),
+        "input_tokens": usage.input_tokens if usage is not None else None,
+        "output_tokens": usage.output_tokens if usage is not None else None,
+        "cached_input_tokens": usage.cached_input_tokens if usage is not None else None,
+        "cost_usd": exchange.cost_usd,
+        "cache": exchange.cache_status,
+        "threat": exchange.threat_severity,
+        "cascade": exchange.cascade_decision,
+        "error": error.code if error is not None else None,
+    }
+
+
+class AccessLog:
+    """``log.access``: one JSON line per request on logger ``gateway.access``, at ``log.access_level``."""
+
+    def __init__(self, config: LogConfig) -> None:
+        self.enabled = config.access
+        self.level = logging.getLevelName(config.access_level.upper())
+        self.level_name = config.access_level
+        self.lines = 0
+
+    def write(self, exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> None:
+        """The access line of a finished exchange (``model``: the body's, when the caller already read it)."""
+        if not self.enabled or not access_log.isEnabledFor(self.level):
+            return
+        handler = _direct_handler(self.level)
+        if handler is None:
+            write_access_line(self.level, exchange, status, model)
+        else:
+            # The same line JsonFormatter would make, for a quarter of the cost.
+            formatter = handler.formatter
+            assert isinstance(formatter, JsonFormatter)
+            message = f"{exchange.method} {exchange.path} {status}"
+            line = formatter.head(time.time(), self.level_name, "gateway.access", message)
+            line.update(access_fields(exchange, status, model))
+            handler.write_line(_encode(line).decode())
+        self.lines += 1
+
+
+def _direct_handler(level: int) -> GatewayHandler | None:
+    """The handler an access line would reach, when it is setup()'s alone (no other
+    handler or filter on the way), else None."""
+    root = logging.root
+    handlers = root.handlers
+    if access_log.handlers or access_log.filters or root.filters or not access_log.propagate or len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if type(handler) is not GatewayHandler or handler.filters or handler.level > level:
+        return None
+    if not isinstance(handler.formatter, JsonFormatter):
+        return None
+    return handler
+
+
+def write_access_line(level: int, exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> None:
+    """Log the access line of an exchange on ``gateway.access`` (its level enabled)."""
+    record = logging.LogRecord(
+        "gateway.access", level, "", 0, "%s %s %s", (exchange.method, exchange.path, status), None
+    )
+    record._fields = access_fields(exchange, status, model)
+    access_log.handle(record)

@@ -8,8 +8,9 @@ shapes the official SDKs parse, with usage blocks that count whitespace-separate
 words as tokens.
 
 Knobs make it slow or failing: latency before the answer, time to first token,
-delay between streamed tokens, an error rate and status, a hang, a fixed reply and
-a stream cut mid-way. Each is set for the whole upstream (``MockSettings``, the
+delay between streamed tokens, an error rate and status, a hang, a fixed reply,
+a stream cut mid-way, and tool calls (``x-mock-tool-call``, or a ``tool_choice``
+that forces a tool) with arguments made from each tool's schema. Each is set for the whole upstream (``MockSettings``, the
 command line) and may be overridden per request by an ``x-mock-*`` header, so a
 test that goes through the gateway can steer it from the SDK's ``extra_headers``.
 
@@ -196,16 +197,24 @@ _KNOB_HEADERS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
 class _Call:
     """What an endpoint needs to know about one request."""
 
-    __slots__ = ("payload", "digest", "settings", "reply", "cut_after")
+    __slots__ = ("payload", "digest", "settings", "reply", "cut_after", "tool_names")
 
     def __init__(
-        self, payload: dict[str, Any], digest: str, settings: MockSettings, reply: str | None, cut_after: int | None
+        self,
+        payload: dict[str, Any],
+        digest: str,
+        settings: MockSettings,
+        reply: str | None,
+        cut_after: int | None,
+        tool_names: list[str] | None = None,
     ) -> None:
         self.payload = payload
         self.digest = digest
         self.settings = settings
         self.reply = reply
         self.cut_after = cut_after
+        #: tools named by ``x-mock-tool-call`` ("*": every tool of the request)
+        self.tool_names = tool_names
 
 
 class _Answer:
@@ -231,13 +240,20 @@ def _reply_text(prompt: str) -> str:
 
 
 def _text(content: Any) -> str:
-    """A message's text: its string content, or the text of its list of parts."""
+    """A message's text: its string content, or the text of its list of parts
+    (an Anthropic tool_result block's content included)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "tool_result":
+                texts.append(_text(part.get("content")))
+        return " ".join(texts)
     return ""
 
 
@@ -252,7 +268,7 @@ def _messages(payload: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
-        if message.get("role") == "user":
+        if message.get("role") in ("user", "tool"):
             return _text(message.get("content"))
     return ""
 
@@ -349,6 +365,9 @@ def _anthropic_error(status: int, message: str) -> MockReply:
 
 def _chat(call: _Call) -> MockReply:
     payload = call.payload
+    calls = _tool_calls(call, anthropic=False)
+    if calls:
+        return _chat_tool_calls(call, calls)
     messages = _messages(payload, "messages")
     answer = _Answer(
         call,
@@ -555,6 +574,9 @@ def _anthropic_input(payload: dict[str, Any]) -> tuple[list[dict[str, Any]], int
 
 def _messages_endpoint(call: _Call) -> MockReply:
     payload = call.payload
+    calls = _tool_calls(call, anthropic=True)
+    if calls:
+        return _messages_tool_use(call, calls)
     messages, input_tokens = _anthropic_input(payload)
     answer = _Answer(call, _last_user_text(messages), input_tokens, _limit(payload, "max_tokens"))
     stop_reason = "max_tokens" if answer.truncated else "end_turn"
@@ -589,6 +611,157 @@ def _messages_endpoint(call: _Call) -> MockReply:
         ]
 
     return _stream(call, opening, (before + _encode(token) + after for token in answer.tokens), closing)
+
+
+# -- tool calls -------------------------------------------------------------------------------
+
+
+def _tools(payload: dict[str, Any], anthropic: bool) -> dict[str, Any]:
+    """The request's tools: name -> JSON schema of the arguments, in request order."""
+    tools: dict[str, Any] = {}
+    for tool in payload.get("tools") or ():
+        if not isinstance(tool, dict):
+            continue
+        spec = tool if anthropic else tool.get("function")
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            tools[spec["name"]] = spec.get("input_schema" if anthropic else "parameters")
+    return tools
+
+
+def _tool_calls(call: _Call, anthropic: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The tools to call, with example arguments: those ``x-mock-tool-call`` names, else
+    the one ``tool_choice`` forces (a named tool; required/any: the first). ``none`` wins."""
+    tools = _tools(call.payload, anthropic)
+    if not tools:
+        return []
+    choice = call.payload.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    if kind == "none":
+        return []
+    names: list[str] = []
+    if call.tool_names:
+        names = list(tools) if "*" in call.tool_names else [name for name in call.tool_names if name in tools]
+    if not names:
+        if anthropic and kind == "tool" and isinstance(choice, dict):
+            names = [choice.get("name")] if choice.get("name") in tools else []
+        elif not anthropic and kind == "function" and isinstance(choice, dict):
+            function = choice.get("function") or {}
+            names = [function.get("name")] if function.get("name") in tools else []
+        elif kind in ("required", "any"):
+            names = [next(iter(tools))]
+    return [(name, _example(tools[name])) for name in names]
+
+
+def _example(schema: Any, depth: int = 0) -> Any:
+    """A deterministic value that fits a JSON schema (first enum value, "mock", 1...)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return "mock"
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {name: _example(sub, depth + 1) for name, sub in properties.items() if isinstance(name, str)}
+    if kind == "array":
+        return [_example(schema.get("items"), depth + 1)]
+    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, "mock")  # type: ignore[arg-type]
+
+
+def _fragments(arguments: str) -> list[str]:
+    """Argument JSON cut in pieces, as providers stream it."""
+    return [arguments[i : i + 12] for i in range(0, len(arguments), 12)] or [""]
+
+
+def _chat_tool_calls(call: _Call, calls: list[tuple[str, dict[str, Any]]]) -> MockReply:
+    payload = call.payload
+    messages = _messages(payload, "messages")
+    input_tokens = _word_count(_text(m.get("content")) for m in messages)
+    encoded = [(f"call_mock_{call.digest}_{i}", name, _encode(arguments).decode()) for i, (name, arguments) in enumerate(calls)]
+    output_tokens = max(1, sum(len(_TOKEN.findall(arguments)) for _, _, arguments in encoded))
+    usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+    streamed = payload.get("stream") is True
+    head = {
+        "id": "chatcmpl-mock-" + call.digest,
+        "object": "chat.completion.chunk" if streamed else "chat.completion",
+        "created": int(time.time()),
+        "model": _model(payload),
+        "system_fingerprint": _FINGERPRINT,
+    }
+    if not streamed:
+        tool_calls = [
+            {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+            for id_, name, arguments in encoded
+        ]
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": tool_calls}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        return _json(200, {**head, "choices": [choice], "usage": usage})
+
+    tail = {"usage": None} if _include_usage(payload) else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _sse({**head, "choices": [choice], **tail})
+
+    def deltas() -> Iterable[bytes]:
+        for index, (id_, name, arguments) in enumerate(encoded):
+            function = {"name": name, "arguments": ""}
+            yield chunk({"tool_calls": [{"index": index, "id": id_, "type": "function", "function": function}]}, None)
+            for piece in _fragments(arguments):
+                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}, None)
+
+    def closing() -> list[bytes]:
+        events = [chunk({}, "tool_calls")]
+        if tail:
+            events.append(_sse({**head, "choices": [], "usage": usage}))
+        events.append(_DONE)
+        return events
+
+    return _stream(call, [chunk({"role": "assistant", "content": None}, None)], deltas(), closing)
+
+
+def _messages_tool_use(call: _Call, calls: list[tuple[str, dict[str, Any]]]) -> MockReply:
+    payload = call.payload
+    _, input_tokens = _anthropic_input(payload)
+    blocks = [
+        {"type": "tool_use", "id": f"toolu_mock_{call.digest}_{i}", "name": name, "input": arguments}
+        for i, (name, arguments) in enumerate(calls)
+    ]
+    output_tokens = max(1, sum(len(_TOKEN.findall(_encode(block["input"]).decode())) for block in blocks))
+    message = {
+        "id": "msg_mock_" + call.digest,
+        "type": "message",
+        "role": "assistant",
+        "model": _model(payload),
+        "content": blocks,
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+    if payload.get("stream") is not True:
+        return _json(200, message)
+
+    start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": input_tokens, "output_tokens": 0}}
+
+    def deltas() -> Iterable[bytes]:
+        for index, block in enumerate(blocks):
+            if index:
+                yield _typed_sse({"type": "content_block_stop", "index": index - 1})
+            yield _typed_sse({"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}})
+            for piece in _fragments(_encode(block["input"]).decode()):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                yield _typed_sse({"type": "content_block_delta", "index": index, "delta": delta})
+
+    def closing() -> list[bytes]:
+        delta = {"stop_reason": "tool_use", "stop_sequence": None}
+        return [
+            _typed_sse({"type": "content_block_stop", "index": len(blocks) - 1}),
+            _typed_sse({"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}}),
+            _typed_sse({"type": "message_stop"}),
+        ]
+
+    return _stream(call, [_typed_sse({"type": "message_start", "message": start})], deltas(), closing)
 
 
 def _count_tokens(call: _Call) -> MockReply:
@@ -643,12 +816,14 @@ class MockUpstream:
             return _anthropic_error(400, message) if anthropic else _openai_error(400, message)
         reply = headers.get("x-mock-reply")
         cut_after = headers.get("x-mock-stream-cut-after")
+        tool_call = headers.get("x-mock-tool-call")
         call = _Call(
             payload,
             hashlib.blake2b(body, digest_size=8).hexdigest(),
             settings,
             None if reply is None else _utf8(reply),
             None if cut_after is None else _non_negative_int(cut_after),
+            None if tool_call is None else [name.strip() for name in tool_call.split(",") if name.strip()],
         )
         return endpoint(call)
 

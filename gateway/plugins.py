@@ -52,8 +52,72 @@ class Plugin(msgspec.Struct, frozen=True):
 
 
 def available() -> dict[str, str]:
-    """Entry-point names and what they point at (``gateway plugins`` prints this)."""
+    """Entry-point names and what they point at."""
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def describe_installed() -> list[dict[str, Any]]:
+    """Every installed plugin as ``gateway plugins`` shows it: name, target,
+    distribution and version, built-in or not, the hooks it implements, and its
+    options (name, type, default) read from its ``Config`` struct.
+
+    A plugin that fails to import is listed with its ``error`` instead of failing all.
+    """
+    rows = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        dist = ep.dist
+        row: dict[str, Any] = {
+            "name": ep.name,
+            "target": ep.value,
+            "distribution": dist.name if dist is not None else None,
+            "version": dist.version if dist is not None else None,
+            "builtin": ep.value.startswith("gateway_plugins."),
+        }
+        try:
+            factory = ep.load()
+        except Exception as exc:  # a broken third-party package must not hide the others
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+            continue
+        row["hooks"] = [name for name in HOOK_NAMES if _is_hookimpl(getattr(factory, name, None))]
+        row["options"] = options_of(getattr(factory, "Config", None))
+        rows.append(row)
+    return rows
+
+
+#: every hook name, in the order the hooks run
+HOOK_NAMES = (
+    "configure", "startup", "request", "send", "response", "chunk", "complete", "shutdown",
+    "admin_routes", "stats", "ready",
+)  # fmt: skip
+
+
+def options_of(config_type: Any) -> list[dict[str, Any]]:
+    """Name, type and default of each field of an options struct (empty without one)."""
+    if config_type is None:
+        return []
+    options = []
+    for field in msgspec.structs.fields(config_type):
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        else:
+            default = None
+        options.append(
+            {
+                "name": field.encode_name,
+                "type": _type_name(field.type),
+                "required": field.required,
+                "default": msgspec.to_builtins(default) if not field.required else None,
+            }
+        )
+    return options
+
+
+def _type_name(annotation: Any) -> str:
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return text.replace("typing.", "").replace("NoneType", "None")
 
 
 def resolve(use: str) -> Any:
@@ -83,7 +147,7 @@ def load(loaded: LoadedConfig) -> tuple[pluggy.PluginManager, list[Plugin]]:
         try:
             manager.register(instance, name=entry.label)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            raise ConfigError(loaded.path, where, f"({entry.label}) {exc}") from None
+            raise ConfigError(loaded.path, where, f"({entry.label}) {_one_line(exc)}") from None
         for hook in ASYNC_HOOKS:
             function = getattr(instance, hook, None)
             if function is not None and _is_hookimpl(function) and not inspect.iscoroutinefunction(function):
@@ -92,12 +156,22 @@ def load(loaded: LoadedConfig) -> tuple[pluggy.PluginManager, list[Plugin]]:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {exc}") from None
+        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {_one_line(exc)}") from None
     return manager, chain
 
 
 def _is_hookimpl(function: Any) -> bool:
     return hasattr(function, "gateway_impl")
+
+
+def _one_line(exc: Exception) -> str:
+    """pluggy explains a bad hookimpl over several lines; a config error is one."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _is_frozen_struct(config_type: Any) -> bool:
+    """Options are shared by every request: a mutable struct would let one request change them."""
+    return isinstance(config_type, type) and issubclass(config_type, msgspec.Struct) and config_type.__struct_config__.frozen
 
 
 def _build(path: str, index: int, entry: PluginEntry) -> Any:
@@ -109,6 +183,10 @@ def _build(path: str, index: int, entry: PluginEntry) -> Any:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(path, f"{where}.use", f"cannot load {entry.use!r}: {exc}") from None
     config_type = getattr(factory, "Config", None)
+    if config_type is not None and not _is_frozen_struct(config_type):
+        raise ConfigError(
+            path, where, f"({entry.label}) {entry.use}.Config must be a frozen msgspec.Struct (class Config(msgspec.Struct, frozen=True))"
+        )
     try:
         if config_type is None:
             if entry.config:

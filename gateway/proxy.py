@@ -29,17 +29,19 @@ from opentelemetry import propagate, trace
 from yarl import URL
 
 from gateway.config import OFFICIAL_BASE_URLS, GatewayConfig, ProviderConfig, RouteConfig
+from gateway.cors import SECURITY_HEADERS, Cors, cors_not_allowed, is_preflight
 from gateway.errors import (
     GatewayError,
     client_closed_request,
     error_body,
     invalid_api_key,
+    invalid_request,
     request_too_large,
     route_not_found,
     upstream_error,
     upstream_timeout,
 )
-from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, close_stream, usage_from
+from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, carries_usage, close_stream, usage_details
 from gateway.mock_upstream import MockUpstream
 from gateway.telemetry import (
     end_client_span_on_answer,
@@ -48,6 +50,7 @@ from gateway.telemetry import (
     start_client_span,
     start_server_span,
 )
+from gateway.translate import translate_request, translate_response
 
 if TYPE_CHECKING:
     from gateway.chain import Chain
@@ -76,8 +79,17 @@ HOP_BY_HOP = frozenset(
 )
 # The caller's credentials: replaced by the provider's key unless it is 'passthrough'.
 CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
-# Dropped from upstream answers: aiohttp has already decoded the body.
-DECODED_RESPONSE = HOP_BY_HOP | {"content-encoding"}
+# Dropped from upstream answers: aiohttp has already decoded the body, and what a
+# browser may read is the gateway's to say (cors), not the provider's.
+DECODED_RESPONSE = HOP_BY_HOP | {
+    "content-encoding",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+}
 
 # First path segments of the OpenAI and Anthropic APIs: an SDK whose base_url lacks
 # "/v1" calls "/chat/completions", which the gateway serves as "/v1/chat/completions".
@@ -89,21 +101,49 @@ API_RESOURCES = frozenset(
 )  # fmt: skip
 
 SSE_CONTENT_TYPE = "text/event-stream"
+_VERSION_SEGMENT = re.compile(r"/v\d+[a-z0-9]*(/|$)")
 
 
 def normalize_path(path: str) -> str:
+    """The path the router and the upstream see: dot segments removed, empty ones
+    dropped, and "/v1" added where an SDK's base_url lacked it.
+
+    Raises 400 ``invalid_request`` for a path whose ``..`` would climb above the root.
+    """
+    if "/." in path or "//" in path or "%2" in path:  # the common path skips the walk
+        path = _remove_dot_segments(path)
     if path.startswith("/v1/") or path == "/v1":
         return path
     first = path[1:].split("/", 1)[0]
     return "/v1" + path if first in API_RESOURCES else path
 
 
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 on a raw path, with ``%2e`` read as ``.`` (so ``%2e%2e`` is ``..``);
+    never forwards a ``..``. Encoded slashes stay encoded: they are not separators."""
+    segments: list[str] = []
+    parts = path.split("/")
+    for index, segment in enumerate(parts[1:], start=1):
+        dots = segment.replace("%2e", ".").replace("%2E", ".")
+        if dots == "..":
+            if not segments:
+                raise invalid_request("The request path climbs above the root ('..').")
+            segments.pop()
+        elif dots == "." or (not segment and index < len(parts) - 1):
+            continue
+        else:
+            segments.append(segment)
+    if parts[-1] in ("", ".", "..", "%2e", "%2E") and segments and segments[-1] != "":
+        segments.append("")  # "/v1/models/." is the folder "/v1/models/"
+    return "/" + "/".join(segments)
+
+
 def server_timing(exchange: Exchange) -> str:
     """``gateway;dur=MS, upstream;dur=MS``: the gateway's own time so far and the
     upstream's (until its answer's headers), so callers see the overhead in their tools."""
-    upstream_ms = exchange.upstream_s * 1000
-    gateway_ms = (perf_counter() - exchange.started_at) * 1000 - upstream_ms
-    return "gateway;dur=%.3f, upstream;dur=%.3f" % (max(gateway_ms, 0.0), upstream_ms)  # noqa: UP031 (hot path)
+    upstream_s = exchange.upstream_s
+    gateway_s = exchange.gateway_s = max(perf_counter() - exchange.started_at - upstream_s, 0.0)
+    return "gateway;dur=%.3f, upstream;dur=%.3f" % (gateway_s * 1000, upstream_s * 1000)  # noqa: UP031 (hot path)
 
 
 def new_request_id() -> str:
@@ -117,17 +157,26 @@ class Provider:
         self.name = name
         self.type = config.type
         self.timeout_s = config.timeout_s
+        #: the API shape this provider speaks (None: both, as the mock does)
+        self.api: str | None = config.type if config.type in ("openai", "anthropic") else None
+        #: the caller shapes it serves without translation
+        self.apis = frozenset({self.api} if self.api else {"openai", "anthropic"})
         self.passthrough = config.api_key == "passthrough"
         self.extra_headers = dict(config.headers)
         if config.api_key and not self.passthrough:
-            if config.type == "anthropic":
-                self.extra_headers["x-api-key"] = config.api_key
-            else:
-                self.extra_headers["Authorization"] = f"Bearer {config.api_key}"
+            key_header = config.api_key_header or ("x-api-key" if config.type == "anthropic" else "Authorization")
+            bearer = key_header.lower() == "authorization"
+            self.extra_headers[key_header] = f"Bearer {config.api_key}" if bearer else config.api_key
         base = (config.base_url or OFFICIAL_BASE_URLS.get(config.type, "")).rstrip("/")
-        # A base_url that already ends in /v1 (as SDKs write it) is not doubled.
-        self.strip_v1 = base.endswith("/v1")
+        # A base_url that already names an API version (/v1, /openai/v1, /v1beta/openai),
+        # as SDKs write it, gets the path without its own /v1.
+        self.strip_v1 = _VERSION_SEGMENT.search(URL(base).path if base else "") is not None
         self.base_url = base
+        host = URL(base).host or "" if base else ""
+        #: OpenAI itself (and Azure) want max_completion_tokens; other compatible servers know max_tokens
+        self.max_tokens_field = (
+            "max_completion_tokens" if host == "api.openai.com" or host.endswith(".openai.azure.com") else "max_tokens"
+        )
         self.max_connections = config.max_connections
         self.session: aiohttp.ClientSession | None = None
         base_url = URL(base) if base else URL()
@@ -178,16 +227,18 @@ class Provider:
             propagate.inject(headers)
         return headers
 
-    async def send(self, exchange: Exchange) -> Response:
-        """One attempt: raises 504 upstream_timeout or 502 upstream_error."""
+    async def send(self, exchange: Exchange, path: str | None = None, body: bytes | None = None) -> Response:
+        """One attempt: raises 504 upstream_timeout or 502 upstream_error.
+
+        ``path`` and ``body`` replace the exchange's for a translated request."""
         session = self.session
         if session is None:
             raise upstream_error(f"Provider {self.name} is not started.")
         try:
             upstream = await session.request(
                 exchange.method,
-                URL(self.url_for(exchange.path, exchange.query_string), encoded=True),
-                data=exchange.body or None,
+                URL(self.url_for(path or exchange.path, exchange.query_string), encoded=True),
+                data=(exchange.body if body is None else body) or None,
                 headers=self.upstream_headers(exchange),
                 allow_redirects=False,
             )
@@ -219,11 +270,15 @@ class MockProvider(Provider):
     async def close(self) -> None:
         return None
 
-    async def send(self, exchange: Exchange) -> Response:
+    async def send(self, exchange: Exchange, path: str | None = None, body: bytes | None = None) -> Response:
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await self.mock.handle(
-                    exchange.method, exchange.path, exchange.query_string, self.upstream_headers(exchange), exchange.body
+                    exchange.method,
+                    path or exchange.path,
+                    exchange.query_string,
+                    self.upstream_headers(exchange),
+                    exchange.body if body is None else body,
                 )
         except TimeoutError:
             raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
@@ -319,6 +374,9 @@ class Router:
 
         self.default_messages = first("anthropic", "mock")
         self.default_other = first("openai", "mock")
+        # With no provider of the caller's API, a chat goes to one of the other, translated.
+        self.translated_messages = first("openai")
+        self.translated_chat = first("anthropic")
 
     def provider_for(self, exchange: Exchange) -> Provider:
         for route in self.routes:
@@ -326,9 +384,17 @@ class Router:
                 return route.provider
         if self.routes:
             raise route_not_found(exchange.path)
-        provider = self.default_messages if exchange.path.startswith("/v1/messages") else self.default_other
+        path = exchange.path
+        if path.startswith("/v1/messages"):
+            provider = self.default_messages
+            if provider is None and path == "/v1/messages":
+                provider = self.translated_messages
+        else:
+            provider = self.default_other
+            if provider is None and path == "/v1/chat/completions":
+                provider = self.translated_chat
         if provider is None:
-            raise route_not_found(exchange.path)
+            raise route_not_found(path)
         return provider
 
 
@@ -351,11 +417,14 @@ class Proxy:
         self.roots_unsampled = roots_unsampled
         self.max_body_bytes = config.limits.max_body_bytes
         self.clients = {client.key: name for name, client in config.clients.items()}
+        self.cors = Cors(config.cors) if config.cors.allow_origins else None
         self.background = background
         #: answers by (provider or "-", status), for /stats and /metrics
         self.answers: Counter[tuple[str, int]] = Counter()
         #: the handler tasks of the requests being served (the drain cancels leftovers)
         self.serving: set[asyncio.Task[Any]] = set()
+        #: called once per exchange when it is over, with its status (metrics, access log)
+        self.finished: Callable[[Exchange, int], None] = _ignore
 
     @property
     def in_flight(self) -> int:
@@ -365,6 +434,8 @@ class Proxy:
         """The core of the send onion: one attempt at ``exchange.provider``, in a CLIENT span."""
         provider = exchange.provider
         assert provider is not None
+        if exchange.api not in provider.apis:
+            return await self._forward_translated(exchange, provider)
         exchange.attempts += 1
         started = perf_counter()
         if not exchange.recording:
@@ -383,15 +454,50 @@ class Proxy:
             exchange.upstream_s += perf_counter() - started
         return end_client_span_on_answer(span, response, exchange)
 
+    async def _forward_translated(self, exchange: Exchange, provider: Provider) -> Response:
+        """One attempt at a provider of the other API: the request translated before,
+        the answer after; the CLIENT span sees the provider's own shapes."""
+        assert provider.api is not None
+        translation = translate_request(exchange, provider.api, provider.max_tokens_field)
+        path = body = None
+        if translation is not None:
+            path, body = translation.path, translation.body
+        exchange.attempts += 1
+        started = perf_counter()
+        if not exchange.recording:
+            try:
+                response = await provider.send(exchange, path, body)
+            finally:
+                exchange.upstream_s += perf_counter() - started
+        else:
+            span, token = start_client_span(self.tracer, exchange, provider, path)
+            try:
+                response = await provider.send(exchange, path, body)
+            except BaseException as exc:
+                end_client_span_on_error(span, exc)
+                raise
+            finally:
+                otel_context.detach(token)
+                exchange.upstream_s += perf_counter() - started
+            response = end_client_span_on_answer(span, response, exchange)
+        if translation is None:
+            return response
+        return translate_response(response, translation, exchange)
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         headers = request.headers
         request_id = headers.get("x-request-id") or new_request_id()
         request_id_var.set(request_id)
         rel_url = request.rel_url
+        refused: GatewayError | None = None
+        try:
+            path = normalize_path(rel_url.raw_path)
+        except GatewayError as error:
+            path, refused = "/", error
         exchange = Exchange(
             request,
             method=request.method,
-            path=normalize_path(rel_url.raw_path),
+            path=path,
             query_string=rel_url.raw_query_string,
             headers=headers,
             request_id=request_id,
@@ -403,8 +509,9 @@ class Proxy:
         task = asyncio.current_task()
         self.serving.add(task)  # type: ignore[arg-type]
         status = 0
+        completing = None
         try:
-            answer = await self._serve(request, exchange)
+            answer = await self._serve(request, exchange, refused)
             error = exchange.error
             status = 499 if error is not None and error.status == 499 else answer.status
             return answer
@@ -412,25 +519,34 @@ class Proxy:
             # The caller left (or the drain deadline passed): the upstream call is
             # already cancelled; count what was used all the same.
             exchange.error = client_closed_request()
-            self._complete_later(exchange)
+            completing = self._complete_later(exchange)
             status = 499
             raise
         finally:
             self.serving.discard(task)  # type: ignore[arg-type]
             provider_name = exchange.provider.name if exchange.provider is not None and exchange.attempts else "-"
             self.answers[(provider_name, status)] += 1
+            if completing is None:
+                self.finished(exchange, status)
+            else:  # after the complete hooks, which may still count tokens and cost
+                finished, final_status = self.finished, status
+                completing.add_done_callback(lambda _: finished(exchange, final_status))
             if traced:
                 end_server_span(span, exchange, status, provider_name)
                 otel_context.detach(token)
 
-    async def _serve(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.BaseRequest, exchange: Exchange, refused: GatewayError | None = None
+    ) -> web.StreamResponse:
         chain = self.chain
         try:
+            if refused is not None:
+                raise refused
+            if is_preflight(exchange.method, exchange.headers):
+                return self._preflight(exchange)
             self._identify(exchange)
             exchange.body = await self._read_body(request)
-            provider = exchange.provider = self.router.provider_for(exchange)
-            if provider.type == "anthropic":
-                exchange.api = "anthropic"
+            exchange.provider = self.router.provider_for(exchange)
             # An empty stage costs nothing: no coroutine is made for it.
             if chain.request_hooks:
                 answer = await chain.request(exchange)
@@ -454,9 +570,27 @@ class Proxy:
         headers["Server-Timing"] = server_timing(exchange)
         if exchange.response_headers:
             headers.update(exchange.response_headers)
+        headers.update(SECURITY_HEADERS)
+        if self.cors is not None and "Origin" in exchange.headers:
+            self._allow_origin(exchange, headers)
         if answer.stream is not None:
             return await self._relay(request, exchange, answer)
         return await self._finish(request, exchange, web.Response(status=answer.status, body=answer.body, headers=headers))
+
+    def _preflight(self, exchange: Exchange) -> web.Response:
+        """A CORS preflight is the gateway's to answer: never forwarded, no key needed."""
+        if self.cors is None:
+            raise cors_not_allowed("Cross-origin calls are not enabled (cors.allow_origins is empty).")
+        headers = self.cors.preflight(exchange.headers)
+        headers.update(SECURITY_HEADERS)
+        headers["x-request-id"] = exchange.request_id
+        return web.Response(status=204, headers=headers)
+
+    def _allow_origin(self, exchange: Exchange, headers: Any) -> None:
+        assert self.cors is not None
+        origin = exchange.headers["Origin"]
+        if self.cors.allows(origin):
+            headers.update(self.cors.answer_headers(origin))
 
     def _identify(self, exchange: Exchange) -> None:
         headers = exchange.headers
@@ -489,9 +623,13 @@ class Proxy:
             "Content-Type": "application/json",
             "x-request-id": exchange.request_id,
             "Server-Timing": server_timing(exchange),
+            "Cache-Control": "no-store",
+            **SECURITY_HEADERS,
         }
         headers.update(error.headers)
         headers.update(exchange.response_headers)
+        if self.cors is not None and "Origin" in exchange.headers:
+            self._allow_origin(exchange, headers)
         level = logging.WARNING if error.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "answered %s %s: %s", error.status, error.code, error.message, extra={"status": error.status, "code": error.code})
@@ -520,14 +658,16 @@ class Proxy:
             await _send(out.prepare(request))
             with self.chain.chunk_spans(exchange, hooks):
                 async for data in stream:
+                    if exchange.first_token_s is None:
+                        exchange.first_token_s = perf_counter() - exchange.started_at
                     if hooks:
                         data = await self._through_hooks(exchange, events.feed(data), hooks)
                         if data:
                             await _send(out.write(data))
                     else:
                         for raw in events.feed(data):
-                            if b'"usage"' in raw:
-                                exchange.add_usage(*usage_from(StreamEvent(raw).json()))
+                            if carries_usage(raw):
+                                exchange.add_usage(*usage_details(StreamEvent(raw).json()))
                         await _send(out.write(data))
             if events.pending and hooks:
                 await _send(out.write(events.pending))
@@ -559,8 +699,8 @@ class Proxy:
         out = []
         for raw in raws:
             event = StreamEvent(raw)
-            if b'"usage"' in raw:
-                exchange.add_usage(*usage_from(event.json()))
+            if carries_usage(raw):
+                exchange.add_usage(*usage_details(event.json()))
             await self.chain.chunk(exchange, event, hooks)
             if not event.drop:
                 out.append(event.raw)
@@ -574,12 +714,17 @@ class Proxy:
         except ConnectionResetError:
             pass
 
-    def _complete_later(self, exchange: Exchange) -> None:
+    def _complete_later(self, exchange: Exchange) -> asyncio.Task[None] | None:
         if not self.chain.complete_hooks or exchange.reached < 0 or exchange.completed:
-            return
+            return None
         task = asyncio.get_running_loop().create_task(self.chain.complete(exchange))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        return task
+
+
+def _ignore(exchange: Exchange, status: int) -> None:
+    return None
 
 
 class _CallerGone(Exception):

@@ -9,20 +9,29 @@ variables (read by the exporters themselves), ``OTEL_SERVICE_NAME`` and
 Two deviations, for a sidecar that must not spam a missing collector nor pay for
 spans nobody reads: with ``OTEL_TRACES_EXPORTER`` unset, spans are exported over
 OTLP only when an OTLP endpoint is set; and with nothing exported and no sampler
-named, nothing is sampled (unsampled spans still give log lines a trace id).
+named, new traces are sampled at most ``GATEWAY_TRACES_PER_S`` (10) a second, for
+the admin trace page only (unsampled spans still give log lines a trace id).
+
+Beside whatever exporter is chosen, :class:`TraceBuffer` keeps the spans of the last
+``GATEWAY_TRACES_KEPT`` (100) sampled requests in memory for ``GET /traces``.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -33,10 +42,12 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBased,
     ParentBasedTraceIdRatio,
     Sampler,
+    SamplingResult,
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.util.types import Attributes
 
 from gateway import __version__
 from gateway.errors import GatewayError
@@ -49,6 +60,12 @@ if TYPE_CHECKING:
 
 DEFAULT_SERVICE_NAME = "llm-gateway"
 TRACER_NAME = "gateway"
+#: with no exporter and no sampler named: new traces sampled per second, for the trace page
+DEFAULT_TRACES_PER_S = 10.0
+#: requests whose spans the trace page keeps
+DEFAULT_TRACES_KEPT = 100
+#: spans kept per request in the trace page's buffer (a request with more keeps its first ones)
+MAX_SPANS_PER_TRACE = 256
 
 #: ``gen_ai.operation.name`` by request path (OpenTelemetry GenAI semantic conventions).
 OPERATIONS = {
@@ -74,6 +91,33 @@ def operation_name(path: str) -> str:
     return resource or "request"
 
 
+class _ModelOnly(msgspec.Struct):
+    model: Any = None
+
+
+_decode_model = msgspec.json.Decoder(_ModelOnly).decode
+
+
+def requested_model(exchange: Exchange) -> str | None:
+    """The body's ``model``, without decoding the whole body when nobody has yet.
+
+    When a plugin or a model route already decoded the body (``exchange.json()`` is
+    cached) that document is read; otherwise msgspec reads the one field and skips
+    the rest (well under a microsecond for a chat request). None when there is none.
+    """
+    if not exchange.has_json_body:
+        return None
+    document = getattr(exchange, "_json", None)
+    if isinstance(document, dict):
+        model = document.get("model")
+    else:
+        try:
+            model = _decode_model(exchange.body).model
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+    return model if isinstance(model, str) else None
+
+
 def tracer_provider_from_env(environ: os._Environ[str] | dict[str, str] | None = None) -> TracerProvider:
     """A TracerProvider with the exporters the environment asks for."""
     env = os.environ if environ is None else environ
@@ -87,14 +131,63 @@ def tracer_provider_from_env(environ: os._Environ[str] | dict[str, str] | None =
     if env.get("OTEL_SERVICE_NAME"):
         attributes[SERVICE_NAME] = env["OTEL_SERVICE_NAME"]
     processors = _processors(env)
-    # Recorded spans that no processor receives are pure cost: unless a sampler is
-    # asked for, record nothing when nothing is exported. Unsampled spans are still
+    # With nothing exported, only the trace page reads spans: unless a sampler is
+    # asked for, sample a few new traces a second for it, so that the page shows
+    # requests while a busy gateway pays for almost none. Unsampled spans are still
     # made (see roots_unsampled), so log lines keep a trace id.
-    sampler = _sampler(env) or (None if processors else ParentBased(StaticSampler(Decision.DROP)))
+    sampler = _sampler(env) or (None if processors else _page_sampler(env))
     provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
     for processor in processors:
         provider.add_span_processor(processor)
+    trace_buffer(provider, env)
     return provider
+
+
+def _page_sampler(env: os._Environ[str] | dict[str, str]) -> Sampler:
+    raw = env.get("GATEWAY_TRACES_PER_S", "").strip()
+    try:
+        per_s = float(raw) if raw else DEFAULT_TRACES_PER_S
+    except ValueError:
+        raise TelemetryConfigError("GATEWAY_TRACES_PER_S: expected a number of traces per second (0: none)") from None
+    if per_s <= 0 or math.isnan(per_s):
+        return ParentBased(StaticSampler(Decision.DROP))
+    return ParentBased(RateLimitingSampler(per_s))
+
+
+class RateLimitingSampler(Sampler):
+    """Samples at most ``per_s`` new traces a second (a token bucket holding one
+    second's worth), the rest not: Jaeger's rate-limiting sampler. A quiet gateway
+    samples every request; a busy one pays for ``per_s`` sampled requests a second."""
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = per_s
+        self.capacity = max(per_s, 1.0)
+        self.tokens = self.capacity
+        self.last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        with self._lock:
+            now = time.monotonic()
+            tokens = min(self.capacity, self.tokens + (now - self.last) * self.per_s)
+            self.last = now
+            sampled = tokens >= 1.0
+            self.tokens = tokens - 1.0 if sampled else tokens
+        if sampled:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, None)
+        return SamplingResult(Decision.DROP, None, None)
+
+    def get_description(self) -> str:
+        return f"RateLimitingSampler{{{self.per_s:g}/s}}"
 
 
 def _sampler(env: os._Environ[str] | dict[str, str]) -> Sampler | None:
@@ -203,6 +296,23 @@ def end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_
             attributes["gateway.caller"] = exchange.caller
         if provider_name != "-":
             attributes["gateway.provider"] = provider_name
+        model = requested_model(exchange)
+        if model is not None:
+            attributes["gen_ai.request.model"] = model
+        # What the plugins found, for the trace page's list and for searching in Jaeger.
+        for key, value in (
+            ("gateway.response.model", exchange.served_model),
+            ("gateway.cache", exchange.cache_status),
+            ("gateway.threat_severity", exchange.threat_severity),
+            ("gateway.cascade", exchange.cascade_decision),
+            ("gateway.cost_usd", exchange.cost_usd),
+        ):
+            if value is not None:
+                attributes[key] = value
+        usage = exchange.usage
+        if usage is not None:
+            attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+            attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
         error = exchange.error
         if error is not None:
             attributes["error.type"] = error.code
@@ -215,9 +325,12 @@ def end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_
     span.end()
 
 
-def start_client_span(tracer: trace.Tracer, exchange: Exchange, provider: Provider) -> tuple[trace.Span, object]:
+def start_client_span(
+    tracer: trace.Tracer, exchange: Exchange, provider: Provider, path: str | None = None
+) -> tuple[trace.Span, object]:
     """A CLIENT span for one upstream attempt, with the GenAI request attributes, made
-    current (so the upstream's ``traceparent`` names it)."""
+    current (so the upstream's ``traceparent`` names it). ``path`` is the provider's
+    when the request was translated to its API."""
     try:
         model = exchange.model
     except GatewayError:  # a body that is not JSON is the upstream's to judge
@@ -229,7 +342,7 @@ def start_client_span(tracer: trace.Tracer, exchange: Exchange, provider: Provid
         "gateway.provider": provider.name,
         "gateway.attempt": exchange.attempts,
         "http.request.method": exchange.method,
-        "url.full": provider.url_for(exchange.path, ""),  # no query: it may carry a key
+        "url.full": provider.url_for(path or exchange.path, ""),  # no query: it may carry a key
         "server.address": provider.server_address,
     }
     if provider.server_port:
@@ -319,3 +432,181 @@ def _stream_model(raws: list[bytes]) -> str | None:
                     found = document["message"].get("model")  # Anthropic's message_start
                 return found if isinstance(found, str) else ""
     return None
+
+
+# -- the trace page's buffer ------------------------------------------------------------
+
+
+class _Trace:
+    __slots__ = ("root_id", "span_ids", "spans", "root", "dropped")
+
+    def __init__(self, root_id: int) -> None:
+        self.root_id = root_id
+        self.span_ids: list[int] = [root_id]
+        self.spans: list[ReadableSpan] = []
+        self.root: ReadableSpan | None = None
+        self.dropped = 0
+
+
+class TraceBuffer(SpanProcessor):
+    """The spans of the last ``max_traces`` requests, in memory, for ``GET /traces``.
+
+    A span processor beside the exporters: it sees only sampled spans, and only
+    appends to a dict and a list per span. A "request" is a local root span (the
+    SERVER span, which may continue a caller's trace), so two requests sharing a
+    caller's trace id are listed apart. Every span is filed under its local root when
+    it starts (its parent started earlier); when the buffer is full the oldest
+    request goes. Hook spans also feed ``on_hook`` (the hook-latency histogram).
+    """
+
+    def __init__(self, max_traces: int = DEFAULT_TRACES_KEPT, max_spans: int = MAX_SPANS_PER_TRACE) -> None:
+        self.max_traces = max_traces
+        self.max_spans = max_spans
+        self.traces: OrderedDict[int, _Trace] = OrderedDict()
+        self._roots: dict[int, int] = {}
+        self._lock = threading.Lock()
+        #: called with (plugin, hook, seconds) for every ended plugin hook span
+        self.on_hook: Callable[[str, str, float], None] | None = None
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        span_id = span.context.span_id
+        parent = span.parent
+        with self._lock:
+            if parent is None or parent.is_remote:
+                self.traces[span_id] = _Trace(span_id)
+                self._roots[span_id] = span_id
+                while len(self.traces) > self.max_traces:
+                    _, evicted = self.traces.popitem(last=False)
+                    for old in evicted.span_ids:
+                        self._roots.pop(old, None)
+                return
+            root_id = self._roots.get(parent.span_id)
+            entry = self.traces.get(root_id) if root_id is not None else None
+            if entry is None:
+                return
+            self._roots[span_id] = root_id  # type: ignore[assignment]
+            entry.span_ids.append(span_id)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None:
+            return
+        span_id = context.span_id
+        with self._lock:
+            root_id = self._roots.get(span_id)
+            entry = self.traces.get(root_id) if root_id is not None else None
+            if entry is not None:
+                if span_id == root_id:
+                    entry.root = span
+                    entry.spans.append(span)
+                elif len(entry.spans) < self.max_spans:
+                    entry.spans.append(span)
+                else:
+                    entry.dropped += 1
+        on_hook = self.on_hook
+        attributes = span.attributes
+        if on_hook is not None and attributes and span.end_time and span.start_time:
+            hook = attributes.get("gateway.hook")
+            if hook is not None and hook != "chunk":  # a chunk span lasts the whole stream: not a hook's latency
+                on_hook(str(attributes.get("gateway.plugin")), str(hook), (span.end_time - span.start_time) / 1e9)
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Finished requests, newest first, in the shape of ``GET /traces.json``."""
+        with self._lock:
+            entries = [(entry, list(entry.spans)) for entry in reversed(self.traces.values()) if entry.root is not None]
+        if limit is not None:
+            entries = entries[: max(limit, 0)]
+        return [_trace_document(entry.root, spans, entry.dropped) for entry, spans in entries]  # type: ignore[arg-type]
+
+    def find(self, key: str) -> dict[str, Any] | None:
+        """One finished request by its trace id, root span id or request id."""
+        for document in self.recent():
+            if key in (document["trace_id"], document["request_id"], document["spans"][0]["span_id"] if document["spans"] else None):
+                return document
+        return None
+
+
+def trace_buffer(provider: trace.TracerProvider, environ: os._Environ[str] | dict[str, str] | None = None) -> TraceBuffer | None:
+    """The provider's trace-page buffer, added on first use (None for a provider
+    that is not the SDK's, or with ``GATEWAY_TRACES_KEPT=0``)."""
+    if not isinstance(provider, TracerProvider):
+        return None
+    existing = getattr(provider, "_gateway_trace_buffer", _NOT_YET)
+    if existing is not _NOT_YET:
+        return existing  # type: ignore[no-any-return]
+    env = os.environ if environ is None else environ
+    raw = env.get("GATEWAY_TRACES_KEPT", "").strip()
+    try:
+        kept = int(raw) if raw else DEFAULT_TRACES_KEPT
+    except ValueError:
+        raise TelemetryConfigError("GATEWAY_TRACES_KEPT: expected a number of requests (0: no trace page)") from None
+    buffer = TraceBuffer(kept) if kept > 0 else None
+    if buffer is not None:
+        provider.add_span_processor(buffer)
+    provider._gateway_trace_buffer = buffer  # type: ignore[attr-defined]
+    return buffer
+
+
+_NOT_YET = object()
+
+
+def _attributes(attributes: Any) -> dict[str, Any]:
+    if not attributes:
+        return {}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in attributes.items()}
+
+
+def _trace_document(root: ReadableSpan, spans: list[ReadableSpan], dropped: int) -> dict[str, Any]:
+    origin = root.start_time or 0
+    spans = sorted(spans, key=lambda span: (span.start_time or 0, span is not root))
+    attributes = root.attributes or {}
+    document: dict[str, Any] = {
+        "trace_id": format(root.context.trace_id, "032x"),  # type: ignore[union-attr]
+        "request_id": attributes.get("gateway.request_id"),
+        "status": attributes.get("http.response.status_code"),
+        "duration_ms": _ms((root.end_time or origin) - origin),
+        "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(origin / 1e9)) + f".{origin // 1_000_000 % 1000:03d}Z",
+        "name": root.name,
+        "method": attributes.get("http.request.method"),
+        "path": attributes.get("url.path"),
+        "caller": attributes.get("gateway.caller"),
+        "provider": attributes.get("gateway.provider"),
+        "model": attributes.get("gateway.response.model") or attributes.get("gen_ai.request.model"),
+        "cost_usd": attributes.get("gateway.cost_usd"),
+        "cache": attributes.get("gateway.cache"),
+        "threat": attributes.get("gateway.threat_severity"),
+        "cascade": attributes.get("gateway.cascade"),
+        "error": attributes.get("error.type"),
+        "spans_dropped": dropped,
+        "spans": [_span_document(span, origin) for span in spans],
+    }
+    return document
+
+
+def _span_document(span: ReadableSpan, origin: int) -> dict[str, Any]:
+    start = span.start_time or origin
+    parent = span.parent
+    return {
+        "name": span.name,
+        "span_id": format(span.context.span_id, "016x"),  # type: ignore[union-attr]
+        "parent_span_id": format(parent.span_id, "016x") if parent is not None else None,
+        "kind": span.kind.name,
+        "start_ms": _ms(start - origin),
+        "duration_ms": _ms((span.end_time or start) - start),
+        "status": span.status.status_code.name,
+        "attributes": _attributes(span.attributes),
+        "events": [
+            {"name": event.name, "time_ms": _ms(event.timestamp - origin), "attributes": _attributes(event.attributes)}
+            for event in span.events
+        ],
+    }
+
+
+def _ms(nanoseconds: int) -> float:
+    return round(nanoseconds / 1e6, 3)

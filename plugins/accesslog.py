@@ -1,26 +1,27 @@
-"""One JSON access-log line per exchange, written after the caller has its answer.
+"""The access line as a plugin: kept for configs that name it; the core writes it now.
 
 ```yaml
+log: {access: true}          # the default: the core writes one access line per request
 plugins:
-  - use: accesslog
+  - use: accesslog           # redundant then; useful only with log.access false
     config: {level: info}
 ```
 
-The line (logger ``gateway.access``) carries the request id and trace id like every
-log line, and: method, path, status, caller, provider, model, attempts, duration_ms,
-input_tokens, output_tokens, cost_usd, error code. Never a header, key or body.
+Since ``log.access`` (see docs/operations.md, "Logs") the core writes one JSON line
+per request on logger ``gateway.access``, whatever plugins are in the chain. This
+plugin writes the same line (same fields, same logger) only when ``log.access`` is
+false, so naming it never doubles the lines; with the default it does nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from gateway import Exchange, GatewayError, hookimpl
-
-log = logging.getLogger("gateway.access")
+from gateway import Exchange, hookimpl
+from gateway.logs import access_log, write_access_line
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -32,36 +33,21 @@ class AccessLog:
 
     def __init__(self, config: Config) -> None:
         self.level = logging.getLevelName(config.level.upper())
+        self.core_writes = False
         self.lines = 0
 
     @hookimpl
+    def configure(self, gateway: Any) -> None:
+        self.core_writes = gateway.config.log.access
+
+    @hookimpl
     async def complete(self, exchange: Exchange) -> None:
-        if not log.isEnabledFor(self.level):
+        if self.core_writes or not access_log.isEnabledFor(self.level):
             return
-        error: GatewayError | None = exchange.error
+        error = exchange.error
         response = exchange.response
         status = error.status if error is not None else (response.status if response is not None else 0)
-        usage = exchange.usage
-        try:
-            model = exchange.model
-        except GatewayError:
-            model = None
-        fields = {
-            "method": exchange.method,
-            "path": exchange.path,
-            "status": status,
-            "caller": exchange.caller,
-            "provider": exchange.provider.name if exchange.provider is not None and exchange.attempts else None,
-            "model": model,
-            "stream": response.is_stream if response is not None else False,
-            "attempts": exchange.attempts,
-            "duration_ms": round(exchange.elapsed_s() * 1000, 3),
-            "input_tokens": usage.input_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-            "cost_usd": exchange.cost_usd,
-            "error": error.code if error is not None else None,
-        }
-        log.log(self.level, "%s %s %s", exchange.method, exchange.path, status, extra=fields)
+        write_access_line(self.level, exchange, status)
         self.lines += 1
 
     @hookimpl

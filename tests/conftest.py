@@ -9,6 +9,7 @@ import pytest
 
 from gateway.mock_upstream import MockUpstream
 from gateway.testing import serve_app
+
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -61,8 +61,8 @@ async def test_probes_chain_stats_and_metrics(tmp_path):
         assert stats["by_provider"] == {"mock": 1}
         assert stats["plugins"]["backend"] == {"failures": 0, "hits": 3, "hit_rate": 0.75}
         status, metrics = await _get(gw.admin_url + "/metrics")
-        assert 'gateway_requests_total{provider="mock",status="200"} 1' in metrics
-        assert 'gateway_plugin_stat{plugin="backend",stat="hit_rate"} 0.75' in metrics
+        assert 'gateway_requests_total{model="m",provider="mock",route="/v1/chat/completions",status="200"} 1.0' in metrics
+        assert "gateway_backend_hit_rate 0.75" in metrics
         assert await _get(gw.admin_url + "/backend", method="DELETE") == (200, {"flushed": True})
 
 

@@ -447,3 +447,92 @@ def test_main_prints_one_ready_line_and_exits_0_on_sigterm():
     finally:
         process.kill()
         process.stdout.close()
+
+
+# -- tool calls -------------------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "hourly": {"type": "boolean"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    },
+}
+WEATHER_ARGUMENTS = {"city": "mock", "days": 1, "unit": "celsius", "hourly": True, "tags": ["mock"]}
+CLAUDE_WEATHER_TOOL = {"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}
+
+
+async def test_tool_call_header_answers_a_tool_call_with_arguments_fitting_the_schema(oai):
+    completion = await oai.chat.completions.create(
+        model="gpt-4o", messages=QUESTION, tools=[WEATHER_TOOL], extra_headers={"x-mock-tool-call": "get_weather"}
+    )
+    [call] = completion.choices[0].message.tool_calls
+    assert completion.choices[0].finish_reason == "tool_calls" and completion.choices[0].message.content is None
+    assert call.function.name == "get_weather"
+    assert msgspec.json.decode(call.function.arguments) == WEATHER_ARGUMENTS
+    async with oai.chat.completions.stream(
+        model="gpt-4o", messages=QUESTION, tools=[WEATHER_TOOL], extra_headers={"x-mock-tool-call": "get_weather"}
+    ) as stream:
+        final = await stream.get_final_completion()
+    assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+async def test_forced_tool_choice_answers_a_tool_call_and_none_never_does(oai, claude):
+    forced = await oai.chat.completions.create(
+        model="gpt-4o", messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="required"
+    )
+    assert forced.choices[0].message.tool_calls[0].function.name == "get_weather"
+    plain = await oai.chat.completions.create(
+        model="gpt-4o", messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="none", extra_headers={"x-mock-tool-call": "*"}
+    )
+    assert plain.choices[0].message.tool_calls is None
+    message = await claude.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=QUESTION[1:],
+        tools=[CLAUDE_WEATHER_TOOL],
+        tool_choice={"type": "tool", "name": "get_weather"},
+    )
+    assert message.stop_reason == "tool_use"
+    assert [(block.type, block.name, block.input) for block in message.content] == [("tool_use", "get_weather", WEATHER_ARGUMENTS)]
+    async with claude.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=QUESTION[1:],
+        tools=[CLAUDE_WEATHER_TOOL],
+        tool_choice={"type": "any"},
+    ) as stream:
+        final = await stream.get_final_message()
+    assert final.content[0].input == WEATHER_ARGUMENTS and final.stop_reason == "tool_use"
+
+
+async def test_tool_results_are_echoed_like_user_text(oai, claude):
+    completion = await oai.chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "Sunny today"},
+        ],
+    )
+    assert completion.choices[0].message.content.startswith("Mock reply to: Sunny today")
+    message = await claude.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "Sunny today"}]},
+        ],
+    )
+    assert message.content[0].text.startswith("Mock reply to: Sunny today")

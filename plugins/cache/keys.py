@@ -1,0 +1,80 @@
+"""The cache key: a hash of what decides the answer, and nothing else.
+
+Two requests share a key when they would get the same answer: the same route
+path, provider, API shape, model and body content (messages, tools, parameters),
+compared as decoded JSON, so key order and whitespace do not matter. Fields that
+do not change the answer (``user``, ``stream``, ``stream_options``, ``metadata``...)
+are left out, as are headers but the few that change an answer's shape
+(``anthropic-version``, ``anthropic-beta``). With ``scope: client`` the caller's
+identity is part of the key, so one caller's answer never reaches another.
+
+The key reads ``<namespace>:<provider>:<model>:<hash>``: the provider and model
+in clear (escaped) so that ``DELETE /cache?provider=&model=`` can find entries
+by prefix, the rest as a 128-bit BLAKE2b of the canonical encoding.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from hashlib import blake2b
+from typing import Any
+
+import msgspec
+
+#: body fields that never change the answer
+IGNORED_FIELDS = frozenset(
+    {"user", "stream", "stream_options", "metadata", "request_id", "safety_identifier", "prompt_cache_key"}
+)
+#: request headers that change what an answer looks like
+VARY_HEADERS = ("anthropic-version", "anthropic-beta")
+
+# Sorted keys at every depth: {"b":1,"a":2} and {"a":2,"b":1} encode alike.
+_canonical = msgspec.json.Encoder(order="sorted").encode
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@lru_cache(maxsize=4096)
+def escape(value: str) -> str:
+    """A key segment with no ``:`` and no glob character (``*?[\\``): percent-encoded."""
+    return _UNSAFE.sub(lambda match: "%%%02X" % ord(match.group()), value) if _UNSAFE.search(value) else value  # noqa: UP031
+
+
+def key_prefix(namespace: str, provider: str | None = None, model: str | None = None) -> str:
+    """The prefix every key of a provider (and model) starts with."""
+    prefix = f"{namespace}:"
+    if provider is None:
+        return prefix
+    prefix += escape(provider) + ":"
+    return prefix if model is None else prefix + escape(model) + ":"
+
+
+def request_key(
+    namespace: str,
+    *,
+    path: str,
+    provider: str,
+    api: str,
+    model: str,
+    document: dict[str, Any],
+    caller: str | None,
+    headers: Any,
+    ignored: frozenset[str] = IGNORED_FIELDS,
+    with_stream: bool = False,
+) -> str:
+    """The key of one request. ``caller`` is None for ``scope: shared``; ``with_stream``
+    keeps streamed and buffered answers apart (for APIs whose forms do not convert)."""
+    body = document if ignored.isdisjoint(document) else {k: v for k, v in document.items() if k not in ignored}
+    parts = [path, provider, api]
+    if caller is not None:
+        parts += ("caller", caller)
+    for name in VARY_HEADERS:
+        value = headers.get(name)
+        if value:
+            parts += (name, value)
+    if with_stream:
+        parts.append("stream" if document.get("stream") is True else "buffered")
+    parts.append("")
+    digest = blake2b("\0".join(parts).encode(errors="surrogatepass"), digest_size=16)
+    digest.update(_canonical(body))
+    return f"{namespace}:{escape(provider)}:{escape(model)}:{digest.hexdigest()}"

@@ -1,0 +1,660 @@
+"""What every call cost, who spent it, and a stop for callers whose budget is spent.
+
+```yaml
+plugins:
+  - use: cost
+    config:
+      budget_usd_per_day: 5          # per caller; none: unlimited
+      budget_usd_per_month: 100
+      budgets: {batch-jobs: {usd_per_day: 50}}
+      prices: {my-finetune: {input_per_mtok: 3, output_per_mtok: 12}}
+      store: /var/lib/gateway/usage.db   # or redis://... for budgets shared by replicas
+```
+
+Per call: the usage the provider reported (or, when it reported none or the stream
+was cut, an estimate from an offline tokenizer), its exact cost from the price table
+(``prices.yaml`` under the ``prices`` option), ``exchange.cost_usd``, the
+``x-gateway-cost-usd`` header on buffered answers, span attributes, a row in the
+ledger, and the caller's budget charged. See docs/cost.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import datetime as dt
+import io
+import itertools
+import logging
+import secrets
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+from aiohttp import web
+from opentelemetry import trace
+
+from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
+from gateway.errors import backend_unavailable, budget_exceeded
+from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
+
+from . import estimate
+from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
+from .ledger import GROUPS, Ledger, open_database, spent_since, summarize
+from .prices import ModelPrice, Prices, Rates, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
+
+log = logging.getLogger("gateway.plugins.cost")
+
+#: paths whose streamed answers carry usage only when asked (``stream_options.include_usage``)
+_INCLUDE_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+#: how much of a stream is kept to estimate its tokens should its usage never come
+_KEEP_STREAM_BYTES = 4 << 20
+_MAX_WARNED_MODELS = 1000
+
+
+class ClientBudget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One caller's budgets, over the plugin-wide ones (absent: the plugin-wide value)."""
+
+    usd_per_day: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    usd_per_month: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """```yaml
+    - use: cost
+      config:
+        budget_usd_per_day: 5
+        budgets: {frontend: {usd_per_day: 20, usd_per_month: 300}}
+        prices: {gpt-4o: {input_per_mtok: 2.5, output_per_mtok: 10, cached_input_per_mtok: 1.25}}
+        store: gateway-usage.db
+    ```"""
+
+    #: per caller and UTC day; None: unlimited
+    budget_usd_per_day: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: per caller and UTC month; None: unlimited
+    budget_usd_per_month: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: per-caller overrides, by client name (or x-gateway-user)
+    budgets: dict[str, ClientBudget] = {}
+    #: rows over the built-in table (prices.yaml), USD per million tokens
+    prices: dict[str, ModelPrice] = {}
+    #: SQLite ledger path, or redis://... for budget counters shared by replicas
+    store: str = "gateway-usage.db"
+    #: where records go when ``store`` is Redis (a local SQLite file)
+    ledger: str = "gateway-usage.db"
+    #: the ledger's batch window: a hard kill loses at most this much
+    flush_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
+    #: records kept in memory while the store fails; beyond, they are counted as lost
+    max_pending: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    #: delete records older than this many days (checked hourly); None: keep them all
+    retention_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    #: ask streamed OpenAI chat/completions for their usage (the extra chunk is hidden from callers who did not)
+    include_usage: bool = True
+    #: count tokens with the offline tokenizer when the provider reports none
+    estimate: bool = True
+    #: output tokens a call reserves against the budget when it sets no max_tokens
+    reserve_output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 256
+    #: with Redis: open admits calls when Redis is down (unmetered), closed answers 503
+    failure_mode: Literal["open", "closed"] = "open"
+    redis_prefix: str = "gateway:cost"
+    redis_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+
+
+class _Call:
+    """What the plugin remembers of one exchange."""
+
+    __slots__ = ("token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "rates", "done")
+
+    def __init__(self, caller: str) -> None:
+        self.caller = caller
+        self.token = ""
+        #: picodollars reserved against the budget (None: nothing reserved)
+        self.reserved: int | None = None
+        #: whether the plugin added stream_options.include_usage
+        self.injected = False
+        self.raws: list[bytes] = []
+        self.kept = 0
+        self.usage: Usage | None = None
+        self.cost = 0
+        self.rates: Rates | None = None
+        self.done = False
+
+
+CALL = StashKey[_Call]("cost.call")
+
+
+class Cost:
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        try:
+            self.prices = Prices({})
+        except (msgspec.ValidationError, ValueError) as exc:  # the shipped table: a packaging error
+            raise PluginConfigError("prices", f"the built-in price table is broken: {exc}") from None
+        for model, price in config.prices.items():
+            try:
+                self.prices.rates[model] = rates_of(price)
+            except ValueError as exc:
+                raise PluginConfigError(f"prices.{model}", str(exc)) from None
+        self.default_limits = Limits(
+            _pico(config.budget_usd_per_day, "budget_usd_per_day"),
+            _pico(config.budget_usd_per_month, "budget_usd_per_month"),
+        )
+        self.limits: dict[str, Limits] = {}
+        for client, budget in config.budgets.items():
+            self.limits[client] = Limits(
+                _pico(budget.usd_per_day, f"budgets.{client}.usd_per_day")
+                if budget.usd_per_day is not None
+                else self.default_limits.per_day,
+                _pico(budget.usd_per_month, f"budgets.{client}.usd_per_month")
+                if budget.usd_per_month is not None
+                else self.default_limits.per_month,
+            )
+        self.shared = config.store.startswith(("redis://", "rediss://", "unix://"))
+        if not self.shared and not config.store.strip():
+            raise PluginConfigError("store", "give a SQLite file path or a redis:// URL")
+        self.ledger_path = config.ledger if self.shared else config.store
+        self.ledger = Ledger(
+            self.ledger_path,
+            flush_interval_s=config.flush_interval_s,
+            batch_size=config.batch_size,
+            max_pending=config.max_pending,
+            retention_days=config.retention_days,
+        )
+        self.budgets: MemoryBudgets | RedisBudgets = MemoryBudgets()
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self.has_budgets = (
+            self.default_limits.per_day is not None
+            or self.default_limits.per_month is not None
+            or any(limit.per_day is not None or limit.per_month is not None for limit in self.limits.values())
+        )
+        # figures for /stats (exact integers; shown as floats)
+        self.records = 0
+        self.cost_total = 0
+        self.cost_by_provider: Counter[str] = Counter()
+        self.tokens: Counter[str] = Counter()
+        self.cache_hits = 0
+        self.estimated = 0
+        self.usage_missing = 0
+        self.budget_rejections = 0
+        self.backend_errors = 0
+        self.unmetered = 0
+        self.unknown_model_calls = 0
+        self.warned_models: set[str] = set()
+        self.injected = 0
+        self.dropped_usage_chunks = 0
+        self.estimate_errors = 0
+        self._preload: asyncio.Task[Any] | None = None
+        # Reservation ids: unique across replicas without a syscall per call.
+        self._token_prefix = secrets.token_hex(6) + "-"
+        self._tokens = itertools.count()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @hookimpl
+    async def startup(self, gateway: Any) -> None:
+        self.tracer = gateway.tracer
+        try:
+            await asyncio.to_thread(open_database, self.ledger_path)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            log.warning("usage ledger %s is locked at startup; records wait and are retried", self.ledger_path)
+        self.ledger.start()
+        if self.shared:
+            self.budgets = RedisBudgets(self.config.store, self.config.redis_prefix, self.config.redis_timeout_s)
+            try:
+                await self.budgets.ping()
+            except Exception as exc:
+                log.warning("cost: Redis is unreachable at startup (%s); failure_mode %s", exc, self.config.failure_mode)
+        else:
+            month_start = periods(time.time())[1] + "-01"
+            try:
+                rows = await asyncio.to_thread(spent_since, self.ledger_path, month_start)
+            except sqlite3.Error as exc:
+                log.warning("cost: could not read this month's spend back from the ledger: %s", exc)
+            else:
+                self.budgets.load(rows)
+        if self.config.estimate and self._preload is None:
+            # Parsing the bundled encoding takes a second or two of CPU: not on the
+            # startup path, and once per process (the encoding is module-global).
+            self._preload = asyncio.get_running_loop().create_task(asyncio.to_thread(estimate.load_encoding))
+
+    @hookimpl
+    async def shutdown(self, gateway: Any) -> None:
+        if self._preload is not None:
+            await asyncio.gather(self._preload, return_exceptions=True)
+        await asyncio.to_thread(self.ledger.close)
+        await self.budgets.close()
+
+    @hookimpl
+    async def ready(self) -> bool:
+        if isinstance(self.budgets, RedisBudgets) and self.config.failure_mode == "closed":
+            try:
+                return await self.budgets.ping()
+            except Exception:
+                return False
+        return True
+
+    # -- per request ----------------------------------------------------------------
+
+    def limits_for(self, caller: str) -> Limits:
+        return self.limits.get(caller, self.default_limits)
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> None:
+        if exchange.method != "POST":  # listing models and the like costs nothing: no budget, no record
+            return
+        call = _Call(exchange.caller)
+        exchange.state[CALL] = call
+        try:
+            document = exchange.json() if exchange.has_json_body else None
+        except GatewayError:  # not JSON: the upstream's to judge; metered all the same
+            document = None
+        if self.has_budgets:
+            limits = self.limits_for(call.caller)
+            if limits.per_day is not None or limits.per_month is not None:
+                await self._reserve(exchange, call, limits, document)
+        if (
+            self.config.include_usage
+            and document is not None
+            and document.get("stream") is True
+            and exchange.path in _INCLUDE_USAGE_PATHS
+        ):
+            options = document.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                document = dict(document)
+                document["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                exchange.set_json(document)
+                call.injected = True
+                self.injected += 1
+
+    async def _reserve(self, exchange: Exchange, call: _Call, limits: Limits, document: Any) -> None:
+        call.token = f"{self._token_prefix}{next(self._tokens)}"
+        estimate_pico = self._estimate_cost(exchange, document)
+        now = time.time()
+        try:
+            with self._backend_span(exchange, "reserve"):
+                decision = await self.budgets.reserve(call.caller, call.token, estimate_pico, limits, now)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            self.backend_errors += 1
+            if self.config.failure_mode == "closed":
+                log.warning("cost: budget store unavailable, refusing (failure_mode closed): %r", exc)
+                raise backend_unavailable("The budget store is unavailable.") from None
+            self.unmetered += 1
+            log.warning("cost: budget store unavailable, admitting unmetered (failure_mode open): %r", exc)
+            return
+        if not decision.allowed:
+            self.budget_rejections += 1
+            raise budget_exceeded(self._refusal(decision, limits, now))
+        call.reserved = estimate_pico
+
+    def _refusal(self, decision: Decision, limits: Limits, now: float) -> str:
+        day_reset, month_reset = resets_at(now)
+        if decision.period == "month":
+            limit, spent, reset = limits.per_month, decision.spent_month, month_reset
+        else:
+            limit, spent, reset = limits.per_day, decision.spent_day, day_reset
+        return (
+            f"The {'monthly' if decision.period == 'month' else 'daily'} budget of ${pico_to_usd_text(limit or 0)} "
+            f"is spent (${pico_to_usd_text(spent)} spent, ${pico_to_usd_text(decision.reserved)} reserved by "
+            f"calls in flight); it resets at {reset}."
+        )
+
+    def _estimate_cost(self, exchange: Exchange, document: Any) -> int:
+        """What a call may cost, from cheap figures: the body's length and its output cap."""
+        rates = self.prices.lookup(_model_of(exchange))
+        if rates is None:
+            return 0
+        output = None
+        if isinstance(document, dict):
+            for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+                value = document.get(name)
+                if type(value) is int and value > 0:
+                    output = value
+                    break
+        if output is None:
+            output = self.config.reserve_output_tokens
+        return (len(exchange.body) // 4 + 1) * rates.input + output * rates.output
+
+    @hookimpl
+    async def response(self, exchange: Exchange, response: Response) -> None:
+        call = exchange.state.get(CALL)
+        if call is None or response.is_stream:
+            return
+        await self._finish(exchange, call, response)
+        response.headers["x-gateway-cost-usd"] = pico_to_usd_text(call.cost)
+
+    @hookimpl
+    async def chunk(self, exchange: Exchange, event: StreamEvent) -> None:
+        call = exchange.state.get(CALL)
+        if call is None:
+            return
+        raw = event.raw
+        if call.injected and carries_usage(raw):
+            document = event.json()
+            if isinstance(document, dict) and document.get("choices") == [] and isinstance(document.get("usage"), dict):
+                event.drop = True  # the caller did not ask for it; the core has read it already
+                self.dropped_usage_chunks += 1
+                return
+        if call.kept < _KEEP_STREAM_BYTES:
+            call.raws.append(raw)
+            call.kept += len(raw)
+
+    @hookimpl
+    async def complete(self, exchange: Exchange) -> None:
+        call = exchange.state.get(CALL)
+        if call is None:
+            return
+        if not call.done:
+            await self._finish(exchange, call, exchange.response)
+        now = time.time()
+        # Charge every caller's spend: in memory it is cheap (and /usage/quota shows it
+        # without a limit); in Redis only when some budget needs it (a round trip).
+        if call.reserved is not None or (call.cost and (self.has_budgets or not self.shared)):
+            try:
+                with self._backend_span(exchange, "settle"):
+                    await self.budgets.settle(call.caller, call.token, call.reserved, call.cost, now)
+            except Exception as exc:
+                self.backend_errors += 1
+                log.warning("cost: could not charge %s to the budget store: %r", pico_to_usd_text(call.cost), exc)
+        self._record(exchange, call, now)
+
+    # -- working out usage and cost ---------------------------------------------------
+
+    async def _finish(self, exchange: Exchange, call: _Call, response: Response | None) -> None:
+        """Usage (reported or estimated) and cost, once per exchange."""
+        call.done = True
+        model = _model_of(exchange)
+        if exchange.cache_status == "hit":
+            call.usage = Usage()
+            call.rates = self.prices.lookup(model)
+            exchange.cost_usd = 0.0
+            return
+        reported = exchange.usage
+        if reported is None and response is not None and not response.is_stream and b'"usage"' in response.body:
+            # The response hook runs before the core sets exchange.response: read it here.
+            exchange.add_usage(*usage_details(response.json()))
+            reported = exchange.usage
+        usage = msgspec.structs.replace(reported) if reported is not None else None
+        answered = response is not None and exchange.attempts > 0 and response.status < 400
+        if answered and usage is None:
+            self.usage_missing += 1
+        if answered and self.config.estimate and (usage is None or (response.is_stream and exchange.error is not None)):
+            # No usage, or a cut stream whose usage so far may be the opening figures only.
+            assert response is not None
+            try:
+                usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, usage)
+            except Exception as exc:  # an estimate is never worth failing the call for
+                self.estimate_errors += 1
+                log.warning("cost: estimating the tokens of %s failed: %r", exchange.request_id, exc)
+        call.raws = []
+        if usage is None:
+            usage = Usage()
+        call.usage = usage
+        exchange.usage = usage
+        rates = call.rates = self.prices.lookup(model)
+        if rates is None:
+            call.cost = 0
+            if model and (usage.input_tokens or usage.output_tokens):
+                self.unknown_model_calls += 1
+                if model not in self.warned_models and len(self.warned_models) < _MAX_WARNED_MODELS:
+                    self.warned_models.add(model)
+                    log.warning("cost: no price for model %r: its calls cost 0 until `prices` names it", model)
+        else:
+            call.cost = cost_pico(rates, usage)
+        exchange.cost_usd = pico_to_usd(call.cost)
+
+    def _estimate_usage(self, exchange: Exchange, response: Response, raws: list[bytes], seen: Usage | None) -> Usage:
+        """Count tokens offline (blocking: runs in a thread)."""
+        try:
+            document = exchange.json()
+        except GatewayError:
+            document = None
+        if seen is None:
+            usage = Usage(input_tokens=estimate.request_tokens(document), estimated=True)
+        else:
+            usage = msgspec.structs.replace(seen)
+        if response.is_stream:
+            streamed = estimate.stream_tokens(raws)
+        else:
+            streamed = estimate.answer_tokens(response.json())
+        if streamed > usage.output_tokens:
+            usage.output_tokens = streamed
+            usage.estimated = True
+        if usage.input_tokens == 0 and document is not None:
+            usage.input_tokens = estimate.request_tokens(document)
+            usage.estimated = True
+        return usage
+
+    def _record(self, exchange: Exchange, call: _Call, now: float) -> None:
+        usage = call.usage or Usage()
+        error = exchange.error
+        response = exchange.response
+        status = error.status if error is not None else (response.status if response is not None else 0)
+        provider = exchange.provider.name if exchange.provider is not None and exchange.attempts else None
+        hit = exchange.cache_status == "hit"
+        record = (
+            now,
+            periods(now)[0],
+            exchange.request_id,
+            call.caller,
+            provider,
+            _model_of(exchange),
+            exchange.path,
+            status,
+            error.code if error is not None else None,
+            int(response is not None and response.is_stream),
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_input_tokens,
+            usage.cache_write_tokens,
+            usage.reasoning_tokens,
+            call.cost,
+            int(hit),
+            int(usage.estimated),
+            exchange.cascade_decision,
+            round(exchange.elapsed_s() * 1000, 3),
+        )
+        self.ledger.put(record)
+        self.records += 1
+        self.cost_total += call.cost
+        if provider is not None:
+            self.cost_by_provider[provider] += call.cost
+        self.tokens["input"] += usage.input_tokens
+        self.tokens["output"] += usage.output_tokens
+        self.tokens["cached_input"] += usage.cached_input_tokens
+        self.tokens["cache_write"] += usage.cache_write_tokens
+        self.tokens["reasoning"] += usage.reasoning_tokens
+        self.cache_hits += hit
+        self.estimated += usage.estimated
+        if exchange.recording:
+            trace.get_current_span().set_attributes(
+                {
+                    "gateway.cost_usd": pico_to_usd(call.cost),
+                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                    "gateway.usage.cached_input_tokens": usage.cached_input_tokens,
+                    "gateway.usage.cache_write_tokens": usage.cache_write_tokens,
+                    "gateway.usage.reasoning_tokens": usage.reasoning_tokens,
+                    "gateway.usage.estimated": usage.estimated,
+                    "gateway.cache_hit": hit,
+                }
+            )
+
+    @contextlib.contextmanager
+    def _backend_span(self, exchange: Exchange, operation: str) -> Iterator[None]:
+        if not exchange.recording or not isinstance(self.budgets, RedisBudgets):
+            yield
+            return
+        with self.tracer.start_as_current_span(
+            f"cost {operation}", kind=trace.SpanKind.CLIENT, attributes={"db.system": "redis", "db.operation": "EVALSHA"}
+        ):
+            yield
+
+    # -- admin and figures --------------------------------------------------------------
+
+    @hookimpl
+    def admin_routes(self, gateway: Any) -> list[web.RouteDef]:
+        return [web.get("/usage", self._usage_route), web.get("/usage/quota", self._quota_route)]
+
+    async def _usage_route(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        try:
+            days = int(query.get("days", "7"))
+            if not 1 <= days <= 3660:
+                raise ValueError
+        except ValueError:
+            return _bad_request("days must be a whole number from 1 to 3660")
+        group_by = tuple(part.strip() for part in query.get("group_by", "").split(",") if part.strip())
+        unknown = [part for part in group_by if part not in GROUPS]
+        if unknown or len(set(group_by)) != len(group_by):
+            return _bad_request(f"group_by takes any of {', '.join(GROUPS)} (comma-separated), got {unknown or group_by}")
+        filters = {name: query[name] for name in GROUPS if query.get(name)}
+        today = dt.datetime.now(dt.UTC).date()
+        since = (today - dt.timedelta(days=days - 1)).isoformat()
+        rows = await asyncio.to_thread(
+            summarize, self.ledger_path, since_day=since, filters=filters, group_by=group_by
+        )
+        totals: dict[str, Any] = {name: 0 for name in _FIGURE_NAMES}
+        for row in rows:
+            for name in _FIGURE_NAMES:
+                totals[name] += row[name]
+        if query.get("format") == "csv":
+            return _csv(rows, ("day", *group_by))
+        return web.json_response(
+            {
+                "from": since,
+                "to": today.isoformat(),
+                "days": days,
+                "filters": filters,
+                "group_by": list(group_by),
+                "totals": _shown(totals),
+                "rows": [_shown(row) for row in rows],
+                "prices_date": self.prices.date,
+            }
+        )
+
+    async def _quota_route(self, request: web.Request) -> web.Response:
+        client = request.query.get("client")
+        if not client:
+            return _bad_request("name the caller: /usage/quota?client=NAME")
+        now = time.time()
+        try:
+            spent_day, spent_month, reserved = await self.budgets.quota(client, now)
+        except Exception as exc:
+            self.backend_errors += 1
+            log.warning("cost: budget store unavailable for /usage/quota: %r", exc)
+            return web.json_response({"error": {"message": "The budget store is unavailable."}}, status=503)
+        limits = self.limits_for(client)
+        day_reset, month_reset = resets_at(now)
+        day, month = periods(now)
+        return web.json_response(
+            {
+                "client": client,
+                "day": _period(day, spent_day, reserved, limits.per_day, day_reset),
+                "month": _period(month, spent_month, reserved, limits.per_month, month_reset),
+                "backend": "redis" if self.shared else "memory",
+            }
+        )
+
+    @hookimpl
+    def stats(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "cost_usd": pico_to_usd(self.cost_total),
+            "cost_usd_by_provider": {name: pico_to_usd(pico) for name, pico in self.cost_by_provider.items()},
+            "tokens_by_kind": dict(self.tokens),
+            "cache_hits": self.cache_hits,
+            "estimated": self.estimated,
+            "usage_missing": self.usage_missing,
+            "estimate_errors": self.estimate_errors,
+            "unknown_model_calls": self.unknown_model_calls,
+            "unknown_models": len(self.warned_models),
+            "budget_rejections": self.budget_rejections,
+            "budget_backend_errors": self.backend_errors,
+            "unmetered": self.unmetered,
+            "usage_chunks_hidden": self.dropped_usage_chunks,
+            "ledger_written": self.ledger.written,
+            "ledger_pending": self.ledger.pending,
+            "ledger_write_errors": self.ledger.write_errors,
+            "ledger_lost": self.ledger.lost,
+            "ledger_pruned": self.ledger.pruned,
+        }
+
+
+_FIGURE_NAMES = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_picousd",
+    "cache_hits",
+    "errors",
+    "estimated",
+)
+
+
+def _pico(value: float | None, key: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return usd_to_pico(value)
+    except ValueError as exc:
+        raise PluginConfigError(key, str(exc)) from None
+
+
+def _model_of(exchange: Exchange) -> str | None:
+    if exchange.served_model is not None:
+        return exchange.served_model
+    try:
+        return exchange.model
+    except GatewayError:
+        return None
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    shown = dict(row)
+    shown["cost_usd"] = pico_to_usd(shown["cost_picousd"])
+    return shown
+
+
+def _period(name: str, spent: int, reserved: int, limit: int | None, reset: str) -> dict[str, Any]:
+    return {
+        "period": name,
+        "spent_usd": pico_to_usd(spent),
+        "reserved_usd": pico_to_usd(reserved),
+        "limit_usd": pico_to_usd(limit) if limit is not None else None,
+        "remaining_usd": pico_to_usd(max(limit - spent - reserved, 0)) if limit is not None else None,
+        "resets_at": reset,
+    }
+
+
+def _csv(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> web.Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    names = [name for name in _FIGURE_NAMES if name != "cost_picousd"]
+    writer.writerow([*keys, *names, "cost_usd"])
+    for row in rows:
+        writer.writerow([*(row[key] for key in keys), *(row[name] for name in names), pico_to_usd_text(row["cost_picousd"])])
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
+    )
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_request", "param": None}},
+        status=400,
+    )

@@ -1,0 +1,224 @@
+"""Budget counters: what each caller spent today and this month, and what calls in
+flight have reserved.
+
+A call is admitted while ``spent + reserved < limit`` for each period, and then
+reserves its estimated cost; when it completes, the reservation is replaced by
+what it really cost. So concurrent calls cannot overspend a budget by more than
+what the calls already admitted (in flight) cost beyond their estimates.
+
+Two backends: in process (one replica; the day's and month's spend are read back
+from the ledger at startup), and Redis (many replicas share the counters; each
+check-and-reserve and each settle is one Lua script, atomic on the server).
+Periods are UTC days (``YYYY-MM-DD``) and months (``YYYY-MM``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+
+DAY_TTL_S = 3 * 86400
+MONTH_TTL_S = 33 * 86400
+#: a reservation a crashed replica never settled stops counting after this long
+RESERVATION_TTL_S = 900
+
+
+class Limits(msgspec.Struct, frozen=True):
+    """Picodollars per period; None: unlimited."""
+
+    per_day: int | None
+    per_month: int | None
+
+
+class Decision(msgspec.Struct):
+    allowed: bool
+    spent_day: int
+    spent_month: int
+    reserved: int
+    #: "day" or "month" when refused
+    period: str | None = None
+
+
+_periods_cache: tuple[int, tuple[str, str]] = (-1, ("", ""))
+
+
+def periods(now: float) -> tuple[str, str]:
+    """The UTC day and month of ``now`` (formatted once a day: this runs on every call)."""
+    global _periods_cache
+    day_number = int(now // 86400)
+    cached_day, names = _periods_cache
+    if day_number != cached_day:
+        day = dt.datetime.fromtimestamp(day_number * 86400, dt.UTC)
+        names = (day.strftime("%Y-%m-%d"), day.strftime("%Y-%m"))
+        _periods_cache = (day_number, names)
+    return names
+
+
+def resets_at(now: float) -> tuple[str, str]:
+    """When the day's and the month's budgets start over (ISO 8601, UTC)."""
+    today = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    tomorrow = today + dt.timedelta(days=1)
+    next_month = (today.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return tomorrow.isoformat().replace("+00:00", "Z"), next_month.isoformat().replace("+00:00", "Z")
+
+
+class MemoryBudgets:
+    """Counters in this process (one event loop: every step is atomic)."""
+
+    def __init__(self) -> None:
+        self.spent: defaultdict[tuple[str, str], int] = defaultdict(int)  # (caller, day or month) -> picodollars
+        self.reserved: defaultdict[str, int] = defaultdict(int)
+        self._day = ""
+
+    def load(self, rows: list[tuple[str, str, int]]) -> None:
+        """Start from the ledger's (client, day, picodollars) rows of this month."""
+        for client, day, pico in rows:
+            self.spent[(client, day)] += pico
+            self.spent[(client, day[:7])] += pico
+
+    def _prune(self, day: str, month: str) -> None:
+        if day != self._day:
+            self._day = day
+            for key in [key for key in self.spent if key[1] not in (day, month)]:
+                del self.spent[key]
+
+    async def reserve(self, caller: str, request_id: str, estimate: int, limits: Limits, now: float) -> Decision:
+        day, month = periods(now)
+        self._prune(day, month)
+        spent_day, spent_month = self.spent.get((caller, day), 0), self.spent.get((caller, month), 0)
+        reserved = self.reserved.get(caller, 0)
+        if limits.per_day is not None and spent_day + reserved >= limits.per_day:
+            return Decision(False, spent_day, spent_month, reserved, "day")
+        if limits.per_month is not None and spent_month + reserved >= limits.per_month:
+            return Decision(False, spent_day, spent_month, reserved, "month")
+        self.reserved[caller] = reserved + estimate
+        return Decision(True, spent_day, spent_month, reserved)
+
+    async def settle(self, caller: str, request_id: str, estimate: int | None, actual: int, now: float) -> None:
+        if estimate is not None:
+            left = self.reserved.get(caller, 0) - estimate
+            if left > 0:
+                self.reserved[caller] = left
+            else:
+                self.reserved.pop(caller, None)
+        if actual:
+            day, month = periods(now)
+            self._prune(day, month)
+            self.spent[(caller, day)] += actual
+            self.spent[(caller, month)] += actual
+
+    async def quota(self, caller: str, now: float) -> tuple[int, int, int]:
+        day, month = periods(now)
+        return self.spent.get((caller, day), 0), self.spent.get((caller, month), 0), self.reserved.get(caller, 0)
+
+    async def close(self) -> None:
+        pass
+
+
+# KEYS: spent of the day, spent of the month, reservations (a sorted set: member
+# "request_id:picodollars", score: when it lapses, in ms).
+# ARGV: now (ms), day limit, month limit (-1: none), member, reservation TTL (ms).
+# Lua numbers are doubles: the comparison is exact up to 2^53 picodollars ($9,007)
+# and off by less than a picodollar in 10^15 above; the counters themselves are
+# INCRBY's exact 64-bit integers.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local reserved = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  reserved = reserved + tonumber(string.match(member, ':(%d+)$'))
+end
+local day = redis.call('GET', KEYS[1]) or '0'
+local month = redis.call('GET', KEYS[2]) or '0'
+local day_limit = tonumber(ARGV[2])
+local month_limit = tonumber(ARGV[3])
+if day_limit >= 0 and tonumber(day) + reserved >= day_limit then
+  return {0, day, month, tostring(reserved), 'day'}
+end
+if month_limit >= 0 and tonumber(month) + reserved >= month_limit then
+  return {0, day, month, tostring(reserved), 'month'}
+end
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[4])
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[5]))
+return {1, day, month, tostring(reserved), ''}
+"""
+
+# KEYS: spent of the day, spent of the month, reservations. ARGV: member (or ''),
+# actual picodollars, day TTL, month TTL.
+_SETTLE = """
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+if ARGV[2] ~= '0' then
+  redis.call('INCRBY', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  redis.call('INCRBY', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
+return 1
+"""
+
+_QUOTA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[1]))
+local reserved = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  reserved = reserved + tonumber(string.match(member, ':(%d+)$'))
+end
+return {redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[2]) or '0', tostring(reserved)}
+"""
+
+
+class RedisBudgets:
+    """Counters shared by every replica through one Redis."""
+
+    def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
+        import redis.asyncio as redis
+
+        self.client: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        self.prefix = prefix
+        self._reserve = self.client.register_script(_RESERVE)
+        self._settle = self.client.register_script(_SETTLE)
+        self._quota = self.client.register_script(_QUOTA)
+
+    def _keys(self, caller: str, now: float) -> list[str]:
+        day, month = periods(now)
+        return [
+            f"{self.prefix}:spent:{caller}:{day}",
+            f"{self.prefix}:spent:{caller}:{month}",
+            f"{self.prefix}:reserved:{caller}",
+        ]
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def reserve(self, caller: str, request_id: str, estimate: int, limits: Limits, now: float) -> Decision:
+        args = [
+            int(now * 1000),
+            -1 if limits.per_day is None else limits.per_day,
+            -1 if limits.per_month is None else limits.per_month,
+            f"{request_id}:{estimate}",
+            RESERVATION_TTL_S * 1000,
+        ]
+        allowed, day, month, reserved, period = await self._reserve(keys=self._keys(caller, now), args=args)
+        return Decision(bool(allowed), int(day), int(month), int(reserved), period or None)
+
+    async def settle(self, caller: str, request_id: str, estimate: int | None, actual: int, now: float) -> None:
+        member = f"{request_id}:{estimate}" if estimate is not None else ""
+        await self._settle(keys=self._keys(caller, now), args=[member, str(actual), DAY_TTL_S, MONTH_TTL_S])
+
+    async def quota(self, caller: str, now: float) -> tuple[int, int, int]:
+        day, month, reserved = await self._quota(keys=self._keys(caller, now), args=[int(now * 1000)])
+        return int(day), int(month), int(reserved)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def now_s() -> float:
+    return time.time()

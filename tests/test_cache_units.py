@@ -1,0 +1,148 @@
+"""The cache's key rules and its stream <-> JSON conversions, without a gateway."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+from openai.lib.streaming.chat import ChatCompletionStreamState
+
+from gateway_plugins.cache import formats
+from gateway_plugins.cache.keys import escape, request_key
+
+TOOL_CHAT = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "system_fingerprint": "fp",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+                    },
+                    {"id": "call_2", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+}
+
+TOOL_MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-haiku-4-5",
+    "content": [
+        {"type": "thinking", "thinking": "Let me look.", "signature": "sig"},
+        {"type": "text", "text": "Checking the weather."},
+        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo", "days": [1, 2]}},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 9, "output_tokens": 21},
+}
+
+
+def key(document, **overrides):
+    arguments = {
+        "path": "/v1/chat/completions",
+        "provider": "openai",
+        "api": "openai",
+        "model": "gpt-4o-mini",
+        "document": document,
+        "caller": "alice",
+        "headers": {},
+    }
+    arguments.update(overrides)
+    return request_key("ns", **arguments)
+
+
+def test_key_is_independent_of_key_order_at_every_depth_and_of_ignored_fields():
+    one = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"a": 1, "b": {"x": 1, "y": 2}}]}
+    two = {"tools": [{"b": {"y": 2, "x": 1}, "a": 1}], "messages": [{"content": "hi", "role": "user"}], "model": "m"}
+    noisy = {**two, "user": "u", "stream": True, "stream_options": {"include_usage": True}, "metadata": {"k": "v"}}
+    assert key(one) == key(two) == key(noisy)
+
+
+def test_key_changes_with_every_part_that_decides_the_answer():
+    document = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    base = key(document)
+    assert key({**document, "temperature": 0}) != base
+    assert key({**document, "messages": [{"role": "user", "content": "hi!"}]}) != base
+    assert key(document, caller="bob") != base
+    assert key(document, caller=None) != base
+    assert key(document, provider="backup") != base
+    assert key(document, path="/v1/completions") != base
+    assert key(document, headers={"anthropic-beta": "x"}) != base
+    assert key(document, with_stream=True) != key({**document, "stream": True}, with_stream=True)
+
+
+def test_key_names_provider_and_model_escaped_so_prefixes_find_them():
+    found = key({"model": "a:b*"}, provider="p:1", model="a:b*")
+    assert found.startswith("ns:p%3A1:a%3Ab%2A:")
+    assert escape("gpt-4o-mini") == "gpt-4o-mini"
+
+
+def test_openai_json_with_tool_calls_round_trips_through_a_stream_the_sdk_accumulates():
+    stream = formats.json_to_stream(formats.CHAT, json.dumps(TOOL_CHAT).encode(), include_usage=True)
+    assert stream is not None and stream.endswith(b"data: [DONE]\n\n")
+    state = ChatCompletionStreamState()
+    for _, data in formats.events(stream):
+        if data != b"[DONE]":
+            state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate_json(data))
+    final = state.get_final_completion()
+    calls = final.choices[0].message.tool_calls
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [
+        ("call_1", "weather", '{"city":"Oslo"}'),
+        ("call_2", "time", "{}"),
+    ]
+    assert final.choices[0].finish_reason == "tool_calls" and final.usage.total_tokens == 12
+    back = json.loads(formats.stream_to_json(formats.CHAT, stream))
+    assert back["choices"][0]["message"]["tool_calls"] == TOOL_CHAT["choices"][0]["message"]["tool_calls"]
+    assert back["usage"] == TOOL_CHAT["usage"]
+
+
+def test_anthropic_json_with_thinking_and_tool_use_round_trips_through_a_stream():
+    stream = formats.json_to_stream(formats.MESSAGES, json.dumps(TOOL_MESSAGE).encode(), include_usage=False)
+    assert stream is not None
+    names = [name for name, _ in formats.events(stream)]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    back = json.loads(formats.stream_to_json(formats.MESSAGES, stream))
+    assert back["content"] == TOOL_MESSAGE["content"] and back["usage"] == TOOL_MESSAGE["usage"]
+    assert back["stop_reason"] == "tool_use"
+
+
+def test_only_a_stream_that_reached_its_closing_event_counts_as_whole():
+    whole = formats.json_to_stream(formats.CHAT, json.dumps(TOOL_CHAT).encode(), include_usage=False)
+    assert formats.stream_is_whole("/v1/chat/completions", whole)
+    assert not formats.stream_is_whole("/v1/chat/completions", whole[: whole.index(b"data: [DONE]")])
+    assert not formats.stream_is_whole("/v1/chat/completions", whole + b'data: {"error": {"message": "x"}}\n\n')
+    message = formats.json_to_stream(formats.MESSAGES, json.dumps(TOOL_MESSAGE).encode(), include_usage=False)
+    assert formats.stream_is_whole("/v1/messages", message)
+    assert not formats.stream_is_whole("/v1/messages", message + b"event: error\ndata: {}\n\n")
+
+
+def test_a_stream_with_an_unknown_event_is_not_converted():
+    stream = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","content":[],"usage":{}}}\n\n'
+    stream += b'event: surprise\ndata: {"type":"surprise"}\n\n'
+    assert formats.stream_to_json(formats.MESSAGES, stream) is None
+    assert formats.stream_to_json(formats.CHAT, b"data: not json\n\n") is None
+
+
+def test_the_usage_chunk_is_dropped_for_callers_that_did_not_ask():
+    stream = formats.json_to_stream(formats.CHAT, json.dumps(TOOL_CHAT).encode(), include_usage=True)
+    kept = formats.drop_usage_chunk(stream)
+    assert b'"choices":[]' not in kept and kept.endswith(b"data: [DONE]\n\n")
+    assert len(formats.events(kept)) == len(formats.events(stream)) - 1
