@@ -8,13 +8,15 @@ network access.
 Features are computed vectorised, with no Python loop over characters: the text is normalised (NFKC, lower
 case, common Cyrillic/Greek look-alikes folded to Latin, zero-width and bidi controls dropped, whitespace runs
 collapsed), then character 3-, 4- and 5-grams and word 1- and 2-grams are hashed with a polynomial hash modulo
-2**64 into ``2**bits`` buckets. A text's vector is its bucket counts divided by the square root of its n-gram
-count. Two linear heads read it: column 0 scores attack versus benign (calibrated by Platt scaling into a
-probability), columns 1..3 pick the family among ``prompt_injection``, ``jailbreak`` and ``prompt_extraction``.
+2**64 into ``2**bits`` buckets. A text's vector is the presence of each bucket per block of ``stride``
+characters, divided by the square root of the number present. Two linear heads read it: column 0 scores attack
+versus benign (calibrated by Platt scaling into a probability), columns 1..3 pick the family among
+``prompt_injection``, ``jailbreak`` and ``prompt_extraction``.
 
-Long texts are scored in overlapping windows (``window`` characters every ``stride``), using prefix sums over
-the n-gram contributions so that all windows of a text cost one pass; the text's score is its best window's,
-and the detection's ``start``/``end`` are that window's offsets in the original text.
+Long texts are scored in overlapping windows (``window`` characters every ``stride``): per-block sums of the
+attack weights (one ``bincount``) give every window's margin at once; the text's score is its best window's,
+and the detection's ``start``/``end`` are that window's offsets in the original text. When the text alone
+does not pass, decoded views (base64, hex, leetspeak...) are scored too (:func:`decoded_views`).
 
 ``benchmarks/train_scan_classifier.py`` builds the weights reproducibly; docs/scan-classifier.md has the
 sources, figures and limits.
