@@ -781,8 +781,10 @@ _ENDPOINTS: dict[str, Callable[[_Call], MockReply]] = {
 class MockUpstream:
     """The fake provider: ``handle`` is the engine, ``web_app`` its HTTP transport."""
 
-    def __init__(self, settings: MockSettings = MockSettings()) -> None:  # noqa: B008 (frozen)
+    def __init__(self, settings: MockSettings = MockSettings(), name: str = "mock") -> None:  # noqa: B008 (frozen)
         self.settings = settings
+        #: what ``x-mock-target`` names to steer this upstream alone (the provider's name in-process)
+        self.name = name
         self._rng = random.Random(settings.seed)
 
     async def handle(
@@ -790,7 +792,10 @@ class MockUpstream:
     ) -> MockReply:
         """Answer one request. ``headers`` is read by lower-case names (a CIMultiDict
         or a dict with lower-case keys); ``query`` is accepted and ignored."""
-        settings = self._settings(headers)
+        target = headers.get("x-mock-target")
+        # x-mock-target: NAME[,NAME]: this request's x-mock-* knobs steer those mocks only.
+        steered = target is None or self.name in {name.strip() for name in target.split(",")}
+        settings = self._settings(headers) if steered else self.settings
         if settings.latency_ms > 0:
             await asyncio.sleep(settings.latency_ms / 1000)
         if settings.hang:
@@ -814,9 +819,9 @@ class MockUpstream:
         if not isinstance(payload, dict):
             message = "The request body is not a valid JSON object."
             return _anthropic_error(400, message) if anthropic else _openai_error(400, message)
-        reply = headers.get("x-mock-reply")
-        cut_after = headers.get("x-mock-stream-cut-after")
-        tool_call = headers.get("x-mock-tool-call")
+        reply = headers.get("x-mock-reply") if steered else None
+        cut_after = headers.get("x-mock-stream-cut-after") if steered else None
+        tool_call = headers.get("x-mock-tool-call") if steered else None
         call = _Call(
             payload,
             hashlib.blake2b(body, digest_size=8).hexdigest(),
@@ -900,6 +905,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--hang", action="store_true", help="never answer")
     parser.add_argument("--seed", type=int, default=0, help="seed of the error draws (default: %(default)s)")
+    parser.add_argument("--name", default="mock", help="the name x-mock-target picks (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -921,7 +927,7 @@ def main(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            runner.run(_serve_forever(MockUpstream(settings), args.host, args.port))
+            runner.run(_serve_forever(MockUpstream(settings, args.name), args.host, args.port))
         except OSError as exc:
             print(f"mock upstream: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
             return 1

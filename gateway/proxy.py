@@ -259,7 +259,7 @@ class MockProvider(Provider):
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
-        self.mock = MockUpstream(config.mock)
+        self.mock = MockUpstream(config.mock, name)
         # No socket: spans name the in-process provider as mock://<name>/...
         self.base_url = f"mock://{name}"
         self.server_address = name

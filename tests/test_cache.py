@@ -59,6 +59,14 @@ async def admin(gw, method, path):
             return reply.status, await reply.json()
 
 
+async def stored(url, count, within_s=10.0):
+    """Wait until the gateway at admin ``url`` has stored ``count`` answers."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while (await cache_stats(url))["stores"] < count:
+        assert asyncio.get_running_loop().time() < deadline, "the answer was never stored"
+        await asyncio.sleep(0.02)
+
+
 async def cache_stats(url):
     async with aiohttp.ClientSession() as session:
         async with session.get(url + "/stats") as reply:
@@ -546,8 +554,8 @@ async def test_hits_misses_bypasses_and_hit_rate_in_stats_and_metrics(tmp_path):
         assert stats["hit_rate"] == pytest.approx(2 / 3, abs=1e-3)
         async with aiohttp.ClientSession() as session:
             metrics = await (await session.get(gw.admin_url + "/metrics")).text()
-        assert 'gateway_plugin_stat{plugin="cache",stat="hits"} 2' in metrics
-        assert 'gateway_plugin_stat{plugin="cache",stat="hit_rate"}' in metrics
+        assert "gateway_cache_hits 2.0" in metrics
+        assert "gateway_cache_hit_rate " in metrics
 
 
 class CacheStatusRecorder:
@@ -628,6 +636,7 @@ async def test_two_gateway_processes_share_the_cache_through_redis(tmp_path, red
         body = {"model": "gpt-4o-mini", "messages": CHAT}
         status, cache, first = await post(one.url, body)
         assert (status, cache) == (200, "miss")
+        await stored(one.admin_url, 1)  # the store runs after the answer is sent
         status, cache, second = await post(two.url, body)
         assert (status, cache) == (200, "hit") and json.loads(second) == json.loads(first)
         stream = {**body, "stream": True}

@@ -536,3 +536,15 @@ async def test_tool_results_are_echoed_like_user_text(oai, claude):
         ],
     )
     assert message.content[0].text.startswith("Mock reply to: Sunny today")
+
+
+async def test_mock_target_lets_a_request_steer_one_named_mock_only():
+    body = msgspec.json.encode({"model": "gpt-4o", "messages": QUESTION})
+    knobs = {"x-mock-target": "primary, other", "x-mock-error-rate": "1", "x-mock-reply": "steered"}
+
+    named = await MockUpstream(name="primary").handle("POST", "/v1/chat/completions", "", knobs, body)
+    spared = await MockUpstream(name="backup").handle("POST", "/v1/chat/completions", "", knobs, body)
+
+    assert named.status == 500
+    assert spared.status == 200
+    assert msgspec.json.decode(spared.body)["choices"][0]["message"]["content"].startswith("Mock reply to:")
