@@ -268,3 +268,17 @@ async def test_a_draft_on_a_provider_of_the_other_api_type_answers_in_the_caller
     assert reply.choices[0].message.content.startswith("Mock reply to:")
     assert (raw.headers["x-gateway-cascade"], raw.headers["x-gateway-provider"]) == ("accepted", "claude")
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("Mock reply to:")
+
+
+async def test_a_draft_tool_call_with_valid_arguments_is_accepted(tmp_path):
+    schema = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": schema}}]
+    async with run_gateway(config(), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, tools=tools, extra_headers={"x-mock-tool-call": "weather"}
+        )
+    (call,) = raw.parse().choices[0].message.tool_calls
+    assert call.function.name == "weather" and "city" in json.loads(call.function.arguments)
+    assert raw.headers["x-gateway-cascade"] == "accepted"
+    (send,) = gw.spans_named("cascade send")
+    assert "tool_arguments=1.000" in send.attributes["gateway.cascade.scores"]
