@@ -150,6 +150,7 @@ class RateLimit:
         self.settled = 0
         self._last_log = -math.inf
         self._unlogged = 0
+        self._announced = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -387,16 +388,17 @@ class RateLimit:
 
     def _set_up(self, up: bool, exc: BaseException | None = None) -> None:
         self.up = up
-        if up:
+        if not up:
+            self._log_failure(exc)
+        elif self._announced:
+            # One "back" line per "unavailable" line: a flapping Redis cannot flood the log.
             log.info("rate-limit backend answers again", extra={"plugin": "ratelimit"})
-            self._last_log = -math.inf
-        else:
-            self._log_failure(exc, force=True)
+            self._announced = False
 
-    def _log_failure(self, exc: BaseException | None, force: bool = False) -> None:
+    def _log_failure(self, exc: BaseException | None) -> None:
         """At most one line per LOG_EVERY_S, however many requests fail meanwhile."""
         now = time.monotonic()
-        if not force and now - self._last_log < LOG_EVERY_S:
+        if now - self._last_log < LOG_EVERY_S:
             self._unlogged += 1
             return
         log.warning(
@@ -409,6 +411,7 @@ class RateLimit:
         )
         self._last_log = now
         self._unlogged = 0
+        self._announced = True
 
     async def _probe(self) -> None:
         """Readiness and recovery: PING Redis every ``probe_interval_s``."""
