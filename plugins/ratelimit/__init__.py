@@ -23,7 +23,6 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -128,6 +127,13 @@ class RateLimit:
         if not self.default_limits and not any(self.client_limits.values()):
             names = ", ".join(name for name, *_ in LIMIT_OPTIONS)
             raise PluginConfigError("", f"set at least one limit ({names})")
+        every = {self.default_limits, *self.client_limits.values()}
+        #: the charges of limit sets without token limits, unflagged (built once)
+        self.request_charges = {
+            limits: [limit.interval_s for limit in limits]
+            for limits in every
+            if limits and not any(limit.is_tokens for limit in limits)
+        }
         self.closed = config.failure_mode == "closed"
         self.flagged_scale = 1.0 / config.flagged_multiplier if config.flagged_multiplier else 1.0
         self.bytes_per_token = config.bytes_per_token
@@ -142,8 +148,9 @@ class RateLimit:
         self.tasks: list[asyncio.Task[None]] = []
         self.allowed = 0
         self.limited = 0
-        self.allowed_by_limit: Counter[str] = Counter()
-        self.limited_by_limit: Counter[str] = Counter()
+        names = [limit.name for limits in every for limit in limits]
+        self.allowed_by_limit = dict.fromkeys(names, 0)
+        self.limited_by_limit = dict.fromkeys(names, 0)
         self.backend_errors = 0
         self.failed_open = 0
         self.failed_closed = 0
@@ -212,17 +219,20 @@ class RateLimit:
             return
         scale = self.flagged_scale if exchange.threat_severity is not None else 1.0
         tokens = -1
-        charges = []
-        for limit in limits:
-            if limit.is_tokens:
-                if tokens < 0:
-                    tokens = self._estimate(exchange)
-                charge = tokens * limit.interval_s * scale
-            else:
-                charge = limit.interval_s * scale
-            # Never more than the whole bucket: a request bigger than the limit waits
-            # for a full bucket instead of never passing.
-            charges.append(charge if charge < limit.period_s else limit.period_s)
+        if scale == 1.0 and limits in self.request_charges:
+            charges = self.request_charges[limits]  # request limits only, unflagged: the common case
+        else:
+            charges = []
+            for limit in limits:
+                if limit.is_tokens:
+                    if tokens < 0:
+                        tokens = self._estimate(exchange)
+                    charge = tokens * limit.interval_s * scale
+                else:
+                    charge = limit.interval_s * scale
+                # Never more than the whole bucket: a request bigger than the limit waits
+                # for a full bucket instead of never passing.
+                charges.append(charge if charge < limit.period_s else limit.period_s)
         backend_s = 0.0
         memory = self.memory
         if memory is not None:
@@ -235,7 +245,9 @@ class RateLimit:
                 return self._without_backend(exchange, exc)
             if not self.up:
                 self._set_up(True)
-        self._answer(exchange, limits, charges, levels, allowed, scale, backend_s)
+        if not allowed:
+            self._refuse(exchange, limits, charges, levels, scale, backend_s)
+        self._admitted(exchange, limits, charges, levels, scale, backend_s)
         if tokens >= 0:
             exchange.state[RESERVATION] = Reservation(
                 caller, limits, [(i, charges[i]) for i, limit in enumerate(limits) if limit.is_tokens], scale
@@ -254,7 +266,7 @@ class RateLimit:
             (index, spent * limits[index].interval_s * reservation.scale - charged)
             for index, charged in reservation.charged
         ]
-        deltas = [(index, delta) for index, delta in deltas if abs(delta) >= 1e-6]
+        deltas = [(index, delta) for index, delta in deltas if delta]
         if not deltas:
             return
         if self.memory is not None:
@@ -305,64 +317,112 @@ class RateLimit:
             return 0
         return None
 
-    def _answer(
+    def _admitted(
         self,
         exchange: Exchange,
         limits: tuple[Limit, ...],
         charges: list[float],
         levels: list[float],
-        allowed: bool,
         scale: float,
         backend_s: float,
     ) -> None:
-        """Headers on the answer, figures, span attributes; raise the 429 when not allowed."""
-        shown: dict[str, tuple[int, Limit, int, float]] = {}  # kind -> (rank, limit, remaining, level)
+        """Headers, figures and span attributes of an admitted request (the hot path)."""
+        self.allowed += 1
+        counts = self.allowed_by_limit
+        requests = tokens = None  # per kind, the limit with the least room left: (units left, level, limit)
+        for limit, level, charge in zip(limits, levels, charges, strict=True):
+            counts[limit.name] += 1
+            level += charge
+            left = int((limit.period_s - level) / (limit.interval_s * scale) + 1e-6)
+            if limit.is_tokens:
+                if tokens is None or left < tokens[0]:
+                    tokens = (left, level, limit)
+            elif requests is None or left < requests[0]:
+                requests = (left, level, limit)
+        self._headers(exchange, requests, tokens, scale)
+        if exchange.recording:
+            self._attributes("allowed", requests, tokens, None, scale, backend_s)
+
+    def _refuse(
+        self,
+        exchange: Exchange,
+        limits: tuple[Limit, ...],
+        charges: list[float],
+        levels: list[float],
+        scale: float,
+        backend_s: float,
+    ) -> None:
+        """Headers, figures and span attributes of a refused request; raises the 429."""
+        self.limited += 1
         retry_after_s = 0.0
-        denied_by = None
-        for index, limit in enumerate(limits):
-            level = levels[index]
-            over = level + charges[index] - limit.period_s
-            if allowed:
-                level += charges[index]
-                self.allowed_by_limit[limit.name] += 1
-            elif over > 1e-9:
+        denied_by = limits[0]
+        requests = tokens = None  # per kind: the limit that refused, else the least room left
+        for limit, level, charge in zip(limits, levels, charges, strict=True):
+            over = level + charge - limit.period_s
+            left = remaining(limit, level, scale)
+            rank = left
+            if over > 1e-9:
                 self.limited_by_limit[limit.name] += 1
+                rank = -1
                 if over > retry_after_s:
                     retry_after_s, denied_by = over, limit
-            left = remaining(limit, level, scale)
-            # Per kind, show the limit that binds: the one that refused, else the least room left.
-            rank = -1 if (not allowed and over > 1e-9) else left
-            current = shown.get(limit.kind)
-            if current is None or rank < current[0]:
-                shown[limit.kind] = (rank, limit, left, level)
-        headers = exchange.response_headers
-        for kind, (_, limit, left, level) in shown.items():
-            headers[f"x-ratelimit-limit-{kind}"] = str(max(1, int(limit.amount / scale)))
-            headers[f"x-ratelimit-remaining-{kind}"] = str(left)
-            headers[f"x-ratelimit-reset-{kind}"] = go_duration(level)
+            current = tokens if limit.is_tokens else requests
+            if current is None or rank < current[3]:
+                entry = (left, level, limit, rank)
+                if limit.is_tokens:
+                    tokens = entry
+                else:
+                    requests = entry
+        self._headers(exchange, requests, tokens, scale)
         if exchange.recording:
-            span = trace.get_current_span()
-            span.set_attribute("gateway.ratelimit.decision", "allowed" if allowed else "limited")
-            span.set_attribute("gateway.ratelimit.backend", self.backend_label)
-            span.set_attribute("gateway.ratelimit.backend_ms", round(backend_s * 1000, 3))
-            for kind, (_, _limit, left, _level) in shown.items():
-                span.set_attribute(f"gateway.ratelimit.remaining_{kind}", left)
-            if denied_by is not None:
-                span.set_attribute("gateway.ratelimit.limit", denied_by.name)
-            if scale != 1.0:
-                span.set_attribute("gateway.ratelimit.flagged", True)
-        if allowed:
-            self.allowed += 1
-            return
-        self.limited += 1
-        name = denied_by.name if denied_by is not None else limits[0].name
+            self._attributes("limited", requests, tokens, denied_by, scale, backend_s)
         error = rate_limit_exceeded(
-            f"Rate limit reached for {name.replace('_', ' ')}: try again in {go_duration(retry_after_s)}.",
+            f"Rate limit reached for {denied_by.name.replace('_', ' ')}: try again in {go_duration(retry_after_s)}.",
             retry_after_s,
         )
         # OpenAI's own hint, in milliseconds: its SDKs prefer it to Retry-After's whole seconds.
         error.headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
         raise error
+
+    @staticmethod
+    def _headers(exchange: Exchange, requests: tuple | None, tokens: tuple | None, scale: float) -> None:
+        headers = exchange.response_headers
+        if requests is not None:
+            left, level, limit = requests[:3]
+            headers["x-ratelimit-limit-requests"] = (
+                limit.amount_text if scale == 1.0 else str(max(1, int(limit.amount / scale)))
+            )
+            headers["x-ratelimit-remaining-requests"] = str(left if left > 0 else 0)
+            headers["x-ratelimit-reset-requests"] = go_duration(level)
+        if tokens is not None:
+            left, level, limit = tokens[:3]
+            headers["x-ratelimit-limit-tokens"] = (
+                limit.amount_text if scale == 1.0 else str(max(1, int(limit.amount / scale)))
+            )
+            headers["x-ratelimit-remaining-tokens"] = str(left if left > 0 else 0)
+            headers["x-ratelimit-reset-tokens"] = go_duration(level)
+
+    def _attributes(
+        self,
+        decision: str,
+        requests: tuple | None,
+        tokens: tuple | None,
+        denied_by: Limit | None,
+        scale: float,
+        backend_s: float,
+    ) -> None:
+        span = trace.get_current_span()
+        span.set_attribute("gateway.ratelimit.decision", decision)
+        span.set_attribute("gateway.ratelimit.backend", self.backend_label)
+        span.set_attribute("gateway.ratelimit.backend_ms", round(backend_s * 1000, 3))
+        if requests is not None:
+            span.set_attribute("gateway.ratelimit.remaining_requests", max(0, requests[0]))
+        if tokens is not None:
+            span.set_attribute("gateway.ratelimit.remaining_tokens", max(0, tokens[0]))
+        if denied_by is not None:
+            span.set_attribute("gateway.ratelimit.limit", denied_by.name)
+        if scale != 1.0:
+            span.set_attribute("gateway.ratelimit.flagged", True)
 
     def _without_backend(self, exchange: Exchange, exc: BaseException) -> None:
         """Redis failed: ``failure_mode`` decides."""

@@ -39,7 +39,7 @@ _EPSILON_S = 1e-9
 class Limit:
     """One configured limit: ``amount`` units of ``kind`` per ``period_s``."""
 
-    __slots__ = ("name", "kind", "period_s", "amount", "field", "interval_s", "is_tokens")
+    __slots__ = ("name", "kind", "period_s", "amount", "field", "interval_s", "is_tokens", "cap_s", "amount_text")
 
     def __init__(self, name: str, kind: str, period_s: float, amount: int, field: str) -> None:
         self.name = name
@@ -50,6 +50,9 @@ class Limit:
         #: seconds of the period one unit (a request, a token) costs
         self.interval_s = period_s / amount
         self.is_tokens = kind == "tokens"
+        #: the most a bucket holds, with slack for floating point: spending exactly the limit fits
+        self.cap_s = period_s + _EPSILON_S
+        self.amount_text = str(amount)
 
     def __repr__(self) -> str:
         return f"Limit({self.name}={self.amount})"
@@ -74,19 +77,20 @@ class MemoryStore:
             if len(self.tats) >= self.max_callers:
                 self._make_room(now)
             tats = self.tats[key] = [now] * len(limits)
-        levels = []
-        allowed = True
+        if len(tats) == 1:  # one limit: the common case, without a loop
+            tat = tats[0]
+            level = tat - now if tat > now else 0.0
+            if level + charges[0] > limits[0].cap_s:
+                return False, [level]
+            tats[0] = now + level + charges[0]
+            return True, [level]
+        levels = [tat - now if tat > now else 0.0 for tat in tats]
         for index, limit in enumerate(limits):
-            level = tats[index] - now
-            if level < 0.0:
-                level = 0.0
-            levels.append(level)
-            if level + charges[index] > limit.period_s + _EPSILON_S:
-                allowed = False
-        if allowed:
-            for index, charge in enumerate(charges):
-                tats[index] = now + levels[index] + charge
-        return allowed, levels
+            if levels[index] + charges[index] > limit.cap_s:
+                return False, levels
+        for index, level in enumerate(levels):
+            tats[index] = now + level + charges[index]
+        return True, levels
 
     def settle(self, key: str, size: int, deltas: Sequence[tuple[int, float]]) -> None:
         """Move TATs by ``(limit index, seconds)``: negative refunds, positive owes.

@@ -142,7 +142,11 @@ class RedisStore:
     async def settle(self, caller: str, deltas: Sequence[tuple[Limit, float]], traced: bool) -> float:
         args: list[Any] = []
         for limit, delta_s in deltas:
-            args += (limit.field, int(delta_s * 1e6))
+            delta_us = round(delta_s * 1e6)
+            if delta_us:
+                args += (limit.field, delta_us)
+        if not args:
+            return 0.0
         _, elapsed = await self._run("settle", self.settle_sha, SETTLE, caller, args, traced)
         return elapsed
 
