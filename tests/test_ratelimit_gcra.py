@@ -174,3 +174,11 @@ def test_bad_options_are_a_startup_error_naming_the_key(tmp_path, options, key, 
         Gateway(load(str(write_config(config, tmp_path))))
     message = str(caught.value)
     assert key in message and problem in message and "(ratelimit)" in message
+
+
+def test_every_option_is_documented():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "ratelimit.md").read_text()
+    for name in Config.__struct_fields__:
+        assert f"`{name}`" in docs, name
