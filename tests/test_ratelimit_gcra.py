@@ -124,7 +124,7 @@ async def test_hooks_with_a_fake_exchange_settle_to_the_reported_usage():
     plugin = RateLimit(Config(tokens_per_minute=1000, requests_per_minute=10))
     first = exchange({"model": "m", "messages": [], "max_tokens": 600})
     await plugin.request(first)
-    assert first.state[RESERVATION].charged
+    assert first.state[RESERVATION].token_indexes == (1,)
     first.usage = Usage(input_tokens=10, output_tokens=40)
     await plugin.complete(first)
     second = exchange({"model": "m", "messages": [], "max_tokens": 0})

@@ -93,15 +93,19 @@ def _limits(options: LimitOptions, defaults: LimitOptions | None = None) -> tupl
 
 
 class Reservation:
-    """What ``request`` charged for tokens, for ``complete`` to settle."""
+    """What ``request`` charged, for ``complete`` to settle the token limits."""
 
-    __slots__ = ("caller", "limits", "charged", "scale")
+    __slots__ = ("caller", "limits", "charges", "token_indexes", "scale")
 
-    def __init__(self, caller: str, limits: tuple[Limit, ...], charged: list[tuple[int, float]], scale: float) -> None:
+    def __init__(
+        self, caller: str, limits: tuple[Limit, ...], charges: list[float], token_indexes: tuple[int, ...], scale: float
+    ) -> None:
         self.caller = caller
         self.limits = limits
-        #: (limit index, seconds charged) for each token limit
-        self.charged = charged
+        #: seconds charged to each limit
+        self.charges = charges
+        #: which of the limits count tokens
+        self.token_indexes = token_indexes
         self.scale = scale
 
 
@@ -133,6 +137,10 @@ class RateLimit:
             limits: [limit.interval_s for limit in limits]
             for limits in every
             if limits and not any(limit.is_tokens for limit in limits)
+        }
+        #: which limits of each set count tokens
+        self.token_indexes = {
+            limits: tuple(index for index, limit in enumerate(limits) if limit.is_tokens) for limits in every
         }
         self.closed = config.failure_mode == "closed"
         self.flagged_scale = 1.0 / config.flagged_multiplier if config.flagged_multiplier else 1.0
@@ -249,9 +257,7 @@ class RateLimit:
             self._refuse(exchange, limits, charges, levels, scale, backend_s)
         self._admitted(exchange, limits, charges, levels, scale, backend_s)
         if tokens >= 0:
-            exchange.state[RESERVATION] = Reservation(
-                caller, limits, [(i, charges[i]) for i, limit in enumerate(limits) if limit.is_tokens], scale
-            )
+            exchange.state[RESERVATION] = Reservation(caller, limits, charges, self.token_indexes[limits], scale)
 
     @hookimpl
     async def complete(self, exchange: Exchange) -> None:
@@ -262,11 +268,13 @@ class RateLimit:
         if spent is None:
             return
         limits = reservation.limits
-        deltas = [
-            (index, spent * limits[index].interval_s * reservation.scale - charged)
-            for index, charged in reservation.charged
-        ]
-        deltas = [(index, delta) for index, delta in deltas if delta]
+        charges = reservation.charges
+        per_token = spent * reservation.scale
+        deltas = []
+        for index in reservation.token_indexes:
+            delta = per_token * limits[index].interval_s - charges[index]
+            if delta:
+                deltas.append((index, delta))
         if not deltas:
             return
         if self.memory is not None:
