@@ -16,6 +16,15 @@ from gateway.testing import run_gateway
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
 
+@pytest.fixture(params=["memory", "redis"])
+def backend(request) -> dict[str, Any]:
+    """The options that pick a backend: the tests that take it run once with each."""
+    if request.param == "memory":
+        return {}
+    server = request.getfixturevalue("redis_server")
+    return {"backend": server.url, "timeout_ms": 2000, "probe_interval_s": 0.1}
+
+
 def gateway_config(limits: dict[str, Any], *, facts: bool = False, **sections: Any) -> dict[str, Any]:
     plugins: list[dict[str, Any]] = [{"use": "facts_plugin:Facts"}] if facts else []
     plugins.append({"use": "ratelimit", "config": limits})
@@ -46,8 +55,8 @@ async def get_json(url: str) -> tuple[int, Any]:
         return reply.status, await reply.json()
 
 
-async def test_fourth_request_in_a_minute_gets_429_with_retry_after(tmp_path):
-    async with run_gateway(gateway_config({"requests_per_minute": 3}), tmp_path) as gw:
+async def test_fourth_request_in_a_minute_gets_429_with_retry_after(tmp_path, backend):
+    async with run_gateway(gateway_config({"requests_per_minute": 3, **backend}), tmp_path) as gw:
         client = gw.openai()
         for expected_left in (2, 1, 0):
             reply = await chat(client)
@@ -124,8 +133,8 @@ async def test_client_overrides_replace_the_defaults_for_that_client(tmp_path):
         assert "x-ratelimit-limit-requests" not in batch.headers
 
 
-async def test_flagged_requests_get_the_tightened_limits(tmp_path):
-    config = gateway_config({"requests_per_minute": 4, "flagged_multiplier": 0.5}, facts=True)
+async def test_flagged_requests_get_the_tightened_limits(tmp_path, backend):
+    config = gateway_config({"requests_per_minute": 4, "flagged_multiplier": 0.5, **backend}, facts=True)
     async with run_gateway(config, tmp_path) as gw:
         client = gw.openai()
         flagged = {"x-test-threat": "MEDIUM"}
@@ -141,8 +150,8 @@ async def test_flagged_requests_get_the_tightened_limits(tmp_path):
     assert any(span.attributes.get("gateway.ratelimit.flagged") for span in spans)
 
 
-async def test_token_limit_reserves_the_estimate_while_the_call_is_in_flight(tmp_path):
-    async with run_gateway(gateway_config({"tokens_per_minute": 1000}), tmp_path) as gw:
+async def test_token_limit_reserves_the_estimate_while_the_call_is_in_flight(tmp_path, backend):
+    async with run_gateway(gateway_config({"tokens_per_minute": 1000, **backend}), tmp_path) as gw:
         client = gw.openai()
         slow = {"x-mock-latency-ms": "400"}
         first = asyncio.create_task(chat(client, headers=slow, max_tokens=700))
@@ -155,8 +164,8 @@ async def test_token_limit_reserves_the_estimate_while_the_call_is_in_flight(tmp
     assert caught.value.response.headers["x-ratelimit-limit-tokens"] == "1000"
 
 
-async def test_token_limit_settles_the_real_usage_after_the_answer(tmp_path):
-    async with run_gateway(gateway_config({"tokens_per_minute": 1000}), tmp_path) as gw:
+async def test_token_limit_settles_the_real_usage_after_the_answer(tmp_path, backend):
+    async with run_gateway(gateway_config({"tokens_per_minute": 1000, **backend}), tmp_path) as gw:
         client = gw.openai()
         reply = await chat(client, max_tokens=900)
         usage = reply.parse().usage.total_tokens
@@ -172,8 +181,8 @@ async def test_token_limit_settles_the_real_usage_after_the_answer(tmp_path):
     assert 1000 - usage - 800 - 40 <= left <= 1000 - usage - 800
 
 
-async def test_a_cache_hit_spends_no_tokens_but_counts_as_a_request(tmp_path):
-    config = gateway_config({"requests_per_minute": 10, "tokens_per_minute": 1000}, facts=True)
+async def test_a_cache_hit_spends_no_tokens_but_counts_as_a_request(tmp_path, backend):
+    config = gateway_config({"requests_per_minute": 10, "tokens_per_minute": 1000, **backend}, facts=True)
     async with run_gateway(config, tmp_path) as gw:
         client = gw.openai()
         await chat(client, headers={"x-test-cache": "hit"}, max_tokens=500)
@@ -188,8 +197,8 @@ async def test_a_cache_hit_spends_no_tokens_but_counts_as_a_request(tmp_path):
     assert int(reply.headers["x-ratelimit-remaining-tokens"]) >= 1000 - 10 - 60
 
 
-async def test_a_stream_the_caller_abandons_settles_the_tokens_seen_so_far(tmp_path):
-    async with run_gateway(gateway_config({"tokens_per_minute": 5000}), tmp_path) as gw:
+async def test_a_stream_the_caller_abandons_settles_the_tokens_seen_so_far(tmp_path, backend):
+    async with run_gateway(gateway_config({"tokens_per_minute": 5000, **backend}), tmp_path) as gw:
         client = gw.anthropic()
         async with client.messages.stream(
             model="claude-3-5-haiku-latest",
@@ -342,3 +351,19 @@ async def test_redis_down_with_failure_mode_open_lets_requests_through(tmp_path,
     assert stats["failed_open"] == 5 and stats["backend_up"] == 0
     warnings = [r for r in caplog.records if r.name == "gateway.ratelimit" and r.levelname == "WARNING"]
     assert 1 <= len(warnings) <= 2  # not one per request
+
+
+async def test_a_gateway_started_while_redis_is_down_becomes_ready_when_it_answers(tmp_path, redis_server):
+    redis_server.stop()
+    config = gateway_config(redis_limits(redis_server, requests_per_minute=5, failure_mode="closed"))
+    async with run_gateway(config, tmp_path) as gw:
+        assert (await get_json(f"{gw.admin_url}/readyz"))[0] == 503
+        with pytest.raises(openai.InternalServerError):
+            await chat(gw.openai())
+        redis_server.start()
+        for _ in range(100):
+            if (await get_json(f"{gw.admin_url}/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        reply = await chat(gw.openai())  # the scripts were never loaded: EVALSHA falls back to EVAL once
+        assert reply.headers["x-ratelimit-remaining-requests"] == "4"
