@@ -254,7 +254,7 @@ class RateLimit:
             if not self.up:
                 self._set_up(True)
         if not allowed:
-            self._refuse(exchange, limits, charges, levels, scale, backend_s)
+            raise self._refusal(exchange, limits, charges, levels, scale, backend_s)
         self._admitted(exchange, limits, charges, levels, scale, backend_s)
         if tokens >= 0:
             exchange.state[RESERVATION] = Reservation(caller, limits, charges, self.token_indexes[limits], scale)
@@ -351,7 +351,7 @@ class RateLimit:
         if exchange.recording:
             self._attributes("allowed", requests, tokens, None, scale, backend_s)
 
-    def _refuse(
+    def _refusal(
         self,
         exchange: Exchange,
         limits: tuple[Limit, ...],
@@ -359,8 +359,8 @@ class RateLimit:
         levels: list[float],
         scale: float,
         backend_s: float,
-    ) -> None:
-        """Headers, figures and span attributes of a refused request; raises the 429."""
+    ) -> GatewayError:
+        """Headers, figures and span attributes of a refused request; returns the 429 to raise."""
         self.limited += 1
         retry_after_s = 0.0
         denied_by = limits[0]
@@ -390,7 +390,7 @@ class RateLimit:
         )
         # OpenAI's own hint, in milliseconds: its SDKs prefer it to Retry-After's whole seconds.
         error.headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
-        raise error
+        return error
 
     @staticmethod
     def _headers(exchange: Exchange, requests: tuple | None, tokens: tuple | None, scale: float) -> None:
