@@ -367,3 +367,29 @@ async def test_a_gateway_started_while_redis_is_down_becomes_ready_when_it_answe
             await asyncio.sleep(0.05)
         reply = await chat(gw.openai())  # the scripts were never loaded: EVALSHA falls back to EVAL once
         assert reply.headers["x-ratelimit-remaining-requests"] == "4"
+
+
+async def test_shadow_mode_counts_and_tells_but_lets_every_request_through(tmp_path):
+    async with run_gateway(gateway_config({"requests_per_minute": 2, "shadow_mode": True}), tmp_path) as gw:
+        client = gw.openai()
+        replies = [await chat(client) for _ in range(4)]
+        stats = (await get_json(f"{gw.admin_url}/stats"))[1]["plugins"]["ratelimit"]
+    assert [reply.headers["x-ratelimit-remaining-requests"] for reply in replies] == ["1", "0", "0", "0"]
+    assert stats["allowed"] == 2 and stats["limited"] == 2 and stats["shadow_passed"] == 2
+    decisions = [span.attributes["gateway.ratelimit.decision"] for span in gw.spans_named("ratelimit request")]
+    assert decisions == ["allowed", "allowed", "shadow_limited", "shadow_limited"]
+
+
+async def test_redis_keys_carry_the_prefix_and_expire_once_the_buckets_are_full(tmp_path, redis_server):
+    import redis.asyncio as aioredis
+
+    config = gateway_config(redis_limits(redis_server, requests_per_second=2, key_prefix="team-a:rl:"))
+    async with run_gateway(config, tmp_path) as gw:
+        await chat(gw.openai(), user="alice")
+    client = aioredis.from_url(redis_server.url)
+    try:
+        assert await client.keys("*") == [b"team-a:rl:alice"]
+        assert 0 < await client.pttl("team-a:rl:alice") <= 1500  # full again in 0.5 s, plus a second's slack
+        assert await client.hkeys("team-a:rl:alice") == [b"rps"]
+    finally:
+        await client.aclose()

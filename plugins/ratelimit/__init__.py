@@ -79,6 +79,7 @@ class Config(LimitOptions, frozen=True, kw_only=True, forbid_unknown_fields=True
     timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     probe_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     max_callers: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    shadow_mode: bool = False
 
 
 def _limits(options: LimitOptions, defaults: LimitOptions | None = None) -> tuple[Limit, ...]:
@@ -143,6 +144,7 @@ class RateLimit:
             limits: tuple(index for index, limit in enumerate(limits) if limit.is_tokens) for limits in every
         }
         self.closed = config.failure_mode == "closed"
+        self.shadow_mode = config.shadow_mode
         self.flagged_scale = 1.0 / config.flagged_multiplier if config.flagged_multiplier else 1.0
         self.bytes_per_token = config.bytes_per_token
         self.default_max_tokens = config.default_max_tokens
@@ -163,6 +165,7 @@ class RateLimit:
         self.failed_open = 0
         self.failed_closed = 0
         self.settled = 0
+        self.shadow_passed = 0
         self._last_log = -math.inf
         self._unlogged = 0
         self._announced = False
@@ -211,6 +214,7 @@ class RateLimit:
             "failed_open": self.failed_open,
             "failed_closed": self.failed_closed,
             "settled": self.settled,
+            "shadow_passed": self.shadow_passed,
         }
         if self.memory is not None:
             figures["callers"] = len(self.memory.tats)
@@ -254,7 +258,14 @@ class RateLimit:
             if not self.up:
                 self._set_up(True)
         if not allowed:
-            raise self._refusal(exchange, limits, charges, levels, scale, backend_s)
+            refusal = self._refusal(exchange, limits, charges, levels, scale, backend_s)
+            if not self.shadow_mode:
+                raise refusal
+            # Shadow mode (Envoy's): counted and given the headers, but the request goes on, uncharged.
+            self.shadow_passed += 1
+            if exchange.recording:
+                trace.get_current_span().set_attribute("gateway.ratelimit.decision", "shadow_limited")
+            return
         self._admitted(exchange, limits, charges, levels, scale, backend_s)
         if tokens >= 0:
             exchange.state[RESERVATION] = Reservation(caller, limits, charges, self.token_indexes[limits], scale)
