@@ -19,7 +19,6 @@ the algorithm, the headers, the backends and the failure modes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -79,6 +78,7 @@ class Config(LimitOptions, frozen=True, kw_only=True, forbid_unknown_fields=True
     timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     probe_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     max_callers: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    max_connections: Annotated[int, msgspec.Meta(gt=0)] = 64
     shadow_mode: bool = False
 
 
@@ -150,12 +150,15 @@ class RateLimit:
         self.default_max_tokens = config.default_max_tokens
         self.memory: MemoryStore | None = MemoryStore(config.max_callers) if backend == "memory" else None
         self.redis: RedisStore | None = (
-            RedisStore(backend, config.key_prefix, config.timeout_ms / 1000) if self.memory is None else None
+            RedisStore(backend, config.key_prefix, config.timeout_ms / 1000, config.max_connections)
+            if self.memory is None
+            else None
         )
         self.backend_label = "memory" if self.memory is not None else "redis"
         #: whether the backend answered its last call (memory: always)
         self.up = True
         self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
         self.allowed = 0
         self.limited = 0
         names = [limit.name for limits in every for limit in limits]
@@ -188,11 +191,14 @@ class RateLimit:
 
     @hookimpl
     async def shutdown(self, gateway: Any) -> None:
+        # The flag as well as the cancel: a cancel that lands inside a Redis call may
+        # come out of the client as a timeout or connection error, which the probe
+        # loop survives by design; the flag ends it all the same.
+        self.stopping = True
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=1.0)
         self.tasks.clear()
         if self.redis is not None:
             await self.redis.close()
@@ -496,8 +502,10 @@ class RateLimit:
         """Readiness and recovery: PING Redis every ``probe_interval_s``."""
         assert self.redis is not None
         interval = self.config.probe_interval_s
-        while True:
+        while not self.stopping:
             await asyncio.sleep(interval)
+            if self.stopping:
+                return
             try:
                 await self.redis.ping()
             except BACKEND_ERRORS as exc:
@@ -509,6 +517,6 @@ class RateLimit:
 
     async def _sweep(self) -> None:
         assert self.memory is not None
-        while True:
+        while not self.stopping:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.memory.sweep()

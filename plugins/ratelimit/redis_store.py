@@ -94,18 +94,22 @@ def _sha(script: str) -> str:
 class RedisStore:
     """The Redis client, the two scripts, and a span per call."""
 
-    def __init__(self, url: str, key_prefix: str, timeout_s: float) -> None:
+    def __init__(self, url: str, key_prefix: str, timeout_s: float, max_connections: int) -> None:
         # No retries inside the client: a lost reply may mean the script ran, and a
         # retry would charge the caller twice. The next request simply tries again.
-        self.client = aioredis.from_url(
+        # A bounded pool: past max_connections a call waits up to timeout_s for one.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
             decode_responses=False,
         )
+        self.client = aioredis.Redis(connection_pool=pool)
         self.key_prefix = key_prefix
-        kwargs = self.client.connection_pool.connection_kwargs
+        kwargs = pool.connection_kwargs
         self.attributes: dict[str, Any] = {
             "db.system": "redis",
             "db.system.name": "redis",
@@ -127,6 +131,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()
 
     async def take(
         self, caller: str, limits: Sequence[Limit], charges: Sequence[float], traced: bool
