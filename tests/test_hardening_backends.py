@@ -151,7 +151,9 @@ async def test_redis_killed_and_restarted_under_load_follows_each_failure_mode_a
             async def all_recovered() -> bool:
                 status, _ = await admin(session, gw, "/readyz")
                 _, stats = await admin(session, gw, "/stats")
-                return status == 200 and stats["plugins"]["breaker"]["backend_healthy"] == 1
+                plugins = stats["plugins"]
+                # the cache shows its size only when it reads it from a reachable Redis
+                return status == 200 and plugins["breaker"]["backend_healthy"] == 1 and "size" in plugins["cache"]
 
             await eventually(all_recovered)
             # the cache answered misses while Redis was away and is back at storing
@@ -192,7 +194,11 @@ async def test_redis_killed_and_restarted_under_load_follows_each_failure_mode_a
     assert stats_down["plugins"]["breaker"]["backend_healthy"] == 0
     # recovered by itself: every call started once it said so is served
     assert set(load.answers["after"]) == {(200, "")}, load.answers["after"]
-    assert stats_after["plugins"]["cache"]["stores"] > stores
+    assert stats_after["plugins"]["cache"]["stores"] > stores, (
+        stores,
+        json.dumps(stats_after["plugins"]["cache"]),
+        json.dumps({k: sum(v.values()) for k, v in load.answers.items()}),
+    )
     assert {status for status, _, _ in repeat} == {200}
     # the ledger is local SQLite: every call that was answered is on record, none lost
     connection = sqlite3.connect(ledger)
@@ -207,35 +213,62 @@ async def test_redis_killed_and_restarted_under_load_follows_each_failure_mode_a
     assert rows >= answered + len(repeat)
 
 
-async def test_a_full_disk_under_the_ledger_keeps_answers_flowing_and_loses_no_record(tmp_path):
-    """The disk fills under a real ``gateway run``: its file size limit (RLIMIT_FSIZE,
-    set from outside with prlimit) drops to one byte, so every SQLite write fails as on
-    a full disk. Calls keep being answered, the failures and the records waiting show
-    in /stats, and once space is back every record reaches the ledger."""
+class LedgerFault:
+    """A full disk (the gateway process's file size limit, RLIMIT_FSIZE, lowered from
+    outside with prlimit to one byte: every SQLite write fails as on a full disk) or a
+    lock (another connection holds BEGIN EXCLUSIVE past the ledger's busy timeout)."""
+
+    def __init__(self, kind: str, pid: int, db: Path) -> None:
+        self.kind, self.pid, self.db = kind, pid, db
+        self.locker: sqlite3.Connection | None = None
+        self.hard = resource.RLIM_INFINITY
+
+    def begin(self) -> None:
+        if self.kind == "full":
+            _, self.hard = resource.prlimit(self.pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (1, self.hard))
+        else:
+            self.locker = sqlite3.connect(self.db, isolation_level=None)
+            self.locker.execute("BEGIN EXCLUSIVE")
+
+    def end(self) -> None:
+        if self.kind == "full":
+            resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (self.hard, self.hard))
+        elif self.locker is not None:
+            self.locker.execute("ROLLBACK")
+            self.locker.close()
+            self.locker = None
+
+
+@pytest.mark.parametrize("fault", ["full", "locked"])
+async def test_a_full_or_locked_ledger_under_load_keeps_answers_flowing_and_loses_no_record(tmp_path, fault):
+    """Under a real ``gateway run``: calls keep being answered, the failures and the
+    records waiting show in /stats, and once the fault clears every record reaches the
+    ledger, without a restart."""
     db = tmp_path / "usage.db"
     config = loopback_config(plugins=[{"use": "cost", "config": {"store": str(db), "flush_interval_s": 0.05}}])
     async with start_gateway(config, tmp_path) as gateway, aiohttp.ClientSession() as session:
-        pid = gateway.proc.pid
-        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))  # the disk is full
-        statuses = await asyncio.gather(
-            *(post(session, gateway.url, content=f"full {index}", stream=index % 2 == 0) for index in range(30))
-        )
-        assert [status for status, _, _ in statuses] == [200] * 30
+        broken = LedgerFault(fault, gateway.proc.pid, db)
+        broken.begin()
+        try:
+            statuses = await asyncio.gather(
+                *(post(session, gateway.url, content=f"{fault} {index}", stream=index % 2 == 0) for index in range(30))
+            )
+            assert [status for status, _, _ in statuses] == [200] * 30
 
-        async def stats() -> dict[str, Any]:
-            async with session.get(gateway.admin_url + "/stats") as reply:
-                return (await reply.json())["plugins"]["cost"]  # type: ignore[no-any-return]
+            async def stats() -> dict[str, Any]:
+                async with session.get(gateway.admin_url + "/stats") as reply:
+                    return (await reply.json())["plugins"]["cost"]  # type: ignore[no-any-return]
 
-        for _ in range(200):
-            figures = await stats()
-            if figures["ledger_write_errors"] >= 1 and figures["ledger_pending"] == 30:
-                break
-            await asyncio.sleep(0.05)
-        assert figures["ledger_write_errors"] >= 1 and figures["ledger_pending"] == 30, figures
-        assert figures["ledger_written"] == 0 and figures["ledger_lost"] == 0
-
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # space is back
+            for _ in range(200):
+                figures = await stats()
+                if figures["ledger_write_errors"] >= 1 and figures["ledger_pending"] == 30:
+                    break
+                await asyncio.sleep(0.05)
+            assert figures["ledger_write_errors"] >= 1 and figures["ledger_pending"] == 30, figures
+            assert figures["ledger_written"] == 0 and figures["ledger_lost"] == 0
+        finally:
+            broken.end()  # space is back, the lock is released
         for _ in range(300):  # the retry backoff is bounded
             figures = await stats()
             if figures["ledger_pending"] == 0:
@@ -249,3 +282,49 @@ async def test_a_full_disk_under_the_ledger_keeps_answers_flowing_and_loses_no_r
         assert connection.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 30
     finally:
         connection.close()
+
+
+async def test_after_a_redis_restart_the_cache_recovers_after_one_failure_not_one_per_pooled_connection(
+    tmp_path, redis_server
+):
+    """Every connection the cache had pooled died with the server. One failure (and its
+    short pause) must be enough: the cache drops its idle connections, so the calls
+    after the pause reconnect instead of each finding another dead socket."""
+    import redis.asyncio as redis
+
+    from gateway_plugins.cache.plugin import BACKEND_PAUSE_S
+
+    config = {
+        "providers": {"mock": {"type": "mock", "mock": {"latency_ms": 50}}},
+        "plugins": [{"use": "cache", "config": {"backend": redis_server.url, "ttl_s": 60}}],
+    }
+
+    async def burst(session: aiohttp.ClientSession, url: str, tag: str) -> None:
+        answers = await asyncio.gather(*(post(session, url, content=f"{tag} {i}", stream=False) for i in range(8)))
+        assert [status for status, _, _ in answers] == [200] * 8
+
+    async with run_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as session:
+        cache = next(p.instance for p in gw.gateway.chain.plugins if p.label == "cache")
+        watcher = redis.Redis.from_url(redis_server.url)
+        try:
+            for round_ in range(5):  # concurrent lookups make the pool hold several connections
+                await burst(session, gw.url, f"warm {round_}")
+                if len(await watcher.client_list()) - 1 >= 3:
+                    break
+            assert len(await watcher.client_list()) - 1 >= 3
+        finally:
+            await watcher.aclose()
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.to_thread(redis_server.start)
+        await post(session, gw.url, content="finds a dead connection", stream=False)
+        errors = cache.backend_errors
+        assert errors >= 1
+        await asyncio.sleep(BACKEND_PAUSE_S + 0.2)
+        stores = cache.stores
+        await burst(session, gw.url, "after the pause")
+        for _ in range(100):  # stores land after the callers have their answers
+            if cache.stores >= stores + 8:
+                break
+            await asyncio.sleep(0.02)
+        assert cache.backend_errors == errors
+        assert cache.stores == stores + 8
