@@ -191,7 +191,10 @@ async def test_no_key_or_token_appears_in_logs_spans_figures_trace_pages_or_answ
         for path in ("/metrics", "/stats", "/traces", "/traces.json", "/readyz", "/plugins"):
             async with session.get(gw.admin_url + path, headers=auth) as reply:
                 assert reply.status in (200, 503), (path, reply.status)
-                admin_pages.append(f"{path} {reply.status} {dict(reply.headers)!r}\n{await reply.text()}")
+                text = await reply.text()
+                admin_pages.append(f"{path} {reply.status} {dict(reply.headers)!r}\n{text}")
+                if path == "/traces.json":
+                    traces = json.loads(text)["traces"]
         async with session.get(gw.admin_url + "/stats", headers={"Authorization": f"Bearer {WRONG_KEY}"}) as reply:
             assert reply.status == 401
             admin_pages.append(f"{dict(reply.headers)!r}\n{await reply.text()}")
@@ -204,6 +207,7 @@ async def test_no_key_or_token_appears_in_logs_spans_figures_trace_pages_or_answ
     # what was scanned is real: access lines, spans, the traces of the failing calls
     assert sum('"gateway.access"' in line or '"status"' in line for line in logs) >= len(statuses)
     assert any('"trace_id"' in line for line in spans)
+    assert len(traces) >= len(statuses), "the trace page holds the workload's traces"
     assert "plugin_error" in "".join(answers) and "backend_unavailable" in "".join(answers)
     everything = "\n".join([*logs, *spans, *admin_pages, *answers])
     for secret in SECRETS:
