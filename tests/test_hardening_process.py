@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import time
 from collections import Counter
 from typing import Any
 
@@ -52,7 +53,10 @@ async def one_call(session: aiohttp.ClientSession, url: str, index: int) -> str:
     return "whole"
 
 
-async def load(url: str, until: asyncio.Event, counts: Counter[str], workers: int) -> None:
+async def load(
+    url: str, until: asyncio.Event, counts: Counter[str], spans: list[tuple[float, float]], workers: int
+) -> None:
+    """Calls without pause until ``until``; ``spans`` gets (start, end) of each whole call."""
     # One connection per call: a kept-alive connection the server closes between two
     # calls would make the client retry, hiding what the gateway did.
     connector = aiohttp.TCPConnector(force_close=True)
@@ -61,8 +65,11 @@ async def load(url: str, until: asyncio.Event, counts: Counter[str], workers: in
         async def worker(first: int) -> None:
             index = first
             while not until.is_set():
+                started = time.monotonic()
                 outcome = await one_call(session, url, index)
                 counts[outcome] += 1
+                if outcome == "whole":
+                    spans.append((started, time.monotonic()))
                 if outcome == "refused":
                     await asyncio.sleep(0.01)  # the port is closed: no busy loop
                 index += workers
@@ -81,23 +88,27 @@ def ledger_rows(db: str) -> int:
 async def test_sigterm_under_load_completes_every_admitted_call_and_records_each_exactly_once(tmp_path):
     db = str(tmp_path / "usage.db")
     counts: Counter[str] = Counter()
+    whole: list[tuple[float, float]] = []
     stop = asyncio.Event()
     async with start_gateway(config(db), tmp_path) as gateway:
-        loader = asyncio.create_task(load(gateway.url, stop, counts, workers=12))
-        for _ in range(500):  # a steady state: calls finishing while others are in flight
-            if counts["whole"] >= 24:
-                break
-            await asyncio.sleep(0.02)
-        assert counts["whole"] >= 24, counts
+        loader = asyncio.create_task(load(gateway.url, stop, counts, whole, workers=12))
         async with aiohttp.ClientSession() as admin:
-            async with admin.get(f"{gateway.admin_url}/stats") as reply:
-                in_flight = (await reply.json())["in_flight"]
+            # a steady state: calls finishing while several others are in flight
+            for _ in range(500):
+                async with admin.get(f"{gateway.admin_url}/stats") as reply:
+                    in_flight = (await reply.json())["in_flight"]
+                if counts["whole"] >= 24 and in_flight >= 4:
+                    break
+                await asyncio.sleep(0.02)
+        assert counts["whole"] >= 24 and in_flight >= 4, (counts, in_flight)
+        signalled_at = time.monotonic()
         gateway.send_signal(signal.SIGTERM)
         code = await gateway.wait(20)
         stop.set()
         await asyncio.wait_for(loader, 20)  # a lost call raises here
     assert code == 0
-    assert in_flight >= 4, "too few calls in flight when the signal landed to prove anything"
+    drained = sum(started < signalled_at < ended for started, ended in whole)
+    assert drained >= 1, "no call was in flight across the signal: nothing was drained"
     assert counts["refused"] >= 1, "no call was refused: the load ended before the drain"
     # the ledger as a restarted gateway sees it (and it keeps appending)
     async with start_gateway(config(db), tmp_path) as again:
