@@ -18,6 +18,7 @@ _OPENAI_TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
@@ -74,6 +75,10 @@ def request_too_large(limit_bytes: int) -> GatewayError:
     return GatewayError(
         413, "request_too_large", f"Request body is larger than the limit of {limit_bytes} bytes."
     )
+
+
+def request_timeout(timeout_s: float) -> GatewayError:
+    return GatewayError(408, "request_timeout", f"Request body was not received within {timeout_s:g} s.")
 
 
 def rate_limit_exceeded(message: str, retry_after_s: float) -> GatewayError:
