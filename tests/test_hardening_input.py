@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -399,3 +400,68 @@ async def test_invalid_utf8_in_the_path_and_query_is_a_clear_answer(two_upstream
         status, body = await raw_exchange(gw.url, head)
         assert status is None or status < 500, (target, status, body[:200])
     assert evil.seen == []
+
+
+# -- the admin API: its OpenAPI description, and schemathesis against it -------------------------
+
+ADMIN_TOKEN = "admin-secret"
+
+
+async def test_the_admin_api_describes_itself_at_openapi_json_with_every_route(tmp_path):
+    async with serve_app(Recorder().app()) as url:
+        config = gateway_config(url, True, tmp_path, admin={"token": ADMIN_TOKEN})
+        async with run_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as session:
+            answer = await session.get(gw.admin_url + "/openapi.json")  # no token: it reveals nothing
+            document = await answer.json()
+    assert answer.status == 200
+    assert document["openapi"].startswith("3.")
+    for path in (
+        "/healthz", "/readyz", "/metrics", "/plugins", "/stats", "/traces", "/traces.json", "/reload",
+        "/scan", "/cache", "/breakers", "/breakers/{provider}/reset", "/usage", "/usage/quota", "/openapi.json",
+    ):  # fmt: skip
+        assert path in document["paths"], path
+
+
+def _fuzz_admin_api(admin_url: str, examples: int) -> list[str]:
+    """Every operation of /openapi.json with ``examples`` generated calls each: the
+    problems found (a 5xx, or an answer that does not conform to the description)."""
+    import schemathesis
+    from hypothesis import Phase
+
+    schema = schemathesis.openapi.from_path(str(Path(gateway_dir()) / "openapi.json"))
+    problems: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(
+            max_examples=examples, derandomize=True, database=None, deadline=None,
+            phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+        )  # fmt: skip
+        @given(operation.as_strategy())
+        def call(case: Any) -> None:
+            response = case.call(base_url=admin_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
+            if response.status_code >= 500 and not (case.path == "/usage/quota" and response.status_code == 503):
+                problems.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}")
+                return
+            try:
+                case.validate_response(response)
+            except (Exception, BaseExceptionGroup) as error:  # noqa: BLE001 (collected, reported together)
+                problems.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {str(error)[:300]}")
+
+        call()
+    return problems
+
+
+def gateway_dir() -> str:
+    import gateway
+
+    return str(Path(gateway.__file__).parent)
+
+
+async def test_schemathesis_finds_no_5xx_and_no_nonconforming_answer_on_the_admin_api(tmp_path):
+    pytest.importorskip("schemathesis")
+    async with serve_app(Recorder().app()) as url:
+        config = gateway_config(url, True, tmp_path, admin={"token": ADMIN_TOKEN})
+        async with run_gateway(config, tmp_path) as gw:
+            problems = await asyncio.wait_for(asyncio.to_thread(_fuzz_admin_api, gw.admin_url, 8), 60)
+    assert problems == []
