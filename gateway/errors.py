@@ -77,10 +77,6 @@ def request_too_large(limit_bytes: int) -> GatewayError:
     )
 
 
-def request_timeout(timeout_s: float) -> GatewayError:
-    return GatewayError(408, "request_timeout", f"Request body was not received within {timeout_s:g} s.")
-
-
 def rate_limit_exceeded(message: str, retry_after_s: float) -> GatewayError:
     return GatewayError(
         429, "rate_limit_exceeded", message, headers={"Retry-After": _seconds(retry_after_s)}

@@ -36,7 +36,6 @@ from gateway.errors import (
     error_body,
     invalid_api_key,
     invalid_request,
-    request_timeout,
     request_too_large,
     route_not_found,
     upstream_error,
@@ -158,6 +157,11 @@ def _remove_dot_segments(path: str) -> str:
     if parts[-1] in ("", ".", "..", "%2e", "%2E") and segments and segments[-1] != "":
         segments.append("")  # "/v1/models/." is the folder "/v1/models/"
     return "/" + "/".join(segments)
+
+
+def _request_timeout(timeout_s: float) -> GatewayError:
+    """408: the core's own answer to a slow body (not a plugin helper: plugins never see one)."""
+    return GatewayError(408, "request_timeout", f"Request body was not received within {timeout_s:g} s.")
 
 
 def server_timing(exchange: Exchange) -> str:
@@ -642,7 +646,7 @@ class Proxy:
         except web.HTTPRequestEntityTooLarge:
             raise request_too_large(self.max_body_bytes) from None
         except TimeoutError:
-            raise request_timeout(self.body_timeout_s) from None
+            raise _request_timeout(self.body_timeout_s) from None
 
     def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
         headers = {
