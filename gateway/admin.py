@@ -11,6 +11,7 @@ import inspect
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.admin")
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+#: the OpenAPI 3 description of this API (static: it lists the built-in plugins' routes)
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -115,7 +118,13 @@ def admin_app(gateway: Gateway) -> web.Application:
             return _error(400, "invalid_request_error", "reload_refused", f"Reload refused, the running configuration stays: {problem}")
         return web.json_response({"status": "reloaded", "config": gateway.config_path, "plugins": gateway.chain.describe()})
 
+    openapi = OPENAPI_PATH.read_bytes()
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=openapi, content_type="application/json")
+
     app = web.Application(middlewares=[require_token])
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/plugins", plugins)

@@ -184,6 +184,9 @@ class Gateway:
             handler_cancellation=True,
             access_log=None,
             max_field_size=65536,
+            # aiohttp closes a connection idle this long, counted from when it opened
+            # (or answered last) and not reset by partial data: a slow request head too.
+            keepalive_timeout=self.config.limits.header_timeout_s,
         )
 
 

@@ -50,10 +50,15 @@ class AdminConfig(_Section):
 
 class LimitsConfig(_Section):
     """```yaml
-    limits: {max_body_bytes: 1048576}
+    limits: {max_body_bytes: 1048576, header_timeout_s: 30, body_timeout_s: 60}
     ```"""
 
     max_body_bytes: int = 1_048_576
+    #: a connection that has not sent a whole request head this long after it opened
+    #: (or after its previous answer) is closed: slowloris and idle keep-alive alike
+    header_timeout_s: float = 30.0
+    #: a request body not read in full this long after its head gets 408 request_timeout
+    body_timeout_s: float = 60.0
 
 
 class LogConfig(_Section):
@@ -314,6 +319,9 @@ def _check(path: str, config: GatewayConfig) -> None:
         keys[client.key] = name
     if config.limits.max_body_bytes <= 0:
         raise ConfigError(path, "limits.max_body_bytes", "must be greater than 0")
+    for key in ("header_timeout_s", "body_timeout_s"):
+        if getattr(config.limits, key) <= 0:
+            raise ConfigError(path, f"limits.{key}", "must be greater than 0")
     if "*" in config.cors.allow_origins and config.cors.allow_credentials:
         raise ConfigError(path, "cors.allow_credentials", "cannot be true with allow_origins '*' (browsers refuse it)")
     for i, origin in enumerate(config.cors.allow_origins):

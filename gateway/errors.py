@@ -18,6 +18,7 @@ _OPENAI_TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }

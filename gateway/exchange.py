@@ -185,7 +185,7 @@ class Response:
         if self._json is _UNSET:
             try:
                 self._json = _decode(self.body) if self.body else None
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 self._json = None
         return self._json
 
@@ -228,7 +228,7 @@ class StreamEvent:
             try:
                 data = self.data
                 self._json = _decode(data) if data and data != b"[DONE]" else None
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 self._json = None
         return self._json
 
@@ -410,6 +410,8 @@ class Exchange:
                 document = _decode(self._body)
             except msgspec.DecodeError as exc:
                 raise invalid_request(f"Request body is not valid JSON: {exc}") from None
+            except RecursionError:  # msgspec's answer to very deep nesting
+                raise invalid_request("Request body is nested too deeply.") from None
             if not isinstance(document, dict):
                 raise invalid_request("Request body must be a JSON object.")
             self._json = document

@@ -852,7 +852,7 @@ class MockUpstream:
             return _models(path, "anthropic-version" in headers)
         try:
             payload = _decode(body)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             payload = None
         if not isinstance(payload, dict):
             message = "The request body is not a valid JSON object."

@@ -108,14 +108,35 @@ def normalize_path(path: str) -> str:
     """The path the router and the upstream see: dot segments removed, empty ones
     dropped, and "/v1" added where an SDK's base_url lacked it.
 
-    Raises 400 ``invalid_request`` for a path whose ``..`` would climb above the root.
+    Raises 400 ``invalid_request`` for a path whose ``..`` would climb above the root,
+    for one that hides a ``..`` behind an encoded slash, a backslash or a ``;``, and for
+    a target that is not a path at all (``*``, an authority): the path is appended to
+    the provider's base URL, so it must never be able to change its host.
     """
+    if not path.startswith("/"):
+        raise invalid_request("The request target must be a path starting with '/'.")
     if "/." in path or "//" in path or "%2" in path:  # the common path skips the walk
         path = _remove_dot_segments(path)
+        if ".." in path or "%2e" in path or "%2E" in path:
+            _refuse_hidden_dot_dot(path)
+    elif ".." in path:
+        _refuse_hidden_dot_dot(path)
     if path.startswith("/v1/") or path == "/v1":
         return path
     first = path[1:].split("/", 1)[0]
     return "/v1" + path if first in API_RESOURCES else path
+
+
+_HIDDEN_SEPARATORS = re.compile(r"%2[fF]|%5[cC]|\\|;")
+
+
+def _refuse_hidden_dot_dot(path: str) -> None:
+    """A ``..`` left after RFC 3986 removal sits inside a segment (``a%2f..%2fb``,
+    ``..;``, ``\\..\\``): an upstream or a framework that decodes or splits
+    differently would climb with it, so it is refused rather than forwarded."""
+    dots = _HIDDEN_SEPARATORS.sub("/", path.replace("%2e", ".").replace("%2E", "."))
+    if ".." in dots.split("/"):
+        raise invalid_request("The request path hides a '..' segment.")
 
 
 def _remove_dot_segments(path: str) -> str:
@@ -136,6 +157,11 @@ def _remove_dot_segments(path: str) -> str:
     if parts[-1] in ("", ".", "..", "%2e", "%2E") and segments and segments[-1] != "":
         segments.append("")  # "/v1/models/." is the folder "/v1/models/"
     return "/" + "/".join(segments)
+
+
+def _request_timeout(timeout_s: float) -> GatewayError:
+    """408: the core's own answer to a slow body (not a plugin helper: plugins never see one)."""
+    return GatewayError(408, "request_timeout", f"Request body was not received within {timeout_s:g} s.")
 
 
 def server_timing(exchange: Exchange) -> str:
@@ -416,6 +442,7 @@ class Proxy:
         self.tracer = tracer
         self.roots_unsampled = roots_unsampled
         self.max_body_bytes = config.limits.max_body_bytes
+        self.body_timeout_s = config.limits.body_timeout_s
         self.clients = {client.key: name for name, client in config.clients.items()}
         self.cors = Cors(config.cors) if config.cors.allow_origins else None
         self.background = background
@@ -614,9 +641,12 @@ class Proxy:
         if not request.body_exists:
             return b""
         try:
-            return await request.read()
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise request_too_large(self.max_body_bytes) from None
+        except TimeoutError:
+            raise _request_timeout(self.body_timeout_s) from None
 
     def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
         headers = {

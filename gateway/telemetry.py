@@ -113,7 +113,7 @@ def requested_model(exchange: Exchange) -> str | None:
     else:
         try:
             model = _decode_model(exchange.body).model
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
     return model if isinstance(model, str) else None
 

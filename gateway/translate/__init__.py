@@ -85,7 +85,7 @@ def translate_response(response: Response, translation: Translation, exchange: E
         return Response(response.status, headers, translated)
     try:
         document: Any = _decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         document = None
     if not isinstance(document, dict):
         raise upstream_error("The provider's answer is not JSON and cannot be translated.")

@@ -188,7 +188,7 @@ def parse_arguments(arguments: Any) -> dict[str, Any]:
         return {}
     try:
         value = _decode(arguments) if isinstance(arguments, str | bytes) else arguments
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return {"arguments": arguments}
     return value if isinstance(value, dict) else {"arguments": arguments}
 
@@ -213,7 +213,7 @@ def error_to_anthropic(status: int, body: bytes) -> bytes:
 def _error_parts(body: bytes, anthropic: bool) -> tuple[str, str | None]:
     try:
         document = _decode(body) if body else None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         document = None
     error = document.get("error") if isinstance(document, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):

@@ -293,7 +293,7 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
         arguments = function.get("arguments") or "{}"
         try:
             tool_input = _decode(arguments) if isinstance(arguments, str) else arguments
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise _bad(f"{where}.tool_calls[{j}].function.arguments", "not valid JSON") from None
         if not isinstance(tool_input, dict):
             raise _bad(f"{where}.tool_calls[{j}].function.arguments", "expected a JSON object")

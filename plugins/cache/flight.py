@@ -22,6 +22,10 @@ from gateway.exchange import SSEBuffer
 
 PENDING, BUFFERED, STREAMING, DONE, FAILED = range(5)
 
+#: how far (bytes) the pump may read the upstream's stream ahead of its furthest
+#: reader: the callers' pace holds the upstream back, as without the cache
+READ_AHEAD_BYTES = 256 * 1024
+
 
 class Flight:
     """One upstream call that identical requests share while it runs."""
@@ -38,7 +42,10 @@ class Flight:
         "error",
         "whole",
         "on_idle",
+        "pumped",
+        "read",
         "_changed",
+        "_moved",
     )
 
     def __init__(self, include_usage: bool) -> None:
@@ -60,7 +67,11 @@ class Flight:
         self.whole = False
         #: called when the last reader leaves before the end (the pump is stopped)
         self.on_idle: Callable[[], None] | None = None
+        #: bytes of the stream pushed so far, and read so far by the furthest reader
+        self.pumped = 0
+        self.read = 0
         self._changed: asyncio.Future[None] | None = None
+        self._moved: asyncio.Future[None] | None = None
 
     # -- the leader publishes ------------------------------------------------------
 
@@ -74,7 +85,24 @@ class Flight:
 
     def push(self, data: bytes) -> None:
         self.chunks.append(data)
+        self.pumped += len(data)
         self._notify()
+
+    async def room(self) -> None:
+        """Wait until the furthest reader is within ``READ_AHEAD_BYTES`` of the pump."""
+        while self.pumped - self.read > READ_AHEAD_BYTES:
+            if self._moved is None:
+                self._moved = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._moved)
+
+    def _advanced(self, position: int) -> None:
+        if position > self.read:
+            self.read = position
+            moved = self._moved
+            if moved is not None and self.pumped - position <= READ_AHEAD_BYTES:
+                self._moved = None
+                if not moved.done():
+                    moved.set_result(None)
 
     def finished(self) -> None:
         self._set(DONE)
@@ -125,13 +153,15 @@ class Flight:
             self.leave()
 
     async def _follow(self, drop_usage_chunk: bool, original_error: bool) -> AsyncIterator[bytes]:
-        index = 0
+        index = position = 0
         events = SSEBuffer() if drop_usage_chunk else None
         while True:
             chunks = self.chunks
             while index < len(chunks):
                 data = chunks[index]
                 index += 1
+                position += len(data)
+                self._advanced(position)  # asked for the next chunk: the last one is read
                 if events is not None:
                     data = b"".join(
                         event for event in events.feed(data) if not (b'"choices":[]' in event and b'"usage":{' in event)

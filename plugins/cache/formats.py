@@ -62,7 +62,7 @@ def stream_is_whole(path: str, stream: bytes) -> bool:
 def stream_to_json(kind: str, stream: bytes) -> bytes | None:
     try:
         document = _chat_from_stream(stream) if kind == CHAT else _message_from_stream(stream)
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+    except (msgspec.DecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError):
         return None
     return None if document is None else _encode(document)
 
@@ -184,7 +184,7 @@ def json_to_stream(kind: str, body: bytes, include_usage: bool) -> bytes | None:
     try:
         document = _decode(body)
         return _chat_to_stream(document, include_usage) if kind == CHAT else _message_to_stream(document)
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+    except (msgspec.DecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -325,6 +325,7 @@ class Cache:
                 for raw in events.feed(data):
                     if b'"usage"' in raw:
                         exchange.add_usage(*usage_from(StreamEvent(raw).json()))
+                await flight.room()  # paced by the callers: never read far ahead of them
             body = b"".join(flight.chunks)
             whole = flight.whole = formats.stream_is_whole(exchange.path, body)
             if whole:

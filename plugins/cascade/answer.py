@@ -98,7 +98,7 @@ def draft_from_body(body: bytes) -> Draft:
     """A buffered OpenAI chat completion or Anthropic message."""
     try:
         document = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Draft()
     if not isinstance(document, dict):
         return Draft()

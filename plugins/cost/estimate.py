@@ -105,7 +105,7 @@ def stream_tokens(raws: list[bytes]) -> int:
                 continue
             try:
                 event = _decode(data)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 continue
             if isinstance(event, dict):
                 texts.extend(_event_texts(event))

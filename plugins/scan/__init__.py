@@ -423,7 +423,7 @@ class Scan:
         started = time.perf_counter()
         try:
             body = msgspec.json.decode(await request.read())
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return _bad("the body must be JSON: {\"text\": ...} or {\"texts\": [...]}")
         if not isinstance(body, dict):
             return _bad("the body must be a JSON object")
