@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 
 from gateway.metrics import route_of
@@ -94,6 +95,19 @@ def setup(level: str = "info") -> None:
     # (walking the stack is the dearest part of a log call).
     logging._srcfile = None  # type: ignore[attr-defined]
     fast_records()
+    logging.getLogger("aiohttp.server").addFilter(_without_request_bytes)
+
+
+def _without_request_bytes(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse with a traceback quoting the offending
+    line, which may hold a key: keep the line, drop the quote."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.args = (record.getMessage(), type(exc).__name__)
+        record.msg = "%s: %s (the request is not quoted: it may hold a key)"
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def fast_records() -> None:

@@ -226,3 +226,23 @@ def _around(text: str, secret: str) -> str:
 def test_the_admin_api_and_the_data_port_bind_to_loopback_by_default():
     assert AdminConfig().listen.startswith("127.0.0.1:")
     assert GatewayConfig(providers={}).listen.startswith("127.0.0.1:")
+
+
+async def test_a_request_the_parser_refuses_is_logged_without_quoting_it(tmp_path):
+    """aiohttp quotes the offending line of a malformed request in its traceback; the
+    gateway's log keeps the event and drops the quote, which may hold a key."""
+    config = {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"}, "providers": {"mock": {"type": "mock"}}}
+    malformed = (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode() + b"\x00\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode() + b"A" * 70_000 + b"\r\n\r\n",
+    )
+    async with start_gateway(config, tmp_path) as gw:
+        for request in malformed:
+            answer = await raw_exchange(gw.url, request)
+            assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0]
+        gw.send_signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    refused = [line for line in gw.log_lines() if line["logger"] == "aiohttp.server"]
+    assert len(refused) == 2
+    assert all("not quoted" in line["message"] and "exception" not in line for line in refused)
+    assert CLIENT_KEY not in "\n".join(gw.stderr)
