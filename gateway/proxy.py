@@ -545,7 +545,8 @@ class Proxy:
         except asyncio.CancelledError:
             # The caller left (or the drain deadline passed): the upstream call is
             # already cancelled; count what was used all the same.
-            exchange.error = client_closed_request()
+            if exchange.error is None:  # an error already answered (a broken stream) stays the record's
+                exchange.error = client_closed_request()
             completing = self._complete_later(exchange)
             status = 499
             raise
@@ -674,7 +675,7 @@ class Proxy:
             await reply.write_eof()
         except ConnectionResetError:
             exchange.error = client_closed_request()
-        await self.chain.complete(exchange)
+        await self._complete(exchange)
         return reply
 
     async def _relay(self, request: web.BaseRequest, exchange: Exchange, answer: Response) -> web.StreamResponse:
@@ -722,7 +723,7 @@ class Proxy:
                 await out.write_eof()
             except ConnectionResetError:
                 pass
-        await self.chain.complete(exchange)
+        await self._complete(exchange)
         return out
 
     async def _through_hooks(self, exchange: Exchange, raws: list[bytes], hooks: tuple[Any, ...]) -> bytes:
@@ -743,6 +744,13 @@ class Proxy:
             await out.write(event)
         except ConnectionResetError:
             pass
+
+    async def _complete(self, exchange: Exchange) -> None:
+        """The ``complete`` hooks, run to their end even when the caller leaves meanwhile
+        (aiohttp then cancels the handler): a ledger record or a settle is never cut in half."""
+        task = self._complete_later(exchange)
+        if task is not None:
+            await asyncio.shield(task)
 
     def _complete_later(self, exchange: Exchange) -> asyncio.Task[None] | None:
         if not self.chain.complete_hooks or exchange.reached < 0 or exchange.completed:
