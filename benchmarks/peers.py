@@ -22,7 +22,7 @@ Knobs (env): those of benchmarks/overhead.py (DURATION, LOW_DURATION, ROUNDS, WA
 CONC, LOW_CONC, STREAM_REQUESTS, STREAM_WARMUP, GW_CPU, LOAD_CPU, READY_TIMEOUT,
 PROFILE_SECONDS, PROFILE_RATE, RUN_DIR, QUICK) plus PEERS_DIR=~/.cache/gateway-peers,
 PEER_READY_TIMEOUT=120, PEERS=litellm,portkey, RSS_REQUESTS=100000, RSS_STEP=10000,
-REDIS_REQUESTS=2000, SCALE_SECONDS=10, BUDGET_CALLS=500.
+REDIS_REQUESTS=2000, SCALE_SECONDS=10, BUDGET_CALLS=500, BUDGET_SECONDS=8.
 """
 
 from __future__ import annotations
@@ -591,11 +591,14 @@ def run_parallel_wrk(peers: Peers, target: Target, urls: list[str], conc: int, s
 
 
 def run_budget(peers: Peers, probe: Target, calls: int, cost: float, user: str) -> list[str]:
-    """Two fresh gateways with budget_usd_per_day = calls x cost (+ half a call), one user, both loaded."""
+    """Two fresh gateways with budget_usd_per_day = (calls - 1/2) x cost, one user, both loaded.
+
+    A call is let through while the caller's spend is under the budget, so one process
+    alone would answer exactly ``calls`` calls with 200 and refuse every later one."""
     knobs = peers.knobs
     if cost <= 0:
         return ["budget: NOT MEASURED (no x-gateway-cost-usd on the answer)"]
-    budget = cost * (calls + 0.5)
+    budget = cost * (calls - 0.5)
     deadline = time.monotonic() + knobs.ready_timeout
     urls = []
     for index, cpu in enumerate((knobs.gw_cpu, knobs.load_cpu)):
@@ -609,11 +612,11 @@ def run_budget(peers: Peers, probe: Target, calls: int, cost: float, user: str) 
         env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
         process = peers.processes.start(name, cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
         urls.append(peers.processes.ready_url(name, process, deadline) + "/v1/chat/completions")
-    stop = calls * 3 // 2  # per wrk: together 3x the budget
-    results = run_parallel_wrk(peers, probe, urls, peers.knobs.conc // 2, 120, {"x-gateway-user": user}, stop)
+    seconds = env_int("BUDGET_SECONDS", 8)  # long enough to spend the budget several times over
+    results = run_parallel_wrk(peers, probe, urls, peers.knobs.conc // 2, seconds, {"x-gateway-user": user})
     ok = sum(r["requests"] - r["non2xx"] for r in results if r)
     refused = sum(r["non2xx"] for r in results if r)
-    return [f"global budget: budget_usd_per_day = {budget:.6f} USD = {calls} calls + half a call, one user, "
+    return [f"global budget: budget_usd_per_day = {budget:.6f} USD = {calls} calls - half a call, one user, "
             f"two gateways at c={peers.knobs.conc // 2} each: {ok} answered 200 (exact: {calls}), {refused} refused; "
             f"{'EXACT' if ok == calls else 'NOT exact'}"]  # fmt: skip
 

@@ -6,7 +6,9 @@
 --   WRK_UNIQUE=1    replace "#BENCHSEQ" in the body with WRK_SEED-<counter> on every request
 --                   (a cache miss and a scan of new text every time: nothing is served from memory)
 --   WRK_SEED        makes the bodies of this wrk run differ from every other run's
---   WRK_STOP_AFTER  stop once this many answers came back (one thread: -t1)
+--   WRK_STOP_AFTER  exit once this many answers came back (one thread: -t1; wrk itself would
+--                   wait out -d): prints a WRKJSON line with the answers and non-2xx counted so
+--                   far (no latencies; requests still in flight are not counted)
 --   WRK_TAG         copied into the summary
 local file = assert(io.open(os.getenv("WRK_BODY_FILE"), "rb"))
 local body = file:read("*a")
@@ -35,10 +37,19 @@ end
 
 local stop_after = tonumber(os.getenv("WRK_STOP_AFTER") or "0")
 if stop_after > 0 then
-  local answers = 0
+  local answers, bad, started = 0, 0, os.time()
   response = function(status, headers, answer)
     answers = answers + 1
-    if answers >= stop_after then wrk.thread:stop() end
+    if status < 200 or status > 399 then bad = bad + 1 end
+    if answers >= stop_after then
+      local seconds = math.max(os.time() - started, 1)
+      io.write(string.format(
+        'WRKJSON {"tag":"%s","requests":%d,"seconds":%d,"rps":%.1f,"p50_us":0,"p90_us":0,"p99_us":0,' ..
+        '"max_us":0,"mean_us":0,"non2xx":%d,"connect":0,"read":0,"write":0,"timeout":0,"stopped":true}\n',
+        os.getenv("WRK_TAG") or "", answers, seconds, answers / seconds, bad))
+      io.flush()
+      os.exit(0)
+    end
   end
 end
 
