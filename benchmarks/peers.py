@@ -17,6 +17,7 @@ copied into this repository); a peer that is missing is reported NOT MEASURED.
     benchmarks/peers.py scaleout      # two gateways on one redis-server: req/s and the budget's exactness
     benchmarks/peers.py profile       # py-spy on the full chain (cache miss) under load
     benchmarks/peers.py all           # run, rss, redis, scaleout
+    benchmarks/peers.py run redis     # several, in order
 
 Knobs (env): those of benchmarks/overhead.py (DURATION, LOW_DURATION, ROUNDS, WARMUP,
 CONC, LOW_CONC, STREAM_REQUESTS, STREAM_WARMUP, GW_CPU, LOAD_CPU, READY_TIMEOUT,
@@ -164,7 +165,9 @@ class Peers:
 
     # - start
 
-    def gateway(self, name: str, upstream: str, backend: str, tracing: str, cpu: int | None = None) -> subprocess.Popen[bytes]:
+    def gateway(
+        self, name: str, upstream: str, backend: str, tracing: str, cpu: int | None = None
+    ) -> subprocess.Popen[bytes]:
         config = self.run_dir / f"{name}.yaml"
         document = json.loads(oh.gateway_config(upstream, []))
         document["plugins"] = chain(backend, self.run_dir, name, self.redis_url)
@@ -292,7 +295,9 @@ class Peers:
         )
         argv = [oh.tool("wrk"), "-t1", f"-c{conc}", f"-d{seconds}s", "--timeout", "10s",
                 "-s", str(HERE / "wrk_peers.lua"), url or target.url]  # fmt: skip
-        out = self.processes.run("wrk", self.knobs.load_cpu if cpu is None else cpu, argv, timeout=seconds + 30, env=env)
+        out = self.processes.run(
+            "wrk", self.knobs.load_cpu if cpu is None else cpu, argv, timeout=seconds + 30, env=env
+        )
         found = re.search(r"^WRKJSON (.*)$", out, re.MULTILINE)
         if found is None:
             log(f"wrk gave no summary for {target.label}: {out.strip()[-300:]}")
@@ -425,7 +430,13 @@ def targets_table(knobs: oh.Knobs, targets: list[Target], base: oh.Baselines) ->
     rmiss = rps("gateway full chain, Redis, cache miss (tracing off)")
     rhit = rps("gateway full chain, Redis, cache hit (tracing off)")
     traced = rps("gateway full chain, memory+SQLite, cache miss (tracing on)")
-    lines = ["", "### Targets from issue 16 (ratios from this run)", "", "| target | measured | met? |", "|---|---|---|"]
+    lines = [
+        "",
+        "### Targets from issue 16 (ratios from this run)",
+        "",
+        "| target | measured | met? |",
+        "|---|---|---|",
+    ]
 
     def ratio(name: str, value: float | None, limit: float) -> None:
         if value is None or not floor:
@@ -570,8 +581,10 @@ def run_scaleout(peers: Peers) -> str:
     lines.append(f"req/s with both at once (wrk c={knobs.conc // 2} each, wrk on cpu {knobs.load_cpu} too): "
                  f"{total_rps:.0f} ({each}); non-2xx "
                  f"{sum(r['non2xx'] for r in results if r)}")  # fmt: skip
-    lines.append("(two cores hold both gateways, wrk, nginx and redis-server here: this shows the shared state "
-                 "works under load, not how far a real deployment scales)")
+    lines.append(
+        "(two cores hold both gateways, wrk, nginx and redis-server here: this shows the shared state "
+        "works under load, not how far a real deployment scales)"
+    )
     # exactness: a budget of `calls` calls for one user, both gateways hammered at once
     budget_user = f"budget-{time.time_ns()}"
     lines.append("")
@@ -650,8 +663,8 @@ def run_profile(peers: Peers) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Gateway vs peers; knobs are environment variables (see docstring).")
-    parser.add_argument("command", nargs="?", choices=("run", "rss", "redis", "scaleout", "profile", "all"),
-                        default="run")  # fmt: skip
+    parser.add_argument("command", nargs="*", choices=("run", "rss", "redis", "scaleout", "profile", "all"),
+                        default=["run"], help="one or more, in order")  # fmt: skip
     args = parser.parse_args()
     knobs = oh.Knobs.from_env()
     oh.ensure_tools()
@@ -671,7 +684,8 @@ def main() -> int:
     busy = oh.busy_share((knobs.gw_cpu, knobs.load_cpu))
     log(f"uptime: {load}; cpus {busy:.0%} busy")
     parts: list[str] = []
-    commands = ("run", "rss", "redis", "scaleout") if args.command == "all" else (args.command,)
+    commands = [part for command in args.command
+                for part in (("run", "rss", "redis", "scaleout") if command == "all" else (command,))]  # fmt: skip
     try:
         peers.base.start_upstreams()
         peers.start_redis()
