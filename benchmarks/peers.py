@@ -607,31 +607,53 @@ def run_budget(peers: Peers, probe: Target, calls: int, cost: float, user: str) 
     """Two fresh gateways with budget_usd_per_day = (calls - 1/2) x cost, one user, both loaded.
 
     A call is let through while the caller's spend is under the budget, so one process
-    alone would answer exactly ``calls`` calls with 200 and refuse every later one."""
+    alone would answer exactly ``calls`` calls with 200 and refuse every later one. Run
+    twice: cost's default ``failure_mode: open`` (a Redis command slower than
+    ``redis_timeout_s`` admits the call unmetered, counted in /stats ``unmetered``) and
+    ``failure_mode: closed`` (such a call gets 503 instead)."""
     knobs = peers.knobs
     if cost <= 0:
         return ["budget: NOT MEASURED (no x-gateway-cost-usd on the answer)"]
-    budget = cost * (calls - 0.5)
-    deadline = time.monotonic() + knobs.ready_timeout
-    urls = []
-    for index, cpu in enumerate((knobs.gw_cpu, knobs.load_cpu)):
-        name = f"budget-gw{index + 1}"
-        config = peers.run_dir / f"{name}.yaml"
-        document = json.loads(oh.gateway_config(peers.upstream, []))
-        document["log"] = {"level": "warning"}
-        document["plugins"] = [{"use": "cost", "config": {"budget_usd_per_day": budget, "store": peers.redis_url,
-                                "ledger": str(peers.run_dir / f"{name}-ledger.db"), "redis_prefix": "bench:budget"}}]  # fmt: skip
-        config.write_text(json.dumps(document, indent=2) + "\n")
-        env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
-        process = peers.processes.start(name, cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
-        urls.append(peers.processes.ready_url(name, process, deadline) + "/v1/chat/completions")
-    seconds = env_int("BUDGET_SECONDS", 8)  # long enough to spend the budget several times over
-    results = run_parallel_wrk(peers, probe, urls, peers.knobs.conc // 2, seconds, {"x-gateway-user": user})
-    ok = sum(r["requests"] - r["non2xx"] for r in results if r)
-    refused = sum(r["non2xx"] for r in results if r)
-    return [f"global budget: budget_usd_per_day = {budget:.6f} USD = {calls} calls - half a call, one user, "
-            f"two gateways at c={peers.knobs.conc // 2} each: {ok} answered 200 (exact: {calls}), {refused} refused; "
-            f"{'EXACT' if ok == calls else 'NOT exact'}"]  # fmt: skip
+    budget = round(cost * (calls - 0.5), 12)
+    lines = [f"global budget: budget_usd_per_day = {budget:.6f} USD = {calls} calls - half a call, one user, "
+             f"two gateways (cpu {knobs.gw_cpu} and {knobs.load_cpu}) at c={knobs.conc // 2} each", "",
+             "| failure_mode | answered 200 | expected | refused (non-2xx) | unmetered (Redis timeouts) | exact? |",
+             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for mode in ("open", "closed"):
+        deadline = time.monotonic() + knobs.ready_timeout
+        urls, admins, processes = [], [], []
+        for index, cpu in enumerate((knobs.gw_cpu, knobs.load_cpu)):
+            name = f"budget-{mode}-gw{index + 1}"
+            config = peers.run_dir / f"{name}.yaml"
+            document = json.loads(oh.gateway_config(peers.upstream, []))
+            document["log"] = {"level": "warning"}
+            document["plugins"] = [{"use": "cost", "config": {
+                "budget_usd_per_day": budget, "store": peers.redis_url, "failure_mode": mode,
+                "ledger": str(peers.run_dir / f"{name}-ledger.db"), "redis_prefix": f"bench:budget:{mode}"}}]  # fmt: skip
+            config.write_text(json.dumps(document, indent=2) + "\n")
+            env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
+            process = peers.processes.start(name, cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
+            processes.append(process)
+            urls.append(peers.processes.ready_url(name, process, deadline) + "/v1/chat/completions")
+            found = re.search(r"\(admin (http://[^\s,)]+)", (peers.run_dir / f"{name}.log").read_text())
+            admins.append(found.group(1) if found else "")
+        seconds = env_int("BUDGET_SECONDS", 8)  # long enough to spend the budget several times over
+        results = run_parallel_wrk(peers, probe, urls, knobs.conc // 2, seconds, {"x-gateway-user": f"{user}-{mode}"})
+        ok = sum(r["requests"] - r["non2xx"] for r in results if r)
+        refused = sum(r["non2xx"] for r in results if r)
+        unmetered = 0
+        for admin in admins:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                import urllib.request
+
+                with urllib.request.urlopen(admin + "/stats", timeout=10) as answer:
+                    unmetered += int(json.loads(answer.read())["plugins"]["cost"].get("unmetered", 0))
+        for process in processes:
+            peers.processes.stop(process)
+        lines.append(
+            f"| {mode} | {ok} | {calls} | {refused} | {unmetered} | {'EXACT' if ok == calls else 'NOT exact'} |"
+        )
+    return lines
 
 
 def run_profile(peers: Peers) -> str:
