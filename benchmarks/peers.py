@@ -390,6 +390,7 @@ def all_targets(peers: Peers) -> list[Target]:
         Target("gateway full chain, Redis, cache hit", "off", kind="gateway", backend="redis",
                same_process_as="gateway full chain, Redis, cache miss (tracing off)"),
         Target("gateway full chain, memory+SQLite, cache miss", "on", kind="gateway", backend="memory", unique=True),
+        Target("gateway empty", "on", kind="gateway"),
     ]  # fmt: skip
     return targets
 
@@ -449,6 +450,7 @@ def targets_table(knobs: oh.Knobs, targets: list[Target], base: oh.Baselines) ->
     ratio("cache hits (memory) >= 2x pass-through req/s", hit, 2.0)
     ratio("cache hits (Redis) >= 2x pass-through req/s", rhit, 2.0)
     ratio("always-on tracing, batch export (full chain, miss) >= 0.5x", traced, 0.5)
+    ratio("always-on tracing, batch export (empty chain) >= 0.5x", rps("gateway empty (tracing on)"), 0.5)
     for label in ("gateway full chain, memory+SQLite, cache miss (tracing off)",
                   "gateway full chain, Redis, cache miss (tracing off)"):  # fmt: skip
         low = oh.figures(by[label], knobs.low_conc) if label in by else None
