@@ -59,7 +59,7 @@ async def admin(gw, method, path):
             return reply.status, await reply.json()
 
 
-async def stored(url, count, within_s=10.0):
+async def stored(url, count, within_s=20.0):
     """Wait until the gateway at admin ``url`` has stored ``count`` answers."""
     deadline = asyncio.get_running_loop().time() + within_s
     while (await cache_stats(url))["stores"] < count:
@@ -628,7 +628,7 @@ def test_bad_options_are_startup_errors_naming_the_key(tmp_path):
 
 async def test_two_gateway_processes_share_the_cache_through_redis(tmp_path, redis_server):
     config = loopback_config(
-        plugins=[{"use": "cache", "config": {"backend": redis_server.url, "scope": "shared", "backend_timeout_s": 2}}]
+        plugins=[{"use": "cache", "config": {"backend": redis_server.url, "scope": "shared", "backend_timeout_s": 5}}]
     )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -254,3 +254,31 @@ async def test_with_cost_an_escalation_pays_for_both_calls_and_stats_show_the_sa
     # the accepted draft saved what the strong model would have cost minus what it did
     assert figures["saving_usd"] > 0
     assert figures["baseline_cost_usd"] > figures["cost_usd"] - dear
+
+
+async def test_a_draft_on_a_provider_of_the_other_api_type_answers_in_the_callers_shape(tmp_path, mock_http_upstream):
+    cascade = {"cascades": [{"models": ["gpt-4o"], "draft_model": "claude-haiku-4-5", "draft_provider": "claude"}]}
+    providers = {"openai": {"type": "openai", "base_url": mock_http_upstream}, "claude": {"type": "anthropic", "base_url": mock_http_upstream}}
+    async with run_gateway({"providers": providers, "plugins": [{"use": "cascade", "config": cascade}]}, tmp_path) as gw:
+        client = gw.openai()
+        raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+        streamed = [c async for c in await client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)]
+    reply = raw.parse()
+    assert reply.model == "claude-haiku-4-5" and reply.object == "chat.completion"
+    assert reply.choices[0].message.content.startswith("Mock reply to:")
+    assert (raw.headers["x-gateway-cascade"], raw.headers["x-gateway-provider"]) == ("accepted", "claude")
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("Mock reply to:")
+
+
+async def test_a_draft_tool_call_with_valid_arguments_is_accepted(tmp_path):
+    schema = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": schema}}]
+    async with run_gateway(config(), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, tools=tools, extra_headers={"x-mock-tool-call": "weather"}
+        )
+    (call,) = raw.parse().choices[0].message.tool_calls
+    assert call.function.name == "weather" and "city" in json.loads(call.function.arguments)
+    assert raw.headers["x-gateway-cascade"] == "accepted"
+    (send,) = gw.spans_named("cascade send")
+    assert "tool_arguments=1.000" in send.attributes["gateway.cascade.scores"]

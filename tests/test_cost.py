@@ -42,7 +42,7 @@ def plugin(gw: RunningGateway, name: str = "cost") -> Any:
 async def ledger_rows(gw: RunningGateway, name: str = "cost", *, at_least: int = 0) -> list[dict[str, Any]]:
     """The ledger, flushed; ``at_least`` waits for records of exchanges still completing."""
     cost = plugin(gw, name)
-    for _ in range(200):  # the caller may have its answer before ``complete`` ran
+    for _ in range(750):  # the caller may have its answer before ``complete`` ran (15 s on a loaded machine)
         if cost.records >= at_least and not gw.gateway.proxy.in_flight and not gw.gateway.background:
             break
         await asyncio.sleep(0.02)

@@ -171,3 +171,14 @@ def test_dockerfile_is_pinned_slim_non_root_with_a_healthcheck_on_healthz():
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
     (healthcheck,) = re.findall(r"^HEALTHCHECK .*(?:\n  .*)*", dockerfile, re.M)
     assert "/healthz" in dockerfile.split("HEALTHCHECK_URL=")[1].split()[0] and "CMD" in healthcheck
+
+
+def test_the_container_demo_is_the_demo_but_for_its_listen_addresses():
+    """deploy/config/demo.yaml must show the same chain as config/demo.yaml."""
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    container = yaml.safe_load((DEPLOY / "config" / "demo.yaml").read_text())
+    for raw in (demo, container):
+        raw.pop("listen")
+        raw["admin"].pop("listen")
+        raw.pop("shutdown_grace_s", None)
+    assert container == demo

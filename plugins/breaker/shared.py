@@ -41,6 +41,7 @@ class SharedState:
         self.tracer = tracer
         self.client: Any = None
         self.task: asyncio.Task[None] | None = None
+        self.closing = False
         self.writes: set[asyncio.Task[None]] = set()
         self.errors = 0
         self.healthy = True
@@ -57,17 +58,20 @@ class SharedState:
         self.task = asyncio.create_task(self._run(apply), name="breaker-sync")
 
     async def close(self) -> None:
+        self.closing = True
         if self.task is not None:
+            # redis-py may turn the cancellation of a call in flight into a timeout,
+            # which sync() treats as an outage and carries on: the flag ends the loop,
+            # and the wait is bounded whatever happens.
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.wait({self.task}, timeout=TIMEOUT_S + 1)
         if self.writes:
             await asyncio.gather(*self.writes, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
 
     async def _run(self, apply: Callable[[dict[str, float], float], None]) -> None:
-        while True:
+        while not self.closing:
             await asyncio.sleep(self.sync_s)
             await self.sync(apply)
 

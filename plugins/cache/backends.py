@@ -156,6 +156,10 @@ class LRUMemoryCache(BaseCache):
             self._drop(key)
         return len(doomed)
 
+    async def drop_idle_connections(self) -> None:
+        """Close the pooled connections no call holds (they reconnect when next used)."""
+        await self.client.connection_pool.disconnect(inuse_connections=False)
+
     async def size(self) -> int:
         return len(self._entries)
 
@@ -222,6 +226,10 @@ class RedisEntryCache(RedisCache):
 
     async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
         await self.client.aclose()
+
+    async def drop_idle_connections(self) -> None:
+        """Close the pooled connections no call holds (they reconnect when next used)."""
+        await self.client.connection_pool.disconnect(inuse_connections=False)
 
     async def size(self) -> int:
         return int(await self.client.zcount(self.index, time.time(), "+inf"))

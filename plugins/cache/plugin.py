@@ -146,7 +146,7 @@ class Cache:
         try:
             await self.redis.client.ping()
         except Exception as exc:  # the cache degrades to misses; serving goes on
-            self._backend_failed("ping", exc)
+            await self._backend_failed("ping", exc)
 
     @hookimpl
     async def shutdown(self, gateway: Gateway) -> None:
@@ -452,7 +452,7 @@ class Cache:
             with self._span(exchange, "GET"):
                 return await redis.get(key)  # type: ignore[no-any-return]
         except Exception as exc:
-            self._backend_failed("GET", exc)
+            await self._backend_failed("GET", exc)
             return None
 
     async def _store(self, exchange: Exchange | None, key: str, entry: Entry) -> None:
@@ -468,7 +468,7 @@ class Cache:
                 await redis.store(key, entry, self.ttl_s)
             self.stores += 1
         except Exception as exc:
-            self._backend_failed("SET", exc)
+            await self._backend_failed("SET", exc)
 
     @contextlib.contextmanager
     def _span(self, exchange: Exchange | None, operation: str) -> Iterator[None]:
@@ -486,11 +486,17 @@ class Cache:
         with self.tracer.start_as_current_span(f"cache {operation}", kind=SpanKind.CLIENT, attributes=attributes):
             yield
 
-    def _backend_failed(self, operation: str, exc: BaseException) -> None:
-        """Count the error, pause the backend briefly, and log at most every LOG_EVERY_S."""
+    async def _backend_failed(self, operation: str, exc: BaseException) -> None:
+        """Count the error, pause the backend briefly, drop the idle pooled connections,
+        and log at most every LOG_EVERY_S."""
         self.backend_errors += 1
         now = time.monotonic()
         self._paused_until = now + BACKEND_PAUSE_S
+        if self.redis is not None:
+            # Redis went away or restarted: the idle connections are as dead as this one,
+            # and each would cost another failure and pause once it is back.
+            with contextlib.suppress(Exception):
+                await self.redis.drop_idle_connections()
         if now - self._last_log < LOG_EVERY_S:
             self._unlogged += 1
             return
@@ -521,7 +527,7 @@ class Cache:
             try:
                 size = await self.redis.size()
             except Exception as exc:
-                self._backend_failed("ZCOUNT", exc)
+                await self._backend_failed("ZCOUNT", exc)
                 size = None
         else:
             size = None
@@ -562,7 +568,7 @@ class Cache:
         try:
             deleted = await backend.delete_prefix(prefix, model_filter)
         except Exception as exc:
-            self._backend_failed("DEL", exc)
+            await self._backend_failed("DEL", exc)
             return web.json_response(
                 {
                     "error": {
