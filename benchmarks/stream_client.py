@@ -29,6 +29,7 @@ class Stream:
     def __init__(self, name: str, url: str) -> None:
         self.name = name
         self.url = url
+        self.headers: dict[str, str] = {}
         self.ttfb_ms: list[float] = []
         self.total_ms: list[float] = []
         self.bad = 0
@@ -58,14 +59,23 @@ def percentile(values: list[float], p: float) -> float | None:
     return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 3)
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[str, float | None, float]:
+def unique_request(tag: str) -> dict[str, Any]:
+    """The streaming request with ``tag`` appended to the user's message."""
+    messages = [dict(message) for message in REQUEST["messages"]]
+    messages[-1]["content"] += f" #{tag}"
+    return dict(REQUEST, messages=messages, stream=True)
+
+
+async def one(
+    session: aiohttp.ClientSession, url: str, body: bytes, extra: dict[str, str] | None = None
+) -> tuple[str, float | None, float]:
     """One streamed call: (status or error, TTFB in ms or None if it failed, total ms)."""
     started = time.perf_counter()
     first: float | None = None
     text: list[str] = []
     done = False
     pending = b""
-    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **(extra or {})}
     async with session.post(url, data=body, headers=headers) as answer:
         async for data in answer.content.iter_any():
             pending += data
@@ -91,14 +101,17 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[st
     return str(status), (first - started) * 1000, total
 
 
-async def run(targets: list[Stream], requests: int, warmup: int) -> None:
+async def run(targets: list[Stream], requests: int, warmup: int, unique: bool = False) -> None:
     body = compact(dict(REQUEST, stream=True))
+    seed = f"{time.time_ns()}"
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for index in range(warmup + requests):
             for target in targets:
+                if unique:  # a new prompt each time: no cache answers, the scan sees new text
+                    body = compact(unique_request(f"{seed}-{index}"))
                 try:
-                    status, ttfb, total = await one(session, target.url, body)
+                    status, ttfb, total = await one(session, target.url, body, target.headers)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     status, ttfb, total = type(exc).__name__, None, 0.0
                 if index < warmup:
@@ -116,11 +129,21 @@ def main() -> None:
     parser.add_argument("targets", nargs="+", metavar="NAME=URL")
     parser.add_argument("--requests", type=int, default=200, help="measured requests per target")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests per target first")
+    parser.add_argument("--unique", action="store_true", help="a different prompt on every request")
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="NAME=K: V|K: V", help="extra headers for one target"
+    )
     args = parser.parse_args()
     targets = [Stream(*spec.split("=", 1)) for spec in args.targets]
+    by_name = {target.name: target for target in targets}
+    for spec in args.header:
+        name, _, pairs = spec.partition("=")
+        for pair in filter(None, pairs.split("|")):
+            key, _, value = pair.partition(":")
+            by_name[name].headers[key.strip()] = value.strip()
     import uvloop
 
-    uvloop.run(run(targets, args.requests, args.warmup))
+    uvloop.run(run(targets, args.requests, args.warmup, args.unique))
     for target in targets:
         print("STREAMJSON " + json.dumps(target.summary()), flush=True)
 

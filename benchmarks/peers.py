@@ -1,0 +1,753 @@
+"""The gateway with its full chain next to the peers users would pick instead, in one run.
+
+Why: issue 16. A Python gateway is chosen or dropped on its overhead, so this puts
+the gateway's real chain (scan -> cache -> cost -> breaker, on memory + SQLite and
+on Redis) side by side with the floor (a bare aiohttp pass-through), LiteLLM's
+proxy and Portkey's gateway, all in front of the same nginx upstream, measured the
+same way as :mod:`benchmarks.overhead` (whose machinery this reuses): one process
+per target pinned to ``GW_CPU``, wrk ``-t1`` and the upstreams on ``LOAD_CPU``,
+targets interleaved over rounds, medians. It asserts nothing.
+
+Peers come from ``PEERS_DIR`` (installed by ``../shared/bench/setup_peers.sh``, never
+copied into this repository); a peer that is missing is reported NOT MEASURED.
+
+    benchmarks/peers.py run           # the side-by-side table + streaming TTFB
+    benchmarks/peers.py rss           # RSS while 100,000 cache-missing requests go through the full chain
+    benchmarks/peers.py redis         # Redis commands per request (INFO commandstats), miss and hit
+    benchmarks/peers.py scaleout      # two gateways on one redis-server: req/s and the budget's exactness
+    benchmarks/peers.py profile       # py-spy on the full chain (cache miss) under load
+    benchmarks/peers.py all           # run, rss, redis, scaleout
+    benchmarks/peers.py run redis     # several, in order
+
+Knobs (env): those of benchmarks/overhead.py (DURATION, LOW_DURATION, ROUNDS, WARMUP,
+CONC, LOW_CONC, STREAM_REQUESTS, STREAM_WARMUP, GW_CPU, LOAD_CPU, READY_TIMEOUT,
+PROFILE_SECONDS, PROFILE_RATE, RUN_DIR, QUICK) plus PEERS_DIR=~/.cache/gateway-peers,
+PEER_READY_TIMEOUT=120, PEERS=litellm,portkey, RSS_REQUESTS=100000, RSS_STEP=10000,
+REDIS_REQUESTS=2000, SCALE_SECONDS=10, BUDGET_CALLS=500, BUDGET_SECONDS=8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from benchmarks import overhead as oh
+from benchmarks.fixtures import MARKER, REQUEST, compact
+
+ROOT = oh.ROOT
+HERE = oh.HERE
+log = oh.log
+LITELLM_KEY = "sk-bench-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+PEERS_DIR = Path(os.environ.get("PEERS_DIR") or Path.home() / ".cache" / "gateway-peers")
+PEERS = tuple(p for p in (os.environ.get("PEERS", "litellm,portkey")).split(",") if p)
+
+
+def unique_request() -> dict[str, Any]:
+    """The request with ``#BENCHSEQ`` in the user's message: wrk_peers.lua makes it unique."""
+    messages = [dict(message) for message in REQUEST["messages"]]
+    messages[-1]["content"] += " #BENCHSEQ"
+    return dict(REQUEST, messages=messages)
+
+
+# -- targets ---------------------------------------------------------------------------
+
+
+@dataclass
+class Target(oh.Target):
+    """One measured thing; several targets may share one process (cache miss and hit)."""
+
+    kind: str = "proxy"  # direct | pass-through | litellm | portkey | gateway
+    backend: str = ""  # gateway chains: "" (empty), "memory" (memory + SQLite), "redis"
+    unique: bool = False  # a new prompt on every request (cache miss)
+    headers: dict[str, str] = field(default_factory=dict)
+    stream_headers: dict[str, str] = field(default_factory=dict)
+    streams: bool = True  # measured in the streaming test
+    same_process_as: str = ""  # label of the target whose process this one uses
+
+    @property
+    def expect_header(self) -> str | None:
+        return None
+
+
+def chain(backend: str, run_dir: Path, name: str, redis_url: str) -> list[dict[str, Any]]:
+    """The full chain: scan -> (ratelimit when installed) -> cache -> cost -> breaker."""
+    if not backend:
+        return []
+    on_redis = backend == "redis"
+    cost: dict[str, Any] = {"budget_usd_per_day": 1_000_000, "store": str(run_dir / f"{name}-usage.db")}
+    if on_redis:
+        cost = {"budget_usd_per_day": 1_000_000, "store": redis_url, "ledger": str(run_dir / f"{name}-ledger.db"),
+                "redis_prefix": f"bench:{name}"}  # fmt: skip
+    plugins: list[dict[str, Any]] = [
+        {"use": "scan", "config": {"action": "block", "min_severity": "MEDIUM", "redact": ["secret", "pii"]}},
+    ]
+    if ratelimit_installed():
+        limit: dict[str, Any] = {"requests_per_minute": 100_000_000}
+        if on_redis:
+            limit["backend"] = redis_url
+        plugins.append({"use": "ratelimit", "config": limit})
+    plugins += [
+        {"use": "cache", "config": {"backend": redis_url if on_redis else "memory", "ttl_s": 600,
+                                    "max_entries": 10000, "scope": "client"}},
+        {"use": "cost", "config": cost},
+        {"use": "breaker", "config": {"failure_threshold": 5, "recovery_s": 10, "retries": 1}},
+    ]  # fmt: skip
+    return plugins
+
+
+def ratelimit_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(point.name == "ratelimit" for point in entry_points(group="gateway.plugins"))
+
+
+class Peers:
+    """Starts upstreams, redis, the targets; measures with wrk_peers.lua."""
+
+    def __init__(self, knobs: oh.Knobs, processes: oh.Processes) -> None:
+        self.knobs = knobs
+        self.processes = processes
+        self.run_dir = knobs.run_dir
+        self.fixed_body = self.run_dir / "request.json"
+        self.fixed_body.write_bytes(compact(REQUEST))
+        self.unique_body = self.run_dir / "request-unique.json"
+        self.unique_body.write_bytes(compact(unique_request()))
+        self.wrk_log = self.run_dir / "wrk.jsonl"
+        self.base = oh.Bench(knobs, processes)
+        self.redis_port = 0
+        self.redis_url = ""
+
+    @property
+    def upstream(self) -> str:
+        return self.base.upstream
+
+    @property
+    def stream_upstream(self) -> str:
+        return self.base.stream_upstream
+
+    def start_redis(self) -> None:
+        self.redis_port = oh.free_port()
+        self.processes.start(
+            "redis",
+            self.knobs.load_cpu,
+            [oh.tool("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.run_dir)],
+        )  # fmt: skip
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        deadline = time.monotonic() + 10
+        while self.redis_cli("PING").strip() != "PONG":
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not answer PING")
+            time.sleep(0.05)
+
+    def redis_cli(self, *args: str) -> str:
+        found = subprocess.run(
+            [oh.tool("redis-cli"), "-p", str(self.redis_port), *args], capture_output=True, text=True, check=False
+        )
+        return found.stdout
+
+    # - start
+
+    def gateway(
+        self, name: str, upstream: str, backend: str, tracing: str, cpu: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        config = self.run_dir / f"{name}.yaml"
+        document = json.loads(oh.gateway_config(upstream, []))
+        document["plugins"] = chain(backend, self.run_dir, name, self.redis_url)
+        document["log"] = {"level": "warning"}
+        config.write_text(json.dumps(document, indent=2) + "\n")
+        env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{tracing}")
+        if tracing == "on":  # exported through the BatchSpanProcessor to a sink that answers 200 (nginx)
+            env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=self.upstream,
+                       OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")  # fmt: skip
+        else:
+            env["OTEL_TRACES_EXPORTER"] = "none"
+        argv = [oh.gateway_command(), "run", "--config", str(config)]
+        return self.processes.start(name, self.knobs.gw_cpu if cpu is None else cpu, argv, env)
+
+    def start(self, targets: list[Target]) -> None:
+        knobs = self.knobs
+        chat = "/v1/chat/completions"
+        deadline = time.monotonic() + knobs.ready_timeout
+        launched: list[tuple[Target, str, str, subprocess.Popen[bytes]]] = []
+        for target in targets:
+            if target.same_process_as:
+                continue
+            if target.kind == "direct":
+                target.url, target.stream_url = self.upstream + chat, self.stream_upstream + chat
+                continue
+            upstreams = {"": self.upstream, "-stream": self.stream_upstream} if target.streams else {"": self.upstream}
+            for suffix, upstream in upstreams.items():
+                name = target.slug + suffix
+                if target.kind == "pass-through":
+                    argv = [sys.executable, "-m", "benchmarks.passthrough_proxy", "--upstream", upstream]
+                    process = self.processes.start(name, knobs.gw_cpu, argv)
+                elif target.kind == "gateway":
+                    process = self.gateway(name, upstream, target.backend, target.tracing)
+                elif target.kind == "litellm":
+                    process = self.start_litellm(name, upstream, oh.free_port())
+                elif target.kind == "portkey":
+                    if suffix:
+                        continue  # one process; the stream upstream is chosen per request
+                    process = self.start_portkey(name, oh.free_port())
+                else:
+                    raise ValueError(target.kind)
+                launched.append((target, suffix, name, process))
+        peer_deadline = time.monotonic() + env_int("PEER_READY_TIMEOUT", 120)
+        for target, suffix, name, process in launched:
+            try:
+                if target.kind in ("litellm", "portkey"):
+                    url = f"http://127.0.0.1:{process.port}"  # type: ignore[attr-defined]
+                    self.wait_port(process, name, peer_deadline)
+                else:
+                    url = self.processes.ready_url(name, process, deadline)
+            except RuntimeError as error:
+                setattr(target, "stream_problem" if suffix else "problem", str(error))
+                continue
+            if suffix:
+                target.stream_url = url + chat
+            else:
+                target.url, target.process = url + chat, process
+                if target.kind == "portkey":
+                    target.stream_url = url + chat
+        by_label = {target.label: target for target in targets}
+        for target in targets:
+            if target.same_process_as:
+                twin = by_label[target.same_process_as]
+                target.url, target.process, target.problem = twin.url, twin.process, twin.problem
+                target.stream_problem = "same process as " + twin.label
+            peer = target.kind in ("litellm", "portkey")
+            until = peer_deadline if peer else deadline
+            if target.problem is None:
+                target.problem = wait_answers(target.url, until, False, target.headers)
+            if target.problem:
+                log(f"{target.label}: NOT MEASURED: {target.problem}")
+            if target.streams and target.stream_problem is None and not target.same_process_as:
+                target.stream_problem = wait_answers(target.stream_url, until, True, target.stream_headers)
+                if target.stream_problem:
+                    log(f"{target.label}: streaming NOT MEASURED: {target.stream_problem}")
+
+    def start_litellm(self, name: str, upstream: str, port: int) -> subprocess.Popen[bytes]:
+        binary = PEERS_DIR / "litellm-venv" / "bin" / "litellm"
+        config = self.run_dir / f"{name}.yaml"
+        config.write_text(
+            "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n"
+            f"      api_base: {upstream}/v1\n      api_key: sk-mock\n"
+            "litellm_settings: {telemetry: false, drop_params: true, set_verbose: false}\n"
+            f"general_settings: {{master_key: {LITELLM_KEY}, disable_spend_logs: true}}\n"
+        )
+        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+        argv = [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+        process = self.processes.start(name, self.knobs.gw_cpu, argv, env)
+        process.port = port  # type: ignore[attr-defined]
+        return process
+
+    def start_portkey(self, name: str, port: int) -> subprocess.Popen[bytes]:
+        script = PEERS_DIR / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+        env = dict(os.environ, NODE_ENV="production")
+        argv = [oh.tool("node"), str(script), f"--port={port}", "--headless"]
+        process = self.processes.start(name, self.knobs.gw_cpu, argv, env)
+        process.port = port  # type: ignore[attr-defined]
+        return process
+
+    def wait_port(self, process: subprocess.Popen[bytes], name: str, deadline: float) -> None:
+        import socket
+
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", process.port)) == 0:  # type: ignore[attr-defined]
+                    return
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited ({process.returncode}): {oh.tail(self.run_dir / (name + '.log'))}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not listen in time")
+            time.sleep(0.2)
+
+    # - measure
+
+    def wrk(self, target: Target, conc: int, seconds: int, tag: str, *, stop_after: int = 0,
+            url: str | None = None, headers: dict[str, str] | None = None, cpu: int | None = None) -> dict[str, Any] | None:  # fmt: skip
+        env = dict(
+            os.environ,
+            WRK_BODY_FILE=str(self.unique_body if target.unique else self.fixed_body),
+            WRK_UNIQUE="1" if target.unique else "0",
+            WRK_SEED=f"{time.time_ns()}",
+            WRK_HEADERS="|".join(f"{k}: {v}" for k, v in (headers if headers is not None else target.headers).items()),
+            WRK_STOP_AFTER=str(stop_after),
+            WRK_TAG=f"{target.label}|{conc}|{tag}",
+        )
+        argv = [oh.tool("wrk"), "-t1", f"-c{conc}", f"-d{seconds}s", "--timeout", "10s",
+                "-s", str(HERE / "wrk_peers.lua"), url or target.url]  # fmt: skip
+        out = self.processes.run(
+            "wrk", self.knobs.load_cpu if cpu is None else cpu, argv, timeout=seconds + 30, env=env
+        )
+        found = re.search(r"^WRKJSON (.*)$", out, re.MULTILINE)
+        if found is None:
+            log(f"wrk gave no summary for {target.label}: {out.strip()[-300:]}")
+            return None
+        result: dict[str, Any] = json.loads(found.group(1))
+        with self.wrk_log.open("a") as out_file:
+            out_file.write(found.group(1) + "\n")
+        log(
+            f"  {target.label:<44} c={conc:<3} {tag:<7} {result['rps']:9.0f} req/s  "
+            f"p50 {result['p50_us'] / 1000:7.3f} ms  p99 {result['p99_us'] / 1000:7.3f} ms  non-2xx {result['non2xx']}"
+        )
+        return result
+
+    def measure(self, targets: list[Target]) -> None:
+        knobs = self.knobs
+        live = [target for target in targets if target.problem is None] if knobs.rounds else []
+        for target in live:
+            warmup = knobs.warmup * (3 if target.kind == "litellm" else 1)  # its first requests import lazily
+            log(f"warm-up {target.label}: {warmup} s at c={knobs.conc}")
+            self.wrk(target, knobs.conc, warmup, "warmup")
+        for round_index in range(knobs.rounds):
+            log(f"round {round_index + 1}/{knobs.rounds}")
+            shift = round_index % len(live) if live else 0
+            for target in live[shift:] + live[:shift]:
+                for conc, seconds in ((knobs.conc, knobs.duration), (knobs.low_conc, knobs.low_duration)):
+                    result = self.wrk(target, conc, seconds, f"round{round_index + 1}")
+                    if result is not None:
+                        target.wrk.setdefault(conc, []).append(result)
+
+    def measure_streams(self, targets: list[Target]) -> None:
+        knobs = self.knobs
+        live = {t.slug: t for t in targets if t.streams and t.stream_problem is None and not t.same_process_as}
+        if not live or not knobs.stream_requests:
+            return
+        log(f"streaming: {knobs.stream_requests} requests per target, one at a time, interleaved, a new prompt each")
+        argv = [sys.executable, "-m", "benchmarks.stream_client", "--unique", "--requests", str(knobs.stream_requests),
+                "--warmup", str(knobs.stream_warmup)]  # fmt: skip
+        argv += [f"{slug}={target.stream_url}" for slug, target in live.items()]
+        for slug, target in live.items():
+            if target.stream_headers:
+                argv += ["--header", slug + "=" + "|".join(f"{k}: {v}" for k, v in target.stream_headers.items())]
+        budget = (knobs.stream_requests + knobs.stream_warmup) * len(live) * 2 + 60
+        out = self.processes.run("stream-client", knobs.load_cpu, argv, timeout=budget)
+        found = re.findall(r"^STREAMJSON (.*)$", out, re.MULTILINE)
+        (self.run_dir / "stream.jsonl").write_text("".join(f"{line}\n" for line in found))
+        for line in found:
+            result = json.loads(line)
+            live[result["name"]].stream = result
+
+
+def wait_answers(url: str, deadline: float, stream: bool, headers: dict[str, str]) -> str | None:
+    import urllib.error
+    import urllib.request
+
+    while True:
+        body = compact(dict(REQUEST, stream=True) if stream else REQUEST)
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                text = answer.read().decode(errors="replace")
+            problem = None if MARKER in text else f"200 without the marker: {text[:200]}"
+            if problem is None and stream and "[DONE]" not in text:
+                problem = "stream without [DONE]"
+        except urllib.error.HTTPError as error:
+            problem = f"HTTP {error.code}: {error.read()[:200].decode(errors='replace')}"
+        except (OSError, urllib.error.URLError) as error:
+            problem = f"no answer: {error}"
+        if problem is None or time.monotonic() > deadline:
+            return problem
+        time.sleep(0.5)
+
+
+def all_targets(peers: Peers) -> list[Target]:
+    upstream = peers.upstream
+    targets = [Target("direct", kind="direct"), Target("pass-through", kind="pass-through")]
+    if "litellm" in PEERS:
+        auth = {"Authorization": f"Bearer {LITELLM_KEY}"}
+        targets.append(Target("LiteLLM proxy", kind="litellm", headers=auth, stream_headers=auth))
+    if "portkey" in PEERS:
+        base = {"x-portkey-provider": "openai", "Authorization": "Bearer sk-mock"}
+        targets.append(Target("Portkey gateway", kind="portkey",
+                              headers=dict(base, **{"x-portkey-custom-host": upstream + "/v1"}),
+                              stream_headers=dict(base, **{"x-portkey-custom-host": peers.stream_upstream + "/v1"})))  # fmt: skip
+    targets += [
+        Target("gateway empty", "off", kind="gateway"),
+        Target("gateway full chain, memory+SQLite, cache miss", "off", kind="gateway", backend="memory", unique=True),
+        Target("gateway full chain, memory+SQLite, cache hit", "off", kind="gateway", backend="memory",
+               same_process_as="gateway full chain, memory+SQLite, cache miss (tracing off)"),
+        Target("gateway full chain, Redis, cache miss", "off", kind="gateway", backend="redis", unique=True),
+        Target("gateway full chain, Redis, cache hit", "off", kind="gateway", backend="redis",
+               same_process_as="gateway full chain, Redis, cache miss (tracing off)"),
+        Target("gateway full chain, memory+SQLite, cache miss", "on", kind="gateway", backend="memory", unique=True),
+        Target("gateway empty", "on", kind="gateway"),
+    ]  # fmt: skip
+    return targets
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def report_run(knobs: oh.Knobs, targets: list[Target], started: float, busy: float, load: str) -> str:
+    base = oh.Baselines.of(targets, knobs)
+    minutes = (time.monotonic() - started) / 60
+    lines = [
+        f"## Gateway and peers ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {minutes:.1f} min)",
+        "",
+        f"machine: {oh.machine()}; cpus {busy:.0%} busy before the run; uptime before: {load}",
+        f"proxies pinned to cpu {knobs.gw_cpu}; wrk -t1, nginx, redis, stream upstream and client on cpu "
+        f"{knobs.load_cpu}; {oh.versions()}; {peer_versions()}",
+        f"{knobs.rounds} round(s) x ({knobs.duration} s at c={knobs.conc} + {knobs.low_duration} s at "
+        f"c={knobs.low_conc}), warm-up {knobs.warmup} s (LiteLLM 3x); ratelimit in the chain: "
+        f"{'yes' if ratelimit_installed() else 'no (not merged)'}",
+        f"raw data: {knobs.run_dir}",
+    ]
+    lines += oh.throughput_table(knobs, targets, base)
+    lines += oh.stream_table([t for t in targets if t.streams and not t.same_process_as], base)
+    lines += targets_table(knobs, targets, base)
+    return "\n".join(lines) + "\n"
+
+
+def targets_table(knobs: oh.Knobs, targets: list[Target], base: oh.Baselines) -> list[str]:
+    by = {t.label: t for t in targets}
+
+    def rps(label: str) -> float | None:
+        found = oh.figures(by[label], knobs.conc) if label in by else None
+        return found["rps"] if found else None
+
+    floor = base.floor_high["rps"] if base.floor_high else None
+    miss = rps("gateway full chain, memory+SQLite, cache miss (tracing off)")
+    hit = rps("gateway full chain, memory+SQLite, cache hit (tracing off)")
+    rmiss = rps("gateway full chain, Redis, cache miss (tracing off)")
+    rhit = rps("gateway full chain, Redis, cache hit (tracing off)")
+    traced = rps("gateway full chain, memory+SQLite, cache miss (tracing on)")
+    lines = [
+        "",
+        "### Targets from issue 16 (ratios from this run)",
+        "",
+        "| target | measured | met? |",
+        "|---|---|---|",
+    ]
+
+    def ratio(name: str, value: float | None, limit: float) -> None:
+        if value is None or not floor:
+            lines.append(f"| {name} | NOT MEASURED | - |")
+            return
+        lines.append(f"| {name} | {value / floor:.2f}x | {'yes' if value / floor >= limit else 'NO'} |")
+
+    ratio("full chain (memory+SQLite, miss) >= 0.75x pass-through req/s", miss, 0.75)
+    ratio("full chain (Redis, miss) >= 0.75x pass-through req/s", rmiss, 0.75)
+    ratio("cache hits (memory) >= 2x pass-through req/s", hit, 2.0)
+    ratio("cache hits (Redis) >= 2x pass-through req/s", rhit, 2.0)
+    ratio("always-on tracing, batch export (full chain, miss) >= 0.5x", traced, 0.5)
+    ratio("always-on tracing, batch export (empty chain) >= 0.5x", rps("gateway empty (tracing on)"), 0.5)
+    for label in ("gateway full chain, memory+SQLite, cache miss (tracing off)",
+                  "gateway full chain, Redis, cache miss (tracing off)"):  # fmt: skip
+        low = oh.figures(by[label], knobs.low_conc) if label in by else None
+        if low and base.direct_low:
+            added = low["p50"] - base.direct_low["p50"]
+            lines.append(f"| added p50 at c={knobs.low_conc} < 1.0 ms: {label} | +{added:.3f} ms | "
+                         f"{'yes' if added < 1.0 else 'NO'} |")  # fmt: skip
+    for target in targets:
+        if target.kind == "gateway" and target.stream and base.direct_ttfb is not None and target.stream["ttfb_p50_ms"]:
+            delta = target.stream["ttfb_p50_ms"] - base.direct_ttfb
+            lines.append(f"| stream TTFB within 1 ms of direct: {target.label} | {delta:+.2f} ms | "
+                         f"{'yes' if delta <= 1.0 else 'NO'} |")  # fmt: skip
+    if floor:
+        for peer in ("Portkey gateway", "LiteLLM proxy"):
+            value = rps(peer)
+            if value:
+                lines.append(f"| pass-through vs {peer} | {floor / value:.1f}x its req/s | - |")
+    return lines
+
+
+def peer_versions() -> str:
+    parts = []
+    litellm = PEERS_DIR / "litellm-venv" / "bin" / "python"
+    if "litellm" in PEERS and litellm.exists():
+        found = subprocess.run([str(litellm), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                               capture_output=True, text=True)  # fmt: skip
+        parts.append(f"litellm {found.stdout.strip()}")
+    package = PEERS_DIR / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
+    if "portkey" in PEERS and package.exists():
+        parts.append(f"portkey {json.loads(package.read_text())['version']}")
+    return ", ".join(parts) or "no peers"
+
+
+# -- rss, redis, scale-out, profile ------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_rss(peers: Peers) -> str:
+    """RSS of the full chain (memory+SQLite, cache miss) every RSS_STEP requests up to RSS_REQUESTS."""
+    total, step = env_int("RSS_REQUESTS", 100_000), env_int("RSS_STEP", 10_000)
+    target = Target("gateway full chain, memory+SQLite, cache miss", "off", kind="gateway", backend="memory",
+                    unique=True, streams=False)  # fmt: skip
+    peers.start([target])
+    if target.problem or target.process is None:
+        return f"RSS: NOT MEASURED: {target.problem}\n"
+    pid = target.process.pid
+    rows = [(0, rss_kb(pid))]
+    sent = 0
+    while sent < total:
+        result = peers.wrk(target, peers.knobs.conc, 600, f"rss{sent + step}", stop_after=step)
+        sent += result["requests"] if result else step
+        rows.append((sent, rss_kb(pid)))
+    lines = ["", f"### Resident memory, full chain (memory+SQLite), {sent} cache-missing requests at c={peers.knobs.conc}",
+             "", "| requests | RSS MiB |", "|---:|---:|"]  # fmt: skip
+    lines += [f"| {n} | {kb / 1024:.1f} |" for n, kb in rows]
+    mid = min(rows, key=lambda row: abs(row[0] - total // 2))
+    last = rows[-1]
+    lines += ["", f"RSS at {last[0]}: {last[1] / 1024:.1f} MiB (target < 100); between {mid[0]} and {last[0]}: "
+              f"{(last[1] - mid[1]) / 1024:+.1f} MiB"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def commandstats(peers: Peers) -> dict[str, int]:
+    stats: dict[str, int] = {}
+    for line in peers.redis_cli("INFO", "commandstats").splitlines():
+        found = re.match(r"cmdstat_([^:]+):calls=(\d+)", line)
+        if found:
+            stats[found.group(1)] = int(found.group(2))
+    return stats
+
+
+def run_redis(peers: Peers) -> str:
+    """Redis commands per request (INFO commandstats), cache miss and cache hit, c=1."""
+    n = env_int("REDIS_REQUESTS", 2000)
+    miss = Target("gateway full chain, Redis, cache miss", "off", kind="gateway", backend="redis", unique=True,
+                  streams=False)  # fmt: skip
+    hit = Target("gateway full chain, Redis, cache hit", "off", kind="gateway", backend="redis", streams=False,
+                 same_process_as=miss.label)  # fmt: skip
+    peers.start([miss, hit])
+    if miss.problem:
+        return f"Redis: NOT MEASURED: {miss.problem}\n"
+    peers.wrk(hit, 1, 5, "redis-warm", stop_after=50)  # the fixed body is now cached
+    lines = ["", f"### Redis commands per request (INFO commandstats around {n} requests, c=1)", "",
+             "| case | commands / request | by command | req/s | p50 ms |", "|---|---:|---|---:|---:|"]  # fmt: skip
+    for target in (miss, hit):
+        before = commandstats(peers)
+        result = peers.wrk(target, 1, 600, "redis", stop_after=n)
+        after = commandstats(peers)
+        done = result["requests"] if result else n
+        diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        diff = {k: v for k, v in diff.items() if v and k != "info"}
+        per = " ".join(f"{k} {v / done:.2f}" for k, v in sorted(diff.items()))
+        lines.append(f"| {'miss' if target.unique else 'hit'} | {sum(diff.values()) / done:.2f} | {per} | "
+                     f"{result['rps'] if result else 0:.0f} | {result['p50_us'] / 1000 if result else 0:.3f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def run_scaleout(peers: Peers) -> str:
+    """Two gateways (one per cpu) on one redis-server; req/s; then the budget's exactness under load."""
+    knobs = peers.knobs
+    seconds = env_int("SCALE_SECONDS", 10)
+    calls = env_int("BUDGET_CALLS", 500)
+    lines = ["", "### Scale-out: two gateways (full chain on Redis, cache miss) on one redis-server", ""]
+    gateways = []
+    deadline = time.monotonic() + knobs.ready_timeout
+    for index, cpu in enumerate((knobs.gw_cpu, knobs.load_cpu)):
+        name = f"scale-gw{index + 1}"
+        process = peers.gateway(name, peers.upstream, "redis", "off", cpu=cpu)
+        gateways.append(peers.processes.ready_url(name, process, deadline) + "/v1/chat/completions")
+    # one budget for both, read back from the first answer's cost
+    probe = Target("scale", "off", kind="gateway", unique=True, streams=False)
+    import urllib.request
+
+    request = urllib.request.Request(gateways[0], data=compact(REQUEST),
+                                     headers={"Content-Type": "application/json", "x-gateway-user": "probe",
+                                              "Cache-Control": "no-cache"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        cost = float(answer.headers.get("x-gateway-cost-usd") or 0)
+    lines.append(f"cost of one call: {cost} USD (x-gateway-cost-usd)")
+    # throughput: one wrk per gateway at CONC/2 each, both at once
+    results = run_parallel_wrk(peers, probe, gateways, knobs.conc // 2, seconds, {})
+    total_rps = sum(r["rps"] for r in results if r)
+    each = " + ".join(f"{r['rps']:.0f}" for r in results if r)
+    lines.append(f"req/s with both at once (wrk c={knobs.conc // 2} each, wrk on cpu {knobs.load_cpu} too): "
+                 f"{total_rps:.0f} ({each}); non-2xx "
+                 f"{sum(r['non2xx'] for r in results if r)}")  # fmt: skip
+    lines.append(
+        "(two cores hold both gateways, wrk, nginx and redis-server here: this shows the shared state "
+        "works under load, not how far a real deployment scales)"
+    )
+    # exactness: a budget of `calls` calls for one user, both gateways hammered at once
+    budget_user = f"budget-{time.time_ns()}"
+    lines.append("")
+    allowed = run_budget(peers, probe, calls, cost, budget_user)
+    lines += allowed
+    return "\n".join(lines) + "\n"
+
+
+def run_parallel_wrk(peers: Peers, target: Target, urls: list[str], conc: int, seconds: int,
+                     headers: dict[str, str], stop_after: int = 0) -> list[dict[str, Any] | None]:  # fmt: skip
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(urls)) as pool:
+        futures = [pool.submit(peers.wrk, target, conc, seconds, f"gw{i + 1}", url=url, headers=headers,
+                               stop_after=stop_after) for i, url in enumerate(urls)]  # fmt: skip
+        return [future.result() for future in futures]
+
+
+def run_budget(peers: Peers, probe: Target, calls: int, cost: float, user: str) -> list[str]:
+    """Two fresh gateways with budget_usd_per_day = (calls - 1/2) x cost, one user, both loaded.
+
+    A call is let through while the caller's spend is under the budget, so one process
+    alone would answer exactly ``calls`` calls with 200 and refuse every later one. Run
+    twice: cost's default ``failure_mode: open`` (a Redis command slower than
+    ``redis_timeout_s`` admits the call unmetered, counted in /stats ``unmetered``) and
+    ``failure_mode: closed`` (such a call gets 503 instead)."""
+    knobs = peers.knobs
+    if cost <= 0:
+        return ["budget: NOT MEASURED (no x-gateway-cost-usd on the answer)"]
+    budget = round(cost * (calls - 0.5), 12)
+    lines = [f"global budget: budget_usd_per_day = {budget:.6f} USD = {calls} calls - half a call, one user, "
+             f"two gateways (cpu {knobs.gw_cpu} and {knobs.load_cpu}) at c={knobs.conc // 2} each", "",
+             "| failure_mode | answered 200 | expected | refused (non-2xx) | unmetered (Redis timeouts) | exact? |",
+             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for mode in ("open", "closed"):
+        deadline = time.monotonic() + knobs.ready_timeout
+        urls, admins, processes = [], [], []
+        for index, cpu in enumerate((knobs.gw_cpu, knobs.load_cpu)):
+            name = f"budget-{mode}-gw{index + 1}"
+            config = peers.run_dir / f"{name}.yaml"
+            document = json.loads(oh.gateway_config(peers.upstream, []))
+            document["log"] = {"level": "warning"}
+            document["plugins"] = [{"use": "cost", "config": {
+                "budget_usd_per_day": budget, "store": peers.redis_url, "failure_mode": mode,
+                "ledger": str(peers.run_dir / f"{name}-ledger.db"), "redis_prefix": f"bench:budget:{mode}"}}]  # fmt: skip
+            config.write_text(json.dumps(document, indent=2) + "\n")
+            env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
+            process = peers.processes.start(name, cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
+            processes.append(process)
+            urls.append(peers.processes.ready_url(name, process, deadline) + "/v1/chat/completions")
+            found = re.search(r"\(admin (http://[^\s,)]+)", (peers.run_dir / f"{name}.log").read_text())
+            admins.append(found.group(1) if found else "")
+        seconds = env_int("BUDGET_SECONDS", 8)  # long enough to spend the budget several times over
+        results = run_parallel_wrk(peers, probe, urls, knobs.conc // 2, seconds, {"x-gateway-user": f"{user}-{mode}"})
+        ok = sum(r["requests"] - r["non2xx"] for r in results if r)
+        refused = sum(r["non2xx"] for r in results if r)
+        unmetered = 0
+        for admin in admins:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                import urllib.request
+
+                with urllib.request.urlopen(admin + "/stats", timeout=10) as answer:
+                    unmetered += int(json.loads(answer.read())["plugins"]["cost"].get("unmetered", 0))
+        for process in processes:
+            peers.processes.stop(process)
+        lines.append(
+            f"| {mode} | {ok} | {calls} | {refused} | {unmetered} | {'EXACT' if ok == calls else 'NOT exact'} |"
+        )
+    return lines
+
+
+def run_profile(peers: Peers) -> str:
+    knobs = peers.knobs
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        raise SystemExit(f"py-spy is not installed: {sys.executable} -m pip install py-spy")
+    backend = os.environ.get("PROFILE_BACKEND", "memory")
+    target = Target(f"gateway full chain, {backend}, cache miss", "off", kind="gateway", backend=backend,
+                    unique=True, streams=False)  # fmt: skip
+    peers.start([target])
+    if target.problem or target.process is None:
+        raise SystemExit(f"NOT MEASURED: {target.problem}")
+    peers.wrk(target, knobs.conc, knobs.warmup, "warmup")
+    raw = knobs.run_dir / "profile.txt"
+    spy = peers.processes.start(
+        "py-spy", knobs.load_cpu,
+        [str(py_spy), "record", "--pid", str(target.process.pid), "--duration", str(knobs.profile_seconds),
+         "--rate", str(knobs.profile_rate), "--nonblocking", "--nolineno", "--format", "raw", "--output", str(raw)],
+    )  # fmt: skip
+    peers.wrk(target, knobs.conc, knobs.profile_seconds + 2, "profile")
+    spy.wait(timeout=30)
+    peers.processes.stop(spy)
+    return oh.hot_spots(raw, target, knobs, top=35)
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Gateway vs peers; knobs are environment variables (see docstring).")
+    parser.add_argument("command", nargs="*", choices=("run", "rss", "redis", "scaleout", "profile", "all"),
+                        default=["run"], help="one or more, in order")  # fmt: skip
+    args = parser.parse_args()
+    knobs = oh.Knobs.from_env()
+    oh.ensure_tools()
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {knobs.load_cpu})
+    processes = oh.Processes(knobs.run_dir)
+    peers = Peers(knobs, processes)
+    started = time.monotonic()
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupted)
+    log(f"run dir {knobs.run_dir}")
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    busy = oh.busy_share((knobs.gw_cpu, knobs.load_cpu))
+    log(f"uptime: {load}; cpus {busy:.0%} busy")
+    parts: list[str] = []
+    commands = [part for command in args.command
+                for part in (("run", "rss", "redis", "scaleout") if command == "all" else (command,))]  # fmt: skip
+    try:
+        peers.base.start_upstreams()
+        peers.start_redis()
+        for command in commands:
+            log(f"== {command}")
+            if command == "run":
+                targets = all_targets(peers)
+                peers.start(targets)
+                peers.measure(targets)
+                peers.measure_streams(targets)
+                parts.append(report_run(knobs, targets, started, busy, load))
+                for target in targets:  # free the core and memory for what follows
+                    if target.process is not None and target.process.poll() is None:
+                        processes.stop(target.process)
+            elif command == "rss":
+                parts.append(run_rss(peers))
+            elif command == "redis":
+                parts.append(run_redis(peers))
+            elif command == "scaleout":
+                parts.append(run_scaleout(peers))
+            elif command == "profile":
+                parts.append(run_profile(peers))
+            (knobs.run_dir / "result.md").write_text("\n".join(parts))
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except RuntimeError as error:
+        log(f"cannot run: {error}")
+        return 1
+    finally:
+        processes.stop_all()
+    after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    parts.append(f"\nuptime after: {after}\n")
+    text = "\n".join(parts)
+    (knobs.run_dir / "result.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+-- wrk script for benchmarks/peers.py: POST a JSON body, optional headers, optionally a
+-- different body on every request, optionally stop after N answers; prints the same
+-- "WRKJSON {...}" summary as wrk_post.lua.
+--   WRK_BODY_FILE   the request body (JSON)
+--   WRK_HEADERS     extra headers, "Name: value|Name: value"
+--   WRK_UNIQUE=1    replace "#BENCHSEQ" in the body with WRK_SEED-<counter> on every request
+--                   (a cache miss and a scan of new text every time: nothing is served from memory)
+--   WRK_SEED        makes the bodies of this wrk run differ from every other run's
+--   WRK_STOP_AFTER  exit once this many answers came back (one thread: -t1; wrk itself would
+--                   wait out -d): prints a WRKJSON line with the answers and non-2xx counted so
+--                   far (no latencies; requests still in flight are not counted)
+--   WRK_TAG         copied into the summary
+local file = assert(io.open(os.getenv("WRK_BODY_FILE"), "rb"))
+local body = file:read("*a")
+file:close()
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "application/json"
+for pair in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^|]+") do
+  local name, value = string.match(pair, "^%s*([^:]+):%s*(.-)%s*$")
+  if name then wrk.headers[name] = value end
+end
+
+local unique = (os.getenv("WRK_UNIQUE") or "") == "1"
+local seed = os.getenv("WRK_SEED") or tostring(os.time())
+local counter = 0
+local head, tail = nil, nil
+if unique then
+  local at = string.find(body, "#BENCHSEQ", 1, true)
+  assert(at, "WRK_UNIQUE=1 needs #BENCHSEQ in the body")
+  head, tail = string.sub(body, 1, at - 1), string.sub(body, at + 9)
+  request = function()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil, head .. seed .. "-" .. counter .. tail)
+  end
+end
+
+local stop_after = tonumber(os.getenv("WRK_STOP_AFTER") or "0")
+if stop_after > 0 then
+  local answers, bad, started = 0, 0, os.time()
+  response = function(status, headers, answer)
+    answers = answers + 1
+    if status < 200 or status > 399 then bad = bad + 1 end
+    if answers >= stop_after then
+      local seconds = math.max(os.time() - started, 1)
+      io.write(string.format(
+        'WRKJSON {"tag":"%s","requests":%d,"seconds":%d,"rps":%.1f,"p50_us":0,"p90_us":0,"p99_us":0,' ..
+        '"max_us":0,"mean_us":0,"non2xx":%d,"connect":0,"read":0,"write":0,"timeout":0,"stopped":true}\n',
+        os.getenv("WRK_TAG") or "", answers, seconds, answers / seconds, bad))
+      io.flush()
+      os.exit(0)
+    end
+  end
+end
+
+function done(summary, latency, requests)
+  local errors = summary.errors
+  local seconds = summary.duration / 1e6
+  io.write(string.format(
+    'WRKJSON {"tag":"%s","requests":%d,"seconds":%.3f,"rps":%.1f,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f,' ..
+    '"non2xx":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
+    os.getenv("WRK_TAG") or "", summary.requests, seconds, summary.requests / seconds,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
+    errors.status, errors.connect, errors.read, errors.write, errors.timeout))
+end
