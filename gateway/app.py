@@ -144,7 +144,7 @@ class Gateway:
             try:
                 await fresh.start()
             except BaseException:
-                await asyncio.gather(*(provider.close() for provider in fresh.providers.values()), return_exceptions=True)
+                await fresh._shut(fresh.chain, fresh.providers)  # the plugins that did start let go of their pools
                 raise
             for key, new, old in (("listen", fresh.config.listen, self.config.listen), ("admin.listen", fresh.config.admin.listen, self.config.admin.listen)):
                 if new != old:
