@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
+from helpers_lifecycle import loopback_config, start_gateway
 
 from gateway import hookimpl
 from gateway.testing import run_gateway
@@ -107,3 +110,58 @@ async def test_readyz_is_503_until_the_gateway_has_started(tmp_path):
             assert (await _get(admin_url + "/readyz"))[0] == 200
         finally:
             await gateway.stop()
+
+
+async def _runtime(admin_url: str) -> tuple[int, int]:
+    """(in_flight, runtime.tasks) from /stats."""
+    status, stats = await _get(admin_url + "/stats")
+    assert status == 200
+    return stats["in_flight"], stats["runtime"]["tasks"]
+
+
+async def _settled(condition, within_s: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_stats_counts_the_processs_asyncio_tasks_up_while_requests_hang_and_back_down_after(tmp_path):
+    # a process of its own, so the figure holds the gateway's tasks and none of the test's
+    async with start_gateway(loopback_config(), tmp_path) as gw:
+        in_flight, idle = await _runtime(gw.admin_url)
+        assert in_flight == 0 and idle >= 1  # the call that reads it runs in a task too
+        host, port = gw.url.removeprefix("http://").split(":")
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+        hung = []
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"x-mock-hang: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            hung.append(writer)
+
+        async def all_hanging() -> bool:
+            return (await _runtime(gw.admin_url))[0] == 6
+
+        assert await _settled(all_hanging)
+        _, busy = await _runtime(gw.admin_url)
+        assert busy >= idle + 6  # at least a task per request held open
+        for writer in hung:
+            writer.transport.abort()
+
+        async def back_to_idle() -> bool:
+            in_flight, tasks = await _runtime(gw.admin_url)
+            return in_flight == 0 and tasks <= idle
+
+        assert await _settled(back_to_idle), await _runtime(gw.admin_url)
+
+
+async def test_metrics_carry_the_asyncio_task_count(tmp_path):
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}}, tmp_path) as gw:
+        _, metrics = await _get(gw.admin_url + "/metrics")
+    lines = [line for line in metrics.splitlines() if line.startswith("gateway_asyncio_tasks ")]
+    assert len(lines) == 1 and float(lines[0].split()[1]) >= 1
