@@ -6,10 +6,11 @@ import asyncio
 
 import aiohttp
 from aiohttp import web
-from helpers_lifecycle import loopback_config, start_gateway
 
 from gateway import hookimpl
 from gateway.testing import run_gateway
+
+from helpers_lifecycle import loopback_config, start_gateway
 
 CHAT = [{"role": "user", "content": "hello"}]
 
