@@ -3,14 +3,18 @@
     python benchmarks/soak.py --minutes 10 [--concurrency 8]
 
 The gateway runs as its own process on loopback, on a demo-like config (scan,
-cache, cascade, cost with a SQLite ledger, breaker with a fallback; the built-in
-mock providers). The traffic mixes OpenAI and Anthropic shapes, buffered and
-streamed, repeated prompts (cache hits), prompt injections (blocked by scan) and
+ratelimit, cache, cascade, cost with a SQLite ledger, breaker with a fallback; the
+built-in mock providers). The traffic mixes OpenAI and Anthropic shapes, buffered
+and streamed, repeated prompts (cache hits), prompt injections (blocked by scan),
 upstream errors (the mock's ``x-mock-error-*`` headers: 500s the breaker fails over
-from, and 400s it passes back). At the start (after a warm-up) and at the end it
-reads the gateway process's RSS (/proc/PID/status VmRSS) and open file descriptors
-(/proc/PID/fd); the admin API exposes no asyncio task count, so tasks are not
-reported. Prints requests served, answers by status and error code, and the figures.
+from, and 400s it passes back) and two greedy callers held to 60 requests a minute
+(429s); everyone else's limits are far above what they send, so ratelimit decides
+and settles every request but admits it. At the start (after a warm-up), every
+minute and at the end it reads the gateway process's RSS (/proc/PID/status VmRSS),
+open file descriptors (/proc/PID/fd) and asyncio tasks (admin /stats
+``runtime.tasks``). Prints requests served, answers by status, errors by kind of
+request, status and code (those a kind does not expect are counted apart), and the
+figures.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ import aiohttp
 import msgspec
 
 READY = re.compile(r"^gateway ready on (?P<url>http://\S+) \(admin (?P<admin>http://\S+)\)")
+#: callers that send more than their limit allows: ratelimit answers most of theirs 429
+GREEDY = ("soak-greedy-0", "soak-greedy-1")
+GREEDY_LIMIT_PER_MINUTE = 60
+#: the errors each kind of request may get; any other is counted as unexpected
+EXPECTED = {
+    "threat": {"400 threat_detected"},
+    "upstream_400": {"400 invalid_request_error"},
+    "over_limit": {"429 rate_limit_exceeded"},
+}
 
 
 def config(directory: Path) -> dict[str, Any]:
@@ -53,6 +66,16 @@ def config(directory: Path) -> dict[str, Any]:
                     "scan_responses": True,
                 },
             },
+            {
+                "use": "ratelimit",
+                "config": {
+                    # far above what one of the 20 ordinary callers sends (~300 a minute at
+                    # 90 requests/s): decided and settled, never refused
+                    "requests_per_minute": 6000,
+                    "tokens_per_minute": 3_000_000,
+                    "clients": {name: {"requests_per_minute": GREEDY_LIMIT_PER_MINUTE} for name in GREEDY},
+                },
+            },
             {"use": "cache", "config": {"backend": "memory", "ttl_s": 600, "max_entries": 1000, "scope": "client"}},
             {"use": "cascade", "config": {"draft_model": "gpt-4o-mini", "escalate_model": "gpt-4o"}},
             {"use": "cost", "config": {"budget_usd_per_day": 1000000, "store": str(directory / "usage.db")}},
@@ -70,12 +93,20 @@ def config(directory: Path) -> dict[str, Any]:
     }
 
 
-def process_figures(pid: int) -> dict[str, int]:
+async def process_figures(session: aiohttp.ClientSession, admin: str, pid: int) -> dict[str, int]:
+    """RSS and open fds from /proc; asyncio tasks from the gateway's /stats (the call
+    reading them included, the same at every reading)."""
+    async with session.get(admin + "/stats") as response:
+        tasks = (await response.json())["runtime"]["tasks"]
     rss_kb = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss_kb = int(line.split()[1])
-    return {"rss_kb": rss_kb, "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    return {"rss_kb": rss_kb, "open_fds": len(os.listdir(f"/proc/{pid}/fd")), "tasks": tasks}
+
+
+def describe(figures: dict[str, int]) -> str:
+    return f"rss {figures['rss_kb'] / 1024:.1f} MiB, open fds {figures['open_fds']}, asyncio tasks {figures['tasks']}"
 
 
 def pick(rng: random.Random, n: int) -> tuple[str, str, dict[str, Any], dict[str, str], bool]:
@@ -94,6 +125,9 @@ def pick(rng: random.Random, n: int) -> tuple[str, str, dict[str, Any], dict[str
     elif roll < 0.38:
         kind, text = "upstream_400", f"bad {n}"
         headers |= {"x-mock-error-rate": "1", "x-mock-error-status": "400"}
+    elif roll < 0.46:
+        kind, text = "over_limit", f"Me again, number {n}."
+        headers["x-gateway-user"] = rng.choice(GREEDY)
     else:
         kind, text = "fresh", f"Tell me something new, number {n}."
     model = rng.choice(["gpt-4o-mini", "gpt-4o"])
@@ -120,6 +154,7 @@ async def worker(
             async with session.post(url + path, json=body, headers=headers) as response:
                 data = await response.read()
                 tally["status"][str(response.status)] += 1
+                error = None
                 if response.status >= 400:
                     try:
                         code = json.loads(data).get("error", {}).get("code") or json.loads(data).get("error", {}).get(
@@ -127,11 +162,15 @@ async def worker(
                         )
                     except (ValueError, AttributeError):
                         code = "not-json"
-                    tally["error"][f"{response.status} {code}"] += 1
+                    error = f"{response.status} {code}"
                 elif stream and not data.rstrip().endswith((b"[DONE]", b"}")):
-                    tally["error"]["truncated stream"] += 1
+                    error = "truncated stream"
         except (TimeoutError, aiohttp.ClientError) as exc:
-            tally["error"][f"client {type(exc).__name__}"] += 1
+            error = f"client {type(exc).__name__}"
+        if error is not None:
+            tally["error"][f"{kind}: {error}"] += 1
+            if error not in EXPECTED.get(kind, ()):
+                tally["unexpected"][f"{kind}: {error}"] += 1
 
 
 async def main() -> int:
@@ -163,7 +202,7 @@ async def main() -> int:
                 await asyncio.gather(
                     *(worker(session, url, time.monotonic() + 5, 1000 + i, warm) for i in range(args.concurrency))
                 )
-                start = process_figures(proc.pid)
+                start = await process_figures(session, admin, proc.pid)
                 tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
                 began = time.monotonic()
                 until = began + args.minutes * 60
@@ -172,7 +211,7 @@ async def main() -> int:
                 async def sample() -> None:
                     while time.monotonic() < until:
                         await asyncio.sleep(60)
-                        samples.append((time.monotonic() - began, process_figures(proc.pid)))
+                        samples.append((time.monotonic() - began, await process_figures(session, admin, proc.pid)))
 
                 sampler = asyncio.create_task(sample())
                 await asyncio.gather(
@@ -181,7 +220,7 @@ async def main() -> int:
                 sampler.cancel()
                 elapsed = time.monotonic() - began
                 await asyncio.sleep(1)  # idle connections settle
-                end = process_figures(proc.pid)
+                end = await process_figures(session, admin, proc.pid)
                 async with session.get(admin + "/stats") as response:
                     stats = await response.json()
         finally:
@@ -194,14 +233,16 @@ async def main() -> int:
     print(f"  by kind:   {dict(sorted(tally['kind'].items()))}")
     print(f"  by status: {dict(sorted(tally['status'].items()))}")
     print(f"  errors:    {dict(sorted(tally['error'].items()))}")
-    print(f"  start: rss {start['rss_kb'] / 1024:.1f} MiB, open fds {start['open_fds']}")
+    print(f"  unexpected errors: {sum(tally['unexpected'].values())} {dict(sorted(tally['unexpected'].items()))}")
+    print(f"  start:    {describe(start)}")
     for at, figures in samples[1:]:
-        print(f"  {at / 60:4.1f} min: rss {figures['rss_kb'] / 1024:.1f} MiB, open fds {figures['open_fds']}")
-    print(f"  end:   rss {end['rss_kb'] / 1024:.1f} MiB, open fds {end['open_fds']}")
+        print(f"  {at / 60:4.1f} min: {describe(figures)}")
+    print(f"  end:      {describe(end)}")
     print(
         f"  gateway /stats: requests {stats['requests']}, in_flight {stats['in_flight']}, by_status {stats['by_status']}"
     )
-    print("  cost:", {k: v for k, v in stats["plugins"].get("cost", {}).items() if not isinstance(v, dict)})
+    for plugin in ("ratelimit", "cost"):
+        print(f"  {plugin}:", {k: v for k, v in stats["plugins"].get(plugin, {}).items() if not isinstance(v, dict)})
     print(f"  gateway exit status after SIGTERM: {code}")
     return 0
 
