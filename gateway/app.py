@@ -21,6 +21,18 @@ from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -28,7 +40,8 @@ from gateway import plugins as plugin_loader
 from gateway.admin import admin_app
 from gateway.chain import Chain
 from gateway.config import ConfigError, GatewayConfig, LoadedConfig, load, parse_listen
-from gateway.errors import StartupError
+from gateway.cors import SECURITY_HEADERS
+from gateway.errors import GatewayError, StartupError, error_body, invalid_request
 from gateway.exchange import Exchange
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
@@ -44,6 +57,14 @@ GENERATION = ("config_path", "config", "providers", "router", "proxy", "chain", 
 #: once the grace period is over, how long cancelled requests get to unwind
 CANCEL_WAIT_S = 0.25
 DRAIN_POLL_S = 0.02
+#: what aiohttp's HTTP parser accepts: a longer request line is 414, a longer header
+#: (name and value) or more headers are 431. The two sizes differ, which tells the
+#: parser's two LineTooLong errors apart.
+MAX_REQUEST_LINE_BYTES = 8190
+MAX_HEADER_BYTES = 65536
+MAX_HEADERS = 128
+#: the core failed in a way no other code covers (a bug): the details stay in the log
+INTERNAL_ERROR = GatewayError(500, "internal_error", "The gateway failed to answer this request; see its log.")
 
 
 class Gateway:
@@ -178,16 +199,106 @@ class Gateway:
         def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
             return self.proxy.handle(request)
 
-        return web.Server(
+        return DataServer(
             handle,
             request_factory=make_request,
             handler_cancellation=True,
             access_log=None,
-            max_field_size=65536,
+            max_line_size=MAX_REQUEST_LINE_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADERS,
             # aiohttp closes a connection idle this long, counted from when it opened
             # (or answered last) and not reset by partial data: a slow request head too.
             keepalive_timeout=self.config.limits.header_timeout_s,
         )
+
+
+class DataConnection(RequestHandler):
+    """aiohttp's handler of one data-plane connection, whose own answers (a request its
+    HTTP parser refuses, a handler that raised) are the gateway's: JSON in the OpenAI
+    shape, the security headers, no quote of the request, and the connection closed."""
+
+    #: the body the parser is filling: the last request it delivered
+    _filling: StreamReader | None = None
+
+    def data_received(self, data: bytes) -> None:
+        # A body that turns malformed (a bad chunk size) fails the parser, which queues an
+        # error answer but leaves the body's reader waiting (until limits.body_timeout_s,
+        # then aiohttp's lingering): hand the reader the error at once.
+        messages = self._messages
+        delivered = len(messages)
+        super().data_received(data)
+        for index in range(delivered, len(messages)):
+            message, payload = messages[index]
+            if isinstance(message, _ErrInfo):
+                if self._filling is not None and not self._filling.is_eof():
+                    self._filling.set_exception(message.exc)
+                    self._filling.feed_eof()  # nothing more to read: no lingering after the answer
+                self._filling = None
+            else:
+                self._filling = payload
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own logs the event (gateway.logs drops its quote of the request) and
+        # raises when part of an answer already went out; its plain-text answer, which
+        # quotes the offending line back, is replaced.
+        super().handle_error(request, status, exc)
+        if isinstance(exc, HttpProcessingError):
+            error, api = refused_by_parser(exc), "openai"  # what was read of the path is not to be trusted
+        elif isinstance(exc, RequestPayloadError):  # a body aiohttp could not decode (Content-Encoding)
+            error, api = invalid_request("The request body could not be read: its encoding is malformed."), "openai"
+        else:
+            error = INTERNAL_ERROR
+            api = "anthropic" if request.path.startswith("/v1/messages") else "openai"
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", **SECURITY_HEADERS}
+        response = web.Response(status=error.status, body=error_body(error, api), headers=headers)
+        response.force_close()
+        return response
+
+
+class DataServer(web.Server):
+    """aiohttp's low-level server, serving each connection with :class:`DataConnection`."""
+
+    def __call__(self) -> RequestHandler:
+        # web.Server offers no factory argument: this is its own __call__, with our class.
+        return DataConnection(self, loop=self._loop, **self._kwargs)
+
+
+def refused_by_parser(exc: HttpProcessingError) -> GatewayError:
+    """The gateway's answer to a request aiohttp's HTTP parser refused.
+
+    The message names what is wrong and never quotes the request: the offending bytes
+    may be a key (aiohttp's own messages quote them)."""
+    if isinstance(exc, LineTooLong):
+        if exc.args[1:2] == (MAX_REQUEST_LINE_BYTES,):
+            return GatewayError(414, "request_line_too_long", f"The request line is longer than the limit of {MAX_REQUEST_LINE_BYTES} bytes.")
+        return GatewayError(431, "request_headers_too_large", f"A request header is longer than the limit of {MAX_HEADER_BYTES} bytes.")
+    if isinstance(exc, BadHttpMethod):
+        if "HTTPS" in exc.message:
+            return invalid_request("TLS traffic on the gateway's plain-HTTP port: call it with http://.")
+        return invalid_request("The request line does not start with a method the gateway accepts.")
+    if isinstance(exc, BadStatusLine):
+        return invalid_request("The request line is malformed: expected METHOD TARGET HTTP/1.x.")
+    if isinstance(exc, InvalidURLError):
+        return invalid_request("The request target is not a valid path.")
+    if isinstance(exc, InvalidHeader):
+        return invalid_request("A request header has an invalid name or value.")
+    if isinstance(exc, PayloadEncodingError):
+        return invalid_request("The request body's framing (Content-Length, chunked encoding) is malformed.")
+    if isinstance(exc, BadHttpMessage):
+        # The parser's reason comes first, before any quote of the request ("reason:\n\n  b'...'").
+        reason = exc.message.split(":\n", 1)[0].strip() if type(exc) is BadHttpMessage else ""
+        if reason.startswith("Too many headers"):
+            return GatewayError(431, "request_headers_too_large", f"The request has more than {MAX_HEADERS} headers.")
+        if reason and "\n" not in reason:
+            return invalid_request(f"The request's headers or framing are malformed: {reason.rstrip('.')}.")
+    return invalid_request("The request's headers or framing are malformed.")
 
 
 async def serve(gateway: Gateway) -> None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.app import DataServer
 from gateway.exchange import Exchange
 from gateway.mock_upstream import MockUpstream
 from gateway.testing import run_gateway, serve_app
@@ -245,10 +246,9 @@ async def test_odd_request_lines_never_reach_another_host_nor_fail_with_500(two_
     head = f"{request_line} HTTP/1.1\r\nHost: {evil_host}\r\nAuthorization: Bearer sk-app\r\nContent-Length: 0\r\n"
     status, body = await raw_exchange(gw.url, head.encode() + b"Connection: close\r\n\r\n")
     assert status is None or status < 500, (status, body[:300])
-    if status is not None and status >= 400 and body:
-        # aiohttp's HTTP parser answers a line it cannot parse with a plain-text 400
-        # before the gateway sees a request; everything else is in the API's shape
-        assert b'"error"' in body or status == 400, body[:300]
+    if status is not None and status >= 400:
+        # what the HTTP parser refuses too: the gateway answers it in the API's shape
+        assert "error" in json.loads(body), body[:300]
     assert evil.seen == []
     for _, host, raw_path in upstream.seen:
         assert host == upstream_host_of(gw), host
@@ -400,6 +400,122 @@ async def test_invalid_utf8_in_the_path_and_query_is_a_clear_answer(two_upstream
         status, body = await raw_exchange(gw.url, head)
         assert status is None or status < 500, (target, status, body[:200])
     assert evil.seen == []
+
+
+# -- what aiohttp's HTTP parser refuses: answered in the API's shape, never quoted back ------------
+
+FAKE_KEY = b"sk-proj-FAKEKEY0123456789abcdef"
+GZIP_GARBAGE = b"\x1f\x8b\x08\x00\x00\x00\x00\x00garbage:" + FAKE_KEY
+REFUSED = {
+    "nul-in-authorization": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + FAKE_KEY + b"\x00\r\n\r\n", 400, "invalid_request"),
+    "header-over-64KiB": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + FAKE_KEY + b"A" * 70_000 + b"\r\n\r\n", 431, "request_headers_too_large"),
+    "too-many-headers": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Key-%d: %s\r\n" % (i, FAKE_KEY) for i in range(200)) + b"\r\n", 431, "request_headers_too_large"),
+    "request-line-over-8KiB": (b"GET /v1/models?key=" + FAKE_KEY + b"A" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long"),
+    "bad-method": (b"F(O /" + FAKE_KEY + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    "bad-version": (b"GET /v1/models HTTP/9" + FAKE_KEY + b"\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    "space-in-target": (b"GET /v1/mo dels" + FAKE_KEY + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "invalid_request"),
+    "header-without-colon": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBearer " + FAKE_KEY + b"\r\n\r\n", 400, "invalid_request"),
+    "bad-header-name": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-" + FAKE_KEY + b"(: 1\r\n\r\n", 400, "invalid_request"),
+    "tls-on-plain-port": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + FAKE_KEY, 400, "invalid_request"),
+    "two-content-lengths": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + FAKE_KEY + b"\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "invalid_request"),
+    "bad-chunk-size": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz" + FAKE_KEY + b"\r\n{}\r\n0\r\n\r\n", 400, "invalid_request"),
+    "undecodable-gzip-body": (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\nContent-Type: application/json\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(GZIP_GARBAGE), GZIP_GARBAGE),
+        400,
+        "invalid_request",
+    ),
+}
+
+
+async def refused_exchange(url: str, *parts: bytes) -> tuple[str, dict[str, str], bytes, bytes]:
+    """Send ``parts`` (a pause between them) and read until the gateway closes; a reset fails
+    the test. (status line, headers, body, every byte received)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for n, part in enumerate(parts):
+            if n:
+                await asyncio.sleep(0.2)  # the head is in the gateway's hands before the rest comes
+            writer.write(part)
+            await writer.drain()
+        received = await asyncio.wait_for(reader.read(), 10)  # to EOF: the gateway closed the connection
+    finally:
+        writer.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return status_line, headers, body, received
+
+
+def assert_refused_in_the_api_shape(answer: tuple[str, dict[str, str], bytes, bytes], status: int, code: str) -> None:
+    status_line, headers, body, received = answer
+    assert status_line.split()[1] == str(status), received[:300]
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", code), error
+    assert error["message"] and FAKE_KEY.decode() not in error["message"]
+    assert FAKE_KEY not in received and b"FAKEKEY" not in received  # nothing of the request quoted back
+    assert headers["content-type"] == "application/json"
+    assert headers["content-length"] == str(len(body))
+    assert (headers["x-content-type-options"], headers["x-frame-options"], headers["cache-control"]) == ("nosniff", "DENY", "no-store")
+    assert headers.get("connection", "").lower() == "close" or status_line.startswith("HTTP/1.0")
+
+
+@pytest.mark.parametrize(("raw", "status", "code"), REFUSED.values(), ids=REFUSED.keys())
+async def test_a_request_the_http_parser_refuses_is_answered_in_the_api_shape_without_quoting_it(two_upstreams, raw, status, code):
+    gw, upstream, evil, _ = two_upstreams
+    assert_refused_in_the_api_shape(await refused_exchange(gw.url, raw), status, code)
+    assert upstream.seen == [] and evil.seen == []
+    # the connection was closed cleanly (read to EOF, no reset), and the next caller is served
+    status_line, _, _, _ = await refused_exchange(gw.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\nConnection: close\r\n\r\n")
+    assert status_line.split()[1] == "200"
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [b"zz" + FAKE_KEY + b"\r\n{}\r\n0\r\n\r\n", b"5\r\n" + FAKE_KEY + b"\r\n0\r\n\r\n"],
+    ids=["bad-chunk-size", "chunk-longer-than-its-size"],
+)
+async def test_a_chunked_body_that_turns_malformed_after_the_head_is_refused_at_once(two_upstreams, rest):
+    """The parser fails after the proxy has the request: its body reader gets the error
+    then, instead of waiting for limits.body_timeout_s (60 s here; the read allows 10)."""
+    gw, upstream, evil, _ = two_upstreams
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n"
+    )
+    answer = await refused_exchange(gw.url, head, rest)
+    assert_refused_in_the_api_shape(answer, 400, "invalid_request")
+    assert "chunk" in json.loads(answer[2])["error"]["message"]
+    assert upstream.seen == [] and evil.seen == []
+    assert gw.gateway.proxy.in_flight == 0
+
+
+async def test_an_exception_escaping_the_handler_is_a_json_500_in_the_routes_shape_without_its_text():
+    """The last net under the proxy: aiohttp's plain-text 500 becomes the gateway's."""
+
+    async def broken(request: web.BaseRequest) -> web.StreamResponse:
+        raise RuntimeError("a bug holding " + FAKE_KEY.decode())
+
+    runner = web.ServerRunner(DataServer(broken, handler_cancellation=True, access_log=None))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        answers = {}
+        for path in ("/v1/chat/completions", "/v1/messages"):
+            request = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" % path.encode()
+            answers[path] = await refused_exchange(f"http://{host}:{port}", request)
+    finally:
+        await runner.cleanup()
+    for status_line, headers, _, received in answers.values():
+        assert status_line.split()[1] == "500" and FAKE_KEY not in received
+        assert (headers["content-type"], headers["x-content-type-options"], headers["connection"]) == ("application/json", "nosniff", "close")
+    openai = json.loads(answers["/v1/chat/completions"][2])["error"]
+    assert (openai["type"], openai["code"]) == ("server_error", "internal_error")
+    anthropic = json.loads(answers["/v1/messages"][2])
+    assert (anthropic["type"], anthropic["error"]["type"]) == ("error", "internal_error")
 
 
 # -- the admin API: its OpenAPI description, and schemathesis against it -------------------------

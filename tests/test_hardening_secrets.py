@@ -229,17 +229,19 @@ def test_the_admin_api_and_the_data_port_bind_to_loopback_by_default():
 
 
 async def test_a_request_the_parser_refuses_is_logged_without_quoting_it(tmp_path):
-    """aiohttp quotes the offending line of a malformed request in its traceback; the
-    gateway's log keeps the event and drops the quote, which may hold a key."""
+    """aiohttp quotes the offending line of a malformed request in its traceback (and
+    in its own answer); the gateway's log keeps the event and drops the quote, which
+    may hold a key, and its answer names the problem without quoting."""
     config = {"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"}, "providers": {"mock": {"type": "mock"}}}
     malformed = (
         b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode() + b"\x00\r\n\r\n",
         b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode() + b"A" * 70_000 + b"\r\n\r\n",
     )
     async with start_gateway(config, tmp_path) as gw:
-        for request in malformed:
+        for request, status in zip(malformed, (b" 400 ", b" 431 "), strict=True):
             answer = await raw_exchange(gw.url, request)
-            assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0]
+            assert answer.startswith(b"HTTP/1.") and status in answer.split(b"\r\n", 1)[0]
+            assert CLIENT_KEY.encode() not in answer  # nor quoted back in the answer
         gw.send_signal(signal.SIGTERM)
         assert await gw.wait() == 0
     refused = [line for line in gw.log_lines() if line["logger"] == "aiohttp.server"]
