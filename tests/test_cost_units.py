@@ -216,3 +216,30 @@ def test_records_older_than_the_retention_are_deleted(tmp_path):
     assert [row[0] for row in connection.execute("SELECT day FROM usage")] == [today]
     connection.close()
     assert ledger.pruned == 2
+
+
+def test_a_batch_is_written_in_multi_row_statements_and_every_record_lands_whole(tmp_path):
+    """150 records: two 64-row statements and 22 rows one by one, each row as it was put."""
+    import sqlite3
+
+    from gateway_plugins.cost.ledger import COLUMNS, ROWS_PER_INSERT, Ledger
+
+    count = 2 * ROWS_PER_INSERT + 22
+    ledger = Ledger(str(tmp_path / "usage.db"), flush_interval_s=30, batch_size=10_000, max_pending=10_000)
+    ledger.start()
+    records = [
+        (float(i), "2026-12-02", f"r{i}", f"c{i % 3}", "p", "m", "/v1/chat/completions", 200, None, i % 2,
+         i, 2 * i, 0, 0, 0, 5 * i, 0, 0, None, 1.5)
+        for i in range(count)
+    ]  # fmt: skip
+    try:
+        for record in records:
+            ledger.put(record)
+        assert ledger.flush(10)
+    finally:
+        ledger.close()
+    assert ledger.written == count and ledger.batches == 1
+    connection = sqlite3.connect(tmp_path / "usage.db")
+    rows = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM usage ORDER BY id").fetchall()
+    connection.close()
+    assert rows == records

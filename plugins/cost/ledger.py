@@ -79,7 +79,14 @@ CREATE VIEW IF NOT EXISTS usage_usd AS
     SELECT *, cost_picousd / 1e12 AS cost_usd FROM usage;
 """
 
-_INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_ROW = f"({', '.join('?' * len(COLUMNS))})"
+_INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES {_ROW}"
+#: rows per INSERT statement. SQLite releases the GIL once per statement step, and the
+#: event loop wants it back each time: one statement per row made the writer thread
+#: and the loop hand the GIL to each other for every record (about 12 us of CPU a
+#: record under load, against 3 us for the insert itself).
+ROWS_PER_INSERT = 64
+_INSERT_MANY = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * ROWS_PER_INSERT)}"
 _STOP: Any = object()
 _FLUSH: Any = object()
 BUSY_TIMEOUT_MS = 2000
@@ -155,7 +162,8 @@ class Ledger:
         put does not wake a thread (and hand the GIL over) for every record."""
         self._queued += 1
         self.queue.put(record)
-        if self._queued - self._taken >= self.batch_size:
+        # Wake the writer once per full batch: setting a set Event still takes its lock.
+        if self._queued - self._taken >= self.batch_size and not self._wake.is_set():
             self._wake.set()
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -268,7 +276,12 @@ class Ledger:
                 connection = self._connect()
             connection.execute("BEGIN IMMEDIATE")
             try:
-                connection.executemany(_INSERT, batch)
+                rows = list(batch)
+                whole = len(rows) - len(rows) % ROWS_PER_INSERT
+                for start in range(0, whole, ROWS_PER_INSERT):
+                    connection.execute(_INSERT_MANY, [value for row in rows[start : start + ROWS_PER_INSERT] for value in row])
+                if whole < len(rows):
+                    connection.executemany(_INSERT, rows[whole:])
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
