@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -528,6 +529,7 @@ def figures(target: Target, conc: int) -> dict[str, float] | None:
         "p99": median([r["p99_us"] for r in rounds]) / 1000,
         "non2xx": sum(r["non2xx"] for r in rounds),
         "socket": sum(r["connect"] + r["read"] + r["write"] + r["timeout"] for r in rounds),
+        "cpu_us": median([r["cpu_us"] for r in rounds if "cpu_us" in r]),
     }
 
 
@@ -588,14 +590,14 @@ def throughput_table(knobs: Knobs, targets: list[Target], base: Baselines) -> li
         "",
         f"### Throughput at c={hi} and latency at c={lo} (median of rounds; ms)",
         "",
-        f"| target | req/s c={hi} | x pass-through | p99 c={hi} | p50 c={lo} | p99 c={lo} | added p50 vs direct | "
-        "p50 - pass-through p50 | non-2xx | socket errors | req/s per round |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| target | req/s c={hi} | x pass-through | CPU µs/req c={hi} | p99 c={hi} | p50 c={lo} | p99 c={lo} | "
+        "added p50 vs direct | p50 - pass-through p50 | non-2xx | socket errors | req/s per round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for target in targets:
         high, low = figures(target, hi), figures(target, lo)
         if target.problem or high is None or low is None:
-            lines.append(f"| {target.label} | NOT MEASURED: {target.problem or 'no wrk result'} |||||||||")
+            lines.append(f"| {target.label} | NOT MEASURED: {target.problem or 'no wrk result'} ||||||||||")
             continue
         per_round = " ".join(f"{result['rps']:.0f}" for result in target.wrk[hi])
         ratio = f"{high['rps'] / base.floor_high['rps']:.2f}x" if base.floor_high and target is not base.direct else "-"
@@ -604,13 +606,16 @@ def throughput_table(knobs: Knobs, targets: list[Target], base: Baselines) -> li
         if base.floor_low and target not in (base.direct, base.floor):
             beyond = f"{low['p50'] - base.floor_low['p50']:+.3f}"
         errors = f"{high['non2xx'] + low['non2xx']:.0f} | {high['socket'] + low['socket']:.0f}"
+        cpu = "-" if math.isnan(high["cpu_us"]) or target is base.direct else f"{high['cpu_us']:.0f}"
         lines.append(
-            f"| {target.label} | {high['rps']:.0f} | {ratio} | {high['p99']:.2f} | {low['p50']:.3f} | "
+            f"| {target.label} | {high['rps']:.0f} | {ratio} | {cpu} | {high['p99']:.2f} | {low['p50']:.3f} | "
             f"{low['p99']:.3f} | {added} | {beyond} | {errors} | {per_round} |"
         )
     lines += [
         "",
         "direct: wrk and nginx share one core: its req/s is what the box can do, not comparable to a proxy's.",
+        "CPU µs/req: the proxy process's CPU time (every thread) over the c=32 run, per answer (peers.py only):",
+        "the figure another job on the machine disturbs least.",
     ]
     return lines
 
