@@ -100,6 +100,11 @@ class LRUMemoryCache(BaseCache):
     async def _set(
         self, key: str, value: Any, ttl: float | None = None, _cas_token: Any = None, _conn: Any = None
     ) -> bool:
+        return self.put(key, value, ttl)
+
+    def put(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store without aiocache's wrappers (the hot path of a miss: its decorators,
+        an environment lookup among them, cost more than the store itself)."""
         entries = self._entries
         self._drop(key)
         size = len(getattr(value, "body", b""))

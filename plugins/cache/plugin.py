@@ -458,7 +458,7 @@ class Cache:
 
     async def _store(self, exchange: Exchange | None, key: str, entry: Entry) -> None:
         if self.memory is not None:
-            await self.memory.set(key, entry, ttl=self.ttl_s)
+            self.memory.put(key, entry, self.ttl_s)
             self.stores += 1
             return
         redis = self.redis
