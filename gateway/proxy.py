@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -162,6 +164,20 @@ def _remove_dot_segments(path: str) -> str:
 def _request_timeout(timeout_s: float) -> GatewayError:
     """408: the core's own answer to a slow body (not a plugin helper: plugins never see one)."""
     return GatewayError(408, "request_timeout", f"Request body was not received within {timeout_s:g} s.")
+
+
+def _unreadable_body(exc: BaseException) -> GatewayError:
+    """400 ``invalid_request`` for a body that failed while it was read: a malformed
+    chunk, a Content-Encoding that does not decode. The message never quotes the
+    parser's (which may hold a key); what follows the bad bytes cannot be framed, so
+    the connection is closed after the answer."""
+    if isinstance(exc, ContentEncodingError) or isinstance(exc.__cause__, ContentEncodingError):
+        message = "The request body could not be read: its Content-Encoding does not decode."
+    else:
+        message = "The request body's framing (chunked encoding) is malformed."
+    error = invalid_request(message)
+    error.headers = {"Connection": "close"}
+    return error
 
 
 def server_timing(exchange: Exchange) -> str:
@@ -648,6 +664,11 @@ class Proxy:
             raise request_too_large(self.max_body_bytes) from None
         except TimeoutError:
             raise _request_timeout(self.body_timeout_s) from None
+        except (RequestPayloadError, HttpProcessingError) as exc:
+            # The parser stopped feeding this body: mark it ended, so aiohttp does not
+            # linger over it after the answer (and log its error again).
+            request.content.feed_eof()
+            raise _unreadable_body(exc) from None
 
     def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
         headers = {
@@ -664,7 +685,10 @@ class Proxy:
         level = logging.WARNING if error.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "answered %s %s: %s", error.status, error.code, error.message, extra={"status": error.status, "code": error.code})
-        return web.Response(status=error.status, body=error_body(error, exchange.api), headers=headers)
+        reply = web.Response(status=error.status, body=error_body(error, exchange.api), headers=headers)
+        if headers.get("Connection") == "close":
+            reply.force_close()  # aiohttp then closes the connection once the answer is out
+        return reply
 
     async def _finish(self, request: web.BaseRequest, exchange: Exchange, reply: web.Response) -> web.StreamResponse:
         """Send a buffered answer, then run ``complete`` (so it adds no latency)."""
