@@ -81,6 +81,8 @@ HOP_BY_HOP = frozenset(
 )
 # The caller's credentials: replaced by the provider's key unless it is 'passthrough'.
 CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
+# Dropped from a request whose body aiohttp decoded (its Content-Encoding is one it knows).
+DECODED_REQUEST = frozenset({"content-encoding"})
 # Dropped from upstream answers: aiohttp has already decoded the body, and what a
 # browser may read is the gateway's to say (cors), not the provider's.
 DECODED_RESPONSE = HOP_BY_HOP | {
@@ -254,6 +256,11 @@ class Provider:
         incoming = exchange.headers
         named = _named_by_connection(incoming)
         drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+        request = exchange.request
+        if request is not None and request._message.compression is not None:
+            # aiohttp decoded the body (gzip, deflate, br, zstd): it goes up plain, and
+            # its length is the HTTP client's to set from the bytes sent.
+            drop = drop | DECODED_REQUEST
         for name, value in incoming.items():
             lower = name.lower()
             if lower in drop or lower.startswith("x-gateway-"):
