@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -79,6 +81,8 @@ HOP_BY_HOP = frozenset(
 )
 # The caller's credentials: replaced by the provider's key unless it is 'passthrough'.
 CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
+# Dropped from a request whose body aiohttp decoded (its Content-Encoding is one it knows).
+DECODED_REQUEST = frozenset({"content-encoding"})
 # Dropped from upstream answers: aiohttp has already decoded the body, and what a
 # browser may read is the gateway's to say (cors), not the provider's.
 DECODED_RESPONSE = HOP_BY_HOP | {
@@ -164,6 +168,20 @@ def _request_timeout(timeout_s: float) -> GatewayError:
     return GatewayError(408, "request_timeout", f"Request body was not received within {timeout_s:g} s.")
 
 
+def _unreadable_body(exc: BaseException) -> GatewayError:
+    """400 ``invalid_request`` for a body that failed while it was read: a malformed
+    chunk, a Content-Encoding that does not decode. The message never quotes the
+    parser's (which may hold a key); what follows the bad bytes cannot be framed, so
+    the connection is closed after the answer."""
+    if isinstance(exc, ContentEncodingError) or isinstance(exc.__cause__, ContentEncodingError):
+        message = "The request body could not be read: its Content-Encoding does not decode."
+    else:
+        message = "The request body's framing (chunked encoding) is malformed."
+    error = invalid_request(message)
+    error.headers = {"Connection": "close"}
+    return error
+
+
 def server_timing(exchange: Exchange) -> str:
     """``gateway;dur=MS, upstream;dur=MS``: the gateway's own time so far and the
     upstream's (until its answer's headers), so callers see the overhead in their tools."""
@@ -238,6 +256,11 @@ class Provider:
         incoming = exchange.headers
         named = _named_by_connection(incoming)
         drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+        request = exchange.request
+        if request is not None and request._message.compression is not None:
+            # aiohttp decoded the body (gzip, deflate, br, zstd): it goes up plain, and
+            # its length is the HTTP client's to set from the bytes sent.
+            drop = drop | DECODED_REQUEST
         for name, value in incoming.items():
             lower = name.lower()
             if lower in drop or lower.startswith("x-gateway-"):
@@ -648,6 +671,11 @@ class Proxy:
             raise request_too_large(self.max_body_bytes) from None
         except TimeoutError:
             raise _request_timeout(self.body_timeout_s) from None
+        except (RequestPayloadError, HttpProcessingError) as exc:
+            # The parser stopped feeding this body: mark it ended, so aiohttp does not
+            # linger over it after the answer (and log its error again).
+            request.content.feed_eof()
+            raise _unreadable_body(exc) from None
 
     def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
         headers = {
@@ -664,7 +692,10 @@ class Proxy:
         level = logging.WARNING if error.status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "answered %s %s: %s", error.status, error.code, error.message, extra={"status": error.status, "code": error.code})
-        return web.Response(status=error.status, body=error_body(error, exchange.api), headers=headers)
+        reply = web.Response(status=error.status, body=error_body(error, exchange.api), headers=headers)
+        if headers.get("Connection") == "close":
+            reply.force_close()  # aiohttp then closes the connection once the answer is out
+        return reply
 
     async def _finish(self, request: web.BaseRequest, exchange: Exchange, reply: web.Response) -> web.StreamResponse:
         """Send a buffered answer, then run ``complete`` (so it adds no latency)."""

@@ -9,7 +9,9 @@ through one real gateway per chain, so the whole file stays within seconds.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -489,6 +491,72 @@ async def test_a_chunked_body_that_turns_malformed_after_the_head_is_refused_at_
     assert "chunk" in json.loads(answer[2])["error"]["message"]
     assert upstream.seen == [] and evil.seen == []
     assert gw.gateway.proxy.in_flight == 0
+
+
+GZIP_OF_CHAT = gzip.compress(CHAT_BODY)
+#: bodies that fail while the proxy reads them: (what the head says, the rest sent after a pause)
+FAILS_MID_READ = {
+    "bad-chunk-size": (b"Transfer-Encoding: chunked\r\n", b'2\r\n{"\r\n', b"zz" + FAKE_KEY + b"\r\n{}\r\n0\r\n\r\n"),
+    "chunk-longer-than-its-size": (b"Transfer-Encoding: chunked\r\n", b'2\r\n{"\r\n', b"5\r\n" + FAKE_KEY + b"\r\n0\r\n\r\n"),
+    "gzip-that-does-not-decode": (b"Content-Encoding: gzip\r\nContent-Length: %d\r\n" % len(GZIP_GARBAGE), b"", GZIP_GARBAGE),
+    "chunked-gzip-that-turns-bad": (
+        b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"a\r\n%s\r\n" % GZIP_OF_CHAT[:10],
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(GZIP_GARBAGE), GZIP_GARBAGE),
+    ),
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize(("framing", "first", "rest"), FAILS_MID_READ.values(), ids=FAILS_MID_READ.keys())
+async def test_a_body_that_fails_while_the_proxy_reads_it_is_a_400_in_the_routes_shape_and_counted_as_400(
+    two_upstreams, caplog, path, framing, first, rest
+):
+    """The proxy answers it (not the connection handler): the route's API shape, and the
+    gateway's records (/stats, /metrics, the access line) say 400, never status 0."""
+    gw, upstream, evil, _ = two_upstreams
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    head = b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\nContent-Type: application/json\r\n%s\r\n"
+    status_line, headers, body, received = await refused_exchange(gw.url, head % (path.encode(), framing) + first, rest)
+    assert status_line.split()[1] == "400", received[:300]
+    assert received.count(b"HTTP/1.") == 1  # one answer, then the connection closed (read to EOF)
+    assert headers["connection"].lower() == "close"
+    assert (headers["content-type"], headers["cache-control"], headers["x-content-type-options"]) == ("application/json", "no-store", "nosniff")
+    assert headers["content-length"] == str(len(body)) and "x-request-id" in headers
+    assert FAKE_KEY not in received and b"FAKEKEY" not in received
+    document = json.loads(body)
+    if path == "/v1/messages":
+        assert document["type"] == "error" and document["error"]["type"] == "invalid_request"
+        message = document["error"]["message"]
+    else:
+        assert (document["error"]["type"], document["error"]["code"]) == ("invalid_request_error", "invalid_request")
+        message = document["error"]["message"]
+    assert ("Content-Encoding" in message) if b"gzip" in framing else ("chunk" in message)
+    assert upstream.seen == [] and evil.seen == []
+    assert gw.gateway.proxy.in_flight == 0
+
+    async with aiohttp.ClientSession() as session:
+        stats = await (await session.get(gw.admin_url + "/stats")).json()
+        metrics = await (await session.get(gw.admin_url + "/metrics")).text()
+    assert stats["by_status"] == {"400": 1}, stats
+    requests = [line for line in metrics.splitlines() if line.startswith("gateway_requests_total{")]
+    assert [line for line in requests if f'route="{path}"' in line and 'status="400"' in line and line.endswith(" 1.0")], requests
+    assert not [line for line in requests if 'status="0"' in line], requests
+    access = [record.args for record in caplog.records if record.name == "gateway.access"]
+    assert access == [("POST", path, 400)], access
+
+
+async def test_a_broken_body_closes_its_connection_and_the_next_caller_is_served(two_upstreams):
+    """What follows the bad bytes is never read as a request; the gateway keeps serving."""
+    gw, upstream, _, _ = two_upstreams
+    smuggled = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\n\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+    _, _, _, received = await refused_exchange(gw.url, head % len(GZIP_GARBAGE), GZIP_GARBAGE + smuggled)
+    assert received.startswith(b"HTTP/1.1 400") and received.count(b"HTTP/1.") == 1
+    assert upstream.seen == []
+    status_line, _, _, _ = await refused_exchange(gw.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\nConnection: close\r\n\r\n")
+    assert status_line.split()[1] == "200"
+    assert [path for _, _, path in upstream.seen] == ["/v1/models"]
 
 
 async def test_an_exception_escaping_the_handler_is_a_json_500_in_the_routes_shape_without_its_text():
