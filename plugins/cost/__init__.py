@@ -107,7 +107,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class _Call:
     """What the plugin remembers of one exchange."""
 
-    __slots__ = ("token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "rates", "done")
+    __slots__ = ("token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "rates", "done", "model")
 
     def __init__(self, caller: str) -> None:
         self.caller = caller
@@ -122,6 +122,8 @@ class _Call:
         self.cost = 0
         self.rates: Rates | None = None
         self.done = False
+        #: the model priced, once the call is finished (the served one when a plugin changed it)
+        self.model: str | None = None
 
 
 CALL = StashKey[_Call]("cost.call")
@@ -373,7 +375,7 @@ class Cost:
     async def _finish(self, exchange: Exchange, call: _Call, response: Response | None) -> None:
         """Usage (reported or estimated) and cost, once per exchange."""
         call.done = True
-        model = _model_of(exchange)
+        model = call.model = _model_of(exchange)
         if exchange.cache_status == "hit":
             call.usage = Usage()
             call.rates = self.prices.lookup(model)
@@ -458,7 +460,7 @@ class Cost:
             exchange.request_id,
             call.caller,
             provider,
-            _model_of(exchange),
+            call.model,
             exchange.path,
             status,
             error.code if error is not None else None,
