@@ -192,7 +192,6 @@ class Cost:
         self.injected = 0
         self.dropped_usage_chunks = 0
         self.estimate_errors = 0
-        self._preload: asyncio.Task[Any] | None = None
         # Reservation ids: unique across replicas without a syscall per call.
         self._token_prefix = secrets.token_hex(6) + "-"
         self._tokens = itertools.count()
@@ -223,15 +222,9 @@ class Cost:
                 log.warning("cost: could not read this month's spend back from the ledger: %s", exc)
             else:
                 self.budgets.load(rows)
-        if self.config.estimate and self._preload is None:
-            # Parsing the bundled encoding takes a second or two of CPU: not on the
-            # startup path, and once per process (the encoding is module-global).
-            self._preload = asyncio.get_running_loop().create_task(asyncio.to_thread(estimate.load_encoding))
 
     @hookimpl
     async def shutdown(self, gateway: Any) -> None:
-        if self._preload is not None:
-            await asyncio.gather(self._preload, return_exceptions=True)
         await asyncio.to_thread(self.ledger.close)
         await self.budgets.close()
 
