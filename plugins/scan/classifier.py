@@ -191,6 +191,7 @@ _RUN = re.compile(r"[A-Za-z0-9+/=_-]{16,}")  # candidate base64 / hex runs (line
 _HEX_SPACED = re.compile(r"\b[0-9a-fA-F]{2}(?:[ :][0-9a-fA-F]{2}){7,}\b")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _LEET = re.compile(r"[a-zA-Z][0134578@$!|][a-zA-Z]")
+_LEET_CHARS = "0134578@$!|"
 _SPACED = re.compile(r"(?:\b\w[ .\-_*|]{1,3}){6,}\w\b")  # "i g n o r e  a l l" (opened by whitespace runs)
 _SEP_WORD = re.compile(r"[ .\-_*|]{2,}")
 _SEP_CHAR = re.compile(r"[ .\-_*|]")
@@ -290,7 +291,8 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
         joined = " ".join(_SEP_CHAR.sub("", w) for w in _SEP_WORD.split(m.group()))
         views.append((joined, m.start(), m.end(), "spaced"))
         break
-    leet = _LEET.finditer(text)
+    # leetspeak needs a digit or symbol between letters: most prose has few of them, and `in` is a C scan
+    leet = _LEET.finditer(text) if any(ch in text for ch in _LEET_CHARS) else iter(())
     if next(leet, None) is not None and next(leet, None) is not None:  # two or more: "mp3" alone is not leetspeak
         views.append((text.translate(_LEET_MAP), 0, len(text), "leetspeak"))
     low = text.lower()
