@@ -42,6 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         trainer.WINDOW, trainer.STRIDE = args.window
     rows = [r for r in scan_corpus.build(trainer.SEED, DEV_SOURCES) if r["split"] != "heldout"]
     dev = [r for r in rows if r["split"] == "dev"]
+    # Long benign texts too: a model scored in windows has more chances to fire on a long document than on a
+    # chat line. 300 texts of 2 KB or more, each made of consecutive development chat turns.
+    turns = [r["text"] for r in dev if r["source"] == "chitchat"]
+    long_texts, current = [], []
+    for turn in turns:
+        current.append(turn)
+        if sum(len(t) + 1 for t in current) >= 2048:
+            long_texts.append("\n".join(current))
+            current = []
+        if len(long_texts) == 300:
+            break
+    dev += [{"text": t, "label": "benign", "family": "benign", "source": "chitchat-long", "split": "dev"}
+            for t in long_texts]
     shared = [json.loads(line) for line in bench.DEV.read_text("utf-8").splitlines() if line.strip()]
     rules = bench._rules_stage()
     rules_hits = {r["text"]: bool(rules.scan(r["text"])) for r in shared} if rules is not None else {}

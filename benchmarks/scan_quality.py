@@ -1,6 +1,7 @@
 """Quality and speed of the scan plugin's detector on a labelled JSONL set.
 
     python benchmarks/scan_quality.py [FILE.jsonl ...] [--min-severity MEDIUM] [--rules PACK] [--misses]
+    python benchmarks/scan_quality.py --classifier       # rules + the learned stage (docs/scan-classifier.md)
 
 Each line: ``{"text", "label": "attack"|"benign", "family", "severity", "hard_negative"}``
 (the schema of ../shared/data/scan/dev.jsonl; see its README). An attack counts as
@@ -117,9 +118,15 @@ def main() -> int:
     parser.add_argument("--disable", action="append", default=[], help="a rule id to turn off (repeatable)")
     parser.add_argument("--misses", action="store_true", help="print missed attacks and false positives")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per text")
+    parser.add_argument("--classifier", action="store_true", help="add the learned stage after the rules")
     args = parser.parse_args()
 
-    scanner = build_scanner(args.rules, args.disable)
+    stages = []
+    if args.classifier:
+        from gateway_plugins.scan.classifier import InjectionClassifier
+
+        stages.append(InjectionClassifier.load())
+    scanner = build_scanner(args.rules, args.disable, stages)
     threshold = SEVERITY_RANK[args.min_severity]
     rows = []
     for path in args.files:

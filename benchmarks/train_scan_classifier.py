@@ -251,9 +251,16 @@ def main(argv: list[str] | None = None) -> int:
                 "chatterbot": "BSD-3-Clause (PyPI chatterbot-corpus 1.3.3)",
                 "stdlib": "PSF-2.0 (docstrings of the Python standard library)",
                 "spikee": "Apache-2.0 (PyPI spikee 0.9.2, data files only)",
+                "hermes": "MIT (PyPI hermes-jailbench 0.2.2, attack templates only)",
+                "aib": "MIT (PyPI agent-injection-bench 0.1.0)",
+                "agentprobe": "MIT (PyPI agentprobe-injection 0.2.0a1, payloads, carriers and benign tasks only)",
+                "chitchat": "MIT (PyPI chitchat-dataset 0.9.0)",
             },
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
-                        "the scan dev set (only used to pick the threshold)",
+                        "the scan dev set (never trained on; it checks the threshold, and two of its false "
+                        "positives led to the synthetic 'meta' hard negatives: docs/scan-classifier.md)",
+            "development_split": "hermes, aib, agentprobe, chitchat held out by source to choose C and the "
+                                 "window (benchmarks/scan_classifier_dev.py), then trained on",
             "sklearn": sklearn.__version__,
             "numpy": np.__version__,
         },
