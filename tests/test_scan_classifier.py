@@ -324,6 +324,22 @@ async def test_with_the_classifier_on_an_attack_the_rules_miss_gets_400_naming_t
     assert figures["classifier_detections_by_family"] == {"prompt_injection": 1}
 
 
+async def test_with_the_classifier_on_a_16_kb_body_is_scanned_off_the_event_loop(tmp_path):
+    from gateway.testing import run_gateway
+
+    text = "The quarterly numbers look fine and the team is on track for the launch. " * 250  # ~18 KB, clean
+    async with run_gateway(_gateway_config(), tmp_path) as gw:  # rules only: under the 64 KB default
+        await gw.openai().chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+        rules_only = (await _get_json(gw.admin_url + "/stats"))["plugins"]["scan"]
+    async with run_gateway(_gateway_config(classifier={"enabled": True}), tmp_path) as gw:
+        answer = await gw.openai().chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+        with_stage = (await _get_json(gw.admin_url + "/stats"))["plugins"]["scan"]
+    assert answer.choices[0].message.content
+    assert rules_only["offloaded"] == 0
+    assert with_stage["offloaded"] == 1
+    assert with_stage["classifier_texts"] == 1
+
+
 async def test_post_scan_shows_the_classifier_detection_with_its_score(tmp_path):
     import aiohttp
 
