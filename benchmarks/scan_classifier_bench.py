@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--threshold", type=float, default=None, help="override the model card's threshold")
     ap.add_argument("--no-heldout", action="store_true")
+    ap.add_argument("--model", type=Path, default=None, help="another weights file (default: the shipped model)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    model = clf.InjectionClassifier.load(threshold=args.threshold)
+    model = clf.InjectionClassifier.load(args.model, threshold=args.threshold)
     load_ms = (time.perf_counter() - t0) * 1000
     print(f"model {model.rule_id}  threshold {model.threshold}  load {load_ms:.0f} ms "
           f"(first import builds the normalisation tables)")

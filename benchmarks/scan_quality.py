@@ -1,6 +1,7 @@
 """Quality and speed of the scan plugin's detector on a labelled JSONL set.
 
     python benchmarks/scan_quality.py [FILE.jsonl ...] [--min-severity MEDIUM] [--rules PACK] [--misses]
+    python benchmarks/scan_quality.py --classifier       # rules + the learned stage (docs/scan-classifier.md)
 
 Each line: ``{"text", "label": "attack"|"benign", "family", "severity", "hard_negative"}``
 (the schema of ../shared/data/scan/dev.jsonl; see its README). An attack counts as
@@ -73,15 +74,16 @@ def _drive(coroutine):
     raise RuntimeError("the hook suspended")
 
 
-def hot_path(rules: list[str], disable: list[str]) -> None:
+def hot_path(rules: list[str], disable: list[str], classifier: bool = False) -> None:
     """The scan plugin's ``request`` hook on a clean 300-byte chat request, in microseconds:
     a text seen for the first time (scanned) and one seen before (a cache hit)."""
     import msgspec
 
     from gateway import Exchange
-    from gateway_plugins.scan import Config, Scan
+    from gateway_plugins.scan import ClassifierConfig, Config, Scan
 
-    plugin = Scan(Config(rules=rules[0] if rules else None, disable=disable))
+    plugin = Scan(Config(rules=rules[0] if rules else None, disable=disable,
+                         classifier=ClassifierConfig(enabled=classifier)))
     question = (
         "Could you suggest a three-day walking itinerary for Lisbon in spring, with a cafe for lunch each day "
         "and one museum that is not too crowded? "
@@ -104,7 +106,7 @@ def hot_path(rules: list[str], disable: list[str]) -> None:
             _drive(plugin.request(exchange))
             samples.append((time.thread_time() - started) * 1e6)
         print(
-            f"hot path, clean {size}-byte chat request, {label}:"
+            f"hot path{' (classifier on)' if classifier else ''}, clean {size}-byte chat request, {label}:"
             f" p50 {percentile(samples, 0.5):.1f} us, p99 {percentile(samples, 0.99):.1f} us"
         )
 
@@ -117,9 +119,15 @@ def main() -> int:
     parser.add_argument("--disable", action="append", default=[], help="a rule id to turn off (repeatable)")
     parser.add_argument("--misses", action="store_true", help="print missed attacks and false positives")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per text")
+    parser.add_argument("--classifier", action="store_true", help="add the learned stage after the rules")
     args = parser.parse_args()
 
-    scanner = build_scanner(args.rules, args.disable)
+    stages = []
+    if args.classifier:
+        from gateway_plugins.scan.classifier import InjectionClassifier
+
+        stages.append(InjectionClassifier.load())
+    scanner = build_scanner(args.rules, args.disable, stages)
     threshold = SEVERITY_RANK[args.min_severity]
     rows = []
     for path in args.files:
@@ -196,7 +204,7 @@ def main() -> int:
         f"  wall time p50 {percentile(wall, 0.5):.1f} us, p99 {percentile(wall, 0.99):.1f} us"
         f" (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
-    hot_path(args.rules, args.disable)
+    hot_path(args.rules, args.disable, args.classifier)
     if args.misses and misses:
         print("\n" + "\n".join(misses))
     return 0

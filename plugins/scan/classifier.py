@@ -191,6 +191,7 @@ _RUN = re.compile(r"[A-Za-z0-9+/=_-]{16,}")  # candidate base64 / hex runs (line
 _HEX_SPACED = re.compile(r"\b[0-9a-fA-F]{2}(?:[ :][0-9a-fA-F]{2}){7,}\b")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _LEET = re.compile(r"[a-zA-Z][0134578@$!|][a-zA-Z]")
+_LEET_CHARS = "0134578@$!|"
 _SPACED = re.compile(r"(?:\b\w[ .\-_*|]{1,3}){6,}\w\b")  # "i g n o r e  a l l" (opened by whitespace runs)
 _SEP_WORD = re.compile(r"[ .\-_*|]{2,}")
 _SEP_CHAR = re.compile(r"[ .\-_*|]")
@@ -215,6 +216,22 @@ def _printable(raw: bytes) -> str | None:
     return out if sum(ch.isalpha() for ch in out) >= 0.5 * len(out.replace(" ", "")) else None
 
 
+_SHORT = 1024
+_WS = re.compile(r"[ \n\t\r]")
+
+
+def _run_of(lengths: list[int], value: int, k: int) -> bool:
+    """Whether ``lengths`` holds ``value`` ``k`` times in a row."""
+    if lengths.count(value) < k:
+        return False
+    run = 0
+    for n in lengths:
+        run = run + 1 if n == value else 0
+        if run >= k:
+            return True
+    return False
+
+
 def _has_run(flags: np.ndarray, k: int) -> bool:
     """Whether ``flags`` has ``k`` True values in a row."""
     if np.count_nonzero(flags) < k:
@@ -227,18 +244,24 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
     views: list[tuple[str, int, int, str]] = []
     # Cheap gates first: an ordinary text pays for a handful of linear regex passes and counts, nothing more.
     ascii_text = text.isascii()
-    if ascii_text:
-        cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    if len(text) <= _SHORT:  # a chat message: plain Python beats numpy's cost per call
+        lengths = [len(t) for t in _WS.split(text) if t]  # lengths of whitespace-separated tokens
+        long_tokens = max(lengths, default=0) >= 16
+        spaced = _run_of(lengths, 1, 6)  # six single letters in a row: "i g n o r e"
+        pairs = _run_of(lengths, 2, 8)  # eight two-character tokens in a row: "49 67 6e ..."
     else:
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    cuts = np.flatnonzero((cps == 32) | (cps == 10) | (cps == 9) | (cps == 13))
-    tokens = np.diff(cuts, prepend=-1, append=len(cps)) - 1  # lengths of whitespace-separated tokens
-    tokens = tokens[tokens > 0]
-    long_tokens = bool((tokens >= 16).any())
+        if ascii_text:
+            cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        else:
+            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        cuts = np.flatnonzero((cps == 32) | (cps == 10) | (cps == 9) | (cps == 13))
+        tokens = np.diff(cuts, prepend=-1, append=len(cps)) - 1  # lengths of whitespace-separated tokens
+        tokens = tokens[tokens > 0]
+        long_tokens = bool((tokens >= 16).any())
+        spaced = _has_run(tokens == 1, 6)
+        pairs = _has_run(tokens == 2, 8)
     runs = long_tokens and _RUN.search(text) is not None
     percent = long_tokens and "%" in text
-    spaced = _has_run(tokens == 1, 6)  # six single letters in a row: "i g n o r e"
-    pairs = _has_run(tokens == 2, 8)  # eight two-character tokens in a row: "49 67 6e ..."
     binary = text.count("0") + text.count("1") >= 32
     tags = not ascii_text and _TAGS.search(text) is not None
     for m in _RUN.finditer(text) if runs else ():
@@ -290,7 +313,8 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
         joined = " ".join(_SEP_CHAR.sub("", w) for w in _SEP_WORD.split(m.group()))
         views.append((joined, m.start(), m.end(), "spaced"))
         break
-    leet = _LEET.finditer(text)
+    # leetspeak needs a digit or symbol between letters: most prose has few of them, and `in` is a C scan
+    leet = _LEET.finditer(text) if any(ch in text for ch in _LEET_CHARS) else iter(())
     if next(leet, None) is not None and next(leet, None) is not None:  # two or more: "mp3" alone is not leetspeak
         views.append((text.translate(_LEET_MAP), 0, len(text), "leetspeak"))
     low = text.lower()
