@@ -1,0 +1,106 @@
+"""What each plugin of the full chain costs inside a real gateway, in CPU per request.
+
+    .venv/bin/python -m benchmarks.plugin_cost                    # empty, each plugin alone, the full chain
+    .venv/bin/python -m benchmarks.plugin_cost empty full scan+cache
+    HIT=1 .venv/bin/python -m benchmarks.plugin_cost             # the fixed request: cache hits
+
+Why: a plugin's micro-benchmark (benchmarks/cost.py, cache_bench.py...) times its hooks
+in a hot loop; inside the server the same hooks cost two to three times that (the
+proxy's own work evicts them from the CPU caches between requests), and that is what
+requests per second pay. Each variant here is a ``gateway run`` process with the chain
+of benchmarks/peers.py's memory+SQLite target reduced to the named plugins (``empty``:
+none; ``full``: all; ``a+b``: those), pinned to ``GW_CPU`` in front of the same nginx
+upstream. All variants run at once and are measured in interleaved rounds (wrk at
+c=32 on ``LOAD_CPU``, a new prompt every request unless ``HIT=1``); the figure is the
+process's CPU time (every thread: the cost ledger's writer too) per answer, the
+figure another job on the machine disturbs least. A plugin's cost is its variant's
+figure minus ``empty``'s. Knobs: ``ROUNDS`` (4), ``SECONDS`` (4), ``BACKEND``
+(memory | redis) and those of benchmarks/overhead.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+from benchmarks import overhead as oh
+from benchmarks import peers as bench
+
+DEFAULT_VARIANTS = ("empty", "scan", "ratelimit", "cache", "cost", "breaker", "full")
+
+
+def plugins_of(variant: str, full: list[dict]) -> list[dict]:
+    if variant == "empty":
+        return []
+    if variant == "full":
+        return full
+    wanted = set(variant.split("+"))
+    unknown = wanted - {plugin["use"] for plugin in full}
+    if unknown:
+        raise SystemExit(f"not in the full chain: {', '.join(sorted(unknown))}")
+    return [plugin for plugin in full if plugin["use"] in wanted]
+
+
+def main() -> int:
+    variants = sys.argv[1:] or list(DEFAULT_VARIANTS)
+    rounds = bench.env_int("ROUNDS", 4)
+    seconds = bench.env_int("SECONDS", 4)
+    hit = os.environ.get("HIT") == "1"
+    knobs = oh.Knobs.from_env()
+    oh.ensure_tools()
+    os.sched_setaffinity(0, {knobs.load_cpu})
+    processes = oh.Processes(knobs.run_dir)
+    peers = bench.Peers(knobs, processes)
+    try:
+        peers.base.start_upstreams()
+        peers.start_redis()
+        full = bench.chain(os.environ.get("BACKEND", "memory"), knobs.run_dir, "plugin-cost", peers.redis_url)
+        targets = []
+        for variant in variants:
+            name = "variant-" + re.sub(r"[^a-z0-9]+", "-", variant.lower())
+            document = json.loads(oh.gateway_config(peers.upstream, []))
+            document["plugins"] = plugins_of(variant, full)
+            document["log"] = {"level": "warning"}
+            config = knobs.run_dir / f"{name}.yaml"
+            config.write_text(json.dumps(document, indent=2) + "\n")
+            env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
+            process = processes.start(name, knobs.gw_cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
+            url = processes.ready_url(name, process, time.monotonic() + knobs.ready_timeout)
+            target = bench.Target(variant, "off", kind="gateway", unique=not hit, streams=False)
+            target.url, target.process = url + "/v1/chat/completions", process
+            targets.append(target)
+        for target in targets:
+            peers.wrk(target, knobs.conc, knobs.warmup, "warmup")
+        for index in range(rounds):
+            shift = index % len(targets)
+            for target in targets[shift:] + targets[:shift]:
+                result = peers.wrk(target, knobs.conc, seconds, f"round{index + 1}")
+                if result is not None and "cpu_us" in result:
+                    target.wrk.setdefault(knobs.conc, []).append(result)
+    finally:
+        processes.stop_all()
+    base = next((t for t in targets if t.name == "empty" and t.wrk), None)
+    base_cpu = statistics.median(r["cpu_us"] for r in base.wrk[knobs.conc]) if base else None
+    print(f"\n### CPU per request by chain ({'cache hits' if hit else 'cache misses'}, c={knobs.conc}, "
+          f"{rounds} interleaved rounds of {seconds} s; {oh.machine()})\n")  # fmt: skip
+    print("| chain | CPU µs/req (median) | beyond the empty chain | per round | req/s (median) |")
+    print("|---|---:|---:|---|---:|")
+    for target in targets:
+        results = target.wrk.get(knobs.conc) or []
+        if not results:
+            print(f"| {target.name} | NOT MEASURED ||||")
+            continue
+        cpu = statistics.median(r["cpu_us"] for r in results)
+        beyond = f"{cpu - base_cpu:+.0f}" if base_cpu is not None and target is not base else "-"
+        rounds_text = " ".join(f"{r['cpu_us']:.0f}" for r in results)
+        rps = statistics.median(r["rps"] for r in results)
+        print(f"| {target.name} | {cpu:.0f} | {beyond} | {rounds_text} | {rps:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
