@@ -580,7 +580,8 @@ def run_redis(peers: Peers) -> str:
 
 
 def run_scaleout(peers: Peers) -> str:
-    """Two gateways (one per cpu) on one redis-server; req/s; then the budget's exactness under load."""
+    """Two gateways (one per cpu) on one redis-server; req/s; then the budget's and the rate limit's
+    exactness under load."""
     knobs = peers.knobs
     seconds = env_int("SCALE_SECONDS", 10)
     calls = env_int("BUDGET_CALLS", 500)
@@ -617,6 +618,9 @@ def run_scaleout(peers: Peers) -> str:
     lines.append("")
     allowed = run_budget(peers, probe, calls, cost, budget_user)
     lines += allowed
+    if ratelimit_installed():
+        lines.append("")
+        lines += run_rate_limit(peers, probe, calls, f"rate-{time.time_ns()}")
     return "\n".join(lines) + "\n"
 
 
@@ -628,6 +632,43 @@ def run_parallel_wrk(peers: Peers, target: Target, urls: list[str], conc: int, s
         futures = [pool.submit(peers.wrk, target, conc, seconds, f"gw{i + 1}", url=url, headers=headers,
                                stop_after=stop_after) for i, url in enumerate(urls)]  # fmt: skip
         return [future.result() for future in futures]
+
+
+def loaded_pair(peers: Peers, probe: Target, name: str, plugin: dict[str, Any], user: str,
+                figure: tuple[str, str]) -> tuple[int, int, int]:  # fmt: skip
+    """Two fresh gateways with ``plugin`` alone on the shared redis-server, one caller
+    hammering both at once (wrk at CONC/2 each): (answered 200, refused, the sum of the
+    plugin's ``figure`` = (plugin, field) in both gateways' /stats)."""
+    knobs = peers.knobs
+    deadline = time.monotonic() + knobs.ready_timeout
+    urls, admins, processes = [], [], []
+    for index, cpu in enumerate((knobs.gw_cpu, knobs.load_cpu)):
+        label = f"{name}-gw{index + 1}"
+        config = peers.run_dir / f"{label}.yaml"
+        document = json.loads(oh.gateway_config(peers.upstream, []))
+        document["log"] = {"level": "warning"}
+        document["plugins"] = [plugin]
+        config.write_text(json.dumps(document, indent=2) + "\n")
+        env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
+        process = peers.processes.start(label, cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
+        processes.append(process)
+        urls.append(peers.processes.ready_url(label, process, deadline) + "/v1/chat/completions")
+        found = re.search(r"\(admin (http://[^\s,)]+)", (peers.run_dir / f"{label}.log").read_text())
+        admins.append(found.group(1) if found else "")
+    seconds = env_int("BUDGET_SECONDS", 8)  # long enough to spend the allowance several times over
+    results = run_parallel_wrk(peers, probe, urls, knobs.conc // 2, seconds, {"x-gateway-user": user})
+    ok = sum(r["requests"] - r["non2xx"] for r in results if r)
+    refused = sum(r["non2xx"] for r in results if r)
+    counted = 0
+    for admin in admins:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            import urllib.request
+
+            with urllib.request.urlopen(admin + "/stats", timeout=10) as answer:
+                counted += int(json.loads(answer.read())["plugins"][figure[0]].get(figure[1], 0))
+    for process in processes:
+        peers.processes.stop(process)
+    return ok, refused, counted
 
 
 def run_budget(peers: Peers, probe: Target, calls: int, cost: float, user: str) -> list[str]:
@@ -647,38 +688,34 @@ def run_budget(peers: Peers, probe: Target, calls: int, cost: float, user: str) 
              "| failure_mode | answered 200 | expected | refused (non-2xx) | unmetered (Redis timeouts) | exact? |",
              "|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for mode in ("open", "closed"):
-        deadline = time.monotonic() + knobs.ready_timeout
-        urls, admins, processes = [], [], []
-        for index, cpu in enumerate((knobs.gw_cpu, knobs.load_cpu)):
-            name = f"budget-{mode}-gw{index + 1}"
-            config = peers.run_dir / f"{name}.yaml"
-            document = json.loads(oh.gateway_config(peers.upstream, []))
-            document["log"] = {"level": "warning"}
-            document["plugins"] = [{"use": "cost", "config": {
-                "budget_usd_per_day": budget, "store": peers.redis_url, "failure_mode": mode,
-                "ledger": str(peers.run_dir / f"{name}-ledger.db"), "redis_prefix": f"bench:budget:{mode}"}}]  # fmt: skip
-            config.write_text(json.dumps(document, indent=2) + "\n")
-            env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
-            process = peers.processes.start(name, cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
-            processes.append(process)
-            urls.append(peers.processes.ready_url(name, process, deadline) + "/v1/chat/completions")
-            found = re.search(r"\(admin (http://[^\s,)]+)", (peers.run_dir / f"{name}.log").read_text())
-            admins.append(found.group(1) if found else "")
-        seconds = env_int("BUDGET_SECONDS", 8)  # long enough to spend the budget several times over
-        results = run_parallel_wrk(peers, probe, urls, knobs.conc // 2, seconds, {"x-gateway-user": f"{user}-{mode}"})
-        ok = sum(r["requests"] - r["non2xx"] for r in results if r)
-        refused = sum(r["non2xx"] for r in results if r)
-        unmetered = 0
-        for admin in admins:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                import urllib.request
-
-                with urllib.request.urlopen(admin + "/stats", timeout=10) as answer:
-                    unmetered += int(json.loads(answer.read())["plugins"]["cost"].get("unmetered", 0))
-        for process in processes:
-            peers.processes.stop(process)
+        plugin = {"use": "cost", "config": {
+            "budget_usd_per_day": budget, "store": peers.redis_url, "failure_mode": mode,
+            "ledger": str(peers.run_dir / f"budget-{mode}-ledger.db"), "redis_prefix": f"bench:budget:{mode}"}}  # fmt: skip
+        ok, refused, unmetered = loaded_pair(peers, probe, f"budget-{mode}", plugin, f"{user}-{mode}",
+                                             ("cost", "unmetered"))  # fmt: skip
         lines.append(
             f"| {mode} | {ok} | {calls} | {refused} | {unmetered} | {'EXACT' if ok == calls else 'NOT exact'} |"
+        )
+    return lines
+
+
+def run_rate_limit(peers: Peers, probe: Target, calls: int, user: str) -> list[str]:
+    """Two fresh gateways with ratelimit ``requests_per_day: calls`` on Redis, one user, both loaded.
+
+    GCRA admits the whole allowance at once and then one request per day / ``calls``
+    (a few seconds' run refills nothing), so exactly ``calls`` answers are 200."""
+    knobs = peers.knobs
+    lines = [f"global rate limit: requests_per_day = {calls}, one user, two gateways (cpu {knobs.gw_cpu} and "
+             f"{knobs.load_cpu}) at c={knobs.conc // 2} each", "",
+             "| failure_mode | answered 200 | expected | refused (non-2xx) | failed open (Redis timeouts) | exact? |",
+             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for mode in ("open", "closed"):
+        plugin = {"use": "ratelimit", "config": {"requests_per_day": calls, "backend": peers.redis_url,
+                                                 "failure_mode": mode, "key_prefix": f"bench:rate:{mode}:"}}  # fmt: skip
+        ok, refused, failed_open = loaded_pair(peers, probe, f"rate-{mode}", plugin, f"{user}-{mode}",
+                                               ("ratelimit", "failed_open"))  # fmt: skip
+        lines.append(
+            f"| {mode} | {ok} | {calls} | {refused} | {failed_open} | {'EXACT' if ok == calls else 'NOT exact'} |"
         )
     return lines
 
