@@ -143,8 +143,9 @@ class Cache:
             timeout_s=config.backend_timeout_s,
             on_evict=self._evicted,
         )
+        self.redis.open(gateway)
         try:
-            await self.redis.client.ping()
+            await self.redis.ping()
         except Exception as exc:  # the cache degrades to misses; serving goes on
             await self._backend_failed("ping", exc)
 
@@ -451,7 +452,7 @@ class Cache:
             return None
         try:
             with self._span(exchange, "GET"):
-                return await redis.get(key)  # type: ignore[no-any-return]
+                return await redis.fetch(key)
         except Exception as exc:
             await self._backend_failed("GET", exc)
             return None
@@ -464,40 +465,53 @@ class Cache:
         redis = self.redis
         if redis is None or time.monotonic() < self._paused_until:
             return
+        # Write-behind: nobody waits for the store; it joins the next pipeline (with the
+        # other plugins' writes of the moment) and the callback counts how it went.
+        span = None
+        if exchange is not None and exchange.recording:
+            span = self.tracer.start_span("cache SET", kind=SpanKind.CLIENT, attributes=self._attributes("SET"))
         try:
-            with self._span(exchange, "SET"):
-                await redis.store(key, entry, self.ttl_s)
-            self.stores += 1
+            stored = redis.store(key, entry, self.ttl_s)
         except Exception as exc:
+            if span is not None:
+                span.end()
             await self._backend_failed("SET", exc)
+            return
+        stored.add_done_callback(lambda done: self._stored(done, span))
+
+    def _stored(self, done: asyncio.Future[Any], span: trace.Span | None) -> None:
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
+        if span is not None:
+            if error is not None:
+                span.set_status(trace.StatusCode.ERROR)
+            span.end()
+        if error is None:
+            self.stores += 1
+        else:
+            self._count_backend_error("SET", error)
+
+    def _attributes(self, operation: str) -> dict[str, Any]:
+        redis = self.redis
+        return {**(redis.attributes if redis is not None else {}), "db.operation.name": operation}
 
     @contextlib.contextmanager
     def _span(self, exchange: Exchange | None, operation: str) -> Iterator[None]:
         if exchange is None or not exchange.recording:
             yield
             return
-        redis = self.redis
-        attributes: dict[str, Any] = {
-            "db.system": "redis",
-            "db.system.name": "redis",
-            "db.operation.name": operation,
-            "server.address": redis.endpoint if redis is not None else "",
-            "server.port": redis.port if redis is not None else 0,
-        }
+        attributes = self._attributes(operation)
         with self.tracer.start_as_current_span(f"cache {operation}", kind=SpanKind.CLIENT, attributes=attributes):
             yield
 
     async def _backend_failed(self, operation: str, exc: BaseException) -> None:
-        """Count the error, pause the backend briefly, drop the idle pooled connections,
-        and log at most every LOG_EVERY_S."""
+        self._count_backend_error(operation, exc)
+
+    def _count_backend_error(self, operation: str, exc: BaseException) -> None:
+        """Count the error, pause the backend briefly (the shared connection starts over
+        on its next call), and log at most every LOG_EVERY_S."""
         self.backend_errors += 1
         now = time.monotonic()
         self._paused_until = now + BACKEND_PAUSE_S
-        if self.redis is not None:
-            # Redis went away or restarted: the idle connections are as dead as this one,
-            # and each would cost another failure and pause once it is back.
-            with contextlib.suppress(Exception):
-                await self.redis.drop_idle_connections()
         if now - self._last_log < LOG_EVERY_S:
             self._unlogged += 1
             return
