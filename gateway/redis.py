@@ -18,8 +18,8 @@ under load a round trip carries the commands of many requests. Commands leave in
 the order they were issued (one pipeline at a time on one connection), so a write
 queued before a read of the same key is seen by that read.
 
-Each call returns an :class:`asyncio.Future` of its own reply (as Redis sends it:
-``bytes``, ``int``, ``None``, lists; no decoding) or of its own error: a command's
+Each call returns an :class:`asyncio.Future` of its own reply (as Redis sends it in
+RESP2: ``bytes``, ``int``, ``None``, lists, so ``HGETALL`` is a flat list; no decoding) or of its own error: a command's
 error (``ResponseError``) reaches only its caller; a connection error or a timeout
 fails every call of that pipeline with it. A call not answered within its
 ``timeout_s`` fails with :class:`redis.exceptions.TimeoutError`. A cancelled call
@@ -91,6 +91,7 @@ class _Pipe:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
             decode_responses=False,
+            protocol=2,  # RESP2 unless the URL asks otherwise: the replies plugins parse stay the same
         )
         self.connection: Any = self.pool.make_connection()
         kwargs = self.pool.connection_kwargs
