@@ -49,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["ERRORS", "MAX_BATCH", "Redis", "Script", "connect"]
+__all__ = ["ERRORS", "MAX_BATCH", "Redis", "Script", "connect", "figures"]
 
 #: what a call may raise when Redis is away, slow or confused
 ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -61,7 +61,7 @@ DEFAULT_TIMEOUT_S = 0.5
 class _Batch:
     """The commands of one pipeline, with each caller's future and timeout."""
 
-    __slots__ = ("commands", "futures", "scripts", "timeouts", "timers", "wait_s")
+    __slots__ = ("commands", "deadlines", "futures", "scripts", "timeouts", "timers", "wait_s")
 
     def __init__(self) -> None:
         self.commands: list[tuple[Any, ...]] = []
@@ -69,6 +69,9 @@ class _Batch:
         #: the script source of an EVALSHA (for its EVAL fallback), else None
         self.scripts: list[str | None] = []
         self.timeouts: list[float] = []
+        #: when each call fails unless answered (loop time)
+        self.deadlines: list[float] = []
+        #: one timer per distinct timeout, at the earliest deadline of its calls not yet failed
         self.timers: dict[float, asyncio.TimerHandle] = {}
         #: the longest timeout of the batch: the bound on the whole round trip
         self.wait_s = 0.0
@@ -136,12 +139,14 @@ class _Pipe:
             batch = self.open = _Batch()
             self.queue.append(batch)
             self.idle.clear()
+        deadline = self.loop.time() + timeout_s
         batch.commands.append(command)
         batch.futures.append(future)
         batch.scripts.append(script)
         batch.timeouts.append(timeout_s)
+        batch.deadlines.append(deadline)
         if timeout_s not in batch.timers:
-            batch.timers[timeout_s] = self.loop.call_later(timeout_s, _expire, batch, timeout_s)
+            batch.timers[timeout_s] = self.loop.call_at(deadline, _expire, self.loop, batch, timeout_s)
             if timeout_s > batch.wait_s:
                 batch.wait_s = timeout_s
         if self.sender is None:
@@ -199,7 +204,8 @@ class _Pipe:
                         if source is not None and not future.done():
                             # Redis restarted (or SCRIPT FLUSH): EVAL runs it and caches it again.
                             _, _, *rest = commands[index]
-                            self.enqueue(("EVAL", source, *rest), batch.timeouts[index], None, future)
+                            left = batch.deadlines[index] - self.loop.time()
+                            self.enqueue(("EVAL", source, *rest), max(left, 0.001), None, future)
                         elif not future.done():
                             future.set_exception(error)
                         continue
@@ -248,14 +254,23 @@ class _Pipe:
         await self.pool.disconnect()
 
 
-def _expire(batch: _Batch, timeout_s: float) -> None:
-    """The calls of ``batch`` with this timeout fail now if still unanswered (the others wait on)."""
+def _expire(loop: asyncio.AbstractEventLoop, batch: _Batch, timeout_s: float) -> None:
+    """The calls of ``batch`` with this timeout whose deadline has come fail now if still
+    unanswered; the timer comes back for the next deadline (calls that joined the batch later)."""
     error: BaseException | None = None
-    for future, limit in zip(batch.futures, batch.timeouts, strict=True):
-        if limit == timeout_s and not future.done():
+    now = loop.time()
+    later = math.inf
+    for future, limit, deadline in zip(batch.futures, batch.timeouts, batch.deadlines, strict=True):
+        if limit != timeout_s or future.done():
+            continue
+        if deadline <= now:
             if error is None:
                 error = RedisTimeoutError(f"Redis did not answer within {timeout_s} s")
             future.set_exception(error)
+        elif deadline < later:
+            later = deadline
+    if later < math.inf:
+        batch.timers[timeout_s] = loop.call_at(later, _expire, loop, batch, timeout_s)
 
 
 def _fail(batch: _Batch, indexes: Iterable[int], error: BaseException) -> None:
@@ -267,6 +282,26 @@ def _fail(batch: _Batch, indexes: Iterable[int], error: BaseException) -> None:
 
 
 _pipes: dict[tuple[asyncio.AbstractEventLoop, str], _Pipe] = {}
+
+
+def figures() -> dict[str, dict[str, int]]:
+    """Per Redis server this process talks to (``host:port/db``, never the URL's
+    credentials): pipelines and commands sent, and pipelines that failed whole."""
+    loop = asyncio.get_running_loop()
+    found: dict[str, dict[str, int]] = {}
+    for (owner, _), pipe in _pipes.items():
+        if owner is not loop:
+            continue
+        attributes = pipe.attributes
+        server = attributes["server.address"]
+        if "server.port" in attributes:
+            server += f":{attributes['server.port']}"
+        server += f"/{attributes['db.namespace']}"
+        counts = found.setdefault(server, {"pipelines": 0, "commands": 0, "failed_pipelines": 0})
+        counts["pipelines"] += pipe.pipelines
+        counts["commands"] += pipe.commands
+        counts["failed_pipelines"] += pipe.failures
+    return found
 
 
 class Script:

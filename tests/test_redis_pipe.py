@@ -195,3 +195,37 @@ async def test_a_script_is_evaled_again_after_redis_lost_its_scripts(redis_serve
         assert await double(args=[5]) == 10
     finally:
         await handle.close()
+
+
+async def test_a_call_that_joins_a_waiting_pipeline_late_keeps_its_whole_timeout(redis_server):
+    handle = shared.connect(redis_server.url, timeout_s=3)
+    try:
+        await handle.ping()
+        slow = handle.call("DEBUG", "SLEEP", "0.6")  # in flight: later calls wait in the next pipeline
+        await asyncio.sleep(0.05)
+        early = handle.call("PING", timeout_s=0.3)  # opens the waiting pipeline
+        await asyncio.sleep(0.2)
+        late = handle.call("PING", timeout_s=0.3)  # joins it 0.2 s later: fails 0.3 s after *its* start
+        loop = asyncio.get_running_loop()
+        with pytest.raises(RedisTimeoutError):
+            await early
+        failed_early_at = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await late
+        assert loop.time() - failed_early_at > 0.1
+        assert await slow == b"OK"
+        assert await handle.call("PING") == b"PONG"
+    finally:
+        await handle.close()
+
+
+async def test_figures_count_pipelines_and_commands_per_server(redis_server):
+    handle = shared.connect(redis_server.url)
+    try:
+        await asyncio.gather(*(handle.call("PING") for _ in range(5)))
+        ((server, counts),) = shared.figures().items()
+        assert server == f"127.0.0.1:{redis_server.port}/0"  # host, port, db: never the URL's credentials
+        assert counts["commands"] == 5 and counts["pipelines"] == 1 and counts["failed_pipelines"] == 0
+    finally:
+        await handle.close()
+    assert shared.figures() == {}  # the last handle closed the connection

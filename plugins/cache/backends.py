@@ -289,8 +289,8 @@ class RedisEntryCache(BaseCache):
 
     async def _delete(self, key: str, _conn: Any = None) -> int:
         redis = self._handle()
-        redis.call("ZREM", self.index, key)
-        return int(await redis.call("DEL", key))
+        _, deleted = await asyncio.gather(redis.call("ZREM", self.index, key), redis.call("DEL", key))
+        return int(deleted)
 
     async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
         await self.delete_prefix(namespace or "")
