@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -229,3 +230,55 @@ async def test_figures_count_pipelines_and_commands_per_server(redis_server):
     finally:
         await handle.close()
     assert shared.figures() == {}  # the last handle closed the connection
+
+
+# -- the plugins on one Redis, through the gateway --------------------------------------
+
+
+def chain_on_redis(url: str, tmp_path) -> dict:
+    return {
+        "providers": {"mock": {"type": "mock"}},
+        "plugins": [
+            {"use": "ratelimit", "config": {"backend": url, "requests_per_minute": 1000, "probe_interval_s": 60}},
+            {"use": "cache", "config": {"backend": url, "backend_timeout_s": 2}},
+            {"use": "cost", "config": {"store": url, "ledger": str(tmp_path / "usage.db"),
+                                       "budget_usd_per_day": 100, "redis_timeout_s": 2}},  # fmt: skip
+        ],
+    }
+
+
+async def pipelines_of(gw, request) -> int:
+    """Round trips (pipelines) one call through the gateway made, its writes included."""
+    (before,) = shared.figures().values()
+    await request()
+    for handle in gw.gateway.redis_handles:
+        await handle.flush()  # the writes nobody waited for
+    (after,) = shared.figures().values()
+    return after["pipelines"] - before["pipelines"]
+
+
+async def test_the_chain_shares_one_connection_and_writes_after_the_answer_in_one_round_trip(tmp_path, redis_server):
+    from gateway.testing import run_gateway
+
+    async with run_gateway(chain_on_redis(redis_server.url, tmp_path), tmp_path) as gw:
+        client = gw.openai()
+
+        async def ask(content: str) -> str | None:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+            )
+            return raw.headers.get("x-gateway-cache")
+
+        assert len(gw.gateway.redis_handles) == 3 and len(shared.figures()) == 1  # three plugins, one connection
+        await pipelines_of(gw, lambda: ask("warm up"))  # scripts cached (EVAL once each), connection open
+        # one at a time: ratelimit's decision, cost's reserve, the cache's GET, then the
+        # cache's store and cost's settle together
+        assert await pipelines_of(gw, lambda: ask("a new question")) == 4
+        assert await pipelines_of(gw, lambda: ask("a new question")) == 4  # a hit: the settle alone after
+        # concurrent requests share pipelines
+        contents = [f"question {index}" for index in range(20)]
+        trips = await pipelines_of(gw, lambda: asyncio.gather(*(ask(content) for content in contents)))
+        assert trips < 20 * 4, trips  # one at a time they would make 4 each (8 here on a quiet machine)
+        async with aiohttp.ClientSession() as session, session.get(f"{gw.admin_url}/stats") as reply:
+            (figures,) = (await reply.json())["redis"].values()
+        assert figures["commands"] > figures["pipelines"] and figures["failed_pipelines"] == 0
