@@ -232,6 +232,13 @@ class RedisEntryCache(BaseCache):
         raw = await self._handle().call("GET", key)
         return None if raw is None else self._decode(raw)
 
+    def fetch_later(self, key: str) -> asyncio.Future[Any]:
+        """Queue the lookup; the future of the stored bytes (:meth:`decode` them) or None."""
+        return self._handle().call("GET", key)
+
+    def decode(self, raw: bytes | None) -> Entry | None:
+        return None if raw is None else self._decode(raw)
+
     def store(self, key: str, entry: Entry, ttl_s: float) -> asyncio.Future[Any]:
         """Queue the entry's store (write, index, trims and evictions: one script);
         the future of how many entries it evicted. Counts the evictions itself."""
