@@ -13,7 +13,7 @@ copied into this repository); a peer that is missing is reported NOT MEASURED.
 
     benchmarks/peers.py run           # the side-by-side table + streaming TTFB
     benchmarks/peers.py rss           # RSS while 100,000 cache-missing requests go through the full chain
-    benchmarks/peers.py redis         # Redis commands per request (INFO commandstats), miss and hit
+    benchmarks/peers.py redis         # Redis round trips and commands per request (INFO), miss and hit, c=1 and c=CONC
     benchmarks/peers.py scaleout      # two gateways on one redis-server: req/s and the budget's exactness
     benchmarks/peers.py profile       # py-spy on the full chain (cache miss) under load
     benchmarks/peers.py all           # run, rss, redis, scaleout
@@ -23,7 +23,7 @@ Knobs (env): those of benchmarks/overhead.py (DURATION, LOW_DURATION, ROUNDS, WA
 CONC, LOW_CONC, STREAM_REQUESTS, STREAM_WARMUP, GW_CPU, LOAD_CPU, READY_TIMEOUT,
 PROFILE_SECONDS, PROFILE_RATE, RUN_DIR, QUICK) plus PEERS_DIR=~/.cache/gateway-peers,
 PEER_READY_TIMEOUT=120, PEERS=litellm,portkey, RSS_REQUESTS=100000, RSS_STEP=10000,
-REDIS_REQUESTS=2000, SCALE_SECONDS=10, BUDGET_CALLS=500, BUDGET_SECONDS=8.
+REDIS_SECONDS=5, SCALE_SECONDS=10, BUDGET_CALLS=500, BUDGET_SECONDS=8.
 """
 
 from __future__ import annotations
@@ -553,9 +553,30 @@ def commandstats(peers: Peers) -> dict[str, int]:
     return stats
 
 
+def reads_processed(peers: Peers) -> int:
+    """Redis's ``total_reads_processed``: read events on client sockets. A client that
+    sends one command, or one pipeline, and waits for the answer makes one read event:
+    this counts round trips (the redis-cli ``INFO`` that reads it adds one)."""
+    found = re.search(r"^total_reads_processed:(\d+)", peers.redis_cli("INFO", "stats"), re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def gateway_requests(peers: Peers, name: str) -> int | None:
+    """The requests a gateway answered so far (its admin ``/stats``), or None."""
+    import urllib.request
+
+    found = re.search(r"\(admin (http://[^\s,)]+)", (peers.run_dir / f"{name}.log").read_text(errors="replace"))
+    if found is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        with urllib.request.urlopen(found.group(1) + "/stats", timeout=10) as answer:
+            return int(json.loads(answer.read())["requests"])
+    return None
+
+
 def run_redis(peers: Peers) -> str:
-    """Redis commands per request (INFO commandstats), cache miss and cache hit, c=1."""
-    n = env_int("REDIS_REQUESTS", 2000)
+    """Redis round trips and commands per request, cache miss and cache hit, at c=1 and c=CONC."""
+    seconds = env_int("REDIS_SECONDS", 5)
     miss = Target("gateway full chain, Redis, cache miss", "off", kind="gateway", backend="redis", unique=True,
                   streams=False)  # fmt: skip
     hit = Target("gateway full chain, Redis, cache hit", "off", kind="gateway", backend="redis", streams=False,
@@ -564,18 +585,34 @@ def run_redis(peers: Peers) -> str:
     if miss.problem:
         return f"Redis: NOT MEASURED: {miss.problem}\n"
     peers.wrk(hit, 1, 5, "redis-warm", stop_after=50)  # the fixed body is now cached
-    lines = ["", f"### Redis commands per request (INFO commandstats around {n} requests, c=1)", "",
-             "| case | commands / request | by command | req/s | p50 ms |", "|---|---:|---|---:|---:|"]  # fmt: skip
+    conc = peers.knobs.conc
+    lines = ["", f"### Redis round trips and commands per request ({seconds} s per row)", "",
+             "| case | c | round trips / request | commands / request | by command | req/s | p50 ms | CPU µs/req |",
+             "|---|---:|---:|---:|---|---:|---:|---:|"]  # fmt: skip
     for target in (miss, hit):
-        before = commandstats(peers)
-        result = peers.wrk(target, 1, 600, "redis", stop_after=n)
-        after = commandstats(peers)
-        done = result["requests"] if result else n
-        diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        diff = {k: v for k, v in diff.items() if v and k != "info"}
-        per = " ".join(f"{k} {v / done:.2f}" for k, v in sorted(diff.items()))
-        lines.append(f"| {'miss' if target.unique else 'hit'} | {sum(diff.values()) / done:.2f} | {per} | "
-                     f"{result['rps'] if result else 0:.0f} | {result['p50_us'] / 1000 if result else 0:.3f} |")  # fmt: skip
+        for c in (1, conc):
+            time.sleep(0.5)  # the previous row's last requests finish their complete phase
+            answered_before = gateway_requests(peers, miss.slug)
+            before, reads_before = commandstats(peers), reads_processed(peers)
+            result = peers.wrk(target, c, seconds, "redis")
+            time.sleep(0.5)
+            reads_after, after = reads_processed(peers), commandstats(peers)
+            answered_after = gateway_requests(peers, miss.slug)
+            done = (result["requests"] if result else 0) or 1
+            if answered_before is not None and answered_after is not None:
+                done = max(answered_after - answered_before - 1, 1)  # less the /stats call itself
+            diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            diff = {k: v for k, v in diff.items() if v and k != "info"}
+            per = " ".join(f"{k} {v / done:.2f}" for k, v in sorted(diff.items()))
+            trips = (reads_after - reads_before - 2) / done  # less the two INFO calls in between
+            cpu = f"{result['cpu_us']:.0f}" if result and "cpu_us" in result else "-"
+            lines.append(f"| {'miss' if target.unique else 'hit'} | {c} | {trips:.2f} | {sum(diff.values()) / done:.2f} | "
+                         f"{per} | {result['rps'] if result else 0:.0f} | "
+                         f"{result['p50_us'] / 1000 if result else 0:.3f} | {cpu} |")  # fmt: skip
+    lines += ["", "Round trips: INFO stats `total_reads_processed` (one read event per command or pipeline "
+              "a client sends and waits for); commands: INFO commandstats, which counts the commands run "
+              "inside Lua scripts too; requests: the gateway's /stats. Background PINGs (ratelimit's probe, "
+              "one a second) are included."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

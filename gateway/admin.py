@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from gateway import __version__, tracepage
+from gateway.redis import figures as redis_figures
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -203,6 +204,8 @@ async def _stats(gateway: Gateway, started_at: float) -> dict[str, Any]:
         "by_status": dict(by_status),
         "by_provider": dict(by_provider),
         "plugins": await _plugin_stats(gateway),
+        # the shared Redis connections (gateway.redis): round trips are pipelines
+        "redis": redis_figures(),
         # the event loop's unfinished tasks, this call's own included: flat under steady
         # load, back to its idle value after it (a leak shows as a climb)
         "runtime": {"tasks": len(asyncio.all_tasks())},
@@ -226,4 +229,16 @@ async def _metrics(gateway: Gateway, accept: str = "") -> tuple[bytes, str]:
     info = InfoMetricFamily("gateway_build", "The gateway's version.", value={"version": __version__})
     ready = GaugeMetricFamily("gateway_ready", "1 when started and not draining.", value=int(gateway.started and not gateway.draining))
     tasks = GaugeMetricFamily("gateway_asyncio_tasks", "Unfinished asyncio tasks of the gateway process.", value=len(asyncio.all_tasks()))
-    return gateway.metrics.exposition(await _plugin_stats(gateway), extra=(in_flight, info, ready, tasks), accept=accept)
+    extra: list[Any] = [in_flight, info, ready, tasks]
+    shared = redis_figures()
+    if shared:
+        for name, key, text in (
+            ("gateway_redis_pipelines", "pipelines", "Pipelines (round trips) sent on the shared Redis connection."),
+            ("gateway_redis_commands", "commands", "Commands sent on the shared Redis connection."),
+            ("gateway_redis_failed_pipelines", "failed_pipelines", "Pipelines that failed whole (connection, timeout)."),
+        ):
+            family = CounterMetricFamily(name, text, labels=["server"])
+            for server, counts in shared.items():
+                family.add_metric([server], counts[key])
+            extra.append(family)
+    return gateway.metrics.exposition(await _plugin_stats(gateway), extra=extra, accept=accept)

@@ -46,13 +46,16 @@ from gateway.exchange import Exchange
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.plugins import PluginConfigError
+from gateway.redis import DEFAULT_TIMEOUT_S, Redis
 from gateway.proxy import Provider, Proxy, Router, make_provider
 from gateway.telemetry import get_tracer, requested_model, roots_unsampled, trace_buffer
 
 log = logging.getLogger("gateway")
 
 #: what a config builds, swapped together by a reload
-GENERATION = ("config_path", "config", "providers", "router", "proxy", "chain", "access_log", "admin_handlers")
+GENERATION = (
+    "config_path", "config", "providers", "router", "proxy", "chain", "access_log", "admin_handlers", "redis_handles",
+)  # fmt: skip
 
 #: once the grace period is over, how long cancelled requests get to unwind
 CANCEL_WAIT_S = 0.25
@@ -109,6 +112,8 @@ class Gateway:
         self.draining = False
         self._retiring: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
+        #: the Redis handles this generation's plugins asked for; closed after their shutdown
+        self.redis_handles: list[Redis] = []
         self._configure()
         #: the plugins' admin routes, by (method, path); the admin app calls the current ones
         self.admin_handlers: dict[tuple[str, str], Any] = {}
@@ -132,6 +137,15 @@ class Gateway:
             except PluginConfigError as exc:
                 raise plugin_loader.plugin_config_error(self.config_path, hook.index, hook.label, exc) from None
 
+    def redis(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
+        """A handle on the process-wide, auto-pipelined connection to ``url`` (see
+        :mod:`gateway.redis`), for a plugin's ``startup``. Plugins naming the same URL
+        share it; the gateway waits for its queued calls and closes it after the
+        plugins' ``shutdown`` hooks."""
+        handle = Redis(url, timeout_s=timeout_s)
+        self.redis_handles.append(handle)
+        return handle
+
     async def start(self) -> None:
         for provider in self.providers.values():
             await provider.start()
@@ -144,13 +158,21 @@ class Gateway:
             await asyncio.gather(*self.background, return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
-        await self._shut(self.chain, self.providers)
+        await self._shut(self.chain, self.providers, self.redis_handles)
         self.started = False
         if isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.force_flush)  # exporting may wait on the network
 
-    async def _shut(self, chain: Chain, providers: dict[str, Provider]) -> None:
+    async def _shut(self, chain: Chain, providers: dict[str, Provider], redis_handles: list[Redis]) -> None:
         await chain.shutdown(self)
+        # After the plugins' shutdown: the writes they queued (and any made while
+        # shutting down) reach Redis before the connection closes.
+        for handle in redis_handles:
+            try:
+                await handle.close()
+            except Exception:
+                log.exception("closing a Redis connection failed")
+        redis_handles.clear()
         for provider in providers.values():
             await provider.close()
 
@@ -167,25 +189,31 @@ class Gateway:
             try:
                 await fresh.start()
             except BaseException:
-                await fresh._shut(fresh.chain, fresh.providers)  # the plugins that did start let go of their pools
+                await fresh._shut(fresh.chain, fresh.providers, fresh.redis_handles)  # the plugins that did start let go of their pools
                 raise
             for key, new, old in (("listen", fresh.config.listen, self.config.listen), ("admin.listen", fresh.config.admin.listen, self.config.admin.listen)):
                 if new != old:
                     log.warning("%s changed to %s: listen addresses stay %s until a restart", key, new, old)
-            old_chain, old_providers = self.chain, self.providers
+            old_chain, old_providers, old_handles = self.chain, self.providers, self.redis_handles
             in_flight = set(self.proxy.serving) | set(self.background)
             for name in GENERATION:
                 setattr(self, name, getattr(fresh, name))
-            task = asyncio.get_running_loop().create_task(self._retire(old_chain, old_providers, in_flight))
+            task = asyncio.get_running_loop().create_task(self._retire(old_chain, old_providers, old_handles, in_flight))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
             log.info("reloaded", extra={"config": self.config_path, "plugins": len(self.chain.plugins)})
 
-    async def _retire(self, chain: Chain, providers: dict[str, Provider], in_flight: set[asyncio.Task[Any]]) -> None:
+    async def _retire(
+        self,
+        chain: Chain,
+        providers: dict[str, Provider],
+        redis_handles: list[Redis],
+        in_flight: set[asyncio.Task[Any]],
+    ) -> None:
         """Once the requests the old configuration was serving are done, shut it down."""
         if in_flight:
             await asyncio.wait(in_flight)
-        await self._shut(chain, providers)
+        await self._shut(chain, providers, redis_handles)
 
     def data_server(self) -> web.Server:
         """The data plane: aiohttp's low-level server, with the proxy as its only

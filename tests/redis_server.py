@@ -46,6 +46,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--protected-mode", "no",
+                "--enable-debug-command", "local",  # DEBUG SLEEP: a Redis that answers late
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -120,3 +120,38 @@ async def test_two_replicas_on_one_redis_enforce_one_budget_exactly(tmp_path, re
             assert await gateway.wait(20) == 0
     rows = count_rows(one / "usage.db") + count_rows(two / "usage.db")
     assert rows == 48  # every call, served or refused, in one replica's ledger or the other's
+
+
+async def test_sigterm_charges_every_call_drained_to_the_redis_budget(tmp_path, redis_server):
+    """Settles are queued without waiting for Redis (write-behind): the calls that finish
+    during the drain are still charged before the process exits, even when Redis is
+    slow to answer then and the settles wait in the queue at shutdown."""
+    import redis.asyncio as aioredis
+
+    options = {"budget_usd_per_day": 1000, "redis_prefix": "test:drain", "redis_timeout_s": 5,
+               "failure_mode": "closed", "ledger": str(tmp_path / "usage.db")}  # fmt: skip
+    client = aioredis.from_url(redis_server.url)
+    try:
+        async with start_gateway(config(redis_server.url, **options), tmp_path) as gateway:
+            async with aiohttp.ClientSession() as session:
+                calls = [
+                    asyncio.create_task(
+                        call(session, gateway.url, **{"x-gateway-user": "drain", "x-mock-latency-ms": str(400 + 20 * i)})
+                    )
+                    for i in range(20)
+                ]
+                await asyncio.sleep(0.2)  # admitted and reserved, answers still to come
+                gateway.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.15)
+                # Redis stalls while the answers arrive: the settles queue up behind it.
+                stall = asyncio.create_task(client.execute_command("DEBUG", "SLEEP", "1"))
+                statuses = await asyncio.gather(*calls)
+            assert await gateway.wait(20) == 0
+            await stall
+        assert statuses == [200] * 20
+        day = (await client.keys("test:drain:spent:drain:????-??-??"))[0]
+        assert int(await client.get(day)) == 20 * ONE_CALL_PICO
+        assert await client.zcard("test:drain:reserved:drain") == 0
+    finally:
+        await client.aclose()
+    assert count_rows(tmp_path / "usage.db") == 20

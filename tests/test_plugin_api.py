@@ -31,6 +31,8 @@ def public_members(cls: type) -> list[str]:
 def surface() -> dict[str, Any]:
     import gateway
     from gateway import errors, hookspecs
+    from gateway import redis as shared_redis
+    from gateway.app import Gateway
     from gateway.exchange import Exchange, Response, StashKey, StreamEvent, Usage
 
     hooks = {
@@ -50,6 +52,13 @@ def surface() -> dict[str, Any]:
         "classes": {cls.__name__: public_members(cls) for cls in (Exchange, Response, StreamEvent, Usage, StashKey)},
         "GatewayError": str(inspect.signature(errors.GatewayError.__init__)),
         "error_helpers": helpers,
+        "redis": {
+            "Gateway.redis": str(inspect.signature(Gateway.redis)),
+            "connect": str(inspect.signature(shared_redis.connect)),
+            "exports": sorted(shared_redis.__all__),
+            "Redis": public_members(shared_redis.Redis),
+            "Script": public_members(shared_redis.Script),
+        },
     }
 
 

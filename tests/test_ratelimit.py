@@ -285,9 +285,12 @@ async def test_two_gateway_processes_sharing_redis_enforce_one_global_limit(tmp_
     async with start_gateway(config, tmp_path / "a") as one, start_gateway(config, tmp_path / "b") as two:
         clients = [openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="sk-caller", max_retries=0) for gw in (one, two)]
         try:
-            # 30 concurrent calls of one caller, spread over both replicas.
-            results = await asyncio.gather(
-                *(chat(clients[i % 2], user="shared") for i in range(30)), return_exceptions=True
+            # One call through each replica, then 28 concurrent calls of the same caller
+            # spread over both. (A replica's concurrent decisions reach Redis as one
+            # pipeline, so which replica wins a burst is whose pipeline arrives first.)
+            results = [await chat(client, user="shared") for client in clients]
+            results += await asyncio.gather(
+                *(chat(clients[i % 2], user="shared") for i in range(28)), return_exceptions=True
             )
         finally:
             for client in clients:

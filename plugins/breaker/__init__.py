@@ -201,7 +201,7 @@ class CircuitBreaker:
     async def startup(self, gateway: Gateway) -> None:
         if self.config.backend != "memory":
             self.shared = SharedState(self.config.backend, self.config.key_prefix, self.config.sync_s, gateway.tracer)
-            await self.shared.start(self._apply_shared)
+            await self.shared.start(self._apply_shared, gateway)
 
     @hookimpl
     async def shutdown(self, gateway: Gateway) -> None:

@@ -48,12 +48,10 @@ class SharedState:
         self.synced_at: float | None = None
         self._logged_at = -LOG_EVERY_S
 
-    async def start(self, apply: Callable[[dict[str, float], float], None]) -> None:
-        import redis.asyncio as redis
-
-        self.client = redis.Redis.from_url(
-            self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, decode_responses=True
-        )
+    async def start(self, apply: Callable[[dict[str, float], float], None], gateway: Any) -> None:
+        # The gateway's shared, pipelined connection (gateway.redis): the sync's HGETALL
+        # and the writes travel with the other plugins' calls of the moment.
+        self.client = gateway.redis(self.url, timeout_s=TIMEOUT_S)
         await self.sync(apply)  # a replica that starts during an outage knows it before its first request
         self.task = asyncio.create_task(self._run(apply), name="breaker-sync")
 
@@ -68,7 +66,7 @@ class SharedState:
         if self.writes:
             await asyncio.gather(*self.writes, return_exceptions=True)
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
 
     async def _run(self, apply: Callable[[dict[str, float], float], None]) -> None:
         while not self.closing:
@@ -79,15 +77,15 @@ class SharedState:
         """Read every open entry and hand them to ``apply(entries, sent_at)``."""
         sent_at = time.monotonic()
         try:
-            raw = await self.client.hgetall(self.hash)
+            raw = await self.client.call("HGETALL", self.hash)
         except Exception as exc:  # any Redis or network failure: local state goes on
             self._failed("read", exc)
             return
         self._recovered()
         entries: dict[str, float] = {}
-        for key, value in raw.items():
-            with contextlib.suppress(ValueError):
-                entries[key] = float(value)
+        for key, value in zip(raw[::2], raw[1::2], strict=True):  # field, value, field, value...
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                entries[key.decode()] = float(value)
         self.synced_at = time.time()
         apply(entries, sent_at)
 
@@ -108,9 +106,9 @@ class SharedState:
         with self.tracer.start_as_current_span(f"breaker redis {command}", kind=trace.SpanKind.CLIENT, attributes=attributes):
             try:
                 if until is not None:
-                    await self.client.hset(self.hash, key, repr(until))
+                    await self.client.call("HSET", self.hash, key, repr(until))
                 else:
-                    await self.client.hdel(self.hash, key)
+                    await self.client.call("HDEL", self.hash, key)
             except Exception as exc:
                 self._failed("write", exc)
                 trace.get_current_span().set_status(trace.StatusCode.ERROR)

@@ -6,24 +6,23 @@ plumbing). What aiocache's own memory cache lacks, a bound on the number of
 entries, :class:`LRUMemoryCache` adds: the least recently read entry goes first.
 Redis keeps an index of the plugin's keys (a sorted set scored by expiry) so
 that ``max_entries``, ``size`` and ``DELETE /cache?provider=`` work without
-``SCAN``-ing the database; entries are msgspec MessagePack.
+``SCAN``-ing the database; entries are msgspec MessagePack. The Redis backend goes
+through the gateway's shared, pipelined connection (:mod:`gateway.redis`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import redis.asyncio as redis
-from aiocache.backends.redis import RedisCache
 from aiocache.base import BaseCache
 from aiocache.serializers import BaseSerializer, NullSerializer
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from yarl import URL
+
+from gateway.redis import Redis, Script
 
 
 class Entry(msgspec.Struct, array_like=True, frozen=True):
@@ -169,72 +168,137 @@ class LRUMemoryCache(BaseCache):
         return len(self._entries)
 
 
-class RedisEntryCache(RedisCache):
-    """aiocache's Redis cache with msgspec entries, short timeouts and no retries
-    (a Redis outage must cost the caller milliseconds, not seconds), and an index."""
+# KEYS: the entry, the index. ARGV: the entry's bytes, its TTL (ms), its expiry (the
+# index's score, epoch s), now (epoch s), max_entries. Returns how many were evicted.
+# (The evicted entries are keys the script finds in the index, so it is for a single
+# Redis, not a Cluster, as the index already was.)
+STORE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if excess <= 0 then return 0 end
+local oldest = redis.call('ZPOPMIN', KEYS[2], excess)
+local evicted = 0
+for i = 1, #oldest, 2 do
+  redis.call('DEL', oldest[i])
+  evicted = evicted + 1
+end
+return evicted
+"""
+
+
+class RedisEntryCache(BaseCache):
+    """aiocache's API over the gateway's shared, pipelined Redis connection
+    (:mod:`gateway.redis`), with msgspec entries and an index of the plugin's keys.
+
+    A lookup is one ``GET`` in the pipeline of its event-loop iteration; a store is one
+    script (write, index, trim expired index members, evict past ``max_entries``) that
+    the plugin queues without waiting for it."""
+
+    NAME = "redis"
 
     def __init__(
         self, url: str, *, namespace: str, max_entries: int, timeout_s: float, on_evict: Callable[[int], None]
     ) -> None:
-        parsed = URL(url)
-        db = parsed.path.strip("/") or "0"
-        pool_kwargs: dict[str, Any] = {
-            "socket_timeout": timeout_s,
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-        }
-        if parsed.user:
-            pool_kwargs["username"] = parsed.user
-        super().__init__(
-            serializer=MsgpackSerializer(),
-            endpoint=parsed.host or "127.0.0.1",
-            port=parsed.port or 6379,
-            db=int(db),
-            password=parsed.password,
-            ssl=parsed.scheme == "rediss",
-            create_connection_timeout=timeout_s,
-            connection_pool_kwargs=pool_kwargs,
-            timeout=timeout_s,
-        )
+        super().__init__(serializer=MsgpackSerializer(), timeout=0)
+        self.url = url
+        self.timeout_s = timeout_s
         self.index = f"{namespace}:index"
         self.max_entries = max_entries
         self.on_evict = on_evict
+        self.redis: Redis | None = None
+        self.attributes: dict[str, Any] = {}
+        self._decode = msgspec.msgpack.Decoder(Entry).decode
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._store: Script | None = None
 
-    async def store(self, key: str, entry: Entry, ttl_s: float) -> None:
-        """Write the entry and index it; trim expired index members and, past
-        ``max_entries``, the entries that expire first (the oldest written)."""
+    def open(self, gateway: Any) -> None:
+        """Take a handle on the gateway's connection to the URL (in ``startup``)."""
+        self.redis = gateway.redis(self.url, timeout_s=self.timeout_s)
+        self.attributes = dict(self.redis.attributes)
+        self._store = self.redis.script(STORE)
+
+    def _handle(self) -> Redis:
+        if self.redis is None:
+            raise RuntimeError("the cache's Redis backend is not open")
+        return self.redis
+
+    async def ping(self) -> None:
+        await self._handle().ping()
+
+    async def fetch(self, key: str) -> Entry | None:
+        """The entry, or None (the hot path of a lookup: no aiocache wrappers)."""
+        raw = await self._handle().call("GET", key)
+        return None if raw is None else self._decode(raw)
+
+    def fetch_later(self, key: str) -> asyncio.Future[Any]:
+        """Queue the lookup; the future of the stored bytes (:meth:`decode` them) or None."""
+        return self._handle().call("GET", key)
+
+    def decode(self, raw: bytes | None) -> Entry | None:
+        return None if raw is None else self._decode(raw)
+
+    def store(self, key: str, entry: Entry, ttl_s: float) -> asyncio.Future[Any]:
+        """Queue the entry's store (write, index, trims and evictions: one script);
+        the future of how many entries it evicted. Counts the evictions itself."""
+        self._handle()
+        assert self._store is not None
         now = time.time()
-        client: redis.Redis = self.client
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.set(key, self.serializer.dumps(entry), px=max(1, int(ttl_s * 1000)))
-            pipe.zadd(self.index, {key: now + ttl_s})
-            pipe.zremrangebyscore(self.index, "-inf", now)
-            pipe.zcard(self.index)
-            *_, count = await pipe.execute()
-        excess = int(count) - self.max_entries
-        if excess > 0:
-            oldest = await client.zpopmin(self.index, excess)
-            if oldest:
-                await client.delete(*[member for member, _ in oldest])
-                self.on_evict(len(oldest))
+        future = self._store(
+            keys=(key, self.index),
+            args=(self._encode(entry), max(1, int(ttl_s * 1000)), repr(now + ttl_s), repr(now), self.max_entries),
+        )
+        future.add_done_callback(self._evicted)
+        return future
+
+    def _evicted(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None and future.result():
+            self.on_evict(int(future.result()))
 
     async def delete_prefix(self, prefix: str, model: str | None = None) -> int:
-        client: redis.Redis = self.client
-        members = [m.decode() for m in await client.zrange(self.index, 0, -1)]
+        redis = self._handle()
+        members = [member.decode() for member in await redis.call("ZRANGE", self.index, 0, -1)]
         doomed = [key for key in members if key.startswith(prefix) and (model is None or key.split(":")[2] == model)]
         deleted = 0
         for start in range(0, len(doomed), 500):
             batch = doomed[start : start + 500]
-            deleted += int(await client.delete(*batch))
-            await client.zrem(self.index, *batch)
+            removed = redis.call("ZREM", self.index, *batch)
+            deleted += int(await redis.call("DEL", *batch))
+            await removed
         return deleted
 
-    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
-        await self.client.aclose()
-
-    async def drop_idle_connections(self) -> None:
-        """Close the pooled connections no call holds (they reconnect when next used)."""
-        await self.client.connection_pool.disconnect(inuse_connections=False)
-
     async def size(self) -> int:
-        return int(await self.client.zcount(self.index, time.time(), "+inf"))
+        return int(await self._handle().call("ZCOUNT", self.index, repr(time.time()), "+inf"))
+
+    async def close(self, *args: Any, **kwargs: Any) -> None:
+        if self.redis is not None:
+            await self.redis.close()
+
+    # aiocache's API (``get``, ``set``, ``delete``, ``exists``, ``clear``)
+
+    async def _get(self, key: str, encoding: str | None = None, _conn: Any = None) -> Any:
+        raw = await self._handle().call("GET", key)
+        return raw  # aiocache's get() decodes it with the serializer
+
+    async def _set(
+        self, key: str, value: Any, ttl: float | None = None, _cas_token: Any = None, _conn: Any = None
+    ) -> bool:
+        redis = self._handle()
+        if ttl:
+            await redis.call("SET", key, value, "PX", max(1, int(ttl * 1000)))
+        else:
+            await redis.call("SET", key, value)
+        return True
+
+    async def _exists(self, key: str, _conn: Any = None) -> bool:
+        return bool(await self._handle().call("EXISTS", key))
+
+    async def _delete(self, key: str, _conn: Any = None) -> int:
+        redis = self._handle()
+        _, deleted = await asyncio.gather(redis.call("ZREM", self.index, key), redis.call("DEL", key))
+        return int(deleted)
+
+    async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
+        await self.delete_prefix(namespace or "")
+        return True

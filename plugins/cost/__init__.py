@@ -209,7 +209,8 @@ class Cost:
             log.warning("usage ledger %s is locked at startup; records wait and are retried", self.ledger_path)
         self.ledger.start()
         if self.shared:
-            self.budgets = RedisBudgets(self.config.store, self.config.redis_prefix, self.config.redis_timeout_s)
+            redis = gateway.redis(self.config.store, timeout_s=self.config.redis_timeout_s)
+            self.budgets = RedisBudgets(redis, self.config.redis_prefix)
             try:
                 await self.budgets.ping()
             except Exception as exc:
@@ -355,13 +356,47 @@ class Cost:
         # Charge every caller's spend: in memory it is cheap (and /usage/quota shows it
         # without a limit); in Redis only when some budget needs it (a round trip).
         if call.reserved is not None or (call.cost and (self.has_budgets or not self.shared)):
-            try:
-                with self._backend_span(exchange, "settle"):
+            if isinstance(self.budgets, RedisBudgets):
+                self._settle_behind(exchange, call, now)
+            else:
+                try:
                     await self.budgets.settle(call.caller, call.token, call.reserved, call.cost, now)
-            except Exception as exc:
-                self.backend_errors += 1
-                log.warning("cost: could not charge %s to the budget store: %r", pico_to_usd_text(call.cost), exc)
+                except Exception as exc:
+                    self._settle_failed(call.cost, exc)
         self._record(exchange, call, now)
+
+    def _settle_behind(self, exchange: Exchange, call: _Call, now: float) -> None:
+        """Queue the Redis settle without waiting for it (write-behind: it joins the next
+        pipeline with the other plugins' writes); its failure is counted and logged when
+        Redis answers. Shutdown waits for it."""
+        span = None
+        if exchange.recording:
+            span = self.tracer.start_span(
+                "cost settle", kind=trace.SpanKind.CLIENT, attributes={"db.system": "redis", "db.operation": "EVALSHA"}
+            )
+        cost = call.cost
+        try:
+            settled = self.budgets.settle_behind(call.caller, call.token, call.reserved, cost, now)  # type: ignore[union-attr]
+        except Exception as exc:
+            if span is not None:
+                span.end()
+            self._settle_failed(cost, exc)
+            return
+
+        def done(future: asyncio.Future[Any]) -> None:
+            error = asyncio.CancelledError() if future.cancelled() else future.exception()
+            if span is not None:
+                if error is not None:
+                    span.set_status(trace.StatusCode.ERROR)
+                span.end()
+            if error is not None:
+                self._settle_failed(cost, error)
+
+        settled.add_done_callback(done)
+
+    def _settle_failed(self, cost: int, exc: BaseException) -> None:
+        self.backend_errors += 1
+        log.warning("cost: could not charge %s to the budget store: %r", pico_to_usd_text(cost), exc)
 
     # -- working out usage and cost ---------------------------------------------------
 

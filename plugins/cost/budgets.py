@@ -8,12 +8,14 @@ what the calls already admitted (in flight) cost beyond their estimates.
 
 Two backends: in process (one replica; the day's and month's spend are read back
 from the ledger at startup), and Redis (many replicas share the counters; each
-check-and-reserve and each settle is one Lua script, atomic on the server).
+check-and-reserve and each settle is one Lua script, atomic on the server, sent
+through the gateway's shared, pipelined Redis connection).
 Periods are UTC days (``YYYY-MM-DD``) and months (``YYYY-MM``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections import defaultdict
@@ -173,18 +175,17 @@ return {redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[2]) or '0', to
 
 
 class RedisBudgets:
-    """Counters shared by every replica through one Redis."""
+    """Counters shared by every replica through one Redis, on the gateway's shared,
+    pipelined connection (:mod:`gateway.redis`): a reserve is one script call in the
+    pipeline of its event-loop iteration; a settle is queued without waiting for it
+    (write-behind) and joins the next pipeline."""
 
-    def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
-        import redis.asyncio as redis
-
-        self.client: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self.redis = redis
         self.prefix = prefix
-        self._reserve = self.client.register_script(_RESERVE)
-        self._settle = self.client.register_script(_SETTLE)
-        self._quota = self.client.register_script(_QUOTA)
+        self._reserve = redis.script(_RESERVE)
+        self._settle = redis.script(_SETTLE)
+        self._quota = redis.script(_QUOTA)
 
     def _keys(self, caller: str, now: float) -> list[str]:
         day, month = periods(now)
@@ -195,7 +196,8 @@ class RedisBudgets:
         ]
 
     async def ping(self) -> bool:
-        return bool(await self.client.ping())
+        await self.redis.ping()
+        return True
 
     async def reserve(self, caller: str, request_id: str, estimate: int, limits: Limits, now: float) -> Decision:
         args = [
@@ -206,18 +208,24 @@ class RedisBudgets:
             RESERVATION_TTL_S * 1000,
         ]
         allowed, day, month, reserved, period = await self._reserve(keys=self._keys(caller, now), args=args)
-        return Decision(bool(allowed), int(day), int(month), int(reserved), period or None)
+        return Decision(bool(allowed), int(day), int(month), int(reserved), period.decode() or None)
+
+    def settle_behind(
+        self, caller: str, request_id: str, estimate: int | None, actual: int, now: float
+    ) -> asyncio.Future[Any]:
+        """Queue the settle; the future of its reply (the caller counts its failure)."""
+        member = f"{request_id}:{estimate}" if estimate is not None else ""
+        return self._settle(keys=self._keys(caller, now), args=[member, str(actual), DAY_TTL_S, MONTH_TTL_S])
 
     async def settle(self, caller: str, request_id: str, estimate: int | None, actual: int, now: float) -> None:
-        member = f"{request_id}:{estimate}" if estimate is not None else ""
-        await self._settle(keys=self._keys(caller, now), args=[member, str(actual), DAY_TTL_S, MONTH_TTL_S])
+        await self.settle_behind(caller, request_id, estimate, actual, now)
 
     async def quota(self, caller: str, now: float) -> tuple[int, int, int]:
         day, month, reserved = await self._quota(keys=self._keys(caller, now), args=[int(now * 1000)])
         return int(day), int(month), int(reserved)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.redis.close()
 
 
 def now_s() -> float:

@@ -78,6 +78,7 @@ class Config(LimitOptions, frozen=True, kw_only=True, forbid_unknown_fields=True
     timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     probe_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     max_callers: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    #: no longer used: the plugins share one pipelined connection per Redis URL (gateway.redis)
     max_connections: Annotated[int, msgspec.Meta(gt=0)] = 64
     shadow_mode: bool = False
 
@@ -150,7 +151,7 @@ class RateLimit:
         self.default_max_tokens = config.default_max_tokens
         self.memory: MemoryStore | None = MemoryStore(config.max_callers) if backend == "memory" else None
         self.redis: RedisStore | None = (
-            RedisStore(backend, config.key_prefix, config.timeout_ms / 1000, config.max_connections)
+            RedisStore(backend, config.key_prefix, config.timeout_ms / 1000)
             if self.memory is None
             else None
         )
@@ -182,6 +183,7 @@ class RateLimit:
             return
         assert self.redis is not None
         self.redis.tracer = gateway.tracer
+        self.redis.open(gateway)
         try:
             await self.redis.load_scripts()
         except BACKEND_ERRORS as exc:
@@ -296,16 +298,22 @@ class RateLimit:
             return
         if self.memory is not None:
             self.memory.settle(reservation.caller, len(limits), deltas)
+            self.settled += 1
+            return
+        assert self.redis is not None
+        # Write-behind: nobody waits for the settle; it joins the next pipeline.
+        self.redis.settle(
+            reservation.caller, [(limits[index], delta) for index, delta in deltas], exchange.recording, self._settled
+        )
+
+    def _settled(self, error: BaseException | None) -> None:
+        if error is None:
+            self.settled += 1
+        elif isinstance(error, BACKEND_ERRORS):
+            self._failed(error)
         else:
-            assert self.redis is not None
-            try:
-                await self.redis.settle(
-                    reservation.caller, [(limits[index], delta) for index, delta in deltas], exchange.recording
-                )
-            except BACKEND_ERRORS as exc:
-                self._failed(exc, exchange)
-                return
-        self.settled += 1
+            self.backend_errors += 1
+            log.warning("rate-limit settle failed: %r", error, extra={"plugin": "ratelimit"})
 
     # -- helpers -------------------------------------------------------------------
 

@@ -6,24 +6,25 @@ which Redis runs atomically, and its clock is Redis's own (``TIME``), so replica
 clocks never disagree. A caller is one hash (``<key_prefix><caller>``, one field
 per limit, TATs in microseconds) that expires once its buckets are full again.
 
-One decision is one ``EVALSHA`` (one round trip). After a Redis restart the
-script cache is empty: the first call gets ``NOSCRIPT`` and sends the script with
+Calls go through the gateway's shared Redis connection (:mod:`gateway.redis`): a
+decision is one ``EVALSHA`` in the pipeline of its event-loop iteration, together
+with the other requests' and plugins' calls of that moment; a settle is queued
+without waiting (write-behind) and joins the next pipeline. After a Redis restart
+the script cache is empty: the first call gets ``NOSCRIPT`` and is sent again with
 ``EVAL`` once, which caches it again.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+
+from gateway.redis import ERRORS, Redis, Script
 
 from gateway_plugins.ratelimit.gcra import Limit
 
@@ -84,54 +85,40 @@ return 1
 """
 
 #: what a call to Redis may raise when Redis is away, slow or confused
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-
-
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
+BACKEND_ERRORS: tuple[type[BaseException], ...] = ERRORS
 
 
 class RedisStore:
-    """The Redis client, the two scripts, and a span per call."""
+    """The two scripts on the gateway's shared Redis connection, and a span per call."""
 
-    def __init__(self, url: str, key_prefix: str, timeout_s: float, max_connections: int) -> None:
-        # No retries inside the client: a lost reply may mean the script ran, and a
-        # retry would charge the caller twice. The next request simply tries again.
-        # A bounded pool: past max_connections a call waits up to timeout_s for one.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-        )
-        self.client = aioredis.Redis(connection_pool=pool)
+    def __init__(self, url: str, key_prefix: str, timeout_s: float) -> None:
+        self.url = url
         self.key_prefix = key_prefix
-        kwargs = pool.connection_kwargs
-        self.attributes: dict[str, Any] = {
-            "db.system": "redis",
-            "db.system.name": "redis",
-            "db.namespace": str(kwargs.get("db", 0)),
-            "server.address": str(kwargs.get("host", kwargs.get("path", ""))),
-        }
-        if "port" in kwargs:
-            self.attributes["server.port"] = int(kwargs["port"])
+        self.timeout_s = timeout_s
+        self.redis: Redis | None = None
+        self.attributes: dict[str, Any] = {}
         self.tracer: trace.Tracer = trace.NoOpTracer()
-        self.take_sha = _sha(TAKE)
-        self.settle_sha = _sha(SETTLE)
+        self._take: Script | None = None
+        self._settle: Script | None = None
+
+    def open(self, gateway: Any) -> None:
+        """Take a handle on the gateway's connection to the URL (in ``startup``)."""
+        self.redis = redis = gateway.redis(self.url, timeout_s=self.timeout_s)
+        self.attributes = dict(redis.attributes)
+        self._take = redis.script(TAKE)
+        self._settle = redis.script(SETTLE)
 
     async def load_scripts(self) -> None:
-        await self.client.script_load(TAKE)
-        await self.client.script_load(SETTLE)
+        assert self.redis is not None
+        await asyncio.gather(self.redis.call("SCRIPT", "LOAD", TAKE), self.redis.call("SCRIPT", "LOAD", SETTLE))
 
     async def ping(self) -> None:
-        await self.client.ping()
+        assert self.redis is not None
+        await self.redis.ping()
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        if self.redis is not None:
+            await self.redis.close()
 
     async def take(
         self, caller: str, limits: Sequence[Limit], charges: Sequence[float], traced: bool
@@ -141,49 +128,64 @@ class RedisStore:
         for limit, charge in zip(limits, charges, strict=True):
             # Whole microseconds, rounded down: a caller spending exactly its limit fits.
             args += (limit.field, int(charge * 1e6), int(limit.period_s * 1e6))
-        reply, elapsed = await self._run("take", self.take_sha, TAKE, caller, args, traced)
-        return reply[0] == 1, [level / 1e6 for level in reply[1:]], elapsed
+        assert self._take is not None
+        key = self.key_prefix + caller
+        started = time.perf_counter()
+        if not traced:
+            reply = await self._take(keys=(key,), args=args)
+            return reply[0] == 1, [level / 1e6 for level in reply[1:]], time.perf_counter() - started
+        # The key names the caller: it stays off the span like every identity but the trace's own.
+        with self.tracer.start_as_current_span(
+            "EVALSHA",
+            kind=SpanKind.CLIENT,
+            attributes=self._span_attributes("take"),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                reply = await self._take(keys=(key,), args=args)
+            except BaseException as exc:
+                _failed_span(span, exc)
+                raise
+        return reply[0] == 1, [level / 1e6 for level in reply[1:]], time.perf_counter() - started
 
-    async def settle(self, caller: str, deltas: Sequence[tuple[Limit, float]], traced: bool) -> float:
+    def settle(
+        self,
+        caller: str,
+        deltas: Sequence[tuple[Limit, float]],
+        traced: bool,
+        done: Callable[[BaseException | None], None],
+    ) -> bool:
+        """Queue the settle without waiting for it (write-behind); ``done(error or None)``
+        once Redis answered. False when there was nothing to settle."""
         args: list[Any] = []
         for limit, delta_s in deltas:
             delta_us = round(delta_s * 1e6)
             if delta_us:
                 args += (limit.field, delta_us)
         if not args:
-            return 0.0
-        _, elapsed = await self._run("settle", self.settle_sha, SETTLE, caller, args, traced)
-        return elapsed
+            return False
+        assert self._settle is not None
+        future = self._settle(keys=(self.key_prefix + caller,), args=args)
+        span = None
+        if traced:
+            span = self.tracer.start_span("EVALSHA", kind=SpanKind.CLIENT, attributes=self._span_attributes("settle"))
 
-    async def _run(
-        self, name: str, sha: str, script: str, caller: str, args: list[Any], traced: bool
-    ) -> tuple[Any, float]:
-        key = self.key_prefix + caller
-        if not traced:
-            started = time.perf_counter()
-            reply = await self._evalsha(sha, script, key, args)
-            return reply, time.perf_counter() - started
-        # The key names the caller: it stays off the span like every identity but the trace's own.
-        attributes = {**self.attributes, "db.operation.name": "EVALSHA", "gateway.ratelimit.script": name}
-        with self.tracer.start_as_current_span(
-            "EVALSHA",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            started = time.perf_counter()
-            try:
-                reply = await self._evalsha(sha, script, key, args)
-            except BaseException as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                span.set_attribute("error.type", type(exc).__name__)
-                raise
-            return reply, time.perf_counter() - started
+        def settled(future: asyncio.Future[Any]) -> None:
+            error = asyncio.CancelledError() if future.cancelled() else future.exception()
+            if span is not None:
+                if error is not None:
+                    _failed_span(span, error)
+                span.end()
+            done(error)
 
-    async def _evalsha(self, sha: str, script: str, key: str, args: list[Any]) -> Any:
-        try:
-            return await self.client.evalsha(sha, 1, key, *args)
-        except NoScriptError:
-            # Redis restarted (or SCRIPT FLUSH): EVAL runs it and caches it again.
-            return await self.client.eval(script, 1, key, *args)
+        future.add_done_callback(settled)
+        return True
+
+    def _span_attributes(self, name: str) -> dict[str, Any]:
+        return {**self.attributes, "db.operation.name": "EVALSHA", "gateway.ratelimit.script": name}
+
+
+def _failed_span(span: trace.Span, exc: BaseException) -> None:
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    span.set_attribute("error.type", type(exc).__name__)
