@@ -25,7 +25,6 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.redis import ERRORS, Redis, Script
-
 from gateway_plugins.ratelimit.gcra import Limit
 
 # ARGV: field, charge_us, capacity_us for each limit. Returns {allowed, level_us...}:
