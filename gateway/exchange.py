@@ -309,6 +309,7 @@ class Exchange:
         "recording",
         "reached",
         "completed",
+        "_sent_status",
         "_body",
         "_json",
         "_usage",
@@ -385,6 +386,8 @@ class Exchange:
         self.reached = -1
         #: set once the ``complete`` hooks have run (they run once)
         self.completed = False
+        #: the status of an answer sent in full (core: a caller that hangs up after it did not leave early)
+        self._sent_status: int | None = None
         self._body = body
         self._json: Any = _UNSET
 

@@ -473,6 +473,8 @@ class Proxy:
         self.answers: Counter[tuple[str, int]] = Counter()
         #: the handler tasks of the requests being served (the drain cancels leftovers)
         self.serving: set[asyncio.Task[Any]] = set()
+        #: the complete hooks' task of each exchange whose handler waits for it
+        self._completing: dict[Exchange, asyncio.Task[None]] = {}
         #: called once per exchange when it is over, with its status (metrics, access log)
         self.finished: Callable[[Exchange, int], None] = _ignore
 
@@ -566,11 +568,17 @@ class Proxy:
             status = 499 if error is not None and error.status == 499 else answer.status
             return answer
         except asyncio.CancelledError:
+            running = self._completing.pop(exchange, None)  # complete hooks cancelled mid-wait go on, shielded
+            if exchange._sent_status is not None:
+                # The whole answer was out; the caller hung up while the complete hooks
+                # ran (aiohttp then cancels the handler). It got its answer: not a 499.
+                status, completing = exchange._sent_status, running
+                raise
             # The caller left (or the drain deadline passed): the upstream call is
             # already cancelled; count what was used all the same.
             if exchange.error is None:  # an error already answered (a broken stream) stays the record's
                 exchange.error = client_closed_request()
-            completing = self._complete_later(exchange)
+            completing = self._complete_later(exchange) or running
             status = 499
             raise
         finally:
@@ -704,6 +712,7 @@ class Proxy:
         try:
             await reply.prepare(request)
             await reply.write_eof()
+            exchange._sent_status = reply.status
         except ConnectionResetError:
             exchange.error = client_closed_request()
         await self._complete(exchange)
@@ -752,6 +761,7 @@ class Proxy:
         if exchange.error is None or exchange.error.status != 499:
             try:
                 await out.write_eof()
+                exchange._sent_status = out.status
             except ConnectionResetError:
                 pass
         await self._complete(exchange)
@@ -781,7 +791,11 @@ class Proxy:
         (aiohttp then cancels the handler): a ledger record or a settle is never cut in half."""
         task = self._complete_later(exchange)
         if task is not None:
+            # Known to the handler while it waits: if the caller hangs up meanwhile,
+            # the records wait for this task (see ``handle``), which pops it.
+            self._completing[exchange] = task
             await asyncio.shield(task)
+            del self._completing[exchange]
 
     def _complete_later(self, exchange: Exchange) -> asyncio.Task[None] | None:
         if not self.chain.complete_hooks or exchange.reached < 0 or exchange.completed:

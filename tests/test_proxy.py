@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway import Exchange, hookimpl
 from gateway.testing import run_gateway, serve_app
 
 CHAT = [{"role": "user", "content": "Tell me about otters"}]
@@ -530,3 +531,47 @@ async def test_every_answer_has_server_timing_with_gateway_and_upstream_duration
     assert float(parts["upstream"]) >= 30
     assert 0 <= float(parts["gateway"]) < 1000
     assert error_timing.startswith("gateway;dur=")
+
+
+class SlowComplete:
+    """A plugin whose complete hook takes a while (a ledger write on a slow disk)."""
+
+    finished: list[str] = []
+
+    def __init__(self, config: object = None) -> None:
+        pass
+
+    @hookimpl
+    async def complete(self, exchange: Exchange) -> None:
+        await asyncio.sleep(0.3)
+        SlowComplete.finished.append(exchange.request_id)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_caller_that_hangs_up_after_the_whole_answer_is_counted_with_its_status(tmp_path, stream):
+    """curl and other clients close the connection as soon as the answer is in: aiohttp
+    then cancels the handler while the complete hooks still run. The caller got its 200,
+    so /stats, the metrics and the access line say 200 (not 499), and the hooks finish."""
+    SlowComplete.finished.clear()
+    config = mock_config(plugins=[{"use": "test_proxy:SlowComplete"}])
+    async with run_gateway(config, tmp_path) as gw:
+        body = {"model": "m", "messages": CHAT, "stream": stream}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            async with session.post(f"{gw.url}/v1/chat/completions", json=body) as reply:
+                assert reply.status == 200
+                text = await reply.text()
+                request_id = reply.headers["x-request-id"]
+        assert ("[DONE]" in text) if stream else ("choices" in text)
+        deadline = time.monotonic() + 5
+        while request_id not in SlowComplete.finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert SlowComplete.finished == [request_id]
+        await asyncio.sleep(0.05)  # the records follow the complete hooks
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{gw.admin_url}/stats") as answer:
+                stats = await answer.json()
+            async with session.get(f"{gw.admin_url}/metrics") as answer:
+                metrics = await answer.text()
+        assert stats["by_status"] == {"200": 1}, stats
+        assert 'route="/v1/chat/completions",status="200"} 1.0' in metrics
+        assert 'status="499"' not in metrics
