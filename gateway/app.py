@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadHttpMethod,
     BadStatusLine,
+    ContentEncodingError,
     HttpProcessingError,
     InvalidHeader,
     InvalidURLError,
@@ -335,6 +336,8 @@ def refused_by_parser(exc: HttpProcessingError) -> GatewayError:
         return invalid_request("The request target is not a valid path.")
     if isinstance(exc, InvalidHeader):
         return invalid_request("A request header has an invalid name or value.")
+    if isinstance(exc, ContentEncodingError):  # br or zstd without their decoder installed
+        return invalid_request("The request body's Content-Encoding is not one the gateway can decode (use gzip or deflate).")
     if isinstance(exc, PayloadEncodingError):
         return invalid_request("The request body's framing (Content-Length, chunked encoding) is malformed.")
     if isinstance(exc, BadHttpMessage):

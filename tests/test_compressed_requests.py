@@ -197,4 +197,5 @@ async def test_brotli_is_decoded_when_installed_else_refused_with_400_and_not_fo
         assert_plain_json(seen_headers, seen_body)
     else:
         assert status == 400 and document["error"]["code"] == "invalid_request"
+        assert "Content-Encoding" in document["error"]["message"]
         assert upstream.seen == []

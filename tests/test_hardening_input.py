@@ -404,7 +404,8 @@ async def test_invalid_utf8_in_the_path_and_query_is_a_clear_answer(two_upstream
     assert evil.seen == []
 
 
-# -- what aiohttp's HTTP parser refuses: answered in the API's shape, never quoted back ------------
+# -- what aiohttp's HTTP parser refuses (and a body that fails as it is read, which the proxy
+# -- answers): in the API's shape, never quoted back ----------------------------------------------
 
 FAKE_KEY = b"sk-proj-FAKEKEY0123456789abcdef"
 GZIP_GARBAGE = b"\x1f\x8b\x08\x00\x00\x00\x00\x00garbage:" + FAKE_KEY
