@@ -356,11 +356,24 @@ def make_provider(name: str, config: ProviderConfig) -> Provider:
 
 
 def _named_by_connection(headers: Any) -> frozenset[str]:
-    """The headers a Connection header names: this hop's too (RFC 9110 7.6.1)."""
+    """The headers a Connection header names: this hop's too (RFC 9110 7.6.1).
+
+    Parsed once per distinct value (nearly every answer says ``keep-alive``)."""
     connection = headers.get("Connection")
     if not connection:
-        return frozenset()
-    return frozenset(token.strip().lower() for token in connection.split(",") if token.strip())
+        return _NO_NAMES
+    named = _CONNECTION_NAMES.get(connection)
+    if named is None:
+        named = frozenset(token.strip().lower() for token in connection.split(",") if token.strip())
+        if len(_CONNECTION_NAMES) < MAX_CONNECTION_VALUES:  # values are the peers' to choose: bounded
+            _CONNECTION_NAMES[connection] = named
+    return named
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+_CONNECTION_NAMES: dict[str, frozenset[str]] = {}
+#: distinct Connection header values whose parse is kept
+MAX_CONNECTION_VALUES = 64
 
 
 def _answer_headers(upstream_headers: Any) -> CIMultiDict[str]:
