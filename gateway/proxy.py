@@ -686,6 +686,8 @@ class Proxy:
         if not request.body_exists:
             return b""
         try:
+            if request.content.is_eof():  # the whole body is in already: no wait to bound
+                return await request.read()
             async with asyncio.timeout(self.body_timeout_s):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
