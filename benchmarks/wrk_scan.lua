@@ -2,7 +2,7 @@
 -- request (a fixed system prompt, then one of a few ordinary questions plus a serial number), so the scan
 -- plugin's result cache never answers for the user text and every request pays the full scan.
 --   WRK_TAG        copied into the summary
--- The summary line is the same "WRKJSON {...}" as benchmarks/wrk_post.lua prints.
+-- The summary line is wrk_summary.lua's "WRKJSON {...}".
 local questions = {
   "Could you suggest a three-day walking itinerary for Lisbon in spring, with a cafe for lunch each day?",
   "Write one sentence that explains what an API gateway in front of a large language model does.",
@@ -26,14 +26,5 @@ function request()
   return wrk.format(nil, nil, nil, body)
 end
 
-function done(summary, latency, requests)
-  local errors = summary.errors
-  local seconds = summary.duration / 1e6
-  io.write(string.format(
-    'WRKJSON {"tag":"%s","requests":%d,"seconds":%.3f,"rps":%.1f,' ..
-    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f,' ..
-    '"non2xx":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
-    os.getenv("WRK_TAG") or "", summary.requests, seconds, summary.requests / seconds,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
-    errors.status, errors.connect, errors.read, errors.write, errors.timeout))
-end
+-- done(): the WRKJSON summary line, shared by the wrk scripts beside this one
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "wrk_summary.lua")
