@@ -302,9 +302,11 @@ class RateLimit:
             return
         assert self.redis is not None
         # Write-behind: nobody waits for the settle; it joins the next pipeline.
-        self.redis.settle(
+        sent = self.redis.settle(
             reservation.caller, [(limits[index], delta) for index, delta in deltas], exchange.recording, self._settled
         )
+        if not sent:  # every delta rounded to 0 µs: settled, with nothing to send
+            self._settled(None)
 
     def _settled(self, error: BaseException | None) -> None:
         if error is None:
