@@ -531,8 +531,8 @@ class Cost:
             )
 
     def _backend_span(self, exchange: Exchange, operation: str) -> AbstractContextManager[Any]:
-        """A CLIENT span around a budget store call when traced and on Redis; else a shared
-        no-op (this runs twice a request: a generator-based context manager cost ~2 us)."""
+        """A CLIENT span around the reserve when traced and on Redis; else a shared no-op
+        (it runs on every budgeted request: a generator-based context manager cost ~2 us)."""
         if not exchange.recording or not isinstance(self.budgets, RedisBudgets):
             return _UNTRACED
         return self.tracer.start_as_current_span(
