@@ -47,7 +47,7 @@ from gateway.exchange import Exchange
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.plugins import PluginConfigError
-from gateway.proxy import Provider, Proxy, Router, make_provider
+from gateway.proxy import Provider, Proxy, Router, make_provider, unreadable_body
 from gateway.redis import DEFAULT_TIMEOUT_S, Redis
 from gateway.telemetry import get_tracer, requested_model, roots_unsampled, trace_buffer
 
@@ -298,8 +298,8 @@ class DataConnection(RequestHandler):
         super().handle_error(request, status, exc)
         if isinstance(exc, HttpProcessingError):
             error, api = refused_by_parser(exc), "openai"  # what was read of the path is not to be trusted
-        elif isinstance(exc, RequestPayloadError):  # a body aiohttp could not decode (Content-Encoding)
-            error, api = invalid_request("The request body could not be read: its encoding is malformed."), "openai"
+        elif isinstance(exc, RequestPayloadError):  # a body that failed while read, outside the proxy's read
+            error, api = unreadable_body(exc), "openai"
         else:
             error = INTERNAL_ERROR
             api = "anthropic" if request.path.startswith("/v1/messages") else "openai"

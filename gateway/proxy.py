@@ -168,7 +168,7 @@ def _request_timeout(timeout_s: float) -> GatewayError:
     return GatewayError(408, "request_timeout", f"Request body was not received within {timeout_s:g} s.")
 
 
-def _unreadable_body(exc: BaseException) -> GatewayError:
+def unreadable_body(exc: BaseException) -> GatewayError:
     """400 ``invalid_request`` for a body that failed while it was read: a malformed
     chunk, a Content-Encoding that does not decode. The message never quotes the
     parser's (which may hold a key); what follows the bad bytes cannot be framed, so
@@ -698,7 +698,7 @@ class Proxy:
             # The parser stopped feeding this body: mark it ended, so aiohttp does not
             # linger over it after the answer (and log its error again).
             request.content.feed_eof()
-            raise _unreadable_body(exc) from None
+            raise unreadable_body(exc) from None
 
     def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
         headers = {
