@@ -34,7 +34,9 @@ Send = Callable[[Exchange], Awaitable[Response]]
 class Hook:
     """One plugin's implementation of one hook, ready to call."""
 
-    __slots__ = ("plugin", "name", "function", "index", "label", "fails_open", "span_name", "attributes")
+    __slots__ = (
+        "plugin", "name", "function", "index", "label", "fails_open", "span_name", "attributes", "deferred_attributes"
+    )
 
     def __init__(self, plugin: Plugin, name: str, function: Callable[..., Any]) -> None:
         self.plugin = plugin
@@ -45,6 +47,7 @@ class Hook:
         self.fails_open = plugin.fails_open
         self.span_name = f"{plugin.label} {name}"
         self.attributes = {"gateway.plugin": plugin.label, "gateway.hook": name}
+        self.deferred_attributes = {**self.attributes, "gateway.hook.deferred": True}
 
 
 class Chain:
@@ -69,6 +72,7 @@ class Chain:
         self.startup_hooks = hooks("startup")
         self.shutdown_hooks = tuple(reversed(hooks("shutdown")))
         self.request_hooks = hooks("request")
+        self._request_hook_at = {hook.index: hook for hook in self.request_hooks}
         self.send_hooks = hooks("send")
         self.response_hooks = tuple(reversed(hooks("response")))
         self.chunk_hooks = tuple(reversed(hooks("chunk")))
@@ -104,7 +108,22 @@ class Chain:
     # -- per request -------------------------------------------------------------
 
     async def request(self, exchange: Exchange) -> Response | None:
-        """Forward through ``request`` hooks; the first Response ends the walk."""
+        """Forward through ``request`` hooks; the first Response ends the walk. Then the
+        decisions hooks deferred (``exchange.defer``), in order: the first refusal wins."""
+        try:
+            answer = await self._walk(exchange)
+        except Exception:
+            if exchange._deferred is not None:
+                await self._decide(exchange)  # an earlier plugin's refusal comes before this
+            raise
+        except BaseException:
+            _drop(exchange)
+            raise
+        if exchange._deferred is not None:
+            await self._decide(exchange)
+        return answer
+
+    async def _walk(self, exchange: Exchange) -> Response | None:
         for hook in self.request_hooks:
             exchange.reached = hook.index
             try:
@@ -120,6 +139,34 @@ class Chain:
                 return answer
         exchange.reached = self.last_index
         return None
+
+    async def _decide(self, exchange: Exchange) -> None:
+        """Await every deferred decision (each runs to its end, so what it holds is
+        known to its ``complete`` hook); raise the first one's refusal."""
+        pending = exchange._deferred or []
+        exchange._deferred = None
+        refusal: Exception | None = None
+        for position, (index, decision) in enumerate(pending):
+            hook = self._request_hook_at[index]
+            try:
+                if exchange.recording:
+                    # The hook's second span, over the wait it deferred; its attributes land here.
+                    with self.tracer.start_as_current_span(hook.span_name, attributes=hook.deferred_attributes):
+                        await decision
+                else:
+                    await decision
+            except Exception as exc:
+                try:
+                    self._failed(hook, exc)
+                except Exception as answer:
+                    if refusal is None:
+                        refusal = answer
+            except BaseException:
+                for _, rest in pending[position + 1 :]:
+                    rest.close()
+                raise
+        if refusal is not None:
+            raise refusal
 
     async def response(self, exchange: Exchange, response: Response) -> Response:
         """Backward through ``response`` hooks of the plugins whose ``request`` ran."""
@@ -253,6 +300,13 @@ class Chain:
                 await hook.function(gateway)
             except Exception:
                 log.exception("plugin %s failed in shutdown", hook.label, extra={"plugin": hook.label})
+
+
+def _drop(exchange: Exchange) -> None:
+    """Cancelled: deferred decisions are never awaited; close them."""
+    pending, exchange._deferred = exchange._deferred, None
+    for _, decision in pending or ():
+        decision.close()
 
 
 class _Recorder:

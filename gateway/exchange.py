@@ -10,7 +10,7 @@ A :class:`Response` is an answer, from the upstream or from a plugin, buffered
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -310,6 +310,7 @@ class Exchange:
         "reached",
         "completed",
         "_sent_status",
+        "_deferred",
         "_body",
         "_json",
         "_usage",
@@ -388,8 +389,26 @@ class Exchange:
         self.completed = False
         #: the status of an answer sent in full (core: a caller that hangs up after it did not leave early)
         self._sent_status: int | None = None
+        #: (chain index, decision) deferred by ``request`` hooks (core: awaited after the last one)
+        self._deferred: list[tuple[int, Coroutine[Any, Any, None]]] | None = None
         self._body = body
         self._json: Any = _UNSET
+
+    def defer(self, decision: Coroutine[Any, Any, None]) -> None:
+        """From a ``request`` hook: await ``decision`` after the last ``request`` hook, not now.
+
+        For a plugin whose verdict waits on a backend: it sends its call at once, then
+        defers the wait, so that the calls of the plugins after it leave in the same
+        round trip (a Redis pipeline) instead of one round trip each. The decision may
+        raise a ``GatewayError`` (the caller's answer: it comes before anything a later
+        hook raised or answered) or fail under the plugin's ``on_error``. The later
+        ``request`` hooks have run by then, so their ``complete`` hooks run too; they
+        must not depend on facts the decision sets."""
+        entry = (self.reached, decision)
+        if self._deferred is None:
+            self._deferred = [entry]
+        else:
+            self._deferred.append(entry)
 
     @property
     def body(self) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     raise_code: str = ""
     upper_chunks: bool = False  # `chunk` upper-cases streamed content
     retries: int = 0  # `send` calls the upstream again while it answers >= 500
+    defer: bool = False  # raise_status and fail_in ["decide"] happen in a decision deferred by `request`
 
 
 class Probe:
@@ -47,13 +49,24 @@ class Probe:
             "json": exchange.json() if exchange.has_json_body else None,
             "stream": exchange.stream,
         }
+        if self.config.defer:
+            exchange.defer(self._decide())
+            return None
+        self._refuse()
+        if self.config.answer:
+            return Response.json_response({"answered_by": self.tag}, headers={"x-answered-by": self.tag})
+        return None
+
+    async def _decide(self) -> None:
+        await asyncio.sleep(0)  # a backend's reply
+        self._run("decide")
+        self._refuse()
+
+    def _refuse(self) -> None:
         if self.config.raise_status:
             raise GatewayError(
                 self.config.raise_status, self.config.raise_code, f"{self.tag} says no", headers={"Retry-After": "7"}
             )
-        if self.config.answer:
-            return Response.json_response({"answered_by": self.tag}, headers={"x-answered-by": self.tag})
-        return None
 
     @hookimpl
     async def send(self, exchange: Exchange, call_next: CallNext) -> Response:

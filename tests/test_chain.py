@@ -73,6 +73,51 @@ async def test_gateway_error_from_a_plugin_is_the_answer_in_api_shape(tmp_path):
     assert probe_plugin.SEEN["guard"]["error"] == "rate_limit_exceeded"
 
 
+async def test_a_deferred_refusal_comes_before_what_later_hooks_raised_and_their_complete_hooks_run(tmp_path):
+    config = probes(
+        {"tag": "limits", "defer": True, "raise_status": 429, "raise_code": "rate_limit_exceeded"},
+        {"tag": "budget", "raise_status": 402, "raise_code": "budget_exceeded"},
+    )
+    async with run_gateway(config, tmp_path) as gw:
+        with pytest.raises(openai.RateLimitError) as caught:
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+    assert caught.value.body["code"] == "rate_limit_exceeded"
+    assert [hook for _, hook in probe_plugin.CALLS] == ["request", "request", "decide", "complete", "complete"]
+    assert probe_plugin.SEEN["budget"]["error"] == "rate_limit_exceeded"  # it ran: it may release what it holds
+
+
+async def test_deferred_decisions_are_awaited_after_an_early_answer_and_come_before_it(tmp_path):
+    config = probes({"tag": "limits", "defer": True}, {"tag": "answers", "answer": True}, {"tag": "never"})
+    async with run_gateway(config, tmp_path) as gw:
+        reply = await gw.openai().chat.completions.with_raw_response.create(model="m", messages=CHAT)
+    assert reply.headers["x-answered-by"] == "answers"
+    assert probe_plugin.CALLS == [
+        ("limits", "request"), ("answers", "request"), ("limits", "decide"), ("answers", "response"),
+        ("limits", "response"), ("answers", "complete"), ("limits", "complete"),
+    ]
+    probe_plugin.CALLS.clear()
+    refusing = probes({"tag": "limits", "defer": True, "raise_status": 429}, {"tag": "answers", "answer": True})
+    async with run_gateway(refusing, tmp_path) as gw:
+        with pytest.raises(openai.RateLimitError):
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+    assert ("answers", "complete") in probe_plugin.CALLS
+
+
+@pytest.mark.parametrize("on_error", ["closed", "open"])
+async def test_a_deferred_decision_that_breaks_follows_its_plugins_on_error(tmp_path, on_error):
+    config = probes({"tag": "flaky", "defer": True, "fail_in": ["decide"]}, {"tag": "after"})
+    config["plugins"][0]["on_error"] = on_error
+    async with run_gateway(config, tmp_path) as gw:
+        if on_error == "closed":
+            with pytest.raises(openai.InternalServerError) as caught:
+                await gw.openai().chat.completions.create(model="m", messages=CHAT)
+            assert caught.value.body["code"] == "plugin_error"
+        else:
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        assert gw.gateway.chain.failures["flaky"] == 1
+    assert ("after", "complete") in probe_plugin.CALLS
+
+
 async def test_on_error_closed_answers_500_plugin_error_without_leaking_the_exception(tmp_path):
     config = probes({"tag": "broken", "fail_in": ["request"]})
     async with run_gateway(config, tmp_path) as gw:

@@ -271,14 +271,14 @@ async def test_the_chain_shares_one_connection_and_writes_after_the_answer_in_on
 
         assert len(gw.gateway.redis_handles) == 3 and len(shared.figures()) == 1  # three plugins, one connection
         await pipelines_of(gw, lambda: ask("warm up"))  # scripts cached (EVAL once each), connection open
-        # one at a time: ratelimit's decision, then cost's reserve with the cache's GET
-        # (sent from the cache's request hook), then the cache's store and cost's settle together
-        assert await pipelines_of(gw, lambda: ask("a new question")) == 3
-        assert await pipelines_of(gw, lambda: ask("a new question")) == 3  # a hit: the settle alone after
+        # one at a time: ratelimit's decision (deferred), the cache's GET and cost's reserve
+        # in one pipeline before the upstream; the cache's store and cost's settle together after
+        assert await pipelines_of(gw, lambda: ask("a new question")) == 2
+        assert await pipelines_of(gw, lambda: ask("a new question")) == 2  # a hit: the settles after
         # concurrent requests share pipelines
         contents = [f"question {index}" for index in range(20)]
         trips = await pipelines_of(gw, lambda: asyncio.gather(*(ask(content) for content in contents)))
-        assert trips < 20 * 3, trips  # one at a time they would make 3 each
+        assert trips < 20 * 2, trips  # one at a time they would make 2 each
         async with aiohttp.ClientSession() as session, session.get(f"{gw.admin_url}/stats") as reply:
             (figures,) = (await reply.json())["redis"].values()
         assert figures["commands"] > figures["pipelines"] and figures["failed_pipelines"] == 0

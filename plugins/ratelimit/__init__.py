@@ -30,7 +30,7 @@ from opentelemetry import trace
 from gateway import Exchange, GatewayError, PluginConfigError, StashKey, hookimpl
 from gateway.errors import backend_unavailable, rate_limit_exceeded
 from gateway_plugins.ratelimit.gcra import LIMIT_OPTIONS, Limit, MemoryStore, go_duration, remaining
-from gateway_plugins.ratelimit.redis_store import BACKEND_ERRORS, RedisStore
+from gateway_plugins.ratelimit.redis_store import BACKEND_ERRORS, RedisStore, Sent
 
 __all__ = ["Config", "RateLimit"]
 
@@ -253,18 +253,50 @@ class RateLimit:
                 # Never more than the whole bucket: a request bigger than the limit waits
                 # for a full bucket instead of never passing.
                 charges.append(charge if charge < limit.period_s else limit.period_s)
-        backend_s = 0.0
         memory = self.memory
         if memory is not None:
             allowed, levels = memory.take(caller, limits, charges)
-        else:
-            assert self.redis is not None
-            try:
-                allowed, levels, backend_s = await self.redis.take(caller, limits, charges, exchange.recording)
-            except BACKEND_ERRORS as exc:
-                return self._without_backend(exchange, exc)
-            if not self.up:
-                self._set_up(True)
+            return self._decide(exchange, caller, limits, charges, tokens, scale, allowed, levels, 0.0)
+        assert self.redis is not None
+        try:
+            sent = self.redis.take(caller, limits, charges)
+        except BACKEND_ERRORS as exc:
+            return self._without_backend(exchange, exc)
+        # Sent now, awaited after the last request hook: the cache's lookup and cost's
+        # reserve join the same Redis round trip (docs/ratelimit.md#redis).
+        exchange.defer(self._decide_after(exchange, caller, limits, charges, tokens, scale, sent))
+
+    async def _decide_after(
+        self,
+        exchange: Exchange,
+        caller: str,
+        limits: tuple[Limit, ...],
+        charges: list[float],
+        tokens: int,
+        scale: float,
+        sent: Sent,
+    ) -> None:
+        assert self.redis is not None
+        try:
+            allowed, levels, backend_s = await self.redis.taken(sent)
+        except BACKEND_ERRORS as exc:
+            return self._without_backend(exchange, exc)
+        if not self.up:
+            self._set_up(True)
+        self._decide(exchange, caller, limits, charges, tokens, scale, allowed, levels, backend_s)
+
+    def _decide(
+        self,
+        exchange: Exchange,
+        caller: str,
+        limits: tuple[Limit, ...],
+        charges: list[float],
+        tokens: int,
+        scale: float,
+        allowed: bool,
+        levels: list[float],
+        backend_s: float,
+    ) -> None:
         if not allowed:
             refusal = self._refusal(exchange, limits, charges, levels, scale, backend_s)
             if not self.shadow_mode:

@@ -83,6 +83,9 @@ end
 return 1
 """
 
+#: a decision sent and not yet awaited: its reply's future, perf_counter and epoch ns when sent
+Sent = tuple[asyncio.Future[Any], float, int]
+
 #: what a call to Redis may raise when Redis is away, slow or confused
 BACKEND_ERRORS: tuple[type[BaseException], ...] = ERRORS
 
@@ -119,30 +122,36 @@ class RedisStore:
         if self.redis is not None:
             await self.redis.close()
 
-    async def take(
-        self, caller: str, limits: Sequence[Limit], charges: Sequence[float], traced: bool
-    ) -> tuple[bool, list[float], float]:
-        """(allowed, level of each limit in seconds before the charge, seconds Redis took)."""
+    def take(self, caller: str, limits: Sequence[Limit], charges: Sequence[float]) -> Sent:
+        """Send the decision now: it joins this loop iteration's pipeline (:meth:`taken` awaits it)."""
         args: list[Any] = []
         for limit, charge in zip(limits, charges, strict=True):
             # Whole microseconds, rounded down: a caller spending exactly its limit fits.
             args += (limit.field, int(charge * 1e6), int(limit.period_s * 1e6))
         assert self._take is not None
-        key = self.key_prefix + caller
-        started = time.perf_counter()
-        if not traced:
-            reply = await self._take(keys=(key,), args=args)
+        started, sent_ns = time.perf_counter(), time.time_ns()
+        future = self._take(keys=(self.key_prefix + caller,), args=args)
+        future.add_done_callback(_retrieved)  # a request cancelled before it awaits leaves no warning
+        return future, started, sent_ns
+
+    async def taken(self, sent: Sent) -> tuple[bool, list[float], float]:
+        """(allowed, level of each limit in seconds before the charge, seconds Redis took).
+        The call's span is made here, under the span current now, from when it was sent."""
+        future, started, sent_ns = sent
+        if not trace.get_current_span().is_recording():
+            reply = await future
             return reply[0] == 1, [level / 1e6 for level in reply[1:]], time.perf_counter() - started
         # The key names the caller: it stays off the span like every identity but the trace's own.
         with self.tracer.start_as_current_span(
             "EVALSHA",
             kind=SpanKind.CLIENT,
             attributes=self._span_attributes("take"),
+            start_time=sent_ns,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
             try:
-                reply = await self._take(keys=(key,), args=args)
+                reply = await future
             except BaseException as exc:
                 _failed_span(span, exc)
                 raise
@@ -183,6 +192,11 @@ class RedisStore:
 
     def _span_attributes(self, name: str) -> dict[str, Any]:
         return {**self.attributes, "db.operation.name": "EVALSHA", "gateway.ratelimit.script": name}
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _failed_span(span: trace.Span, exc: BaseException) -> None:
