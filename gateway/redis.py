@@ -39,17 +39,18 @@ import asyncio
 import hashlib
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry.trace import Span, Status, StatusCode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["ERRORS", "MAX_BATCH", "Redis", "Script", "connect", "figures"]
+__all__ = ["ERRORS", "MAX_BATCH", "Redis", "Script", "connect", "figures", "when_written"]
 
 #: what a call may raise when Redis is away, slow or confused
 ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -395,6 +396,25 @@ class Redis:
             if _pipes.get((self._loop, self.url)) is pipe:
                 del _pipes[(self._loop, self.url)]
             await pipe.close()
+
+
+def when_written(
+    future: asyncio.Future[Any], span: Span | None, done: Callable[[BaseException | None], None]
+) -> None:
+    """The bookkeeping of a write-behind call (queued, never awaited): once Redis has
+    answered, end its span, marked failed with ``error.type`` when it failed, and call
+    ``done`` with the error or None (``CancelledError`` when the call was dropped)."""
+
+    def settled(future: asyncio.Future[Any]) -> None:
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if span is not None:
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                span.set_attribute("error.type", type(error).__name__)
+            span.end()
+        done(error)
+
+    future.add_done_callback(settled)
 
 
 def connect(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:

@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind
 
 from gateway import CallNext, Exchange, GatewayError, PluginConfigError, Response, StashKey, hookimpl
 from gateway.exchange import SSEBuffer, StreamEvent, close_stream, usage_from
+from gateway.redis import when_written
 from gateway_plugins.cache import formats
 from gateway_plugins.cache.backends import Entry, LRUMemoryCache, RedisEntryCache
 from gateway_plugins.cache.flight import BUFFERED, DONE, FAILED, STREAMING, Flight
@@ -497,14 +498,9 @@ class Cache:
                 span.end()
             await self._backend_failed("SET", exc)
             return
-        stored.add_done_callback(lambda done: self._stored(done, span))
+        when_written(stored, span, self._stored)
 
-    def _stored(self, done: asyncio.Future[Any], span: trace.Span | None) -> None:
-        error = asyncio.CancelledError() if done.cancelled() else done.exception()
-        if span is not None:
-            if error is not None:
-                span.set_status(trace.StatusCode.ERROR)
-            span.end()
+    def _stored(self, error: BaseException | None) -> None:
         if error is None:
             self.stores += 1
         else:

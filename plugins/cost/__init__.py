@@ -41,6 +41,7 @@ from opentelemetry import trace
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
 from gateway.errors import backend_unavailable, budget_exceeded
 from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
+from gateway.redis import when_written
 
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
@@ -383,16 +384,11 @@ class Cost:
             self._settle_failed(cost, exc)
             return
 
-        def done(future: asyncio.Future[Any]) -> None:
-            error = asyncio.CancelledError() if future.cancelled() else future.exception()
-            if span is not None:
-                if error is not None:
-                    span.set_status(trace.StatusCode.ERROR)
-                span.end()
+        def done(error: BaseException | None) -> None:
             if error is not None:
                 self._settle_failed(cost, error)
 
-        settled.add_done_callback(done)
+        when_written(settled, span, done)
 
     def _settle_failed(self, cost: int, exc: BaseException) -> None:
         self.backend_errors += 1

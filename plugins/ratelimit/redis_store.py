@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from gateway.redis import ERRORS, Redis, Script
+from gateway.redis import ERRORS, Redis, Script, when_written
 from gateway_plugins.ratelimit.gcra import Limit
 
 # ARGV: field, charge_us, capacity_us for each limit. Returns {allowed, level_us...}:
@@ -178,16 +178,7 @@ class RedisStore:
         span = None
         if traced:
             span = self.tracer.start_span("EVALSHA", kind=SpanKind.CLIENT, attributes=self._span_attributes("settle"))
-
-        def settled(future: asyncio.Future[Any]) -> None:
-            error = asyncio.CancelledError() if future.cancelled() else future.exception()
-            if span is not None:
-                if error is not None:
-                    _failed_span(span, error)
-                span.end()
-            done(error)
-
-        future.add_done_callback(settled)
+        when_written(future, span, done)
         return True
 
     def _span_attributes(self, name: str) -> dict[str, Any]:
