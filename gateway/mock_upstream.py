@@ -426,29 +426,37 @@ def _chat(call: _Call) -> MockReply:
         choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
         return _json(200, {**head, "choices": [choice], "usage": usage})
 
-    # With include_usage every chunk carries "usage": null until the last one.
-    tail = {"usage": None} if _include_usage(payload) else {}
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse({**head, "choices": [choice], **tail})
-
-    def closing() -> list[bytes]:
-        events = [chunk({}, finish_reason)]
-        if tail:
-            events.append(_sse({**head, "choices": [], "usage": usage}))
-        events.append(_DONE)
-        return events
-
+    chunks = _ChatChunks(head, payload, usage, finish_reason)
     if with_logprobs:
         deltas: Iterable[bytes] = (
-            _sse({**head, "choices": [{"index": 0, "delta": {"content": token}, "logprobs": _token_logprobs(call, [token]), "finish_reason": None}], **tail})
-            for token in answer.tokens
+            chunks.chunk({"content": token}, logprobs=_token_logprobs(call, [token])) for token in answer.tokens
         )
     else:
-        before, after = _template(chunk({"content": _SLOT}, None))
+        before, after = _template(chunks.chunk({"content": _SLOT}))
         deltas = (before + _encode(token) + after for token in answer.tokens)
-    return _stream(call, [chunk({"role": "assistant", "content": ""}, None)], deltas, closing)
+    return _stream(call, [chunks.chunk({"role": "assistant", "content": ""})], deltas, chunks.closing)
+
+
+class _ChatChunks:
+    """The events of a streamed chat.completion: one per delta, then the closing ones."""
+
+    def __init__(self, head: dict[str, Any], payload: dict[str, Any], usage: dict[str, int], finish_reason: str) -> None:
+        self.head = head
+        self.usage = usage
+        self.finish_reason = finish_reason
+        # With include_usage every chunk carries "usage": null until the last one.
+        self.tail: dict[str, Any] = {"usage": None} if _include_usage(payload) else {}
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return _sse({**self.head, "choices": [choice], **self.tail})
+
+    def closing(self) -> list[bytes]:
+        events = [self.chunk({}, self.finish_reason)]
+        if self.tail:
+            events.append(_sse({**self.head, "choices": [], "usage": self.usage}))
+        events.append(_DONE)
+        return events
 
 
 def _completion(call: _Call) -> MockReply:
@@ -736,27 +744,16 @@ def _chat_tool_calls(call: _Call, calls: list[tuple[str, dict[str, Any]]]) -> Mo
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
         return _json(200, {**head, "choices": [choice], "usage": usage})
 
-    tail = {"usage": None} if _include_usage(payload) else {}
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _sse({**head, "choices": [choice], **tail})
+    chunks = _ChatChunks(head, payload, usage, "tool_calls")
 
     def deltas() -> Iterable[bytes]:
         for index, (id_, name, arguments) in enumerate(encoded):
             function = {"name": name, "arguments": ""}
-            yield chunk({"tool_calls": [{"index": index, "id": id_, "type": "function", "function": function}]}, None)
+            yield chunks.chunk({"tool_calls": [{"index": index, "id": id_, "type": "function", "function": function}]})
             for piece in _fragments(arguments):
-                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}, None)
+                yield chunks.chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
 
-    def closing() -> list[bytes]:
-        events = [chunk({}, "tool_calls")]
-        if tail:
-            events.append(_sse({**head, "choices": [], "usage": usage}))
-        events.append(_DONE)
-        return events
-
-    return _stream(call, [chunk({"role": "assistant", "content": None}, None)], deltas(), closing)
+    return _stream(call, [chunks.chunk({"role": "assistant", "content": None})], deltas(), chunks.closing)
 
 
 def _messages_tool_use(call: _Call, calls: list[tuple[str, dict[str, Any]]]) -> MockReply:
