@@ -274,7 +274,16 @@ async def test_the_chain_shares_one_connection_and_writes_after_the_answer_in_on
         # one at a time: ratelimit's decision (deferred), the cache's GET and cost's reserve
         # in one pipeline before the upstream; the cache's store and cost's settle together after
         assert await pipelines_of(gw, lambda: ask("a new question")) == 2
-        assert await pipelines_of(gw, lambda: ask("a new question")) == 2  # a hit: the settles after
+        # A hit: one round trip. Cost only gives its reservation back, with the next reserve.
+        assert await pipelines_of(gw, lambda: ask("a new question")) == 1
+        assert await pipelines_of(gw, lambda: ask("a new question")) == 1  # ...which carries the last hit's
+        async with aiohttp.ClientSession() as session:
+            quota_url = f"{gw.admin_url}/usage/quota?client=127.0.0.1"
+            async with session.get(quota_url) as reply:  # a quota sends what waits first
+                assert (await reply.json())["day"]["reserved_usd"] == 0
+            assert await pipelines_of(gw, lambda: ask("a new question")) == 1
+            # alone, a waiting release leaves within cost's RELEASE_WITHIN_S
+            assert await pipelines_of(gw, lambda: asyncio.sleep(0.2)) == 1
         # concurrent requests share pipelines
         contents = [f"question {index}" for index in range(20)]
         trips = await pipelines_of(gw, lambda: asyncio.gather(*(ask(content) for content in contents)))

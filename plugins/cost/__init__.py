@@ -41,7 +41,6 @@ from opentelemetry import trace
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
 from gateway.errors import backend_unavailable, budget_exceeded
 from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
-from gateway.redis import when_written
 
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
@@ -368,27 +367,21 @@ class Cost:
 
     def _settle_behind(self, exchange: Exchange, call: _Call, now: float) -> None:
         """Queue the Redis settle without waiting for it (write-behind: it joins the next
-        pipeline with the other plugins' writes); its failure is counted and logged when
-        Redis answers. Shutdown waits for it."""
+        pipeline with the other plugins' writes; a $0 call's only gives its reservation
+        back, with the next reserve); its failure is counted and logged when Redis
+        answers. Shutdown waits for it."""
         span = None
         if exchange.recording:
             span = self.tracer.start_span(
                 "cost settle", kind=trace.SpanKind.CLIENT, attributes={"db.system": "redis", "db.operation": "EVALSHA"}
             )
         cost = call.cost
-        try:
-            settled = self.budgets.settle_behind(call.caller, call.token, call.reserved, cost, now)  # type: ignore[union-attr]
-        except Exception as exc:
-            if span is not None:
-                span.end()
-            self._settle_failed(cost, exc)
-            return
 
         def done(error: BaseException | None) -> None:
             if error is not None:
                 self._settle_failed(cost, error)
 
-        when_written(settled, span, done)
+        self.budgets.settle_behind(call.caller, call.token, call.reserved, cost, now, span, done)  # type: ignore[union-attr]
 
     def _settle_failed(self, cost: int, exc: BaseException) -> None:
         self.backend_errors += 1

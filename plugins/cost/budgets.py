@@ -19,14 +19,20 @@ import asyncio
 import datetime as dt
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import Span
+
+from gateway.redis import when_written
 
 DAY_TTL_S = 3 * 86400
 MONTH_TTL_S = 33 * 86400
 #: a reservation a crashed replica never settled stops counting after this long
 RESERVATION_TTL_S = 900
+#: how long a reservation given back by a call that cost nothing may wait for the next reserve
+RELEASE_WITHIN_S = 0.05
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -186,6 +192,9 @@ class RedisBudgets:
         self._reserve = redis.script(_RESERVE)
         self._settle = redis.script(_SETTLE)
         self._quota = redis.script(_QUOTA)
+        #: settles that only give a reservation back, waiting for the next reserve (see settle_behind)
+        self._releases: list[tuple[list[str], list[Any], Span | None, Callable[[BaseException | None], None]]] = []
+        self._release_timer: asyncio.TimerHandle | None = None
 
     def _keys(self, caller: str, now: float) -> list[str]:
         day, month = periods(now)
@@ -207,24 +216,68 @@ class RedisBudgets:
             f"{request_id}:{estimate}",
             RESERVATION_TTL_S * 1000,
         ]
+        if self._releases:
+            self._release()  # in this reserve's round trip
         allowed, day, month, reserved, period = await self._reserve(keys=self._keys(caller, now), args=args)
         return Decision(bool(allowed), int(day), int(month), int(reserved), period.decode() or None)
 
     def settle_behind(
-        self, caller: str, request_id: str, estimate: int | None, actual: int, now: float
-    ) -> asyncio.Future[Any]:
-        """Queue the settle; the future of its reply (the caller counts its failure)."""
+        self,
+        caller: str,
+        request_id: str,
+        estimate: int | None,
+        actual: int,
+        now: float,
+        span: Span | None,
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        """Queue the settle without waiting for it (write-behind); ``done(error or None)``
+        once Redis answered, and ``span`` ended then.
+
+        A settle that only gives a reservation back (the call cost nothing: a cache hit)
+        waits to leave with the next reserve, in its round trip, or after
+        ``RELEASE_WITHIN_S`` at the latest: one round trip fewer per hit when calls come
+        one at a time. Until then the reservation still counts against the budget."""
         member = f"{request_id}:{estimate}" if estimate is not None else ""
-        return self._settle(keys=self._keys(caller, now), args=[member, str(actual), DAY_TTL_S, MONTH_TTL_S])
+        settle = (self._keys(caller, now), [member, str(actual), DAY_TTL_S, MONTH_TTL_S], span, done)
+        if actual or not member:
+            self._send(settle)
+            return
+        self._releases.append(settle)
+        if self._release_timer is None:
+            self._release_timer = asyncio.get_running_loop().call_later(RELEASE_WITHIN_S, self._release)
+
+    def _release(self) -> None:
+        """Send the reservations waiting to be given back."""
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        releases, self._releases = self._releases, []
+        for settle in releases:
+            self._send(settle)
+
+    def _send(self, settle: tuple[list[str], list[Any], Span | None, Callable[[BaseException | None], None]]) -> None:
+        keys, args, span, done = settle
+        try:
+            future = self._settle(keys=keys, args=args)
+        except Exception as exc:  # the handle is closed
+            if span is not None:
+                span.end()
+            done(exc)
+            return
+        when_written(future, span, done)
 
     async def settle(self, caller: str, request_id: str, estimate: int | None, actual: int, now: float) -> None:
-        await self.settle_behind(caller, request_id, estimate, actual, now)
+        member = f"{request_id}:{estimate}" if estimate is not None else ""
+        await self._settle(keys=self._keys(caller, now), args=[member, str(actual), DAY_TTL_S, MONTH_TTL_S])
 
     async def quota(self, caller: str, now: float) -> tuple[int, int, int]:
+        self._release()  # the reservations given back so far are not in flight any more
         day, month, reserved = await self._quota(keys=self._keys(caller, now), args=[int(now * 1000)])
         return int(day), int(month), int(reserved)
 
     async def close(self) -> None:
+        self._release()
         await self.redis.close()
 
 
