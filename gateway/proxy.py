@@ -685,9 +685,13 @@ class Proxy:
             raise request_too_large(self.max_body_bytes)
         if not request.body_exists:
             return b""
+        content = request.content
+        if content.is_eof():  # the whole body is in already: no wait to bound, one call to take it
+            body = content.read_nowait()
+            if len(body) > self.max_body_bytes:
+                raise request_too_large(self.max_body_bytes)
+            return body
         try:
-            if request.content.is_eof():  # the whole body is in already: no wait to bound
-                return await request.read()
             async with asyncio.timeout(self.body_timeout_s):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
