@@ -3,7 +3,8 @@
 Export is configured the way every OpenTelemetry SDK reads its environment:
 ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, ``none``; a comma list),
 ``OTEL_EXPORTER_OTLP_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``
-(``http/protobuf``, the default, or ``grpc``), the OTLP endpoint and header
+(``http/protobuf``, the default, ``http/json`` or ``grpc``; the HTTP ones encoded by
+:mod:`gateway.otlp`, several times faster than the SDK's encoder), the OTLP endpoint and header
 variables (read by the exporters themselves), ``OTEL_SERVICE_NAME`` and
 ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``.
 Two deviations, for a sidecar that must not spam a missing collector nor pay for
@@ -237,12 +238,15 @@ def _otlp_exporter(env: os._Environ[str] | dict[str, str]) -> SpanExporter:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         return GrpcExporter()
-    if protocol in ("http/protobuf", "http"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    if protocol in ("http/protobuf", "http", "http/json"):
+        from gateway.otlp import JSON, PROTOBUF, SpanExporter
 
-        return HttpExporter()
+        try:
+            return SpanExporter(JSON if protocol == "http/json" else PROTOBUF)
+        except ValueError as exc:
+            raise TelemetryConfigError(str(exc)) from None
     raise TelemetryConfigError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r} (use http/protobuf or grpc)"
+        f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r} (use http/protobuf, http/json or grpc)"
     )
 
 
