@@ -277,18 +277,19 @@ def start_server_span(tracer: trace.Tracer, request: web.BaseRequest, exchange: 
     """
     headers = request.headers
     parent = propagate.extract(headers) if "traceparent" in headers else None
-    span = tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER)
+    # Given at the start, in one dict: the span copies them once (each later
+    # set_attribute takes the span's lock and checks the value again).
+    attributes = {
+        "http.request.method": request.method,
+        "url.path": exchange.path,
+        "url.scheme": request.scheme,
+        "gateway.request_id": exchange.request_id,
+    }
+    remote = request.remote
+    if remote:
+        attributes["client.address"] = remote
+    span = tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER, attributes=attributes)
     exchange.recording = span.is_recording()
-    if exchange.recording:
-        attributes = {
-            "http.request.method": request.method,
-            "url.path": exchange.path,
-            "url.scheme": request.scheme,
-            "gateway.request_id": exchange.request_id,
-        }
-        if request.remote:
-            attributes["client.address"] = request.remote
-        span.set_attributes(attributes)
     return span, otel_context.attach(trace.set_span_in_context(span))
 
 
@@ -368,34 +369,36 @@ def end_client_span_on_error(span: trace.Span, exc: BaseException) -> None:
 
 def end_client_span_on_answer(span: trace.Span, response: Response, exchange: Exchange) -> Response:
     """Status and GenAI response attributes; a stream keeps the span open until it ends."""
-    span.set_attribute("http.response.status_code", response.status)
+    attributes: dict[str, Any] = {"http.response.status_code": response.status}
     if response.status >= 400:
-        span.set_attribute("error.type", str(response.status))
+        attributes["error.type"] = str(response.status)
         span.set_status(StatusCode.ERROR)
     if response.stream is None:
-        _describe_body(span, response)
+        _describe_body(attributes, response)
+        span.set_attributes(attributes)
         span.end()
     else:
+        span.set_attributes(attributes)
         response.stream = _traced_stream(response.stream, span, exchange)
     return response
 
 
-def _describe_body(span: trace.Span, response: Response) -> None:
-    """GenAI response attributes of a buffered JSON answer."""
+def _describe_body(attributes: dict[str, Any], response: Response) -> None:
+    """GenAI response attributes of a buffered JSON answer, into ``attributes``."""
     document = response.json() if response.body and response.body[:1] == b"{" else None
     if not isinstance(document, dict):
         return
     model = document.get("model")
     if isinstance(model, str):
-        span.set_attribute("gen_ai.response.model", model)
-    _set_usage(span, *usage_from(document))
+        attributes["gen_ai.response.model"] = model
+    _add_usage(attributes, *usage_from(document))
 
 
-def _set_usage(span: trace.Span, input_tokens: int | None, output_tokens: int | None) -> None:
+def _add_usage(attributes: dict[str, Any], input_tokens: int | None, output_tokens: int | None) -> None:
     if input_tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        attributes["gen_ai.usage.input_tokens"] = input_tokens
     if output_tokens is not None:
-        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+        attributes["gen_ai.usage.output_tokens"] = output_tokens
 
 
 async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span, exchange: Exchange) -> AsyncIterator[bytes]:
@@ -416,11 +419,11 @@ async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span, exchang
         span.set_status(StatusCode.ERROR, "the stream broke")
         raise
     finally:
-        if model:
-            span.set_attribute("gen_ai.response.model", model)
+        attributes: dict[str, Any] = {"gen_ai.response.model": model} if model else {}
         usage = exchange.usage
         if usage is not None:
-            _set_usage(span, usage.input_tokens, usage.output_tokens)
+            _add_usage(attributes, usage.input_tokens, usage.output_tokens)
+        span.set_attributes(attributes)
         span.end()
         await close_stream(stream)
 

@@ -96,6 +96,14 @@ class Answerer:
         )
 
 
+class Broken:
+    """Its request hook raises; it fails open, so the request goes on without it."""
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> None:
+        raise RuntimeError("the broken plugin broke")
+
+
 class TwoAttempts:
     """Calls the upstream twice and keeps the second answer, as a retry would."""
 
@@ -279,6 +287,25 @@ async def test_hooks_that_do_not_run_make_no_span(tmp_path):
 
     assert reply.choices[0].message.content == "early"
     assert sorted(span.name for span in spans) == ["POST /v1/chat/completions", "answerer request"]
+
+
+async def test_a_hook_that_raises_leaves_an_error_span_with_the_exception(tmp_path):
+    config = {
+        "providers": {"mock": {"type": "mock"}},
+        "plugins": [{"use": f"{__name__}:Broken", "name": "broken", "on_error": "open"}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+        spans = await settled(gw, 1)
+
+    span = only(spans, name="broken request")
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description == "RuntimeError: the broken plugin broke"
+    (event,) = span.events
+    assert event.name == "exception" and event.attributes["exception.type"] == "RuntimeError"
+    assert span.end_time is not None
+    # the request went on: the hook's span is no longer current for what follows
+    assert only(spans, kind=SpanKind.CLIENT).parent.span_id == only(spans, kind=SpanKind.SERVER).context.span_id
 
 
 # -- CLIENT spans ----------------------------------------------------------------------
