@@ -336,10 +336,7 @@ def start_client_span(
     """A CLIENT span for one upstream attempt, with the GenAI request attributes, made
     current (so the upstream's ``traceparent`` names it). ``path`` is the provider's
     when the request was translated to its API."""
-    try:
-        model = exchange.model
-    except GatewayError:  # a body that is not JSON is the upstream's to judge
-        model = None
+    model = requested_model(exchange)  # the one field, unless a plugin decoded the body already
     operation = operation_name(exchange.path)
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": operation,
