@@ -98,28 +98,34 @@ def _key_value(key: str, value: Any, tag: bytes) -> bytes:
 
 class _Attributes:
     """Encodes attribute maps, remembering the ``KeyValue`` bytes of pairs seen before:
-    most of a span's attributes (plugin and hook names, provider, method, model, URL)
-    repeat from request to request."""
+    most of a span's attributes (plugin and hook names, provider, method, model, URL,
+    status code, attempt) repeat from request to request."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, Any, bytes], bytes] = {}
+        # by type, since 1, 1.0 and True are equal dict keys
+        self._strings: dict[tuple[str, str, bytes], bytes] = {}
+        self._ints: dict[tuple[str, int, bytes], bytes] = {}
 
     def encode(self, attributes: Mapping[str, Any] | None, tag: bytes) -> bytes:
         if not attributes:
             return b""
-        cache = self._cache
+        # the plain dict inside the SDK's BoundedAttributes: its mapping methods take
+        # a lock and look every key up again
+        items = getattr(attributes, "_dict", attributes).items()
         parts = []
-        for key, value in attributes.items():
-            if type(value) is str:  # only str: 1, 1.0 and True are equal dict keys
-                pair = (key, value, tag)
-                encoded = cache.get(pair)
-                if encoded is None:
-                    if len(cache) >= _KV_CACHE_MAX:
-                        cache.clear()
-                    encoded = cache[pair] = _key_value(key, value, tag)
-                parts.append(encoded)
-            else:
+        for key, value in items:
+            kind = type(value)
+            cache = self._strings if kind is str else self._ints if kind is int else None
+            if cache is None:
                 parts.append(_key_value(key, value, tag))
+                continue
+            pair = (key, value, tag)
+            encoded = cache.get(pair)
+            if encoded is None:
+                if len(cache) >= _KV_CACHE_MAX:
+                    cache.clear()
+                encoded = cache[pair] = _key_value(key, value, tag)
+            parts.append(encoded)
         return b"".join(parts)
 
 
@@ -284,7 +290,7 @@ class JsonEncoder:
             return []
         pairs = self._pairs
         out = []
-        for key, value in attributes.items():
+        for key, value in getattr(attributes, "_dict", attributes).items():  # as in _Attributes.encode
             if type(value) is str:
                 pair = pairs.get((key, value))
                 if pair is None:
