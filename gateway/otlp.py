@@ -15,6 +15,7 @@ variables.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ _INT64 = (1 << 63) - 1
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 #: KeyValue fields already encoded, by (key, value); bounded, cleared when full
 _KV_CACHE_MAX = 4096
+#: longer string values are encoded every time (they rarely repeat, and the cache stays small)
+_CACHED_STR_MAX = 256
 #: Span.kind (field 6) by the API's SpanKind value (INTERNAL 0...), OTLP's being one more
 _KIND = [bytes((0x30, value + 1)) for value in range(5)]
 _times = struct.Struct("<BQBQ").pack
@@ -116,7 +119,7 @@ class _Attributes:
         for key, value in items:
             kind = type(value)
             cache = self._strings if kind is str else self._ints if kind is int else None
-            if cache is None:
+            if cache is None or (kind is str and len(value) > _CACHED_STR_MAX):
                 parts.append(_key_value(key, value, tag))
                 continue
             pair = (key, value, tag)
@@ -258,7 +261,8 @@ def _json_value(value: Any) -> dict[str, Any] | None:
     if isinstance(value, int):
         return {"intValue": str(value)} if -_INT64 - 1 <= value <= _INT64 else None
     if isinstance(value, float):
-        return {"doubleValue": value}
+        # JSON has no NaN or infinities: the protobuf JSON mapping writes them as strings
+        return {"doubleValue": value if math.isfinite(value) else _NON_FINITE[str(value)]}
     if isinstance(value, bytes):
         return {"bytesValue": value}  # msgspec writes bytes as base64
     if value is None:
@@ -270,6 +274,9 @@ def _json_value(value: Any) -> dict[str, Any] | None:
         items = [_json_value(item) for item in value]
         return None if any(item is None for item in items) else {"arrayValue": {"values": items}}
     return None
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def _json_key_value(key: str, value: Any) -> dict[str, Any] | None:
@@ -291,7 +298,7 @@ class JsonEncoder:
         pairs = self._pairs
         out = []
         for key, value in getattr(attributes, "_dict", attributes).items():  # as in _Attributes.encode
-            if type(value) is str:
+            if type(value) is str and len(value) <= _CACHED_STR_MAX:
                 pair = pairs.get((key, value))
                 if pair is None:
                     if len(pairs) >= _KV_CACHE_MAX:

@@ -96,7 +96,8 @@ def every_field(provider: TracerProvider) -> None:
     )
     caller = trace.set_span_in_context(NonRecordingSpan(CALLER))
     attributes = {
-        "text": "é" * 300,  # a length that takes two varint bytes
+        "text": "é" * 300,  # a length that takes two varint bytes (and too long to be cached)
+        "short": "cached",
         "empty": "",
         "negative": -5,
         "large": 2**63 - 1,
@@ -161,6 +162,19 @@ def test_repeated_attribute_values_are_encoded_the_same_every_time():
     assert first == again
     assert json_encoder.encode(spans) == json_encoder.encode(spans)
     assert ExportTraceServiceRequest.FromString(again) == encode_spans(spans)
+
+
+def test_doubles_json_cannot_write_are_written_as_the_protobuf_json_mapping_does():
+    def odd_numbers(provider: TracerProvider) -> None:
+        attributes = {"nan": float("nan"), "up": float("inf"), "down": float("-inf")}
+        provider.get_tracer("gateway").start_span("odd", attributes=attributes).end()
+
+    spans = finished_spans(odd_numbers)
+    document = json.loads(JsonEncoder().encode(spans))
+    (span,) = document["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert [pair["value"]["doubleValue"] for pair in span["attributes"]] == ["NaN", "Infinity", "-Infinity"]
+    parsed = otlp_json_request(JsonEncoder().encode(spans)).resource_spans[0].scope_spans[0].spans[0]
+    assert str([kv.value.double_value for kv in parsed.attributes]) == "[nan, inf, -inf]"
 
 
 def test_json_is_the_otlp_json_encoding():
