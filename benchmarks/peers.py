@@ -16,6 +16,7 @@ copied into this repository); a peer that is missing is reported NOT MEASURED.
     benchmarks/peers.py redis         # Redis round trips and commands per request (INFO), miss and hit, c=1 and c=CONC
     benchmarks/peers.py scaleout      # two gateways on one redis-server: req/s and the budget's exactness
     benchmarks/peers.py profile       # py-spy on the full chain (cache miss) under load
+                                      # (PROFILE_BACKEND=memory|redis|empty, PROFILE_TRACING=off|on)
     benchmarks/peers.py all           # run, rss, redis, scaleout
     benchmarks/peers.py run redis     # several, in order
 
@@ -23,7 +24,8 @@ Knobs (env): those of benchmarks/overhead.py (DURATION, LOW_DURATION, ROUNDS, WA
 CONC, LOW_CONC, STREAM_REQUESTS, STREAM_WARMUP, GW_CPU, LOAD_CPU, READY_TIMEOUT,
 PROFILE_SECONDS, PROFILE_RATE, RUN_DIR, QUICK) plus PEERS_DIR=~/.cache/gateway-peers,
 PEER_READY_TIMEOUT=120, PEERS=litellm,portkey, RSS_REQUESTS=100000, RSS_STEP=10000,
-REDIS_SECONDS=5, SCALE_SECONDS=10, BUDGET_CALLS=500, BUDGET_SECONDS=8.
+REDIS_SECONDS=5, SCALE_SECONDS=10, BUDGET_CALLS=500, BUDGET_SECONDS=8,
+OTLP_PROTOCOL=http/protobuf (how the traced gateways export).
 """
 
 from __future__ import annotations
@@ -130,6 +132,21 @@ def process_cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tracing_env(tracing: str, sink: str) -> dict[str, str]:
+    """The environment of a gateway with tracing sampled ``off`` or always ``on``.
+
+    Always on exports through the BatchSpanProcessor over OTLP/HTTP to ``sink`` (nginx,
+    which answers 200 to ``/v1/traces``: it costs the gateway what a collector on
+    loopback would); ``OTLP_PROTOCOL`` picks the protocol (``http/protobuf``)."""
+    env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{tracing}")
+    if tracing == "on":
+        protocol = os.environ.get("OTLP_PROTOCOL") or "http/protobuf"
+        env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=sink, OTEL_EXPORTER_OTLP_PROTOCOL=protocol)
+    else:
+        env["OTEL_TRACES_EXPORTER"] = "none"
+    return env
+
+
 def ratelimit_installed() -> bool:
     from importlib.metadata import entry_points
 
@@ -191,12 +208,7 @@ class Peers:
         document["plugins"] = chain(backend, self.run_dir, name, self.redis_url)
         document["log"] = {"level": "warning"}
         config.write_text(json.dumps(document, indent=2) + "\n")
-        env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{tracing}")
-        if tracing == "on":  # exported through the BatchSpanProcessor to a sink that answers 200 (nginx)
-            env.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=self.upstream,
-                       OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")  # fmt: skip
-        else:
-            env["OTEL_TRACES_EXPORTER"] = "none"
+        env = tracing_env(tracing, self.upstream)
         argv = [oh.gateway_command(), "run", "--config", str(config)]
         return self.processes.start(name, self.knobs.gw_cpu if cpu is None else cpu, argv, env)
 
@@ -763,7 +775,9 @@ def run_profile(peers: Peers) -> str:
     if not py_spy.exists():
         raise SystemExit(f"py-spy is not installed: {sys.executable} -m pip install py-spy")
     backend = os.environ.get("PROFILE_BACKEND", "memory")
-    target = Target(f"gateway full chain, {backend}, cache miss", "off", kind="gateway", backend=backend,
+    tracing = os.environ.get("PROFILE_TRACING", "off")
+    label = "gateway empty" if backend == "empty" else f"gateway full chain, {backend}, cache miss"
+    target = Target(label, tracing, kind="gateway", backend="" if backend == "empty" else backend,
                     unique=True, streams=False)  # fmt: skip
     peers.start([target])
     if target.problem or target.process is None:

@@ -3,6 +3,8 @@
     .venv/bin/python -m benchmarks.plugin_cost                    # empty, each plugin alone, the full chain
     .venv/bin/python -m benchmarks.plugin_cost empty full scan+cache
     HIT=1 .venv/bin/python -m benchmarks.plugin_cost             # the fixed request: cache hits
+    TRACING=on .venv/bin/python -m benchmarks.plugin_cost empty full   # always-on tracing, OTLP export
+    .venv/bin/python -m benchmarks.plugin_cost empty empty@/tmp/old     # A/B: /tmp/old first on PYTHONPATH
 
 Why: a plugin's micro-benchmark (benchmarks/cost.py, cache_bench.py...) times its hooks
 in a hot loop; inside the server the same hooks cost two to three times that (the
@@ -14,8 +16,12 @@ upstream. All variants run at once and are measured in interleaved rounds (wrk a
 c=32 on ``LOAD_CPU``, a new prompt every request unless ``HIT=1``); the figure is the
 process's CPU time (every thread: the cost ledger's writer too) per answer, the
 figure another job on the machine disturbs least. A plugin's cost is its variant's
-figure minus ``empty``'s. Knobs: ``ROUNDS`` (4), ``SECONDS`` (4), ``BACKEND``
-(memory | redis) and those of benchmarks/overhead.py.
+figure minus ``empty``'s. ``variant@DIR`` runs that chain with ``DIR`` first on
+``PYTHONPATH`` (a directory holding ``gateway`` and ``gateway_plugins`` of another
+commit), so a change is A/B-measured in the same interleaved rounds. Knobs: ``ROUNDS``
+(4), ``SECONDS`` (4), ``BACKEND`` (memory | redis), ``TRACING`` (off | on | off,on:
+each variant with tracing sampled off and/or always on, exported as in
+benchmarks/peers.py), ``OTLP_PROTOCOL`` and those of benchmarks/overhead.py.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ def main() -> int:
     rounds = bench.env_int("ROUNDS", 4)
     seconds = bench.env_int("SECONDS", 4)
     hit = os.environ.get("HIT") == "1"
+    tracings = [part.strip() for part in os.environ.get("TRACING", "off").split(",") if part.strip()]
+    if not tracings or set(tracings) - {"off", "on"}:
+        raise SystemExit("TRACING must list off and/or on")
     knobs = oh.Knobs.from_env()
     oh.ensure_tools()
     os.sched_setaffinity(0, {knobs.load_cpu})
@@ -60,17 +69,30 @@ def main() -> int:
         peers.start_redis()
         full = bench.chain(os.environ.get("BACKEND", "memory"), knobs.run_dir, "plugin-cost", peers.redis_url)
         targets = []
-        for variant in variants:
-            name = "variant-" + re.sub(r"[^a-z0-9]+", "-", variant.lower())
+        for variant, tracing in [(variant, tracing) for variant in variants for tracing in tracings]:
+            if variant == "pass-through":
+                if tracing != tracings[0]:
+                    continue
+                argv = [sys.executable, "-m", "benchmarks.passthrough_proxy", "--upstream", peers.upstream]
+                process = processes.start("pass-through", knobs.gw_cpu, argv)
+                url = processes.ready_url("pass-through", process, time.monotonic() + knobs.ready_timeout)
+                target = bench.Target(variant, kind="pass-through", unique=not hit, streams=False)
+                target.url, target.process = url + "/v1/chat/completions", process
+                targets.append(target)
+                continue
+            chain_name, _, code = variant.partition("@")
+            name = f"variant-{re.sub(r'[^a-z0-9]+', '-', variant.lower())}-tracing-{tracing}"
             document = json.loads(oh.gateway_config(peers.upstream, []))
-            document["plugins"] = plugins_of(variant, full)
+            document["plugins"] = plugins_of(chain_name, full)
             document["log"] = {"level": "warning"}
             config = knobs.run_dir / f"{name}.yaml"
             config.write_text(json.dumps(document, indent=2) + "\n")
-            env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
+            env = bench.tracing_env(tracing, peers.upstream)
+            if code:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
             process = processes.start(name, knobs.gw_cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
             url = processes.ready_url(name, process, time.monotonic() + knobs.ready_timeout)
-            target = bench.Target(variant, "off", kind="gateway", unique=not hit, streams=False)
+            target = bench.Target(variant, tracing, kind="gateway", unique=not hit, streams=False)
             target.url, target.process = url + "/v1/chat/completions", process
             targets.append(target)
         for target in targets:
@@ -83,22 +105,32 @@ def main() -> int:
                     target.wrk.setdefault(knobs.conc, []).append(result)
     finally:
         processes.stop_all()
-    base = next((t for t in targets if t.name == "empty" and t.wrk), None)
+    base = next((t for t in targets if t.name == "empty" and t.tracing == "off" and t.wrk), None)
+    base = base or next((t for t in targets if t.name == "empty" and t.wrk), None)
     base_cpu = statistics.median(r["cpu_us"] for r in base.wrk[knobs.conc]) if base else None
+    floor = next((t for t in targets if t.kind == "pass-through" and t.wrk), None)
+    floor_cpu = statistics.median(r["cpu_us"] for r in floor.wrk[knobs.conc]) if floor else None
     print(f"\n### CPU per request by chain ({'cache hits' if hit else 'cache misses'}, c={knobs.conc}, "
           f"{rounds} interleaved rounds of {seconds} s; {oh.machine()})\n")  # fmt: skip
-    print("| chain | CPU µs/req (median) | beyond the empty chain | per round | req/s (median) |")
-    print("|---|---:|---:|---|---:|")
+    # At one saturated core, req/s is the inverse of CPU per request: the pass-through's
+    # CPU over a chain's is the req/s ratio the chain would reach on an idle core.
+    print(
+        "| chain | CPU µs/req (median) | beyond the empty chain | x pass-through (by CPU) | per round | req/s (median) |"
+    )
+    print("|---|---:|---:|---:|---|---:|")
     for target in targets:
         results = target.wrk.get(knobs.conc) or []
         if not results:
-            print(f"| {target.name} | NOT MEASURED ||||")
+            print(f"| {target.label} | NOT MEASURED |||||")
             continue
         cpu = statistics.median(r["cpu_us"] for r in results)
-        beyond = f"{cpu - base_cpu:+.0f}" if base_cpu is not None and target is not base else "-"
+        beyond = (
+            f"{cpu - base_cpu:+.0f}" if base_cpu is not None and target is not base and target is not floor else "-"
+        )
+        ratio = f"{floor_cpu / cpu:.2f}x" if floor_cpu is not None else "-"
         rounds_text = " ".join(f"{r['cpu_us']:.0f}" for r in results)
         rps = statistics.median(r["rps"] for r in results)
-        print(f"| {target.name} | {cpu:.0f} | {beyond} | {rounds_text} | {rps:.0f} |")
+        print(f"| {target.label} | {cpu:.0f} | {beyond} | {ratio} | {rounds_text} | {rps:.0f} |")
     return 0
 
 

@@ -17,10 +17,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 import pluggy
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import GatewayError, StartupError, plugin_error
 from gateway.exchange import Exchange, Response, StreamEvent
@@ -151,7 +154,7 @@ class Chain:
             try:
                 if exchange.recording:
                     # The hook's second span, over the wait it deferred; its attributes land here.
-                    with self.tracer.start_as_current_span(hook.span_name, attributes=hook.deferred_attributes):
+                    with _HookSpan(self.tracer.start_span(hook.span_name, attributes=hook.deferred_attributes)):
                         await decision
                 else:
                     await decision
@@ -279,8 +282,8 @@ class Chain:
         log.error("plugin %s failed in %s", hook.label, hook.name, exc_info=exc, extra={"plugin": hook.label})
         raise plugin_error(hook.label) from exc
 
-    def _span(self, hook: Hook) -> Any:
-        return self.tracer.start_as_current_span(hook.span_name, attributes=hook.attributes)
+    def _span(self, hook: Hook) -> _HookSpan:
+        return _HookSpan(self.tracer.start_span(hook.span_name, attributes=hook.attributes))
 
     # -- lifecycle and admin -----------------------------------------------------------
 
@@ -307,6 +310,28 @@ def _drop(exchange: Exchange) -> None:
     pending, exchange._deferred = exchange._deferred, None
     for _, decision in pending or ():
         decision.close()
+
+
+class _HookSpan:
+    """A hook's span, current while the hook runs: what ``start_as_current_span`` does
+    (an exception is recorded on it and makes it an ERROR), in a plain class instead of
+    two nested generator context managers, which cost about 4 µs a hook."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        otel_context.detach(self.token)
+        span = self.span
+        if isinstance(exc, Exception):
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
 
 
 class _Recorder:

@@ -29,7 +29,6 @@ import pytest
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
@@ -38,10 +37,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway import CallNext, Exchange, Response, hookimpl
 from gateway.mock_upstream import MockUpstream
+from gateway.otlp import SpanExporter as HttpSpanExporter
 from gateway.telemetry import TelemetryConfigError, TraceBuffer, roots_unsampled, tracer_provider_from_env
 from gateway.testing import RunningGateway, run_gateway, serve_app
 
 from helpers_lifecycle import child_env, loopback_config, start_gateway
+from test_otlp import otlp_json_request
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 REPLY = "one two three four five six seven eight nine ten"
@@ -93,6 +94,14 @@ class Answerer:
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
         )
+
+
+class Broken:
+    """Its request hook raises; it fails open, so the request goes on without it."""
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> None:
+        raise RuntimeError("the broken plugin broke")
 
 
 class TwoAttempts:
@@ -278,6 +287,25 @@ async def test_hooks_that_do_not_run_make_no_span(tmp_path):
 
     assert reply.choices[0].message.content == "early"
     assert sorted(span.name for span in spans) == ["POST /v1/chat/completions", "answerer request"]
+
+
+async def test_a_hook_that_raises_leaves_an_error_span_with_the_exception(tmp_path):
+    config = {
+        "providers": {"mock": {"type": "mock"}},
+        "plugins": [{"use": f"{__name__}:Broken", "name": "broken", "on_error": "open"}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+        spans = await settled(gw, 1)
+
+    span = only(spans, name="broken request")
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description == "RuntimeError: the broken plugin broke"
+    (event,) = span.events
+    assert event.name == "exception" and event.attributes["exception.type"] == "RuntimeError"
+    assert span.end_time is not None
+    # the request went on: the hook's span is no longer current for what follows
+    assert only(spans, kind=SpanKind.CLIENT).parent.span_id == only(spans, kind=SpanKind.SERVER).context.span_id
 
 
 # -- CLIENT spans ----------------------------------------------------------------------
@@ -623,6 +651,11 @@ def otel_env(monkeypatch) -> pytest.MonkeyPatch:
         pytest.param({"OTEL_TRACES_EXPORTER": "console"}, [ConsoleSpanExporter], id="console"),
         pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, [HttpSpanExporter], id="endpoint-only"),
         pytest.param(
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            [HttpSpanExporter],
+            id="otlp-json",
+        ),
+        pytest.param(
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, [GrpcSpanExporter], id="otlp-grpc"
         ),
         pytest.param(
@@ -636,7 +669,13 @@ def otel_env(monkeypatch) -> pytest.MonkeyPatch:
 def test_tracer_provider_from_env_builds_the_exporters_asked_for(otel_env, environ, kinds):
     provider = tracer_provider_from_env(environ)
     try:
-        assert [type(exporter) for exporter in exporters(provider)] == kinds
+        found = exporters(provider)
+        assert [type(exporter) for exporter in found] == kinds
+        protocol = environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        for exporter in found:
+            if isinstance(exporter, HttpSpanExporter):
+                assert exporter.lean  # the gateway's encoder, not the SDK's
+                assert exporter.protocol == ("http/json" if protocol == "http/json" else "http/protobuf")
         assert provider.resource.attributes["service.name"] == "llm-gateway"
     finally:
         provider.shutdown()
@@ -761,6 +800,26 @@ async def otlp_http_receiver() -> AsyncIterator[tuple[str, list[trace_service_pb
 
 
 @contextlib.asynccontextmanager
+async def otlp_json_receiver() -> AsyncIterator[tuple[str, list[trace_service_pb2.ExportTraceServiceRequest]]]:
+    """OTLP/HTTP with JSON bodies, read with the OTLP field names (protobuf's JSON mapping,
+    ids in hex as the OTLP specification has them), as a collector's receiver does."""
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        assert request.content_type == "application/json"
+        body = await request.read()
+        if body[:2] == b"\x1f\x8b":
+            body = gzip.decompress(body)
+        received.append(otlp_json_request(body))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    async with serve_app(app) as url:
+        yield url, received
+
+
+@contextlib.asynccontextmanager
 async def otlp_grpc_receiver() -> AsyncIterator[tuple[str, list[trace_service_pb2.ExportTraceServiceRequest]]]:
     received: list[trace_service_pb2.ExportTraceServiceRequest] = []
 
@@ -780,7 +839,8 @@ async def otlp_grpc_receiver() -> AsyncIterator[tuple[str, list[trace_service_pb
 
 
 @pytest.mark.parametrize(
-    ("protocol", "receiver"), [("http/protobuf", otlp_http_receiver), ("grpc", otlp_grpc_receiver)]
+    ("protocol", "receiver"),
+    [("http/protobuf", otlp_http_receiver), ("http/json", otlp_json_receiver), ("grpc", otlp_grpc_receiver)],
 )
 async def test_gateway_run_exports_server_and_client_spans_over_otlp(tmp_path, protocol, receiver):
     async with receiver() as (endpoint, received):
