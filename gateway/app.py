@@ -118,6 +118,8 @@ class Gateway:
         #: the Redis handles this generation's plugins asked for; closed after their shutdown
         self.redis_handles: list[Redis] = []
         self._configure()
+        if previous is not None:
+            self.chain.adopt(previous.chain)
         #: the plugins' admin routes, by (method, path); the admin app calls the current ones
         self.admin_handlers: dict[tuple[str, str], Any] = {}
         for hook in self.chain.admin_routes_hooks:

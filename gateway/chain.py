@@ -72,6 +72,7 @@ class Chain:
             return tuple(sorted(found, key=lambda hook: hook.index))
 
         self.configure_hooks = hooks("configure")
+        self.adopt_hooks = hooks("adopt")
         self.startup_hooks = hooks("startup")
         self.shutdown_hooks = tuple(reversed(hooks("shutdown")))
         self.request_hooks = hooks("request")
@@ -88,7 +89,10 @@ class Chain:
 
     def describe(self) -> list[dict[str, Any]]:
         """The chain as ``gateway check`` and ``GET /plugins`` show it."""
-        stages = ("request", "send", "response", "chunk", "complete", "startup", "shutdown", "admin_routes", "stats", "ready")
+        stages = (
+            "request", "send", "response", "chunk", "complete", "adopt", "startup", "shutdown", "admin_routes", "stats",
+            "ready",
+        )  # fmt: skip
         rows = []
         for plugin in self.plugins:
             implemented = [
@@ -286,6 +290,19 @@ class Chain:
         return _HookSpan(self.tracer.start_span(hook.span_name, attributes=hook.attributes))
 
     # -- lifecycle and admin -----------------------------------------------------------
+
+    def adopt(self, previous: Chain) -> None:
+        """On a reload: each plugin's ``adopt`` with the previous chain's instance of
+        the same name and class. A failure is logged: that plugin starts afresh."""
+        before = {plugin.label: plugin.instance for plugin in previous.plugins}
+        for hook in self.adopt_hooks:
+            old = before.get(hook.label)
+            if old is None or type(old) is not type(hook.plugin.instance):
+                continue
+            try:
+                hook.function(old)
+            except Exception:
+                log.exception("plugin %s failed to adopt its state; it starts afresh", hook.label, extra={"plugin": hook.label})
 
     async def startup(self, gateway: Any) -> None:
         for hook in self.startup_hooks:

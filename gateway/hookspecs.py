@@ -37,6 +37,15 @@ def configure(gateway: Gateway) -> None:
 
 
 @hookspec
+def adopt(previous: Any) -> None:
+    """On a reload, before ``startup``: the previous configuration's instance of this
+    plugin (same name, same class), to take its in-memory state over from (rate-limit
+    counters, cache entries, breaker states) when the options allow it. The previous
+    instance still serves the requests in flight and runs its ``shutdown`` after them:
+    share its objects, do not close them. Not called on a first start."""
+
+
+@hookspec
 async def startup(gateway: Gateway) -> None:
     """Once, before the first request: open pools and connections. Raising stops startup."""
 

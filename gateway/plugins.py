@@ -87,7 +87,7 @@ def describe_installed() -> list[dict[str, Any]]:
 
 #: every hook name, in the order the hooks run
 HOOK_NAMES = (
-    "configure", "startup", "request", "send", "response", "chunk", "complete", "shutdown",
+    "configure", "adopt", "startup", "request", "send", "response", "chunk", "complete", "shutdown",
     "admin_routes", "stats", "ready",
 )  # fmt: skip
 

@@ -151,3 +151,41 @@ async def test_sighup_reloads_a_running_process_and_a_bad_file_is_a_log_line(tmp
     refused = [line for line in gw.log_lines() if "reload refused" in line["message"]]
     assert len(refused) == 1 and "providers.mock.type" in refused[0]["message"]
     assert still.headers["x-stamp"] == "new"
+
+
+async def test_plugins_whose_options_did_not_change_keep_their_memory_state(tmp_path):
+    """Rate-limit counters, cache entries, breaker states and budgets survive a reload
+    that leaves those plugins' options alone; a plugin whose options changed starts afresh."""
+    stateful = [
+        {"use": "ratelimit", "config": {"requests_per_minute": 5}},
+        {"use": "cache", "config": {"ttl_s": 600}},
+        {"use": "cost", "config": {"store": str(tmp_path / "usage.db"), "budget_usd_per_day": 1}},
+        {"use": "breaker", "config": {"failure_threshold": 1, "retries": 0, "recovery_s": 60}},
+    ]
+    document = {"providers": {"mock": {"type": "mock"}}, "plugins": stateful}
+    fail = {"x-mock-error-rate": "1", "x-mock-error-status": "503"}
+    async with run_gateway(document, tmp_path) as gw:
+        client = gw.openai()
+        first = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI, user="a")
+        with pytest.raises(openai.InternalServerError):  # the mock's 503 opens the breaker
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers=fail)
+        async with aiohttp.ClientSession() as session:
+            quota_url = f"{gw.admin_url}/usage/quota?client=127.0.0.1"
+            spent_before = (await (await session.get(quota_url)).json())["day"]["spent_usd"]
+            write_config({**document, "log": {"level": "info"}}, tmp_path)  # the plugins' options unchanged
+            assert (await post_reload(gw.admin_url))[0] == 200
+            hit = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI, user="a")
+            assert hit.headers["x-gateway-cache"] == "hit"
+            assert hit.headers["x-ratelimit-remaining-requests"] == "2"  # the 3rd of 5 in this minute
+            with pytest.raises(openai.InternalServerError) as opened:
+                await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y"}])
+            assert opened.value.body["code"] == "circuit_open"
+            assert (await (await session.get(quota_url)).json())["day"]["spent_usd"] == spent_before > 0
+            changed = [{**plugin, "config": {**plugin["config"], "recovery_s": 61}} if plugin["use"] == "breaker" else plugin
+                       for plugin in stateful]  # fmt: skip
+            write_config({**document, "plugins": changed}, tmp_path)
+            assert (await post_reload(gw.admin_url))[0] == 200
+        again = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y"}])
+    assert first.headers["x-gateway-cache"] == "miss"
+    assert again.headers["x-ratelimit-remaining-requests"] == "0"  # the 5th: ratelimit did not change
+    assert again.headers["x-gateway-provider"] == "mock"  # the changed breaker started closed

@@ -198,6 +198,19 @@ class CircuitBreaker:
             self.open_messages[name] = f"The circuit breaker of {names} is open: not calling it for now."
 
     @hookimpl
+    def adopt(self, previous: CircuitBreaker) -> None:
+        # A reload with the same options keeps the states of the providers still configured.
+        if previous.config != self.config:
+            return
+        for key, breaker in previous.breakers.items():
+            if breaker.provider in self.providers:
+                breaker.on_transition = self._transition
+                self.breakers[key] = breaker
+        for route in self.routes.values():
+            for candidate in route:
+                candidate.breaker = self.breakers.get(candidate.name)
+
+    @hookimpl
     async def startup(self, gateway: Gateway) -> None:
         if self.config.backend != "memory":
             self.shared = SharedState(self.config.backend, self.config.key_prefix, self.config.sync_s, gateway.tracer)

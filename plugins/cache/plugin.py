@@ -134,6 +134,13 @@ class Cache:
     # -- lifecycle -----------------------------------------------------------------
 
     @hookimpl
+    def adopt(self, previous: Cache) -> None:
+        # A reload with the same options keeps the memory store's entries.
+        if self.memory is not None and previous.memory is not None and previous.config == self.config:
+            self.memory = previous.memory
+            self.memory.on_evict = self._evicted
+
+    @hookimpl
     async def startup(self, gateway: Gateway) -> None:
         self.tracer = gateway.tracer
         if self.memory is not None:

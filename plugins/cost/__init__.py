@@ -170,6 +170,8 @@ class Cost:
             retention_days=config.retention_days,
         )
         self.budgets: MemoryBudgets | RedisBudgets = MemoryBudgets()
+        #: the budgets came from the previous configuration's instance (a reload): not read from the ledger again
+        self._adopted = False
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self.has_budgets = (
             self.default_limits.per_day is not None
@@ -199,6 +201,14 @@ class Cost:
     # -- lifecycle ----------------------------------------------------------------
 
     @hookimpl
+    def adopt(self, previous: Cost) -> None:
+        # A reload with the same options keeps the budgets in memory as they are, with the
+        # spend of calls whose ledger rows are still on their way and the reservations in flight.
+        if isinstance(previous.budgets, MemoryBudgets) and previous.config == self.config:
+            self.budgets = previous.budgets
+            self._adopted = True
+
+    @hookimpl
     async def startup(self, gateway: Any) -> None:
         self.tracer = gateway.tracer
         try:
@@ -215,7 +225,7 @@ class Cost:
                 await self.budgets.ping()
             except Exception as exc:
                 log.warning("cost: Redis is unreachable at startup (%s); failure_mode %s", exc, self.config.failure_mode)
-        else:
+        elif not self._adopted:
             month_start = periods(time.time())[1] + "-01"
             try:
                 rows = await asyncio.to_thread(spent_since, self.ledger_path, month_start)

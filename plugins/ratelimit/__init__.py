@@ -177,6 +177,12 @@ class RateLimit:
     # -- lifecycle -----------------------------------------------------------------
 
     @hookimpl
+    def adopt(self, previous: RateLimit) -> None:
+        # A reload with the same limits keeps the counters (TATs are kept per limit, by position).
+        if self.memory is not None and previous.memory is not None and previous.config == self.config:
+            self.memory = previous.memory
+
+    @hookimpl
     async def startup(self, gateway: Any) -> None:
         if self.memory is not None:
             self.tasks.append(asyncio.get_running_loop().create_task(self._sweep()))
