@@ -309,7 +309,6 @@ class Exchange:
         "recording",
         "reached",
         "completed",
-        "_sent_status",
         "_deferred",
         "_body",
         "_json",
@@ -387,8 +386,6 @@ class Exchange:
         self.reached = -1
         #: set once the ``complete`` hooks have run (they run once)
         self.completed = False
-        #: the status of an answer sent in full (core: a caller that hangs up after it did not leave early)
-        self._sent_status: int | None = None
         #: (chain index, decision) deferred by ``request`` hooks (core: awaited after the last one)
         self._deferred: list[tuple[int, Coroutine[Any, Any, None]]] | None = None
         self._body = body

@@ -574,38 +574,38 @@ class Proxy:
         task = asyncio.current_task()
         self.serving.add(task)  # type: ignore[arg-type]
         status = 0
-        completing = None
         try:
             answer = await self._serve(request, exchange, refused)
             error = exchange.error
             status = 499 if error is not None and error.status == 499 else answer.status
             return answer
         except asyncio.CancelledError:
-            running = self._completing.pop(exchange, None)  # complete hooks cancelled mid-wait go on, shielded
-            if exchange._sent_status is not None:
-                # The whole answer was out; the caller hung up while the complete hooks
-                # ran (aiohttp then cancels the handler). It got its answer: not a 499.
-                status, completing = exchange._sent_status, running
-                raise
             # The caller left (or the drain deadline passed): the upstream call is
             # already cancelled; count what was used all the same.
             if exchange.error is None:  # an error already answered (a broken stream) stays the record's
                 exchange.error = client_closed_request()
-            completing = self._complete_later(exchange) or running
+            self._complete(exchange)
             status = 499
             raise
         finally:
             self.serving.discard(task)  # type: ignore[arg-type]
             provider_name = exchange.provider.name if exchange.provider is not None and exchange.attempts else "-"
             self.answers[(provider_name, status)] += 1
+            server_span = span if traced else None
+            completing = self._completing.pop(exchange, None)
             if completing is None:
-                self.finished(exchange, status)
-            else:  # after the complete hooks, which may still count tokens and cost
-                finished, final_status = self.finished, status
-                completing.add_done_callback(lambda _: finished(exchange, final_status))
+                self._over(exchange, status, server_span, provider_name)
+            else:  # once the complete hooks are done: they may still count tokens and cost
+                final_status = status  # (the callback runs in this context: the span's, for the log lines)
+                completing.add_done_callback(lambda _: self._over(exchange, final_status, server_span, provider_name))
             if traced:
-                end_server_span(span, exchange, status, provider_name)
                 otel_context.detach(token)
+
+    def _over(self, exchange: Exchange, status: int, span: trace.Span | None, provider_name: str) -> None:
+        """The exchange is over: its records, and its SERVER span's end (with what ``complete`` found)."""
+        self.finished(exchange, status)
+        if span is not None:
+            end_server_span(span, exchange, status, provider_name)
 
     async def _serve(
         self, request: web.BaseRequest, exchange: Exchange, refused: GatewayError | None = None
@@ -731,10 +731,9 @@ class Proxy:
         try:
             await reply.prepare(request)
             await reply.write_eof()
-            exchange._sent_status = reply.status
         except ConnectionResetError:
             exchange.error = client_closed_request()
-        await self._complete(exchange)
+        self._complete(exchange)
         return reply
 
     async def _relay(self, request: web.BaseRequest, exchange: Exchange, answer: Response) -> web.StreamResponse:
@@ -780,10 +779,9 @@ class Proxy:
         if exchange.error is None or exchange.error.status != 499:
             try:
                 await out.write_eof()
-                exchange._sent_status = out.status
             except ConnectionResetError:
                 pass
-        await self._complete(exchange)
+        self._complete(exchange)
         return out
 
     async def _through_hooks(self, exchange: Exchange, raws: list[bytes], hooks: tuple[Any, ...]) -> bytes:
@@ -805,24 +803,16 @@ class Proxy:
         except ConnectionResetError:
             pass
 
-    async def _complete(self, exchange: Exchange) -> None:
-        """The ``complete`` hooks, run to their end even when the caller leaves meanwhile
-        (aiohttp then cancels the handler): a ledger record or a settle is never cut in half."""
-        task = self._complete_later(exchange)
-        if task is not None:
-            # Known to the handler while it waits: if the caller hangs up meanwhile,
-            # the records wait for this task (see ``handle``), which pops it.
-            self._completing[exchange] = task
-            await asyncio.shield(task)
-            del self._completing[exchange]
-
-    def _complete_later(self, exchange: Exchange) -> asyncio.Task[None] | None:
-        if not self.chain.complete_hooks or exchange.reached < 0 or exchange.completed:
-            return None
+    def _complete(self, exchange: Exchange) -> None:
+        """Start the ``complete`` hooks, in a task of their own: the handler does not wait
+        for them (the answer is out), and a caller leaving cannot cut a ledger record or a
+        settle in half. The exchange's records and SERVER span wait for them (``handle``)."""
+        if not self.chain.complete_hooks or exchange.reached < 0 or exchange in self._completing:
+            return
         task = asyncio.get_running_loop().create_task(self.chain.complete(exchange))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-        return task
+        self._completing[exchange] = task
 
 
 def _ignore(exchange: Exchange, status: int) -> None:

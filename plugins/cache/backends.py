@@ -225,7 +225,9 @@ class RedisEntryCache(BaseCache):
         return self.redis
 
     async def ping(self) -> None:
-        await self._handle().ping()
+        """Reach Redis and load the store script into its cache, so the first store is an
+        ``EVALSHA`` like the others (not an ``EVAL`` sent again behind later lookups)."""
+        await self._handle().call("SCRIPT", "LOAD", STORE)
 
     async def fetch(self, key: str) -> Entry | None:
         """The entry, or None (the hot path of a lookup: no aiocache wrappers)."""
