@@ -686,12 +686,12 @@ class Proxy:
         if not request.body_exists:
             return b""
         content = request.content
-        if content.is_eof():  # the whole body is in already: no wait to bound, one call to take it
-            body = content.read_nowait()
-            if len(body) > self.max_body_bytes:
-                raise request_too_large(self.max_body_bytes)
-            return body
         try:
+            if content.is_eof():  # the whole body is in already: no wait to bound, one call to take it
+                body = content.read_nowait()
+                if len(body) > self.max_body_bytes:
+                    raise request_too_large(self.max_body_bytes)
+                return body
             async with asyncio.timeout(self.body_timeout_s):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -701,7 +701,7 @@ class Proxy:
         except (RequestPayloadError, HttpProcessingError) as exc:
             # The parser stopped feeding this body: mark it ended, so aiohttp does not
             # linger over it after the answer (and log its error again).
-            request.content.feed_eof()
+            content.feed_eof()
             raise unreadable_body(exc) from None
 
     def _error_reply(self, exchange: Exchange, error: GatewayError) -> web.Response:
