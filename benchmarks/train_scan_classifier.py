@@ -32,13 +32,13 @@ import scan_corpus  # noqa: E402
 from gateway_plugins.scan import classifier as clf  # noqa: E402
 
 NAME = "injection-clf"
-VERSION = "2"
+VERSION = "3"
 SEED = 1234
 BITS = 18
 C_BINARY = 8192.0  # chosen among 8, 32, 128, 512, 2048, 8192 on the development split (benchmarks/scan_classifier_dev.py)
 C_FAMILY = 4.0
-WINDOW = 128  # among 512/256, 256/128 and 128/64: chosen on the development split
-STRIDE = 64
+WINDOW = 32  # tokens (words and punctuation runs); v2 used 128 characters, see docs/scan-classifier.md
+STRIDE = 16
 # The calibrated even odds (0.5), unless the scan dev set (never trained on) needs a higher one to keep its model
 # false positives at one or fewer (it did not for v2: its highest benign score is 0.19).
 THRESHOLD = 0.5
@@ -51,27 +51,16 @@ BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib
                 "aib": 0.02, "agentprobe": 0.05}  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
 
 
-def _matrix(texts: list[str], bits: int):
+def _matrix(rows: list[list[int]], bits: int):
+    """One row per window's bucket ids (repeats add up), each scaled by 1/sqrt(its number of ids), as served."""
     from scipy.sparse import csr_matrix
 
-    indptr = [0]
-    indices: list[np.ndarray] = []
-    data: list[np.ndarray] = []
-    for t in texts:
-        ids, _block, _off = clf.bag(t, bits, STRIDE)
-        indices.append(ids)
-        data.append(np.full(len(ids), 1.0 / np.sqrt(max(len(ids), 1)), dtype=np.float64))
-        indptr.append(indptr[-1] + len(ids))
-    m = csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)), shape=(len(texts), 1 << bits))
+    indptr = np.cumsum([0] + [len(ids) for ids in rows])
+    indices = np.fromiter((i for ids in rows for i in ids), dtype=np.int64, count=int(indptr[-1]))
+    data = np.repeat([1.0 / np.sqrt(max(len(ids), 1)) for ids in rows], [len(ids) for ids in rows])
+    m = csr_matrix((data, indices, indptr), shape=(len(rows), 1 << bits))
     m.sum_duplicates()
     return m
-
-
-def _windows(text: str, window: int, stride: int) -> list[str]:
-    """Benign long texts train as the windows the stage will score (attacks stay whole)."""
-    if len(text) <= window:
-        return [text]
-    return [text[i : i + window] for i in range(0, len(text) - window + stride, stride)]
 
 
 def _val_fold(text: str) -> bool:
@@ -99,19 +88,18 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
     # Class balance: attacks and benign weigh the same in total; within benign, each source group gets a fixed
     # share of the benign weight, whatever its row count (set once, before any held-out figure was computed).
     benign_share = BENIGN_SHARE if benign_share is None else benign_share
-    expanded = []
+    expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
     for r in fit_rows:
-        parts = [r["text"]] if r["label"] == "attack" else _windows(r["text"], WINDOW, STRIDE)
-        for p in parts:
-            expanded.append((p, r))
+        for ids in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
+            expanded.append((ids, r))
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
     per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
     present = sum(benign_share[g] for g in per_group)
     attack_share = ATTACK_SHARE if attack_share is None else attack_share
     per_source = collections.Counter(r["source"] for _, r in expanded if r["label"] == "attack")
     attack_present = sum(attack_share.get(s, 0.0) for s in per_source) if attack_share else 0.0
-    for text, r in expanded:
-        texts.append(text)
+    for ids, r in expanded:
+        texts.append(ids)
         is_attack = r["label"] == "attack"
         labels.append(1 if is_attack else 0)
         fams.append(r["family"])

@@ -28,14 +28,18 @@ import base64
 import binascii
 import codecs
 import hashlib
+import itertools
 import json
 import math
 import re
 import time
 import unicodedata
 import zipfile
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+from zlib import crc32
 
 import numpy as np
 
@@ -56,13 +60,6 @@ DEFAULT_MODEL = MODEL_DIR / "injection-clf.npz"
 FAMILIES = ("prompt_injection", "jailbreak", "prompt_extraction")
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
-# Hashing constants: any odd 64-bit multipliers do; these are fixed forever for a given model version.
-_P = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime: the polynomial base
-_P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
-_M1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
-_M2 = np.uint64(0x94D049BB133111EB)
-_SALT = {name: np.uint64(i * 0x9E3779B97F4A7C15 % (1 << 64)) for i, name in enumerate(("c3", "c4", "c5", "w1", "w2"), 1)}
-
 # Cyrillic and Greek letters that look like Latin ones (the ones attackers use to dodge keyword rules).
 _HOMOGLYPHS = {
     "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t", "у": "y",
@@ -71,118 +68,119 @@ _HOMOGLYPHS = {
 }
 
 
-def _build_tables() -> tuple[np.ndarray, np.ndarray]:
-    """Per BMP code point: the normalised code point (0 = drop) and whether it is a word character."""
-    fold = np.zeros(0x10000, dtype=np.uint32)
-    word = np.zeros(0x10000, dtype=bool)
+def _build_fold() -> dict[int, int | None]:
+    """``str.translate`` table for the BMP characters normalisation changes: one character in, one or none out.
+
+    NFKC then lower case (when that gives one character), look-alikes folded to Latin, invisible format
+    characters (zero-width, bidi controls, soft hyphen) dropped, other whitespace and controls to a space.
+    One character out per character in keeps offsets in the original text trivial to recover.
+    """
+    table: dict[int, int | None] = {}
     for cp in range(0x10000):
         ch = chr(cp)
         cat = unicodedata.category(ch)
         if cat == "Cs":
-            fold[cp] = cp
+            continue
+        if cat == "Cf":
+            table[cp] = None
             continue
         if ch.isspace() or cat in ("Zs", "Zl", "Zp", "Cc"):
-            fold[cp] = 32
-            continue
-        if cat == "Cf":  # zero-width, bidi controls, soft hyphen: invisible, dropped
-            continue
-        norm = unicodedata.normalize("NFKC", ch).lower()
-        out = norm if len(norm) == 1 else ch.lower() if len(ch.lower()) == 1 else ch
-        out = _HOMOGLYPHS.get(out, out)
-        fold[cp] = ord(out)
-        word[cp] = out.isalnum() or out == "_"
-    word[32] = False
-    return fold, word
+            out = " "
+        else:
+            norm = unicodedata.normalize("NFKC", ch).lower()
+            out = norm if len(norm) == 1 else ch.lower() if len(ch.lower()) == 1 else ch
+            out = _HOMOGLYPHS.get(out, out)
+        if out != ch:
+            table[cp] = ord(out)
+    return table
 
 
-_FOLD, _WORD = _build_tables()
-_pow_cache: dict[str, np.ndarray] = {"pw": np.ones(1, dtype=np.uint64), "ipw": np.ones(1, dtype=np.uint64)}
+_FOLD = _build_fold()
 
 
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P**i and P**-i modulo 2**64 for i < n (grown on demand, kept for the process)."""
-    pw = _pow_cache["pw"]
-    if len(pw) < n:
-        size = max(n, 2 * len(pw), 8192)
-        with np.errstate(over="ignore"):
-            pw = np.cumprod(np.full(size, _P, dtype=np.uint64), dtype=np.uint64)
-            pw = np.concatenate(([np.uint64(1)], pw[:-1]))
-            ipw = np.cumprod(np.full(size, _P_INV, dtype=np.uint64), dtype=np.uint64)
-            ipw = np.concatenate(([np.uint64(1)], ipw[:-1]))
-        _pow_cache["pw"], _pow_cache["ipw"] = pw, ipw
-    return _pow_cache["pw"], _pow_cache["ipw"]
+def _char_class(cps: list[int]) -> str:
+    """A regex character class for these code points, as ranges."""
+    parts, i = [], 0
+    while i < len(cps):
+        j = i
+        while j + 1 < len(cps) and cps[j + 1] == cps[j] + 1:
+            j += 1
+        parts.append(re.escape(chr(cps[i])) + ("-" + re.escape(chr(cps[j])) if j > i else ""))
+        i = j + 1
+    return "[" + "".join(parts) + "]+"
 
 
-def normalize(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised code points (uint64, framed by one space each side) and each one's offset in ``text``."""
-    if text.isascii():  # the common case: one table lookup, no astral plane to pass through
-        cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-        mapped = _FOLD[cps]
-    else:
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        mapped = np.where(cps < 0x10000, _FOLD[cps & 0xFFFF], cps)
-    keep = mapped != 0
-    space = mapped == 32
-    # a space directly after another kept space is dropped (runs collapse to one)
-    idx = np.flatnonzero(keep)
-    m = mapped[idx]
-    if len(m):
-        sp = space[idx]
-        dup = np.zeros(len(m), dtype=bool)
-        dup[1:] = sp[1:] & sp[:-1]
-        idx, m = idx[~dup], m[~dup]
-    codes = np.empty(len(m) + 2, dtype=np.uint64)
-    codes[0] = codes[-1] = 32
-    codes[1:-1] = m
-    offsets = np.empty(len(m) + 2, dtype=np.int64)
-    offsets[1:-1] = idx
-    offsets[0] = 0
-    offsets[-1] = len(cps)
-    return codes, offsets
+# Runs of non-ASCII characters that normalisation changes: most non-ASCII text (accents, CJK, emoji, curly quotes
+# aside) has few, and str.translate alone costs a dict look-up per character of the whole text.
+_FOLD_RUNS = re.compile(_char_class(sorted(cp for cp in _FOLD if cp >= 0x80)))
 
 
-def featurize(text: str, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hashed n-gram bucket ids, each n-gram's position in the normalised text, and that text's offsets.
+def _fold_run(m: re.Match) -> str:
+    return m.group().translate(_FOLD)
+_TOKEN = re.compile(r"\w+|[^\w\s]+")  # words, and runs of punctuation ("<|", "###", "}}")
+_TOKEN_BYTES = 32  # n-grams come from a token's first 32 bytes (a 4 KB base64 run costs no more than a word)
+# crc32 start values, one per kind of feature: "abc" as a 3-gram and "abc" as a word land in different buckets
+_SALT_WORD, _SALT_PAIR = 1, 2
 
-    Positions are indices into the normalised code points; ``offsets[pos]`` maps one back to ``text``. A
-    bucket is the top ``bits`` bits of (n-gram hash + kind salt) times an odd constant (multiplicative hashing).
+
+def normalize(text: str) -> str:
+    """The text features are read from: one character per character of ``text``, minus dropped invisibles."""
+    low = text.lower()
+    if text.isascii():
+        return low
+    if len(low) != len(text):  # a letter whose lower case is two characters ("İ"): keep one out per one in
+        return text.translate(_FOLD)
+    return _FOLD_RUNS.sub(_fold_run, low)
+
+
+def tokens(norm: str) -> list[str]:
+    """Words and punctuation runs of a normalised text, in order."""
+    return _TOKEN.findall(norm)
+
+
+def token_ids(token: str, mask: int) -> list[int]:
+    """Bucket ids of one token: the word itself and the byte 3-, 4- and 5-grams of ``" token "`` in UTF-8."""
+    word = token.encode("utf-8", "surrogatepass")
+    g = b" " + word[:_TOKEN_BYTES] + b" "
+    ids = [crc32(word, _SALT_WORD) & mask]
+    for n in (3, 4, 5):
+        ids += [crc32(g[i : i + n], n) & mask for i in range(len(g) - n + 1)]
+    return ids
+
+
+def pair_id(pair: tuple[str, str], mask: int) -> int:
+    """Bucket id of a word bigram (two consecutive tokens)."""
+    return crc32(f"{pair[0]} {pair[1]}".encode("utf-8", "surrogatepass"), _SALT_PAIR) & mask
+
+
+def blocks(toks: list[str], window: int, stride: int) -> list[tuple[dict[str, None], dict[tuple[str, str], None]]]:
+    """Distinct tokens and distinct bigrams (counted in their first token's block) per block of ``stride`` tokens.
+
+    A text of at most ``window`` tokens is one block. Presence, not counts: a phrase repeated a hundred times
+    weighs what it weighs once per block, so long repetitive text cannot pile up a score. Dicts, not sets, so
+    the order (and so the float sums' rounding) follows the text, not ``PYTHONHASHSEED``.
     """
-    codes, offsets = normalize(text)
-    n = len(codes)
-    hashes: list[np.ndarray] = []
-    pos: list[np.ndarray] = []
-    with np.errstate(over="ignore"):
-        if n >= 3:
-            h = (codes[:-2] * _P + codes[1:-1]) * _P + codes[2:]
-            hashes.append(h + _SALT["c3"])
-            if n >= 4:
-                h = h[:-1] * _P + codes[3:]
-                hashes.append(h + _SALT["c4"])
-                if n >= 5:
-                    h = h[:-1] * _P + codes[4:]
-                    hashes.append(h + _SALT["c5"])
-            ar = np.arange(n - 2)
-            pos.extend(ar[: len(x)] for x in hashes)
-        isw = _WORD[np.minimum(codes, 0xFFFF)] & (codes < 0x10000)
-        edges = np.diff(isw.view(np.int8))
-        starts = np.flatnonzero(edges == 1) + 1
-        if len(starts):
-            ends = np.flatnonzero(edges == -1) + 1
-            pw, ipw = _powers(n + 1)
-            prefix = np.zeros(n + 1, dtype=np.uint64)
-            np.cumsum(codes * pw[:n], out=prefix[1:])
-            hw = (prefix[ends] - prefix[starts]) * ipw[starts]
-            hashes.append(hw + _SALT["w1"])
-            pos.append(starts)
-            if len(starts) > 1:
-                hashes.append(hw[:-1] * _M2 + hw[1:] + _SALT["w2"])
-                pos.append(starts[:-1])
-        if not hashes:
-            return np.zeros(0, np.intp), np.zeros(0, np.intp), offsets
-        allh = np.concatenate(hashes)
-        allh *= _M1
-        ids = (allh >> np.uint64(64 - bits)).astype(np.intp)
-    return ids, np.concatenate(pos), offsets
+    if len(toks) <= window:
+        return [(dict.fromkeys(toks), dict.fromkeys(zip(toks, toks[1:])))]
+    return [(dict.fromkeys(toks[i : i + stride]), dict.fromkeys(zip(toks[i : i + stride], toks[i + 1 : i + stride + 1])))
+            for i in range(0, len(toks), stride)]
+
+
+def window_ids(text: str, bits: int, window: int, stride: int, *, whole: bool = False) -> list[list[int]]:
+    """Bucket ids (with repeats) of each window the stage scores, or of the whole text (``whole``).
+
+    A window is two consecutive blocks; a text of at most ``window`` tokens is one. Training builds its rows
+    from this, and serving's cached per-token sums add up exactly these ids, so the two cannot drift apart.
+    """
+    mask = (1 << bits) - 1
+    per_block = []
+    for toks, pairs in blocks(tokens(normalize(text)), window, stride):
+        ids = [i for t in toks for i in token_ids(t, mask)]
+        ids += [pair_id(p, mask) for p in pairs]
+        per_block.append(ids)
+    if whole or len(per_block) == 1:
+        return [[i for ids in per_block for i in ids]]
+    return [a + b for a, b in zip(per_block, per_block[1:], strict=False)]
 
 
 # Decoded views: an instruction hidden in base64, hex, ROT13 or leetspeak is scored once decoded, and a
@@ -201,6 +199,7 @@ _BASE32 = re.compile(r"\b[A-Z2-7]{16,}=*")
 _REVERSE_HINTS = ("reverse", "backwards", "right to left", "invert", "à l'envers", "al revés", "rückwärts")
 _TAGS = re.compile("[\U000E0020-\U000E007E]{4,}")
 _ROT13_HINTS = ("rot13", "rot-13", "rot 13", "rot_13", "caesar")
+_HINTS = re.compile("|".join(map(re.escape, _ROT13_HINTS + _REVERSE_HINTS)))
 _LEET_MAP = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
                            "!": "i", "|": "l"})
 MAX_DECODED_VIEWS = 4
@@ -216,10 +215,6 @@ def _printable(raw: bytes) -> str | None:
     return out if sum(ch.isalpha() for ch in out) >= 0.5 * len(out.replace(" ", "")) else None
 
 
-_SHORT = 1024
-_WS = re.compile(r"[ \n\t\r]")
-
-
 def _run_of(lengths: list[int], value: int, k: int) -> bool:
     """Whether ``lengths`` holds ``value`` ``k`` times in a row."""
     if lengths.count(value) < k:
@@ -232,34 +227,15 @@ def _run_of(lengths: list[int], value: int, k: int) -> bool:
     return False
 
 
-def _has_run(flags: np.ndarray, k: int) -> bool:
-    """Whether ``flags`` has ``k`` True values in a row."""
-    if np.count_nonzero(flags) < k:
-        return False
-    return bool(np.convolve(flags.astype(np.int16), np.ones(k, dtype=np.int16), mode="valid").max() >= k)
-
-
 def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
     """``(view, start, end, via)`` for each decodable run (at most MAX_DECODED_VIEWS) and folded whole-text view."""
     views: list[tuple[str, int, int, str]] = []
     # Cheap gates first: an ordinary text pays for a handful of linear regex passes and counts, nothing more.
     ascii_text = text.isascii()
-    if len(text) <= _SHORT:  # a chat message: plain Python beats numpy's cost per call
-        lengths = [len(t) for t in _WS.split(text) if t]  # lengths of whitespace-separated tokens
-        long_tokens = max(lengths, default=0) >= 16
-        spaced = _run_of(lengths, 1, 6)  # six single letters in a row: "i g n o r e"
-        pairs = _run_of(lengths, 2, 8)  # eight two-character tokens in a row: "49 67 6e ..."
-    else:
-        if ascii_text:
-            cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-        else:
-            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        cuts = np.flatnonzero((cps == 32) | (cps == 10) | (cps == 9) | (cps == 13))
-        tokens = np.diff(cuts, prepend=-1, append=len(cps)) - 1  # lengths of whitespace-separated tokens
-        tokens = tokens[tokens > 0]
-        long_tokens = bool((tokens >= 16).any())
-        spaced = _has_run(tokens == 1, 6)
-        pairs = _has_run(tokens == 2, 8)
+    lengths = list(map(len, text.split()))  # lengths of whitespace-separated tokens (str.split: one C pass)
+    long_tokens = max(lengths, default=0) >= 16
+    spaced = _run_of(lengths, 1, 6)  # six single letters in a row: "i g n o r e"
+    pairs = _run_of(lengths, 2, 8)  # eight two-character tokens in a row: "49 67 6e ..."
     runs = long_tokens and _RUN.search(text) is not None
     percent = long_tokens and "%" in text
     binary = text.count("0") + text.count("1") >= 32
@@ -318,6 +294,8 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
     if next(leet, None) is not None and next(leet, None) is not None:  # two or more: "mp3" alone is not leetspeak
         views.append((text.translate(_LEET_MAP), 0, len(text), "leetspeak"))
     low = text.lower()
+    if _HINTS.search(low) is None:  # one regex pass for all hints; most texts stop here
+        return views
     if any(h in low for h in _ROT13_HINTS):
         views.append((codecs.encode(text, "rot13"), 0, len(text), "rot13"))
     if any(h in low for h in _REVERSE_HINTS):
@@ -325,24 +303,25 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
     return views
 
 
-def bag(text: str, bits: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct bucket ids per block of ``stride`` normalised positions: ``(ids, block, offsets)``.
+_CACHE_ENTRIES = 1 << 16  # per cache (tokens, bigrams): emptied when full, a few MB at most
 
-    Presence, not counts: a phrase repeated a hundred times weighs what it weighs once (per block), so long
-    repetitive text cannot pile up a score. Training and serving both build their vectors from this.
-    """
-    ids, pos, offsets = featurize(text, bits)
-    if len(ids) == 0:
-        return ids, pos, offsets
-    key = ((pos // stride) << bits) | ids
-    if len(offsets) // stride < (1 << (31 - bits)):  # every key fits 31 bits (texts up to ~2 M characters)
-        key = key.astype(np.int32)  # 32-bit keys sort about twice as fast
-    key = np.sort(key)  # sort + neighbour test: several times faster than np.unique here
-    keep = np.empty(len(key), dtype=bool)
-    keep[0] = True
-    np.not_equal(key[1:], key[:-1], out=keep[1:])
-    key = key[keep]
-    return (key & ((1 << bits) - 1)).astype(np.intp), (key >> bits).astype(np.intp), offsets
+
+def _span(text: str, norm: str, first: int, last: int) -> tuple[int, int]:
+    """Offsets in ``text`` of tokens ``first`` to ``last - 1`` of ``norm`` (which may have dropped invisibles)."""
+    spans = [m.span() for m in itertools.islice(_TOKEN.finditer(norm), last)]
+    start, end = spans[first][0], spans[last - 1][1]
+    if len(norm) == len(text):
+        return start, end
+    kept = [i for i, ch in enumerate(text) if _FOLD.get(ord(ch), 0) is not None]
+    return kept[start], kept[end - 1] + 1
+
+
+class _Margin(NamedTuple):
+    raw: float  # the best window's margin (before calibration)
+    best: int  # its index: windows start every ``stride`` tokens
+    norm: str
+    toks: list[str]
+    parts: list[tuple[dict[str, None], dict[tuple[str, str], None]]]
 
 
 class ClassifierError(Exception):
@@ -438,8 +417,7 @@ def _read(path: Path) -> _Weights:
         return _Weights.from_matrix(
             W, bits=bits, b=b, platt=(float(meta["platt"][0]), float(meta["platt"][1])),
             version=str(card["version"]), name=str(card["name"]), threshold=float(card["threshold"]),
-            bands=bands, window=int(card.get("window", 512)),
-            stride=int(card.get("stride", 256)),
+            bands=bands, window=int(card["window"]), stride=int(card["stride"]),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise _fail(path, f"inconsistent model ({exc})") from None
@@ -485,6 +463,14 @@ class InjectionClassifier:
         self.time_ms_total = 0.0
         self.detections_by_family: dict[str, int] = {}
         self._detection = _detection_type()
+        # Serving reads one weight at a time: a flat array of Python-readable doubles beats numpy indexing there.
+        self._w0 = array("d", weights.W0.astype(np.float64).tobytes())
+        self._b0 = float(weights.b[0])
+        self._mask = (1 << weights.bits) - 1
+        # Per-token and per-bigram sums, filled as texts arrive; words repeat, so a chat message is mostly hits.
+        self._tw: dict[str, float] = {}
+        self._tn: dict[str, int] = {}
+        self._pw: dict[tuple[str, str], float] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None, **options) -> InjectionClassifier:
@@ -499,46 +485,98 @@ class InjectionClassifier:
     def model_name(self) -> str:
         return self._w.name
 
-    def _calibrate(self, raw: np.ndarray | float) -> np.ndarray | float:
+    def _calibrate(self, raw: float) -> float:
         a, c = self._w.platt
-        return 1.0 / (1.0 + np.exp(-(a * raw + c)))
+        x = a * raw + c
+        return 1.0 / (1.0 + math.exp(-x)) if x > -700.0 else 0.0
+
+    def _learn_token(self, token: str) -> tuple[float, int]:
+        """A token's summed attack weight and feature count, computed once and cached (bounded)."""
+        ids = token_ids(token, self._mask)
+        value = sum(map(self._w0.__getitem__, ids)), len(ids)
+        if len(self._tw) >= _CACHE_ENTRIES:
+            self._tw.clear()
+            self._tn.clear()
+        self._tw[token], self._tn[token] = value
+        return value
+
+    def _token(self, token: str) -> tuple[float, int]:
+        total, n = self._tw.get(token), self._tn.get(token)
+        return self._learn_token(token) if total is None or n is None else (total, n)
+
+    def _learn_pair(self, pair: tuple[str, str]) -> float:
+        value = self._w0[pair_id(pair, self._mask)]
+        if len(self._pw) >= _CACHE_ENTRIES:
+            self._pw.clear()
+        self._pw[pair] = value
+        return value
+
+    def _block(self, toks: dict[str, None], pairs: dict[tuple[str, str], None]) -> tuple[float, int]:
+        """Summed attack weight and feature count of one block: a few dict look-ups per token once warm."""
+        tw, tn, pw = self._tw, self._tn, self._pw
+        try:
+            total, n = sum(map(tw.__getitem__, toks)), sum(map(tn.__getitem__, toks))
+        except KeyError:  # tokens seen for the first time: learn those, then the same sums in the same order
+            for t in [t for t in toks if t not in tn]:
+                self._learn_token(t)
+            try:
+                total, n = sum(map(tw.__getitem__, toks)), sum(map(tn.__getitem__, toks))
+            except KeyError:  # a full cache was emptied meanwhile
+                values = [self._token(t) for t in toks]
+                total, n = sum(v[0] for v in values), sum(v[1] for v in values)
+        try:
+            pair_total = sum(map(pw.__getitem__, pairs))
+        except KeyError:
+            for p in [p for p in pairs if p not in pw]:
+                self._learn_pair(p)
+            get = pw.get
+            pair_total = sum([v if (v := get(p)) is not None else self._learn_pair(p) for p in pairs])
+        return total + pair_total, n + len(pairs)
+
+    def _margin(self, text: str) -> _Margin:
+        """The best window's raw margin, with what naming its family and span needs later."""
+        w = self._w
+        norm = normalize(text)
+        toks = tokens(norm)
+        if not toks:
+            return _Margin(float(w.b[0]), 0, norm, toks, [])
+        parts = blocks(toks, w.window, w.stride)
+        sums = [self._block(t, p) for t, p in parts]
+        if len(sums) == 1:
+            return _Margin(sums[0][0] / math.sqrt(sums[0][1]) + self._b0, 0, norm, toks, parts)
+        # a window is two consecutive blocks: every window's margin from the per-block sums
+        z = [(a[0] + b[0]) / math.sqrt(a[1] + b[1]) for a, b in zip(sums, sums[1:], strict=False)]
+        best = max(range(len(z)), key=z.__getitem__)
+        return _Margin(z[best] + self._b0, best, norm, toks, parts)
+
+    def _named(self, text: str, m: _Margin) -> Score:
+        """The Score of a margin with its family (the family head on the best window) and span in ``text``."""
+        w = self._w
+        if not m.parts:
+            fam_logits, start, end = w.b[1:], 0, len(text)
+        else:
+            if len(m.parts) == 1:
+                inside, start, end = m.parts, 0, len(text)
+            else:
+                inside = m.parts[m.best : m.best + 2]
+                start, end = _span(text, m.norm, m.best * w.stride, min((m.best + 2) * w.stride, len(m.toks)))
+            mask = self._mask
+            ids = [i for toks, _pairs in inside for t in toks for i in token_ids(t, mask)]
+            ids += [pair_id(p, mask) for _toks, pairs in inside for p in pairs]
+            fam_logits = w.WF[ids].sum(axis=0) / math.sqrt(len(ids)) + w.b[1:]
+        fam = FAMILIES[int(np.argmax(np.where(self._family_mask, fam_logits, -np.inf)))]
+        return Score(self._calibrate(m.raw), fam, m.raw, start, max(end, start))
 
     def score(self, text: str, *, family: bool = True) -> Score:
-        """The best window's score for ``text``; an empty or very short text scores from its whole.
+        """The best window's score for ``text``; a text with no token scores from the bias alone.
 
-        ``family=False`` skips the family head (the scan path asks for it only once a text passes the
-        threshold) and reports the first allowed family instead.
+        ``family=False`` skips the family head and the span and reports the first allowed family and the
+        whole text instead (cheaper; the scan path names them only once a text passes the threshold).
         """
-        w = self._w
-        ids, block, offsets = bag(text, w.bits, w.stride)
-        if len(ids) == 0:
-            raw = float(w.b[0])
-            fam = FAMILIES[int(np.argmax(np.where(self._family_mask, w.b[1:], -np.inf)))]
-            return Score(float(self._calibrate(raw)), fam, raw, 0, len(text))
-        # Windows are ``window // stride`` consecutive blocks of ``stride`` positions: per-block sums of the
-        # attack column and per-block n-gram counts give every window's margin with no sort and no Python loop.
-        k = max(w.window // w.stride, 1)
-        if block[-1] < k:  # the whole text is one window
-            best, raw = 0, float(w.W0[ids].sum() / math.sqrt(len(ids)) + w.b[0])
-            inside, start, end = ids, 0, len(text)
-        else:
-            sums = np.bincount(block, weights=w.W0[ids])
-            cnts = np.bincount(block).astype(np.float64)
-            kernel = np.ones(k)
-            z = np.convolve(sums, kernel, mode="valid") / np.sqrt(np.convolve(cnts, kernel, mode="valid")
-                                                                  .clip(1.0)) + w.b[0]
-            best = int(np.argmax(z))
-            raw = float(z[best])
-            s0, e0 = best * w.stride, (best + k) * w.stride
-            inside = ids[(block >= best) & (block < best + k)] if family else ids[:0]
-            start = int(offsets[s0]) if s0 > 0 else 0
-            end = int(offsets[e0]) if e0 < len(offsets) - 1 else len(text)
+        m = self._margin(text)
         if family:
-            fam_logits = w.WF[inside].sum(axis=0) / math.sqrt(max(len(inside), 1)) + w.b[1:]
-            fam = FAMILIES[int(np.argmax(np.where(self._family_mask, fam_logits, -np.inf)))]
-        else:
-            fam = self.families[0]
-        return Score(float(self._calibrate(raw)), fam, raw, start, max(end, start))
+            return self._named(text, m)
+        return Score(self._calibrate(m.raw), self.families[0] if self.families else FAMILIES[0], m.raw, 0, len(text))
 
     def severity(self, probability: float) -> str:
         """Severity band of a calibrated probability (bands are in the model card).
@@ -555,7 +593,7 @@ class InjectionClassifier:
 
     def scan(self, text: str) -> list[ClassifierDetection]:
         """Zero or one detection for ``text``: its best window, when the score passes the threshold."""
-        if not self._family_mask.any() or not text:
+        if not self.families or not text:
             return []
         started = time.perf_counter()
         found = self._scan(text)
@@ -568,17 +606,18 @@ class InjectionClassifier:
     def best(self, text: str) -> tuple[Score, str | None]:
         """The text's score, or a decoded view's when that is higher and the text alone does not pass,
         with the view's name (``via``). The family is named only for a score that passes the threshold."""
-        s = self.score(text, family=False)
-        via, seen = None, text
-        if s.probability < self.threshold and self.decode:
+        m = self._margin(text)
+        p = self._calibrate(m.raw)
+        via, seen, span = None, text, (0, len(text))
+        if p < self.threshold and self.decode:
             for view, start, end, how in decoded_views(text):
-                v = self.score(view, family=False)
-                if v.probability > s.probability:
-                    s, via, seen = Score(v.probability, v.family, v.raw, start, end), how, view
-        if s.probability >= self.threshold:  # name the family from the text (or view) that passed
-            f = self.score(seen)
-            s = Score(s.probability, f.family, s.raw, s.start if via else f.start, s.end if via else f.end)
-        return s, via
+                v = self._margin(view)
+                if (pv := self._calibrate(v.raw)) > p:
+                    m, p, via, seen, span = v, pv, how, view, (start, end)
+        if p < self.threshold:
+            return Score(p, self.families[0] if self.families else FAMILIES[0], m.raw, 0, len(text)), via
+        s = self._named(seen, m)  # name the family from the text (or view) that passed
+        return (Score(s.probability, s.family, s.raw, *span) if via else s), via
 
     def _scan(self, text: str) -> list[ClassifierDetection]:
         s, via = self.best(text)
