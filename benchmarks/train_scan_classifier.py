@@ -35,7 +35,7 @@ NAME = "injection-clf"
 VERSION = "3"
 SEED = 1234
 BITS = 18
-C_BINARY = 8192.0  # chosen among 8, 32, 128, 512, 2048, 8192 on the development split (benchmarks/scan_classifier_dev.py)
+C_BINARY = 32768.0  # v3: among 2048, 8192, 32768 on the development split (v2: 8 ... 8192) (benchmarks/scan_classifier_dev.py)
 C_FAMILY = 4.0
 WINDOW = 32  # tokens (words and punctuation runs); v2 used 128 characters, see docs/scan-classifier.md
 STRIDE = 16
@@ -47,6 +47,9 @@ BANDS = (0.5, 0.85)
 # technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
 # Share of the attack weight per source (None: every attack row weighs 1).
 ATTACK_SHARE: dict[str, float] | None = None
+# Chat sources whose consecutive lines also train as 2 KB transcripts (their windows), within the group's share.
+LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
+LONG_CHAT_CHARS = 2048
 BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
                 "aib": 0.02, "agentprobe": 0.05}  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
 
@@ -61,6 +64,25 @@ def _matrix(rows: list[list[int]], bits: int):
     m = csr_matrix((data, indices, indptr), shape=(len(rows), 1 << bits))
     m.sum_duplicates()
     return m
+
+
+def _long_chat(rows: list[dict]) -> list[dict]:
+    """Consecutive benign chat lines of one source joined into documents of 2 KB or more.
+
+    The stage scores a long text in many windows and keeps the best, so a long ordinary conversation has many
+    chances to pass the threshold; single chat lines alone do not teach the model what windows spanning
+    several turns look like (on the development split they did not: 62 % of 2 KB chat transcripts passed).
+    """
+    out, current = [], collections.defaultdict(list)
+    for r in rows:
+        if r["label"] != "benign" or _source_group(r["source"]) not in LONG_CHAT_SOURCES:
+            continue
+        lines = current[r["source"]]
+        lines.append(r["text"])
+        if sum(len(t) + 1 for t in lines) >= LONG_CHAT_CHARS:
+            out.append({**r, "text": "\n".join(lines)})
+            lines.clear()
+    return out
 
 
 def _val_fold(text: str) -> bool:
@@ -89,7 +111,7 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
     # share of the benign weight, whatever its row count (set once, before any held-out figure was computed).
     benign_share = BENIGN_SHARE if benign_share is None else benign_share
     expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
-    for r in fit_rows:
+    for r in fit_rows + (_long_chat(fit_rows) if LONG_CHAT_SOURCES else []):
         for ids in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
             expanded.append((ids, r))
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
