@@ -75,6 +75,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def classifier_stats(admin: str | None) -> dict[str, Any] | None:
+    """The scan plugin's classifier figures from the gateway's admin /stats (None if unavailable)."""
+    import urllib.request
+
+    if admin is None:
+        return None
+    with urllib.request.urlopen(admin + "/stats", timeout=5) as answer:
+        plugins = json.loads(answer.read())["plugins"]
+    return next((figures for figures in plugins.values() if "classifier_texts" in figures), None)
+
+
 def main() -> int:
     ensure_tools()
     duration = int(knob("DURATION", 10, 3))
@@ -86,6 +97,7 @@ def main() -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     processes = Processes(run_dir)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in TARGETS}
+    stage: dict[str, Any] | None = None
     load_before = os.getloadavg()[0]
     try:
         port = free_port()
@@ -99,6 +111,7 @@ def main() -> int:
             raise RuntimeError(f"nginx: {problem}")
         urls: dict[str, str] = {}
         pids: dict[str, int] = {}
+        admins: dict[str, str | None] = {}
         env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
         for name, chain in TARGETS.items():
             slug = re.sub(r"[^a-z0-9]+", "-", name)
@@ -111,6 +124,8 @@ def main() -> int:
                 raise RuntimeError(f"{name}: {problem}; {tail(run_dir / f'{slug}.log')}")
             urls[name] = url
             pids[name] = process.pid  # taskset execs the gateway: same process
+            admin = re.search(r"\(admin (http://[^\s)]+)\)", (run_dir / f"{slug}.log").read_text(errors="replace"))
+            admins[name] = admin.group(1) if admin else None
 
         def wrk(name: str, seconds: int, tag: str) -> dict[str, Any] | None:
             wrk_env = dict(os.environ, WRK_TAG=f"{name}|{tag}")
@@ -138,6 +153,7 @@ def main() -> int:
                 result = wrk(name, duration, f"round{index + 1}")
                 if result is not None:
                     results[name].append(result)
+        stage = classifier_stats(admins.get("rules + classifier"))
     finally:
         processes.stop_all()
 
@@ -158,6 +174,10 @@ def main() -> int:
         cpu_us = statistics.median(r["cpu_us"] for r in rows)
         print(f"| {name} | {rps:.0f} | {rps / base:.3f}x | {cpu_us:.0f} | {base_cpu / cpu_us:.3f}x | {p50:.2f} | "
               f"{p99:.2f} | {sum(r['non2xx'] for r in rows)} |")
+    if stage:
+        print(f"\nclassifier stage inside the gateway: {stage['classifier_texts']} texts, "
+              f"{stage['classifier_time_ms_total'] * 1000 / max(stage['classifier_texts'], 1):.1f} us per text "
+              "(wall time inside the stage, /stats classifier_time_ms_total / classifier_texts)")
     print(f"\nraw: {run_dir}")
     return 0
 

@@ -40,8 +40,9 @@ C_FAMILY = 4.0
 WINDOW = 32  # tokens (words and punctuation runs); v2 used 128 characters, see docs/scan-classifier.md
 STRIDE = 16
 # The calibrated even odds (0.5), unless the scan dev set (never trained on) needs a higher one to keep its model
-# false positives at one or fewer (it did not for v2: its highest benign score is 0.19).
-THRESHOLD = 0.5
+# false positives at one or fewer. v2 did not (its highest benign score was 0.19); v3 does: its two highest
+# benign dev-set scores are 0.544 and 0.512, so 0.52 (two decimals, just above the second).
+THRESHOLD = 0.52
 BANDS = (0.5, 0.85)
 # Share of the benign weight per source group: hard negatives (synthetic), chat (chatterbot, chitchat),
 # technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
@@ -54,13 +55,14 @@ BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib
                 "aib": 0.02, "agentprobe": 0.05}  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
 
 
-def _matrix(rows: list[list[int]], bits: int):
-    """One row per window's bucket ids (repeats add up), each scaled by 1/sqrt(its number of ids), as served."""
+def _matrix(rows: list[tuple[list[int], int]], bits: int):
+    """One row per window: its bucket ids (repeats add up), each 1/sqrt(the window's distinct tokens and
+    bigrams), as served."""
     from scipy.sparse import csr_matrix
 
-    indptr = np.cumsum([0] + [len(ids) for ids in rows])
-    indices = np.fromiter((i for ids in rows for i in ids), dtype=np.int64, count=int(indptr[-1]))
-    data = np.repeat([1.0 / np.sqrt(max(len(ids), 1)) for ids in rows], [len(ids) for ids in rows])
+    indptr = np.cumsum([0] + [len(ids) for ids, _n in rows])
+    indices = np.fromiter((i for ids, _n in rows for i in ids), dtype=np.int64, count=int(indptr[-1]))
+    data = np.repeat([1.0 / np.sqrt(max(n, 1)) for _ids, n in rows], [len(ids) for ids, _n in rows])
     m = csr_matrix((data, indices, indptr), shape=(len(rows), 1 << bits))
     m.sum_duplicates()
     return m
@@ -112,16 +114,16 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
     benign_share = BENIGN_SHARE if benign_share is None else benign_share
     expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
     for r in fit_rows + (_long_chat(fit_rows) if LONG_CHAT_SOURCES else []):
-        for ids in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
-            expanded.append((ids, r))
+        for row in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
+            expanded.append((row, r))
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
     per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
     present = sum(benign_share[g] for g in per_group)
     attack_share = ATTACK_SHARE if attack_share is None else attack_share
     per_source = collections.Counter(r["source"] for _, r in expanded if r["label"] == "attack")
     attack_present = sum(attack_share.get(s, 0.0) for s in per_source) if attack_share else 0.0
-    for ids, r in expanded:
-        texts.append(ids)
+    for row, r in expanded:
+        texts.append(row)
         is_attack = r["label"] == "attack"
         labels.append(1 if is_attack else 0)
         fams.append(r["family"])

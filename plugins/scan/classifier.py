@@ -90,6 +90,7 @@ def _build_fold() -> dict[int, int | None]:
             norm = unicodedata.normalize("NFKC", ch).lower()
             out = norm if len(norm) == 1 else ch.lower() if len(ch.lower()) == 1 else ch
             out = _HOMOGLYPHS.get(out, out)
+            out = "0" if out.isascii() and out.isdigit() else out  # fullwidth and other ASCII-folding digits
         if out != ch:
             table[cp] = ord(out)
     return table
@@ -123,13 +124,21 @@ _TOKEN_BYTES = 32  # n-grams come from a token's first 32 bytes (a 4 KB base64 r
 _SALT_WORD, _SALT_PAIR = 1, 2
 
 
+# Every digit reads as 0: "request 8812" and "request 8813" share their features (and their cache entries: an
+# order number, a date or an amount in each message would otherwise be a word never seen before).
+_DIGITS = str.maketrans("123456789", "000000000")
+
+
 def normalize(text: str) -> str:
-    """The text features are read from: one character per character of ``text``, minus dropped invisibles."""
-    low = text.lower()
+    """The text features are read from: one character per character of ``text``, minus dropped invisibles.
+
+    Lower case, digits as 0, and (non-ASCII text) look-alikes folded, invisible characters dropped.
+    """
+    low = text.lower().translate(_DIGITS)
     if text.isascii():
         return low
     if len(low) != len(text):  # a letter whose lower case is two characters ("İ"): keep one out per one in
-        return text.translate(_FOLD)
+        return text.translate(_FOLD).translate(_DIGITS)
     return _FOLD_RUNS.sub(_fold_run, low)
 
 
@@ -162,12 +171,14 @@ def blocks(toks: list[str], window: int, stride: int) -> list[tuple[dict[str, No
     """
     if len(toks) <= window:
         return [(dict.fromkeys(toks), dict.fromkeys(zip(toks, toks[1:])))]
-    return [(dict.fromkeys(toks[i : i + stride]), dict.fromkeys(zip(toks[i : i + stride], toks[i + 1 : i + stride + 1])))
-            for i in range(0, len(toks), stride)]
+    pairs = list(zip(toks, toks[1:]))
+    return [(dict.fromkeys(toks[i : i + stride]), dict.fromkeys(pairs[i : i + stride])) for i in range(0, len(toks), stride)]
 
 
-def window_ids(text: str, bits: int, window: int, stride: int, *, whole: bool = False) -> list[list[int]]:
-    """Bucket ids (with repeats) of each window the stage scores, or of the whole text (``whole``).
+def window_ids(text: str, bits: int, window: int, stride: int, *,
+               whole: bool = False) -> list[tuple[list[int], int]]:
+    """Bucket ids (with repeats) of each window the stage scores, or of the whole text (``whole``), each with
+    the window's number of distinct tokens and bigrams (its vector is divided by that number's square root).
 
     A window is two consecutive blocks; a text of at most ``window`` tokens is one. Training builds its rows
     from this, and serving's cached per-token sums add up exactly these ids, so the two cannot drift apart.
@@ -177,10 +188,10 @@ def window_ids(text: str, bits: int, window: int, stride: int, *, whole: bool = 
     for toks, pairs in blocks(tokens(normalize(text)), window, stride):
         ids = [i for t in toks for i in token_ids(t, mask)]
         ids += [pair_id(p, mask) for p in pairs]
-        per_block.append(ids)
+        per_block.append((ids, len(toks) + len(pairs)))
     if whole or len(per_block) == 1:
-        return [[i for ids in per_block for i in ids]]
-    return [a + b for a, b in zip(per_block, per_block[1:], strict=False)]
+        return [([i for ids, _n in per_block for i in ids], sum(n for _ids, n in per_block))]
+    return [(a[0] + b[0], a[1] + b[1]) for a, b in zip(per_block, per_block[1:], strict=False)]
 
 
 # Decoded views: an instruction hidden in base64, hex, ROT13 or leetspeak is scored once decoded, and a
@@ -469,7 +480,6 @@ class InjectionClassifier:
         self._mask = (1 << weights.bits) - 1
         # Per-token and per-bigram sums, filled as texts arrive; words repeat, so a chat message is mostly hits.
         self._tw: dict[str, float] = {}
-        self._tn: dict[str, int] = {}
         self._pw: dict[tuple[str, str], float] = {}
 
     @classmethod
@@ -490,19 +500,13 @@ class InjectionClassifier:
         x = a * raw + c
         return 1.0 / (1.0 + math.exp(-x)) if x > -700.0 else 0.0
 
-    def _learn_token(self, token: str) -> tuple[float, int]:
-        """A token's summed attack weight and feature count, computed once and cached (bounded)."""
-        ids = token_ids(token, self._mask)
-        value = sum(map(self._w0.__getitem__, ids)), len(ids)
+    def _learn_token(self, token: str) -> float:
+        """A token's summed attack weight, computed once and cached (bounded)."""
+        value = sum(map(self._w0.__getitem__, token_ids(token, self._mask)))
         if len(self._tw) >= _CACHE_ENTRIES:
             self._tw.clear()
-            self._tn.clear()
-        self._tw[token], self._tn[token] = value
+        self._tw[token] = value
         return value
-
-    def _token(self, token: str) -> tuple[float, int]:
-        total, n = self._tw.get(token), self._tn.get(token)
-        return self._learn_token(token) if total is None or n is None else (total, n)
 
     def _learn_pair(self, pair: tuple[str, str]) -> float:
         value = self._w0[pair_id(pair, self._mask)]
@@ -511,27 +515,15 @@ class InjectionClassifier:
         self._pw[pair] = value
         return value
 
-    def _block(self, toks: dict[str, None], pairs: dict[tuple[str, str], None]) -> tuple[float, int]:
-        """Summed attack weight and feature count of one block: a few dict look-ups per token once warm."""
-        tw, tn, pw = self._tw, self._tn, self._pw
-        try:
-            total, n = sum(map(tw.__getitem__, toks)), sum(map(tn.__getitem__, toks))
-        except KeyError:  # tokens seen for the first time: learn those, then the same sums in the same order
-            for t in [t for t in toks if t not in tn]:
-                self._learn_token(t)
-            try:
-                total, n = sum(map(tw.__getitem__, toks)), sum(map(tn.__getitem__, toks))
-            except KeyError:  # a full cache was emptied meanwhile
-                values = [self._token(t) for t in toks]
-                total, n = sum(v[0] for v in values), sum(v[1] for v in values)
-        try:
-            pair_total = sum(map(pw.__getitem__, pairs))
-        except KeyError:
-            for p in [p for p in pairs if p not in pw]:
-                self._learn_pair(p)
-            get = pw.get
-            pair_total = sum([v if (v := get(p)) is not None else self._learn_pair(p) for p in pairs])
-        return total + pair_total, n + len(pairs)
+    def _block(self, toks: dict[str, None], pairs: dict[tuple[str, str], None]) -> float:
+        """Summed attack weight of one block: one dict look-up per distinct token and bigram once warm."""
+        values = list(map(self._tw.get, toks))
+        if None in values:  # tokens seen for the first time
+            values = [self._learn_token(t) if v is None else v for t, v in zip(toks, values, strict=True)]
+        pair_values = list(map(self._pw.get, pairs))
+        if None in pair_values:
+            pair_values = [self._learn_pair(p) if v is None else v for p, v in zip(pairs, pair_values, strict=True)]
+        return sum(values) + sum(pair_values)
 
     def _margin(self, text: str) -> _Margin:
         """The best window's raw margin, with what naming its family and span needs later."""
@@ -541,11 +533,13 @@ class InjectionClassifier:
         if not toks:
             return _Margin(float(w.b[0]), 0, norm, toks, [])
         parts = blocks(toks, w.window, w.stride)
+        if len(parts) == 1:
+            t, p = parts[0]
+            return _Margin(self._block(t, p) / math.sqrt(len(t) + len(p)) + self._b0, 0, norm, toks, parts)
+        # a window is two consecutive blocks: every window's margin from the per-block sums and sizes
         sums = [self._block(t, p) for t, p in parts]
-        if len(sums) == 1:
-            return _Margin(sums[0][0] / math.sqrt(sums[0][1]) + self._b0, 0, norm, toks, parts)
-        # a window is two consecutive blocks: every window's margin from the per-block sums
-        z = [(a[0] + b[0]) / math.sqrt(a[1] + b[1]) for a, b in zip(sums, sums[1:], strict=False)]
+        sizes = [len(t) + len(p) for t, p in parts]
+        z = [(sums[i] + sums[i + 1]) / math.sqrt(sizes[i] + sizes[i + 1]) for i in range(len(parts) - 1)]
         best = max(range(len(z)), key=z.__getitem__)
         return _Margin(z[best] + self._b0, best, norm, toks, parts)
 
@@ -563,7 +557,8 @@ class InjectionClassifier:
             mask = self._mask
             ids = [i for toks, _pairs in inside for t in toks for i in token_ids(t, mask)]
             ids += [pair_id(p, mask) for _toks, pairs in inside for p in pairs]
-            fam_logits = w.WF[ids].sum(axis=0) / math.sqrt(len(ids)) + w.b[1:]
+            size = sum(len(toks) + len(pairs) for toks, pairs in inside)
+            fam_logits = w.WF[ids].sum(axis=0) / math.sqrt(size) + w.b[1:]
         fam = FAMILIES[int(np.argmax(np.where(self._family_mask, fam_logits, -np.inf)))]
         return Score(self._calibrate(m.raw), fam, m.raw, start, max(end, start))
 
