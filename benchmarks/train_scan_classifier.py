@@ -6,7 +6,7 @@
 
 Data: benchmarks/scan_corpus.py (template-generated corpus plus public packages from PyPI; nothing is
 downloaded at run time and no evaluation-only corpus is read). The held-out split is chosen by source.
-The same feature function as the gateway's (``featurize`` in plugins/scan/classifier.py) builds the
+The same feature function as the gateway's (``window_ids`` in plugins/scan/classifier.py) builds the
 training matrix, so training and serving cannot drift apart.
 """
 
@@ -35,7 +35,8 @@ NAME = "injection-clf"
 VERSION = "3"
 SEED = 1234
 BITS = 18
-C_BINARY = 32768.0  # v3: among 2048, 8192, 32768 on the development split (v2: 8 ... 8192) (benchmarks/scan_classifier_dev.py)
+# v3: among 2048, 8192, 32768 on the development split (benchmarks/scan_classifier_dev.py; v2: 8 ... 8192)
+C_BINARY = 32768.0
 C_FAMILY = 4.0
 WINDOW = 32  # tokens (words and punctuation runs); v2 used 128 characters, see docs/scan-classifier.md
 STRIDE = 16
@@ -245,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         "stride": STRIDE,
         "families": list(clf.FAMILIES),
         "model": {
-            "features": f"hashed char 3/4/5-grams + word 1/2-grams into 2**{BITS} buckets, presence per {STRIDE}-char "
-                        "block / sqrt(n)",
+            "features": f"tokens (words, punctuation runs; lower case, digits as 0): each token and its byte "
+                        f"3/4/5-grams, token bigrams, crc32-hashed into 2**{BITS} buckets; presence of distinct tokens "
+                        f"and bigrams per {STRIDE}-token block / sqrt(their number); windows of {WINDOW} tokens",
             "heads": f"logistic regression attack-vs-benign (L2, C={C_BINARY:g}) + multinomial family head "
                      f"(C={C_FAMILY:g})",
             "calibration": {"method": "Platt", "a": platt[0], "b": platt[1], "fitted_on": "validation fold"},
@@ -271,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
                         "the scan dev set (never trained on; it checks the threshold, and two of its false "
                         "positives led to the synthetic 'meta' hard negatives: docs/scan-classifier.md)",
-            "development_split": "hermes, aib, agentprobe, chitchat held out by source to choose C and the "
-                                 "window (benchmarks/scan_classifier_dev.py), then trained on",
+            "development_split": "hermes, aib, agentprobe, chitchat held out by source to choose C, the "
+                                 "window, the features and the chat transcripts (benchmarks/scan_classifier_dev.py), "
+                                 "then trained on",
+            "chat_transcripts": f"consecutive lines of {', '.join(LONG_CHAT_SOURCES)} joined into "
+                                f"{LONG_CHAT_CHARS}-character documents, trained as their windows (benign)",
             "sklearn": sklearn.__version__,
             "numpy": np.__version__,
         },

@@ -99,6 +99,28 @@ def test_scores_are_identical_across_calls_and_across_processes_with_other_hash_
     assert json.loads(out.stdout) == here
 
 
+def _margin_from_training_features(model: clf.InjectionClassifier, text: str) -> float:
+    """The best window's margin computed the way training sees a text (window_ids), with no cache."""
+    w = model._w
+    rows = clf.window_ids(text, w.bits, w.window, w.stride)
+    return max(float(w.W0[ids].astype("float64").sum()) / n ** 0.5 for ids, n in rows) + float(w.b[0])
+
+
+@pytest.mark.parametrize("text", [
+    ATTACKS[0][0],
+    BENIGN[3],
+    "Order 4471 shipped on 2024-03-05; order 4472 on 2024-03-06. " * 12,  # many windows, digits read as 0
+    "Tr\u00e8s bien, \u0456gnore \u200bthe \uff21\uff22\uff23 r\u00e8gles \u0130stanbul",  # folding, drops, a 2-char lower
+])
+def test_the_cached_stage_scores_exactly_what_training_sees(text):
+    fresh = clf.InjectionClassifier.load()
+    expected = _margin_from_training_features(fresh, text)
+    cold = fresh.score(text, family=False).raw  # caches empty: every token hashed now
+    warm = fresh.score(text, family=False).raw  # every token from the caches
+    assert cold == warm
+    assert warm == pytest.approx(expected, abs=1e-9)
+
+
 def test_severity_follows_the_calibrated_bands(model):
     med, high = model._w.bands
     assert model.severity(med - 1e-6) == "LOW"
