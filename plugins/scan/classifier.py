@@ -204,7 +204,7 @@ _RUN = re.compile(r"[A-Za-z0-9+/=_-]{16,}")  # candidate base64 / hex runs (line
 _HEX_SPACED = re.compile(r"\b[0-9a-fA-F]{2}(?:[ :][0-9a-fA-F]{2}){7,}\b")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 _LEET = re.compile(r"[a-zA-Z][0134578@$!|][a-zA-Z]")
-_LEET_CHARS = "0134578@$!|"
+_LEET_ANY = re.compile(r"[0134578@$!|]")
 _SPACED = re.compile(r"(?:\b\w[ .\-_*|]{1,3}){6,}\w\b")  # "i g n o r e  a l l" (opened by whitespace runs)
 _SEP_WORD = re.compile(r"[ .\-_*|]{2,}")
 _SEP_CHAR = re.compile(r"[ .\-_*|]")
@@ -214,7 +214,6 @@ _BASE32 = re.compile(r"\b[A-Z2-7]{16,}=*")
 _REVERSE_HINTS = ("reverse", "backwards", "right to left", "invert", "à l'envers", "al revés", "rückwärts")
 _TAGS = re.compile("[\U000E0020-\U000E007E]{4,}")
 _ROT13_HINTS = ("rot13", "rot-13", "rot 13", "rot_13", "caesar")
-_HINTS = re.compile("|".join(map(re.escape, _ROT13_HINTS + _REVERSE_HINTS)))
 _LEET_MAP = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
                            "!": "i", "|": "l"})
 MAX_DECODED_VIEWS = 4
@@ -242,19 +241,11 @@ def _run_of(lengths: list[int], value: int, k: int) -> bool:
     return False
 
 
-def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
-    """``(view, start, end, via)`` for each decodable run (at most MAX_DECODED_VIEWS) and folded whole-text view."""
-    views: list[tuple[str, int, int, str]] = []
-    # Cheap gates first: an ordinary text pays for a handful of linear regex passes and counts, nothing more.
-    ascii_text = text.isascii()
-    lengths = list(map(len, text.split()))  # lengths of whitespace-separated tokens (str.split: one C pass)
-    long_tokens = max(lengths, default=0) >= 16
-    spaced = _run_of(lengths, 1, 6)  # six single letters in a row: "i g n o r e"
-    pairs = _run_of(lengths, 2, 8)  # eight two-character tokens in a row: "49 67 6e ..."
+def _encoded_runs(text: str, views: list[tuple[str, int, int, str]], long_tokens: bool, spaced: bool, pairs: bool,
+                  binary: bool, tags: bool) -> None:
+    """Append the decoded views of encoded runs (base64, hex, binary, percent, base32, tags, spaced letters)."""
     runs = long_tokens and _RUN.search(text) is not None
     percent = long_tokens and "%" in text
-    binary = text.count("0") + text.count("1") >= 32
-    tags = not ascii_text and _TAGS.search(text) is not None
     for m in _RUN.finditer(text) if runs else ():
         if len(views) >= MAX_DECODED_VIEWS:
             break
@@ -304,12 +295,27 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
         joined = " ".join(_SEP_CHAR.sub("", w) for w in _SEP_WORD.split(m.group()))
         views.append((joined, m.start(), m.end(), "spaced"))
         break
-    # leetspeak needs a digit or symbol between letters: most prose has few of them, and `in` is a C scan
-    leet = _LEET.finditer(text) if any(ch in text for ch in _LEET_CHARS) else iter(())
-    if next(leet, None) is not None and next(leet, None) is not None:  # two or more: "mp3" alone is not leetspeak
+
+
+def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
+    """``(view, start, end, via)`` for each decodable run (at most MAX_DECODED_VIEWS) and folded whole-text view."""
+    views: list[tuple[str, int, int, str]] = []
+    # Cheap gates first: an ordinary text pays for a few C passes (split, counts, two searches), nothing more.
+    lengths = list(map(len, text.split()))  # lengths of whitespace-separated tokens (str.split: one C pass)
+    long_tokens = max(lengths, default=0) >= 16
+    spaced = _run_of(lengths, 1, 6)  # six single letters in a row: "i g n o r e"
+    pairs = _run_of(lengths, 2, 8)  # eight two-character tokens in a row: "49 67 6e ..."
+    binary = text.count("0") + text.count("1") >= 32
+    tags = not text.isascii() and _TAGS.search(text) is not None
+    if long_tokens or spaced or pairs or binary or tags:  # most texts open none of these
+        _encoded_runs(text, views, long_tokens, spaced, pairs, binary, tags)
+    # leetspeak needs a digit or symbol between letters, twice or more ("mp3" alone is not leetspeak)
+    if _LEET_ANY.search(text) is not None and len(_LEET.findall(text)) >= 2:
         views.append((text.translate(_LEET_MAP), 0, len(text), "leetspeak"))
     low = text.lower()
-    if _HINTS.search(low) is None:  # one regex pass for all hints; most texts stop here
+    # every hint holds one of these stems: a few C substring scans instead of a regex alternation
+    if not ("rot" in low or "caesar" in low or "revers" in low or "backward" in low or "right to left" in low
+            or "invert" in low or "envers" in low or "revés" in low or "rückwärts" in low):
         return views
     if any(h in low for h in _ROT13_HINTS):
         views.append((codecs.encode(text, "rot13"), 0, len(text), "rot13"))
