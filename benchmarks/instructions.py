@@ -39,19 +39,10 @@ from pathlib import Path
 from benchmarks import overhead as oh
 from benchmarks import peers as bench
 from benchmarks.plugin_cost import plugins_of
+from benchmarks.stream_client import letters  # a counter in letters: prompts stay words
 
 DEFAULT_VARIANTS = ("pass-through", "empty", "cache", "full")
 COLLECTED = re.compile(r"Collected : (\d+)")
-
-
-def letters(number: int) -> str:
-    """A counter written in letters: prompts stay words (digits would be scanned as numbers)."""
-    text = ""
-    while True:
-        number, digit = divmod(number, 26)
-        text = chr(97 + digit) + text
-        if not number:
-            return text
 
 
 def send(url: str, body: bytes, count: int, unique: bool, start: int) -> None:
