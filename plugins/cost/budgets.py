@@ -238,9 +238,9 @@ class RedisBudgets:
         waits to leave with the next reserve, in its round trip, or after
         ``RELEASE_WITHIN_S`` at the latest: one round trip fewer per hit when calls come
         one at a time. Until then the reservation still counts against the budget."""
-        member = f"{request_id}:{estimate}" if estimate is not None else ""
-        settle = (self._keys(caller, now), [member, str(actual), DAY_TTL_S, MONTH_TTL_S], span, done)
-        if actual or not member:
+        keys, args = self._settle_call(caller, request_id, estimate, actual, now)
+        settle = (keys, args, span, done)
+        if actual or estimate is None:
             self._send(settle)
             return
         self._releases.append(settle)
@@ -268,8 +268,15 @@ class RedisBudgets:
         when_written(future, span, done)
 
     async def settle(self, caller: str, request_id: str, estimate: int | None, actual: int, now: float) -> None:
+        keys, args = self._settle_call(caller, request_id, estimate, actual, now)
+        await self._settle(keys=keys, args=args)
+
+    def _settle_call(
+        self, caller: str, request_id: str, estimate: int | None, actual: int, now: float
+    ) -> tuple[list[str], list[Any]]:
+        """The settle script's keys and arguments: drop the reservation (if any), add ``actual``."""
         member = f"{request_id}:{estimate}" if estimate is not None else ""
-        await self._settle(keys=self._keys(caller, now), args=[member, str(actual), DAY_TTL_S, MONTH_TTL_S])
+        return self._keys(caller, now), [member, str(actual), DAY_TTL_S, MONTH_TTL_S]
 
     async def quota(self, caller: str, now: float) -> tuple[int, int, int]:
         self._release()  # the reservations given back so far are not in flight any more
