@@ -291,3 +291,16 @@ async def test_the_chain_shares_one_connection_and_writes_after_the_answer_in_on
         async with aiohttp.ClientSession() as session, session.get(f"{gw.admin_url}/stats") as reply:
             (figures,) = (await reply.json())["redis"].values()
         assert figures["commands"] > figures["pipelines"] and figures["failed_pipelines"] == 0
+
+
+async def test_a_reservation_waiting_to_be_given_back_is_sent_at_shutdown(tmp_path, redis_server, probe, monkeypatch):
+    from gateway.testing import run_gateway
+    from gateway_plugins.cost import budgets
+
+    monkeypatch.setattr(budgets, "RELEASE_WITHIN_S", 60.0)  # only the shutdown can send it
+    async with run_gateway(chain_on_redis(redis_server.url, tmp_path), tmp_path) as gw:
+        client = gw.openai()
+        for _ in range(2):  # a miss, then a hit: its $0 settle waits for the next reserve
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "bye"}])
+        assert await probe.zcard("gateway:cost:reserved:127.0.0.1") == 1
+    assert await probe.zcard("gateway:cost:reserved:127.0.0.1") == 0  # shutdown sent it
