@@ -1,7 +1,7 @@
 """The data plane: routes, providers, the upstream hop and the streaming relay.
 
-One :class:`Provider` per configured upstream owns one pooled keep-alive
-``ClientSession``. A provider of type ``mock`` answers in-process from
+One :class:`Provider` per configured upstream owns one pool of keep-alive
+connections (:mod:`gateway.upstream`). A provider of type ``mock`` answers in-process from
 :mod:`gateway.mock_upstream`, with no socket. :class:`Proxy` is the aiohttp
 handler for every data-plane path: it reads the body once, knows the caller, routes,
 runs the chain around the upstream call and relays the answer, streams event by
@@ -53,6 +53,7 @@ from gateway.telemetry import (
     start_server_span,
 )
 from gateway.translate import translate_request, translate_response
+from gateway.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from gateway.chain import Chain
@@ -63,9 +64,12 @@ log = logging.getLogger("gateway.proxy")
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 # Headers that describe one connection, not the message (RFC 9110 7.6.1), and those
-# the HTTP client sets itself; never copied from one side to the other.
+# the HTTP client sets itself (the upstream's answer reaches the caller decoded, so the
+# caller's Accept-Encoding is not the upstream's business); never copied from one side
+# to the other.
 HOP_BY_HOP = frozenset(
     {
+        "accept-encoding",
         "connection",
         "keep-alive",
         "proxy-authenticate",
@@ -83,7 +87,7 @@ HOP_BY_HOP = frozenset(
 CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
 # Dropped from a request whose body aiohttp decoded (its Content-Encoding is one it knows).
 DECODED_REQUEST = frozenset({"content-encoding"})
-# Dropped from upstream answers: aiohttp has already decoded the body, and what a
+# Dropped from upstream answers: the upstream client has decoded the body, and what a
 # browser may read is the gateway's to say (cors), not the provider's.
 DECODED_RESPONSE = HOP_BY_HOP | {
     "content-encoding",
@@ -104,7 +108,6 @@ API_RESOURCES = frozenset(
     }
 )  # fmt: skip
 
-SSE_CONTENT_TYPE = "text/event-stream"
 _VERSION_SEGMENT = re.compile(r"/v\d+[a-z0-9]*(/|$)")
 
 
@@ -222,8 +225,10 @@ class Provider:
             "max_completion_tokens" if host == "api.openai.com" or host.endswith(".openai.azure.com") else "max_tokens"
         )
         self.max_connections = config.max_connections
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: UpstreamPool | None = None
         base_url = URL(base) if base else URL()
+        #: the base URL's own path, which every request target starts with
+        self.target_prefix = base_url.raw_path.rstrip("/")
         self.server_address = base_url.host or ""
         self.server_port = base_url.port or 0
 
@@ -231,22 +236,24 @@ class Provider:
         return f"<Provider {self.name} {self.type} {self.base_url}>"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True)
-        # sock_read bounds every wait for the upstream: the answer's headers, a
-        # buffered body, and the gap between two events of a stream.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
+        # timeout_s bounds the connect and every wait for the upstream: the answer's
+        # headers, a buffered body, and the gap between two events of a stream.
+        self.pool = UpstreamPool(self.base_url, limit=self.max_connections, timeout_s=self.timeout_s)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
 
     def url_for(self, path: str, query_string: str) -> str:
+        return self.base_url[: len(self.base_url) - len(self.target_prefix)] + self.target_for(path, query_string)
+
+    def target_for(self, path: str, query_string: str) -> str:
+        """The request target sent upstream: the base URL's path, then the caller's."""
         if self.strip_v1 and (path.startswith("/v1/") or path == "/v1"):
             path = path[3:]
-        url = self.base_url + path
-        return f"{url}?{query_string}" if query_string else url
+        target = self.target_prefix + path
+        return f"{target}?{query_string}" if query_string else target
 
     def upstream_headers(self, exchange: Exchange) -> CIMultiDict[str]:
         """The caller's headers minus hop-by-hop, credentials and gateway-only ones,
@@ -280,27 +287,21 @@ class Provider:
         """One attempt: raises 504 upstream_timeout or 502 upstream_error.
 
         ``path`` and ``body`` replace the exchange's for a translated request."""
-        session = self.session
-        if session is None:
+        pool = self.pool
+        if pool is None:
             raise upstream_error(f"Provider {self.name} is not started.")
         try:
-            upstream = await session.request(
+            answer = await pool.request(
                 exchange.method,
-                URL(self.url_for(path or exchange.path, exchange.query_string), encoded=True),
-                data=(exchange.body if body is None else body) or None,
-                headers=self.upstream_headers(exchange),
-                allow_redirects=False,
+                self.target_for(path or exchange.path, exchange.query_string),
+                self.upstream_headers(exchange),
+                exchange.body if body is None else body,
             )
-            headers = _answer_headers(upstream.headers)
-            if headers.get("Content-Type", "").startswith(SSE_CONTENT_TYPE):
-                return Response(upstream.status, headers, stream=_relay(upstream))
-            body = await upstream.read()
-            upstream.release()
-            return Response(upstream.status, headers, body)
         except TimeoutError:
             raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise upstream_error(f"Provider {self.name} failed: {type(exc).__name__}.") from None
+        return Response(answer.status, _answer_headers(answer.headers), answer.body, answer.stream)
 
 
 class MockProvider(Provider):
@@ -376,27 +377,13 @@ _CONNECTION_NAMES: dict[str, frozenset[str]] = {}
 MAX_CONNECTION_VALUES = 64
 
 
-def _answer_headers(upstream_headers: Any) -> CIMultiDict[str]:
-    headers = CIMultiDict(upstream_headers)
+def _answer_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """The upstream's answer headers, minus this hop's and what the gateway decides (in place)."""
     for name in _named_by_connection(headers):
         headers.popall(name, None)
     for name in DECODED_RESPONSE:
         headers.popall(name, None)
     return headers
-
-
-async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The upstream's stream as it arrives; closing it early drops the upstream call."""
-    finished = False
-    try:
-        async for data in upstream.content.iter_any():
-            yield data
-        finished = True
-    finally:
-        if finished:
-            upstream.release()
-        else:
-            upstream.close()
 
 
 class Route:
