@@ -13,21 +13,27 @@ for a handle in ``startup``::
 Every plugin that names the same URL gets a handle on the same connection. Every
 command or script call issued within one event-loop iteration, by any request and
 any plugin, goes out as **one non-transactional pipeline** (one write, one read on
-the server: one round trip), and while a pipeline is in flight the next one fills:
-under load a round trip carries the commands of many requests. Commands leave in
-the order they were issued (one pipeline at a time on one connection), so a write
-queued before a read of the same key is seen by that read.
+the server: one round trip), written at the next iteration without waiting for the
+replies of the pipelines before it: under load a round trip carries the commands of
+many requests. Commands leave in the order they were issued and Redis answers in
+that order, so a write queued before a read of the same key is seen by that read.
 
 Each call returns an :class:`asyncio.Future` of its own reply (as Redis sends it in
 RESP2: ``bytes``, ``int``, ``None``, lists, so ``HGETALL`` is a flat list; no decoding) or of its own error: a command's
-error (``ResponseError``) reaches only its caller; a connection error or a timeout
-fails every call of that pipeline with it. A call not answered within its
-``timeout_s`` fails with :class:`redis.exceptions.TimeoutError`. A cancelled call
-(its awaiting task was cancelled) is left out of a pipeline not yet sent, and its
-reply dropped if it was. Awaiting the future is optional: a write whose reply
-nobody needs is queued and forgotten (a done-callback still sees its failure), and
-the gateway waits for every queued call before it closes the connection at
-shutdown (after the plugins' ``shutdown`` hooks), so SIGTERM loses none.
+error (``ResponseError``) reaches only its caller; a lost connection fails every call
+waiting on it. A call not answered within its ``timeout_s`` fails with
+:class:`redis.exceptions.TimeoutError` and keeps its place in line: its reply, when
+it comes, is dropped. A cancelled call (its awaiting task was cancelled) is left out
+of a pipeline not yet sent, and its reply dropped if it was. Awaiting the future is
+optional: a write whose reply nobody needs is queued and forgotten (a done-callback
+still sees its failure), and the gateway waits for every queued call before it closes
+the connection at shutdown (after the plugins' ``shutdown`` hooks), so SIGTERM loses none.
+
+The connection is the gateway's own (an asyncio protocol writing RESP, replies parsed
+by hiredis in C); redis-py reads the URL (``redis://``, ``rediss://`` with its TLS
+options, ``unix://``, credentials and db) and lends its exception classes. Its client
+cost 173,000 instructions a round trip on this path, this one 58,000
+(docs/performance.md, "Redis round trips").
 
 Not for blocking commands (``BLPOP``...), ``MULTI``/``WATCH`` or pub/sub: one slow
 command would hold every plugin's calls behind it.
@@ -38,16 +44,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import ssl
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
+import hiredis
 from opentelemetry.trace import Span, Status, StatusCode
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["ERRORS", "MAX_BATCH", "Redis", "Script", "connect", "figures", "when_written"]
@@ -59,60 +65,100 @@ MAX_BATCH = 512
 DEFAULT_TIMEOUT_S = 0.5
 
 
-class _Batch:
-    """The commands of one pipeline, with each caller's future and timeout."""
+class _Call:
+    """One queued command: its caller's future, and what its timeout and a NOSCRIPT need."""
 
-    __slots__ = ("commands", "deadlines", "futures", "scripts", "timeouts", "timers", "wait_s")
+    __slots__ = ("command", "future", "script", "timeout_s", "deadline")
 
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-        self.futures: list[asyncio.Future[Any]] = []
+    def __init__(
+        self,
+        command: tuple[Any, ...],
+        future: asyncio.Future[Any],
+        script: str | None,
+        timeout_s: float,
+        deadline: float,
+    ) -> None:
+        self.command = command
+        self.future = future
         #: the script source of an EVALSHA (for its EVAL fallback), else None
-        self.scripts: list[str | None] = []
-        self.timeouts: list[float] = []
-        #: when each call fails unless answered (loop time)
-        self.deadlines: list[float] = []
-        #: one timer per distinct timeout, at the earliest deadline of its calls not yet failed
-        self.timers: dict[float, asyncio.TimerHandle] = {}
-        #: the longest timeout of the batch: the bound on the whole round trip
-        self.wait_s = 0.0
+        self.script = script
+        self.timeout_s = timeout_s
+        #: when the call fails unless answered (loop time)
+        self.deadline = deadline
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to Redis: RESP written by :func:`pack`, replies parsed by hiredis.
+
+    Replies come in the order of the commands, so each is the first waiting call's."""
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self.pipe = pipe
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        #: the calls written and not yet answered, oldest first
+        self.waiting: deque[_Call] = deque()
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiting = self.waiting
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                self.pipe.answer(waiting.popleft(), reply)
+                reply = reader.gets()
+        except (hiredis.ProtocolError, IndexError):
+            self.pipe.drop(self, RedisConnectionError("Redis sent a reply the client cannot read"))
+            return
+        if not waiting:
+            self.pipe.settled()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost:
+            self.pipe.drop(self, RedisConnectionError(f"Redis closed the connection{f': {exc}' if exc else ''}"))
 
 
 class _Pipe:
-    """One URL's connection and the pipelines waiting for it (one per event loop)."""
+    """One URL's connection and the calls waiting for it (one per event loop).
+
+    Calls queued in one iteration of the loop are written together in the next (one
+    pipeline); a pipeline does not wait for the previous one's replies."""
 
     def __init__(self, url: str, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self.url = url
         self.loop = loop
-        # The pool only parses the URL (redis://, rediss://, unix://) and makes the
-        # connection; the pipe holds that one connection itself. No retries: a lost
-        # reply may mean a script ran, and a retry would run it twice. The socket has
-        # no timeout of its own: the whole round trip is bounded instead.
-        self.pool = aioredis.ConnectionPool.from_url(
-            url,
-            socket_timeout=None,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            decode_responses=False,
-            protocol=2,  # RESP2 unless the URL asks otherwise: the replies plugins parse stay the same
-        )
-        self.connection: Any = self.pool.make_connection()
-        kwargs = self.pool.connection_kwargs
+        # redis-py reads the URL (redis://, rediss://, unix://, credentials, db, TLS
+        # options); the pipe makes and holds the connection itself. No retries: a lost
+        # reply may mean a script ran, and a retry would run it twice.
+        settings = parse_url(url)
+        self.host: str = settings.get("host", "localhost")
+        self.port: int = int(settings.get("port", 6379))
+        self.path: str | None = settings.get("path")
+        self.tls = _tls_context(settings) if url.startswith("rediss://") else None
+        self.greeting = _greeting(settings)
+        self.connect_timeout_s = timeout_s
         self.attributes: dict[str, Any] = {
             "db.system": "redis",
             "db.system.name": "redis",
-            "db.namespace": str(kwargs.get("db", 0)),
-            "server.address": str(kwargs.get("host", kwargs.get("path", ""))),
+            "db.namespace": str(settings.get("db", 0)),
+            "server.address": self.path or self.host,
         }
-        if "port" in kwargs:
-            self.attributes["server.port"] = int(kwargs["port"])
+        if self.path is None:
+            self.attributes["server.port"] = self.port
         self.handles = 0
-        self.queue: deque[_Batch] = deque()
-        self.open: _Batch | None = None
-        self.sender: asyncio.Task[None] | None = None
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.connection: _Connection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        #: calls queued and not yet written (this iteration's, or all while connecting)
+        self.queued: list[_Call] = []
+        self.write_soon = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+        self.flushed: list[asyncio.Future[None]] = []
         #: figures: pipelines sent, commands sent, pipelines failed whole
         self.pipelines = 0
         self.commands = 0
@@ -120,9 +166,7 @@ class _Pipe:
 
     def widen(self, timeout_s: float) -> None:
         """A handle with a longer timeout: connecting may take that long too."""
-        if timeout_s > self.connection.socket_connect_timeout:
-            self.connection.socket_connect_timeout = timeout_s
-            self.pool.connection_kwargs["socket_connect_timeout"] = timeout_s
+        self.connect_timeout_s = max(self.connect_timeout_s, timeout_s)
 
     # -- queueing ----------------------------------------------------------------------
 
@@ -133,153 +177,236 @@ class _Pipe:
         script: str | None = None,
         future: asyncio.Future[Any] | None = None,
     ) -> asyncio.Future[Any]:
+        loop = self.loop
         if future is None:
-            future = self.loop.create_future()
-        batch = self.open
-        if batch is None or len(batch.commands) >= MAX_BATCH:
-            batch = self.open = _Batch()
-            self.queue.append(batch)
-            self.idle.clear()
-        deadline = self.loop.time() + timeout_s
-        batch.commands.append(command)
-        batch.futures.append(future)
-        batch.scripts.append(script)
-        batch.timeouts.append(timeout_s)
-        batch.deadlines.append(deadline)
-        if timeout_s not in batch.timers:
-            batch.timers[timeout_s] = self.loop.call_at(deadline, _expire, self.loop, batch, timeout_s)
-            if timeout_s > batch.wait_s:
-                batch.wait_s = timeout_s
-        if self.sender is None:
-            # Its first step runs in the next iteration of the loop: whatever else
-            # this iteration queues joins the same pipeline.
-            self.sender = self.loop.create_task(self._send_all())
+            future = loop.create_future()
+        deadline = loop.time() + timeout_s
+        self.queued.append(_Call(command, future, script, timeout_s, deadline))
+        if deadline < self.timer_at:
+            self._expire_at(deadline)
+        if not self.write_soon:
+            # Written in the next iteration of the loop: whatever else this iteration
+            # queues, from any request and plugin, joins the same pipeline.
+            self.write_soon = True
+            loop.call_soon(self._write)
         return future
 
-    # -- sending -----------------------------------------------------------------------
+    # -- writing and answering -----------------------------------------------------------
 
-    async def _send_all(self) -> None:
-        try:
-            while self.queue:
-                batch = self.queue.popleft()
-                if batch is self.open:
-                    self.open = None
-                try:
-                    await self._send(batch)
-                finally:
-                    for timer in batch.timers.values():
-                        timer.cancel()
-        finally:
-            self.sender = None
-            if self.queue:  # cancelled with work left: fail it rather than leave callers hanging
-                error = RedisConnectionError("the gateway's Redis connection was closed")
-                while self.queue:
-                    batch = self.queue.popleft()
-                    _fail(batch, range(len(batch.futures)), error)
-                self.open = None
-            self.idle.set()
-
-    async def _send(self, batch: _Batch) -> None:
-        futures = batch.futures
-        live = [index for index, future in enumerate(futures) if not future.done()]
-        if not live:
-            return
+    def _write(self) -> None:
+        self.write_soon = False
         connection = self.connection
-        commands = batch.commands
-        scripts = batch.scripts
-        answered = 0
-        self.pipelines += 1
-        self.commands += len(live)
-        try:
-            async with asyncio.timeout(batch.wait_s):
-                await connection.send_packed_command(
-                    connection.pack_commands([commands[index] for index in live]), check_health=False
-                )
-                for index in live:
-                    try:
-                        reply = await connection.read_response(timeout=math.inf)
-                    except NoScriptError as error:
-                        answered += 1
-                        source = scripts[index]
-                        future = futures[index]
-                        if source is not None and not future.done():
-                            # Redis restarted (or SCRIPT FLUSH): EVAL runs it and caches it again.
-                            _, _, *rest = commands[index]
-                            left = batch.deadlines[index] - self.loop.time()
-                            self.enqueue(("EVAL", source, *rest), max(left, 0.001), None, future)
-                        elif not future.done():
-                            future.set_exception(error)
-                        continue
-                    except ResponseError as error:
-                        answered += 1
-                        future = futures[index]
-                        if not future.done():
-                            future.set_exception(error)
-                        continue
-                    answered += 1
-                    future = futures[index]
-                    if not future.done():
-                        future.set_result(reply)
-        except BaseException as exc:
-            # The connection is out of step with its replies: start over on a new one.
+        if connection is None:
+            if self.connecting is None and self.queued:
+                self.connecting = self.loop.create_task(self._connect())
+            return
+        calls = [call for call in self.queued if not call.future.done()]
+        self.queued = []
+        if not calls:
+            self._settled_if_idle()
+            return
+        assert connection.transport is not None
+        for start in range(0, len(calls), MAX_BATCH):
+            batch = calls[start : start + MAX_BATCH]
             try:
-                await connection.disconnect(nowait=True)
-            except BaseException:  # noqa: S110 - already failing; the error below is what counts
-                pass
-            self.failures += 1
-            if isinstance(exc, TimeoutError) and not isinstance(exc, RedisError):
-                error: BaseException = RedisTimeoutError(f"Redis did not answer within {batch.wait_s} s")
-            elif isinstance(exc, OSError):
-                error = RedisConnectionError(f"Redis connection failed: {exc}")
-            else:
-                error = exc
-            _fail(batch, live[answered:], error)
-            if not isinstance(exc, Exception):  # cancelled: the callers are failed, the task ends
+                data = b"".join([pack(call.command) for call in batch])
+            except (TypeError, ValueError) as error:  # an argument Redis cannot take: the caller's mistake
+                for call in batch:
+                    if not call.future.done():
+                        call.future.set_exception(DataError(str(error)))
+                continue
+            connection.waiting.extend(batch)
+            connection.transport.write(data)
+            self.pipelines += 1
+            self.commands += len(batch)
+        self._settled_if_idle()
+
+    def answer(self, call: _Call, reply: Any) -> None:
+        future = call.future
+        if future.done():
+            return  # timed out or cancelled: the reply is dropped
+        if isinstance(reply, ResponseError):
+            if str(reply).startswith("NOSCRIPT"):
+                if call.script is not None:
+                    # Redis restarted (or SCRIPT FLUSH): EVAL runs it and caches it again.
+                    _, _, *rest = call.command
+                    left = call.deadline - self.loop.time()
+                    self.enqueue(("EVAL", call.script, *rest), max(left, 0.001), None, future)
+                else:
+                    future.set_exception(NoScriptError(str(reply)))
+                return
+            future.set_exception(reply)
+            return
+        future.set_result(reply)
+
+    async def _connect(self) -> None:
+        loop = self.loop
+        connection = _Connection(self)
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                if self.path is not None:
+                    await loop.create_unix_connection(lambda: connection, self.path)
+                else:
+                    await loop.create_connection(
+                        lambda: connection, self.host, self.port, ssl=self.tls,
+                        server_hostname=self.host if self.tls is not None else None,
+                    )  # fmt: skip
+        except BaseException as exc:
+            self.connecting = None
+            error = RedisConnectionError(f"Error connecting to Redis at {self.attributes['server.address']}: {exc!r}")
+            calls, self.queued = self.queued, []
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(error)
+            self._settled_if_idle()
+            if not isinstance(exc, Exception):
                 raise
+            return
+        self.connecting = None
+        self.connection = connection
+        if self.greeting:  # AUTH, SELECT: before any caller's command; a failure drops the connection
+            for command in self.greeting:
+                future = loop.create_future()
+                future.add_done_callback(lambda done, connection=connection: self._greeted(connection, done))
+                connection.waiting.append(_Call(command, future, None, self.connect_timeout_s, math.inf))
+            assert connection.transport is not None
+            connection.transport.write(b"".join([pack(command) for command in self.greeting]))
+        self._write()
+
+    def _greeted(self, connection: _Connection, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            self.drop(connection, RedisConnectionError(f"Redis refused the connection's setup: {done.exception()}"))
+
+    def drop(self, connection: _Connection, error: BaseException) -> None:
+        """The connection is lost or out of step: every call waiting on it fails with ``error``."""
+        if connection.lost:
+            return
+        connection.lost = True
+        if self.connection is connection:
+            self.connection = None
+        if connection.transport is not None:
+            connection.transport.abort()
+        waiting = [call for call in connection.waiting if not call.future.done()]
+        connection.waiting.clear()
+        if waiting:
+            self.failures += 1
+            for call in waiting:
+                call.future.set_exception(error)
+        if self.queued and not self.write_soon:
+            self.write_soon = True
+            self.loop.call_soon(self._write)  # what was queued meanwhile goes on a new connection
+        self._settled_if_idle()
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _expire_at(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = self.loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the calls whose deadline has come; come back at the next deadline. A call
+        that timed out stays in line: its reply, when it comes, is dropped, so later
+        replies still reach their own callers."""
+        self.timer, self.timer_at = None, math.inf
+        now = self.loop.time()
+        later = math.inf
+        errors: dict[float, BaseException] = {}
+        waiting = self.connection.waiting if self.connection is not None else ()
+        for call in (*waiting, *self.queued):
+            if call.future.done():
+                continue
+            if call.deadline <= now:
+                error = errors.get(call.timeout_s)
+                if error is None:
+                    error = errors[call.timeout_s] = RedisTimeoutError(
+                        f"Redis did not answer within {call.timeout_s} s"
+                    )
+                call.future.set_exception(error)
+            elif call.deadline < later:
+                later = call.deadline
+        if later < math.inf:
+            self._expire_at(later)
 
     # -- waiting and closing -------------------------------------------------------------
 
+    def settled(self) -> None:
+        """Every written call has its reply."""
+        if not self.queued:
+            self._wake_flushed()
+
+    def _settled_if_idle(self) -> None:
+        if not self.queued and (self.connection is None or not self.connection.waiting) and self.connecting is None:
+            self._wake_flushed()
+
+    def _wake_flushed(self) -> None:
+        if self.flushed:
+            waiters, self.flushed = self.flushed, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def busy(self) -> bool:
+        waiting = self.connection.waiting if self.connection is not None else ()
+        return bool(self.queued or self.connecting is not None or any(not call.future.done() for call in waiting))
+
     async def flush(self) -> None:
         """Until every call queued so far (and any EVAL fallback it caused) has its reply."""
-        while not self.idle.is_set():
-            await self.idle.wait()
+        while self.busy():
+            waiter = self.loop.create_future()
+            self.flushed.append(waiter)
+            await waiter
 
     async def close(self) -> None:
         await self.flush()
-        if self.sender is not None:  # pragma: no cover - flush() returned: nothing is left to send
-            self.sender.cancel()
-        try:
-            await self.connection.disconnect()
-        except ERRORS:
-            pass
-        await self.pool.disconnect()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer, self.timer_at = None, math.inf
+        connection = self.connection
+        if connection is not None:
+            connection.lost = True
+            self.connection = None
+            if connection.transport is not None:
+                connection.transport.close()
 
 
-def _expire(loop: asyncio.AbstractEventLoop, batch: _Batch, timeout_s: float) -> None:
-    """The calls of ``batch`` with this timeout whose deadline has come fail now if still
-    unanswered; the timer comes back for the next deadline (calls that joined the batch later)."""
-    error: BaseException | None = None
-    now = loop.time()
-    later = math.inf
-    for future, limit, deadline in zip(batch.futures, batch.timeouts, batch.deadlines, strict=True):
-        if limit != timeout_s or future.done():
-            continue
-        if deadline <= now:
-            if error is None:
-                error = RedisTimeoutError(f"Redis did not answer within {timeout_s} s")
-            future.set_exception(error)
-        elif deadline < later:
-            later = deadline
-    if later < math.inf:
-        batch.timers[timeout_s] = loop.call_at(later, _expire, loop, batch, timeout_s)
+def pack(command: tuple[Any, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings (str as UTF-8, int and float as text)."""
+    parts = [b"*%d\r\n" % len(command)]
+    for argument in command:
+        if isinstance(argument, str):
+            argument = argument.encode()
+        elif isinstance(argument, (int, float)) and not isinstance(argument, bool):
+            argument = repr(argument).encode()
+        elif not isinstance(argument, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a Redis argument must be str, bytes, int or float, not {type(argument).__name__}")
+        parts.append(b"$%d\r\n%s\r\n" % (len(argument), argument))
+    return b"".join(parts)
 
 
-def _fail(batch: _Batch, indexes: Iterable[int], error: BaseException) -> None:
-    futures = batch.futures
-    for index in indexes:
-        future = futures[index]
-        if not future.done():
-            future.set_exception(error)
+def _greeting(settings: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The commands that set a new connection up: AUTH with the URL's credentials, SELECT its db."""
+    commands: list[tuple[Any, ...]] = []
+    password, username = settings.get("password"), settings.get("username")
+    if password is not None:
+        commands.append(("AUTH", username, password) if username else ("AUTH", password))
+    if int(settings.get("db", 0)):
+        commands.append(("SELECT", int(settings["db"])))
+    return commands
+
+
+def _tls_context(settings: dict[str, Any]) -> ssl.SSLContext:
+    """TLS for ``rediss://``, with redis-py's URL options: ``ssl_cert_reqs`` (none,
+    optional, required), ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``."""
+    context = ssl.create_default_context(cafile=settings.get("ssl_ca_certs"))
+    if settings.get("ssl_certfile"):
+        context.load_cert_chain(settings["ssl_certfile"], settings.get("ssl_keyfile"))
+    requirement = str(settings.get("ssl_cert_reqs", "required")).lower()
+    check_hostname = str(settings.get("ssl_check_hostname", requirement == "required")).lower() in ("true", "1", "yes")
+    context.check_hostname = check_hostname and requirement != "none"
+    context.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(requirement, ssl.CERT_REQUIRED)
+    return context
 
 
 _pipes: dict[tuple[asyncio.AbstractEventLoop, str], _Pipe] = {}
@@ -398,9 +525,7 @@ class Redis:
             await pipe.close()
 
 
-def when_written(
-    future: asyncio.Future[Any], span: Span | None, done: Callable[[BaseException | None], None]
-) -> None:
+def when_written(future: asyncio.Future[Any], span: Span | None, done: Callable[[BaseException | None], None]) -> None:
     """The bookkeeping of a write-behind call (queued, never awaited): once Redis has
     answered, end its span, marked failed with ``error.type`` when it failed, and call
     ``done`` with the error or None (``CancelledError`` when the call was dropped)."""

@@ -113,7 +113,7 @@ async def test_each_caller_waits_at_most_its_own_timeout(redis_server):
             await impatient
         assert asyncio.get_running_loop().time() - started < 0.4
         assert await slow == b"OK" and await patient == b"PONG"
-        # Nobody waits longer than the longest timeout of a pipeline: it fails whole.
+        # Calls stuck behind a slow one fail at their own timeouts; their replies come later.
         stuck = [handle.call("DEBUG", "SLEEP", "1", timeout_s=0.2), handle.call("PING", timeout_s=0.2)]
         results = await asyncio.gather(*stuck, return_exceptions=True)
         assert all(isinstance(result, RedisTimeoutError) for result in results), results
@@ -198,15 +198,15 @@ async def test_a_script_is_evaled_again_after_redis_lost_its_scripts(redis_serve
         await handle.close()
 
 
-async def test_a_call_that_joins_a_waiting_pipeline_late_keeps_its_whole_timeout(redis_server):
+async def test_a_call_queued_behind_a_slow_one_keeps_its_whole_timeout(redis_server):
     handle = shared.connect(redis_server.url, timeout_s=3)
     try:
         await handle.ping()
-        slow = handle.call("DEBUG", "SLEEP", "0.6")  # in flight: later calls wait in the next pipeline
+        slow = handle.call("DEBUG", "SLEEP", "0.6")  # in flight: later calls wait behind it in line
         await asyncio.sleep(0.05)
-        early = handle.call("PING", timeout_s=0.3)  # opens the waiting pipeline
+        early = handle.call("PING", timeout_s=0.3)
         await asyncio.sleep(0.2)
-        late = handle.call("PING", timeout_s=0.3)  # joins it 0.2 s later: fails 0.3 s after *its* start
+        late = handle.call("PING", timeout_s=0.3)  # 0.2 s later: fails 0.3 s after *its* start
         loop = asyncio.get_running_loop()
         with pytest.raises(RedisTimeoutError):
             await early
