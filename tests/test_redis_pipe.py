@@ -220,6 +220,30 @@ async def test_a_call_queued_behind_a_slow_one_keeps_its_whole_timeout(redis_ser
         await handle.close()
 
 
+async def test_the_urls_credentials_and_db_set_the_connection_up(redis_server, probe):
+    await probe.execute_command("ACL", "SETUSER", "alice", "on", ">wonderland", "~*", "+@all")
+    await probe.config_set("requirepass", "s3cret")  # the default user now needs a password too
+    address = f"127.0.0.1:{redis_server.port}"
+    for url, db in ((f"redis://:s3cret@{address}/3", 3), (f"redis://alice:wonderland@{address}/5", 5)):
+        handle = shared.connect(url)
+        try:
+            assert await handle.call("SET", "where", url) == b"OK"
+        finally:
+            await handle.close()
+        await probe.select(db)
+        assert await probe.get("where") == url.encode()
+    await probe.select(0)
+    assert await probe.get("where") is None
+
+    refused = shared.connect(f"redis://:wrong@{address}/0")
+    try:
+        results = await asyncio.gather(refused.call("PING"), refused.call("GET", "where"), return_exceptions=True)
+        assert all(isinstance(result, shared.ERRORS) for result in results), results
+        assert "wrong" not in " ".join(str(result) for result in results)  # the URL's secret stays out of errors
+    finally:
+        await refused.close()
+
+
 async def test_figures_count_pipelines_and_commands_per_server(redis_server):
     handle = shared.connect(redis_server.url)
     try:
