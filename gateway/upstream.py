@@ -353,7 +353,6 @@ class _Connection(asyncio.Protocol):
             if tail:
                 self.parts.append(tail)
         self.done = True
-        self._stop_timer()
         if self.stream is None:
             parts, self.parts = self.parts, []
             answer.body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -378,7 +377,8 @@ class _Connection(asyncio.Protocol):
         else:
             transport.write(head)
         self.last_read = self.loop.time()
-        self.timer = self.loop.call_at(self.last_read + self.pool.timeout_s, self._check_timeout)
+        if self.timer is None:  # else the one still set from an earlier exchange comes and looks
+            self.timer = self.loop.call_at(self.last_read + self.pool.timeout_s, self._check_timeout)
         try:
             return await waiter
         except BaseException:
@@ -440,7 +440,8 @@ class _Connection(asyncio.Protocol):
         except zlib.error as exc:
             raise UpstreamProtocolError("The upstream's answer does not decode (Content-Encoding).") from exc
 
-    # One timer per exchange, moved on lazily: a read only notes its time.
+    # One timer per connection, moved on lazily: a read only notes its time, and an
+    # answer's end leaves the timer to lapse (or to serve the next exchange).
     def _check_timeout(self) -> None:
         self.timer = None
         if not self.active or self.done:
