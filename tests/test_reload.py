@@ -189,3 +189,22 @@ async def test_plugins_whose_options_did_not_change_keep_their_memory_state(tmp_
     assert first.headers["x-gateway-cache"] == "miss"
     assert again.headers["x-ratelimit-remaining-requests"] == "0"  # the 5th: ratelimit did not change
     assert again.headers["x-gateway-provider"] == "mock"  # the changed breaker started closed
+
+
+async def test_a_plugin_that_fails_to_adopt_starts_afresh_and_says_so(tmp_path, caplog):
+    async def seen(gw: object) -> str:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)  # type: ignore[attr-defined]
+        return raw.headers["x-stamp-seen"]
+
+    async with run_gateway(config("a"), tmp_path) as gw:
+        assert [await seen(gw) for _ in range(3)] == ["1", "2", "3"]
+        write_config(config("a", log={"level": "info"}), tmp_path)
+        assert (await post_reload(gw.admin_url))[0] == 200
+        assert await seen(gw) == "4"  # adopted: the count goes on
+        write_config({**config("a"), "plugins": [{"use": "reload_plugin:Stamp", "config": {"tag": "a", "fail_adopt": True}}]}, tmp_path)
+        assert (await post_reload(gw.admin_url))[0] == 200  # a failed adopt does not refuse the reload
+        assert await seen(gw) == "1"  # afresh
+    assert any(
+        "failed to adopt its state; it starts afresh" in record.getMessage() and "reload_plugin:Stamp" in record.getMessage()
+        for record in caplog.records
+    )
