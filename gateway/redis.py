@@ -31,9 +31,9 @@ the connection at shutdown (after the plugins' ``shutdown`` hooks), so SIGTERM l
 
 The connection is the gateway's own (an asyncio protocol writing RESP, replies parsed
 by hiredis in C); redis-py reads the URL (``redis://``, ``rediss://`` with its TLS
-options, ``unix://``, credentials and db) and lends its exception classes. Its client
-cost 173,000 instructions a round trip on this path, this one 58,000
-(docs/performance.md, "Redis round trips").
+options, ``unix://``, credentials and db) and lends its exception classes. A script
+call costs redis-py's asyncio client 282,000 instructions, this connection 60,000
+(``python -m benchmarks.clients``; docs/performance.md, "The Redis connection").
 
 Not for blocking commands (``BLPOP``...), ``MULTI``/``WATCH`` or pub/sub: one slow
 command would hold every plugin's calls behind it.

@@ -4,9 +4,9 @@ Why not aiohttp's ``ClientSession``: the gateway sends one kind of request (a
 body of bytes, headers it built itself) to one origin per provider, and reads one
 kind of answer (buffered, or a server-sent event stream relayed as it arrives).
 The session's generality (cookies, redirects, auth, signals, its request and
-response objects) cost 359,000 instructions a request on this path, more than the
-rest of the gateway's core together; this client, on the same C parser family as
-uvicorn's, costs about 50,000 (docs/performance.md, "The upstream client").
+response objects) cost 357,000 instructions a call on this path, more than the rest
+of the gateway's core together; this client, on the C parser uvicorn uses, costs
+85,000 (``python -m benchmarks.clients``; docs/performance.md, "The upstream client").
 
 What it does: one :class:`UpstreamPool` per provider holds up to ``limit``
 connections (idle ones reused last-in first-out, dropped after
