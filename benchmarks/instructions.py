@@ -21,8 +21,10 @@ benchmarks/peers.py reduced to those plugins, as in benchmarks/plugin_cost.py), 
 optionally ``@DIR``: the ``gateway`` package of another checkout (on PYTHONPATH; the
 plugins stay this checkout's). Every request carries a new prompt (a cache miss and a
 fresh scan) unless ``HIT=1``. Knobs: ``REQUESTS`` (300), ``WARMUP`` (50), ``BACKEND``
-(memory | redis), ``READY_TIMEOUT`` and the others of benchmarks/overhead.py. Needs
-valgrind (Debian package ``valgrind``).
+(memory | redis), ``TRACING`` (off | on: always on, exported over OTLP through the batch
+processor to the nginx upstream, as in benchmarks/peers.py; the export thread's work is
+counted too, callgrind counts every thread), ``READY_TIMEOUT`` and the others of
+benchmarks/overhead.py. Needs valgrind (Debian package ``valgrind``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main() -> int:
     requests = bench.env_int("REQUESTS", 300)
     warmup = bench.env_int("WARMUP", 50)
     hit = os.environ.get("HIT") == "1"
+    tracing = os.environ.get("TRACING", "off")
     knobs = oh.Knobs.from_env()
     oh.ensure_tools()
     if subprocess.run(["which", "valgrind", "callgrind_control"], capture_output=True).returncode:
@@ -88,7 +91,7 @@ def main() -> int:
         for variant in variants:
             chain, _, checkout = variant.partition("@")
             name = "instructions-" + re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")
-            env = dict(os.environ, OTEL_TRACES_SAMPLER="always_off", OTEL_TRACES_EXPORTER="none")
+            env = bench.tracing_env(tracing, peers.upstream)
             if checkout:
                 env["PYTHONPATH"] = str(Path(checkout).resolve())
             if chain == "pass-through":
@@ -119,7 +122,7 @@ def main() -> int:
         processes.stop_all()
     floor = figures.get("pass-through")
     print(f"\n### Instructions per request ({'cache hits' if hit else 'a new prompt each'}, {requests} requests "
-          f"one at a time; {oh.machine()})\n")  # fmt: skip
+          f"one at a time, tracing {tracing}; {oh.machine()})\n")  # fmt: skip
     print("| variant | instructions / request | x the pass-through's |")
     print("|---|---:|---:|")
     for variant, count in figures.items():

@@ -28,6 +28,7 @@ from opentelemetry.trace import Status, StatusCode
 from gateway.errors import GatewayError, StartupError, plugin_error
 from gateway.exchange import Exchange, Response, StreamEvent
 from gateway.plugins import Plugin
+from gateway.telemetry import start_span
 
 log = logging.getLogger("gateway.chain")
 
@@ -158,7 +159,7 @@ class Chain:
             try:
                 if exchange.recording:
                     # The hook's second span, over the wait it deferred; its attributes land here.
-                    with _HookSpan(self.tracer.start_span(hook.span_name, attributes=hook.deferred_attributes)):
+                    with _HookSpan(start_span(self.tracer, hook.span_name, hook.deferred_attributes)):
                         await decision
                 else:
                     await decision
@@ -214,7 +215,7 @@ class Chain:
         if not exchange.recording or not hooks:
             yield
             return
-        spans = [self.tracer.start_span(hook.span_name, attributes=hook.attributes) for hook in hooks]
+        spans = [start_span(self.tracer, hook.span_name, hook.attributes) for hook in hooks]
         try:
             yield
         finally:
@@ -287,7 +288,7 @@ class Chain:
         raise plugin_error(hook.label) from exc
 
     def _span(self, hook: Hook) -> _HookSpan:
-        return _HookSpan(self.tracer.start_span(hook.span_name, attributes=hook.attributes))
+        return _HookSpan(start_span(self.tracer, hook.span_name, hook.attributes))
 
     # -- lifecycle and admin -----------------------------------------------------------
 

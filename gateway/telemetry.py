@@ -270,6 +270,44 @@ def get_tracer(provider: trace.TracerProvider) -> trace.Tracer:
 # -- the spans of one exchange ------------------------------------------------------------
 
 
+def start_span(
+    tracer: trace.Tracer,
+    name: str,
+    attributes: dict[str, Any],
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    context: otel_context.Context | None = None,
+) -> trace.Span:
+    """A span of the gateway's own, with its attributes (see :func:`set_attributes`).
+
+    The sampler and the processors' ``on_start`` see the span without them: the
+    samplers the environment can choose do not read attributes."""
+    span = tracer.start_span(name, context=context, kind=kind)
+    if attributes and span.is_recording():
+        set_attributes(span, attributes)
+    return span
+
+
+def set_attributes(span: trace.Span, attributes: dict[str, Any]) -> None:
+    """The gateway's own attributes (str, int, float or bool values) on a recording span.
+
+    On the SDK's span they go straight into its attribute dict: ``set_attributes``
+    checks every value again, recursively and against abstract types, under a lock,
+    which was over a third of what a span cost the gateway. Another kind of span, a
+    limit on value lengths (``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``) or a span
+    that would pass its limit on attributes takes the public method."""
+    bounded = getattr(span, "_attributes", None)
+    store = getattr(bounded, "_dict", None)
+    if (
+        type(store) is dict
+        and bounded.max_value_len is None  # type: ignore[union-attr]
+        and (bounded.maxlen is None or len(store) + len(attributes) <= bounded.maxlen)  # type: ignore[union-attr]
+    ):
+        store.update(attributes)
+    else:
+        span.set_attributes(attributes)
+
+
 def start_server_span(tracer: trace.Tracer, request: web.BaseRequest, exchange: Exchange) -> tuple[trace.Span, object]:
     """The request's SERVER span, continuing the caller's ``traceparent``, made current.
 
@@ -277,8 +315,6 @@ def start_server_span(tracer: trace.Tracer, request: web.BaseRequest, exchange: 
     """
     headers = request.headers
     parent = propagate.extract(headers) if "traceparent" in headers else None
-    # Given at the start, in one dict: the span copies them once (each later
-    # set_attribute takes the span's lock and checks the value again).
     attributes = {
         "http.request.method": request.method,
         "url.path": exchange.path,
@@ -288,7 +324,7 @@ def start_server_span(tracer: trace.Tracer, request: web.BaseRequest, exchange: 
     remote = request.remote
     if remote:
         attributes["client.address"] = remote
-    span = tracer.start_span(f"{request.method} {exchange.path}", context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    span = start_span(tracer, f"{request.method} {exchange.path}", attributes, kind=SpanKind.SERVER, context=parent)
     exchange.recording = span.is_recording()
     return span, otel_context.attach(trace.set_span_in_context(span))
 
@@ -326,7 +362,7 @@ def end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_
         elif status >= 500:
             attributes["error.type"] = str(status)
             span.set_status(StatusCode.ERROR)
-        span.set_attributes(attributes)
+        set_attributes(span, attributes)
     span.end()
 
 
@@ -351,7 +387,7 @@ def start_client_span(
         attributes["server.port"] = provider.server_port
     if model is not None:
         attributes["gen_ai.request.model"] = model
-    span = tracer.start_span(f"{operation} {model}" if model else operation, kind=SpanKind.CLIENT, attributes=attributes)
+    span = start_span(tracer, f"{operation} {model}" if model else operation, attributes, kind=SpanKind.CLIENT)
     return span, otel_context.attach(trace.set_span_in_context(span))
 
 
@@ -372,10 +408,10 @@ def end_client_span_on_answer(span: trace.Span, response: Response, exchange: Ex
         span.set_status(StatusCode.ERROR)
     if response.stream is None:
         _describe_body(attributes, response)
-        span.set_attributes(attributes)
+        set_attributes(span, attributes)
         span.end()
     else:
-        span.set_attributes(attributes)
+        set_attributes(span, attributes)
         response.stream = _traced_stream(response.stream, span, exchange)
     return response
 
@@ -420,7 +456,7 @@ async def _traced_stream(stream: AsyncIterator[bytes], span: trace.Span, exchang
         usage = exchange.usage
         if usage is not None:
             _add_usage(attributes, usage.input_tokens, usage.output_tokens)
-        span.set_attributes(attributes)
+        set_attributes(span, attributes)
         span.end()
         await close_stream(stream)
 

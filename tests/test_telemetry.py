@@ -887,3 +887,33 @@ async def test_gateway_run_log_lines_are_json_with_request_id_and_trace_id(tmp_p
     for line in access.values():
         assert line["status"] == 200 and line["path"] == "/v1/chat/completions"
         assert re.match(r"^[0-9a-f]{16}$", line["span_id"])
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({}, {"gateway.plugin": "scan", "gateway.attempt": 2, "gateway.cost_usd": 0.5, "gateway.cached": True}),
+        ({"max_span_attribute_length": 3}, {"gateway.plugin": "sca", "gateway.attempt": 2, "gateway.cost_usd": 0.5, "gateway.cached": True}),
+        ({"max_span_attributes": 2}, {"gateway.cost_usd": 0.5, "gateway.cached": True}),  # the SDK drops the oldest
+    ],
+    ids=["fast-path", "value-length-limit", "attribute-count-limit"],
+)
+def test_the_gateways_own_span_attributes_keep_the_sdks_limits(limits, expected):
+    """gateway.telemetry.start_span/set_attributes put the gateway's attributes straight
+    into the SDK span's dict; with a limit set they take the SDK's own path, which applies it."""
+    from opentelemetry.sdk.trace import SpanLimits
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.telemetry import set_attributes, start_span
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(**limits))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    span = start_span(provider.get_tracer("test"), "scan request", {"gateway.plugin": "scan", "gateway.attempt": 2})
+    set_attributes(span, {"gateway.cost_usd": 0.5, "gateway.cached": True})
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    assert dict(finished.attributes) == expected
+    assert finished.dropped_attributes == (2 if "max_span_attributes" in limits else 0)
+    provider.shutdown()
