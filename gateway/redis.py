@@ -328,6 +328,8 @@ class _Pipe:
                 later = call.deadline
         if later < math.inf:
             self._expire_at(later)
+        elif errors and self.flushed and not self.busy():
+            self._wake_flushed()  # nobody waits for a reply any more (Redis may never send them)
 
     # -- waiting and closing -------------------------------------------------------------
 

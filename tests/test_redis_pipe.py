@@ -328,3 +328,15 @@ async def test_a_reservation_waiting_to_be_given_back_is_sent_at_shutdown(tmp_pa
             await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "bye"}])
         assert await probe.zcard("gateway:cost:reserved:127.0.0.1") == 1
     assert await probe.zcard("gateway:cost:reserved:127.0.0.1") == 0  # shutdown sent it
+
+
+async def test_closing_does_not_wait_for_replies_of_calls_that_timed_out(redis_server):
+    """A Redis that stops answering must not hold shutdown: once every queued call has
+    failed at its timeout, close() returns, whatever Redis does next."""
+    handle = shared.connect(redis_server.url, timeout_s=0.2)
+    await handle.ping()
+    writes = [handle.call("DEBUG", "SLEEP", "3"), handle.call("SET", "k", "v")]
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(handle.close(), 2)
+    assert asyncio.get_running_loop().time() - started < 1
+    assert all(isinstance(future.exception(), RedisTimeoutError) for future in writes)
