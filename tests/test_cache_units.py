@@ -8,7 +8,7 @@ import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from gateway_plugins.cache import formats
-from gateway_plugins.cache.keys import escape, request_key
+from gateway_plugins.cache.keys import MAX_HEADS, KeyRules, escape, request_key
 
 TOOL_CHAT = {
     "id": "chatcmpl-1",
@@ -93,6 +93,15 @@ def test_key_names_provider_and_model_escaped_so_prefixes_find_them():
     found = key({"model": "a:b*"}, provider="p:1", model="a:b*")
     assert found.startswith("ns:p%3A1:a%3Ab%2A:")
     assert escape("gpt-4o-mini") == "gpt-4o-mini"
+
+
+def test_key_heads_stay_bounded_whatever_models_callers_name():
+    rules = KeyRules("ns")
+    document = {"messages": [{"role": "user", "content": "hi"}]}
+    for index in range(MAX_HEADS + 10):
+        found = rules.key("/v1/chat/completions", "openai", "openai", f"m{index}", document, None, {})
+        assert found == key(document, model=f"m{index}", caller=None)
+    assert len(rules._heads) <= MAX_HEADS
 
 
 def test_openai_json_with_tool_calls_round_trips_through_a_stream_the_sdk_accumulates():

@@ -30,7 +30,7 @@ from gateway.redis import when_written
 from gateway_plugins.cache import formats
 from gateway_plugins.cache.backends import Entry, LRUMemoryCache, RedisEntryCache
 from gateway_plugins.cache.flight import BUFFERED, DONE, FAILED, STREAMING, Flight
-from gateway_plugins.cache.keys import IGNORED_FIELDS, escape, key_prefix, request_key
+from gateway_plugins.cache.keys import IGNORED_FIELDS, KeyRules, escape, key_prefix
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -113,8 +113,9 @@ class Cache:
                 raise PluginConfigError("paths", f"{path!r} is not a path (it must start with /)")
         self.config = config
         self.paths = frozenset(config.paths)
-        self.ignored = IGNORED_FIELDS | frozenset(config.ignore_fields)
+        self.keys = KeyRules(config.namespace, IGNORED_FIELDS | frozenset(config.ignore_fields))
         self.shared = config.scope == "shared"
+        self.max_temperature = config.max_temperature
         self.ttl_s = config.ttl_s
         self.namespace = config.namespace
         self.memory: LRUMemoryCache | None = None
@@ -210,7 +211,7 @@ class Cache:
             return None  # not JSON: the upstream's to judge
         model = document.get("model")
         temperature = document.get("temperature")
-        bound = self.config.max_temperature
+        bound = self.max_temperature
         if bound is not None and isinstance(temperature, (int, float)) and temperature > bound:
             return None
         path = exchange.path
@@ -218,17 +219,15 @@ class Cache:
         wants_stream = document.get("stream") is True
         options = document.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        key = request_key(
-            self.namespace,
-            path=path,
-            provider=exchange.provider.name,
-            api=exchange.api,
-            model=model if isinstance(model, str) else "",
-            document=document,
-            caller=None if self.shared else exchange.caller,
-            headers=exchange.headers,
-            ignored=self.ignored,
-            with_stream=kind is None,
+        key = self.keys.key(
+            path,
+            exchange.provider.name,
+            exchange.api,
+            model if isinstance(model, str) else "",
+            document,
+            None if self.shared else exchange.caller,
+            exchange.headers,
+            kind is None,
         )
         return _Call(key, read, write, kind, wants_stream, include_usage, max_age_s)
 
