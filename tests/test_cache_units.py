@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from gateway_plugins.cache import formats
-from gateway_plugins.cache.keys import escape, request_key
+from gateway import Exchange, Response
+from gateway_plugins.cache import Cache, Config, formats
+from gateway_plugins.cache.backends import Entry
+from gateway_plugins.cache.keys import MAX_HEADS, KeyRules, escape, request_key
+from gateway_plugins.cache.plugin import CALL
 
 TOOL_CHAT = {
     "id": "chatcmpl-1",
@@ -93,6 +97,44 @@ def test_key_names_provider_and_model_escaped_so_prefixes_find_them():
     found = key({"model": "a:b*"}, provider="p:1", model="a:b*")
     assert found.startswith("ns:p%3A1:a%3Ab%2A:")
     assert escape("gpt-4o-mini") == "gpt-4o-mini"
+
+
+def test_key_heads_stay_bounded_whatever_models_callers_name():
+    rules = KeyRules("ns")
+    document = {"messages": [{"role": "user", "content": "hi"}]}
+    for index in range(MAX_HEADS + 10):
+        found = rules.key("/v1/chat/completions", "openai", "openai", f"m{index}", document, None, {})
+        assert found == key(document, model=f"m{index}", caller=None)
+    assert len(rules._heads) <= MAX_HEADS
+
+
+async def test_a_hit_carries_the_stored_content_type_and_its_age_in_whole_seconds():
+    class Provider:
+        name = "openai"
+
+    async def upstream(exchange: Exchange) -> Response:
+        raise AssertionError("a hit never calls the upstream")
+
+    plugin = Cache(Config())
+    exchange = Exchange(
+        None,
+        method="POST",
+        path="/v1/chat/completions",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        caller="alice",
+    )
+    exchange.provider = Provider()  # type: ignore[assignment]
+    await plugin.request(exchange)
+    stored = Entry("json", 200, "application/json; charset=utf-8", b'{"id":"x"}', time.time() - 42.7)
+    plugin.memory.put(exchange.state[CALL].key, stored, 600)
+    answer = await plugin.send(exchange, upstream)
+    assert (answer.status, answer.body) == (200, b'{"id":"x"}')
+    assert dict(answer.headers) == {"Content-Type": "application/json; charset=utf-8", "Age": "42"}
+    assert exchange.response_headers["x-gateway-cache"] == "hit"
+    answer.headers["x-request-id"] = "first"  # the core adds its headers to each answer's own
+    again = await plugin.send(exchange, upstream)
+    assert "x-request-id" not in again.headers
 
 
 def test_openai_json_with_tool_calls_round_trips_through_a_stream_the_sdk_accumulates():

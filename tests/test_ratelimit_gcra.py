@@ -134,6 +134,27 @@ async def test_hooks_with_a_fake_exchange_settle_to_the_reported_usage():
     assert second.response_headers["x-ratelimit-remaining-requests"] == "8"
 
 
+async def test_one_limit_gives_its_three_headers_halved_for_a_flagged_caller():
+    plugin = RateLimit(Config(requests_per_minute=10, flagged_multiplier=0.5))
+    plain = exchange({"model": "m", "messages": []})
+    await plugin.request(plain)
+    assert plain.response_headers == {
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-remaining-requests": "9",
+        "x-ratelimit-reset-requests": "6s",
+    }
+    flagged = exchange({"model": "m", "messages": []}, caller="bob")
+    flagged.threat_severity = "HIGH"
+    await plugin.request(flagged)
+    assert flagged.response_headers == {
+        "x-ratelimit-limit-requests": "5",
+        "x-ratelimit-remaining-requests": "4",
+        "x-ratelimit-reset-requests": "12s",
+    }
+    await plugin.complete(plain)  # request limits only: nothing to settle
+    assert plugin.settled == 0
+
+
 async def test_a_request_larger_than_the_whole_limit_waits_for_a_full_bucket():
     plugin = RateLimit(Config(tokens_per_minute=1000))
     await plugin.request(exchange({"model": "m", "messages": [], "max_tokens": 50_000}))

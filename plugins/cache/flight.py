@@ -14,7 +14,6 @@ that fails before answering sets followers free to call the upstream themselves.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 
 from gateway.errors import upstream_error
@@ -37,7 +36,6 @@ class Flight:
         "body",
         "chunks",
         "include_usage",
-        "started_at",
         "followers",
         "error",
         "whole",
@@ -57,7 +55,6 @@ class Flight:
         self.chunks: list[bytes] = []
         #: whether the leader's stream carries a usage-only chunk (OpenAI include_usage)
         self.include_usage = include_usage
-        self.started_at = time.monotonic()
         #: readers waiting for or reading the answer now (a streamed leader's caller too);
         #: the pump stops when the last one leaves before the end
         self.followers = 0

@@ -31,7 +31,10 @@ VARY_HEADERS = ("anthropic-version", "anthropic-beta")
 
 # Sorted keys at every depth: {"b":1,"a":2} and {"a":2,"b":1} encode alike.
 _canonical = msgspec.json.Encoder(order="sorted").encode
+_BLAKE2B_128 = blake2b(digest_size=16)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: escaped key heads a cache keeps (the pairs of provider and model it saw last)
+MAX_HEADS = 4096
 
 
 @lru_cache(maxsize=4096)
@@ -49,6 +52,60 @@ def key_prefix(namespace: str, provider: str | None = None, model: str | None = 
     return prefix if model is None else prefix + escape(model) + ":"
 
 
+class KeyRules:
+    """The key rules of one cache, with what a request does not change built once:
+    the namespace, the fields left out, and the escaped ``<namespace>:<provider>:<model>:``
+    heads (the hot path of every lookup: no keyword arguments, one hash call)."""
+
+    __slots__ = ("namespace", "ignored", "_heads")
+
+    def __init__(self, namespace: str, ignored: frozenset[str] = IGNORED_FIELDS) -> None:
+        self.namespace = namespace
+        self.ignored = ignored
+        #: (provider, model) -> the key's escaped head; bounded, since callers name models
+        self._heads: dict[tuple[str, str], str] = {}
+
+    def key(
+        self,
+        path: str,
+        provider: str,
+        api: str,
+        model: str,
+        document: dict[str, Any],
+        caller: str | None,
+        headers: Any,
+        with_stream: bool = False,
+    ) -> str:
+        """The key of one request. ``caller`` is None for ``scope: shared``; ``with_stream``
+        keeps streamed and buffered answers apart (for APIs whose forms do not convert)."""
+        ignored = self.ignored
+        body = document if ignored.isdisjoint(document) else {k: v for k, v in document.items() if k not in ignored}
+        # What the hash covers before the body: each part followed by a NUL.
+        if caller is None:
+            parts = f"{path}\0{provider}\0{api}\0"
+        else:
+            parts = f"{path}\0{provider}\0{api}\0caller\0{caller}\0"
+        for name in VARY_HEADERS:
+            value = headers.get(name)
+            if value:
+                parts += f"{name}\0{value}\0"
+        if with_stream:
+            parts += "stream\0" if document.get("stream") is True else "buffered\0"
+        digest = _BLAKE2B_128.copy()  # cheaper than a new one with its options
+        digest.update(parts.encode("utf-8", "surrogatepass") + _canonical(body))
+        head = self._heads.get((provider, model))
+        if head is None:
+            head = self._head(provider, model)
+        return head + digest.hexdigest()
+
+    def _head(self, provider: str, model: str) -> str:
+        heads = self._heads
+        if len(heads) >= MAX_HEADS:
+            heads.clear()
+        head = heads[provider, model] = key_prefix(self.namespace, provider, model)
+        return head
+
+
 def request_key(
     namespace: str,
     *,
@@ -62,19 +119,5 @@ def request_key(
     ignored: frozenset[str] = IGNORED_FIELDS,
     with_stream: bool = False,
 ) -> str:
-    """The key of one request. ``caller`` is None for ``scope: shared``; ``with_stream``
-    keeps streamed and buffered answers apart (for APIs whose forms do not convert)."""
-    body = document if ignored.isdisjoint(document) else {k: v for k, v in document.items() if k not in ignored}
-    parts = [path, provider, api]
-    if caller is not None:
-        parts += ("caller", caller)
-    for name in VARY_HEADERS:
-        value = headers.get(name)
-        if value:
-            parts += (name, value)
-    if with_stream:
-        parts.append("stream" if document.get("stream") is True else "buffered")
-    parts.append("")
-    digest = blake2b("\0".join(parts).encode(errors="surrogatepass"), digest_size=16)
-    digest.update(_canonical(body))
-    return f"{namespace}:{escape(provider)}:{escape(model)}:{digest.hexdigest()}"
+    """The key of one request (:meth:`KeyRules.key`, for one call)."""
+    return KeyRules(namespace, ignored).key(path, provider, api, model, document, caller, headers, with_stream)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
+from multidict import CIMultiDict
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -30,7 +31,7 @@ from gateway.redis import when_written
 from gateway_plugins.cache import formats
 from gateway_plugins.cache.backends import Entry, LRUMemoryCache, RedisEntryCache
 from gateway_plugins.cache.flight import BUFFERED, DONE, FAILED, STREAMING, Flight
-from gateway_plugins.cache.keys import IGNORED_FIELDS, escape, key_prefix, request_key
+from gateway_plugins.cache.keys import IGNORED_FIELDS, KeyRules, escape, key_prefix
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -44,6 +45,8 @@ LOG_EVERY_S = 10.0
 #: after a backend error, the cache stays away from it this long (misses meanwhile)
 BACKEND_PAUSE_S = 1.0
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]+$")
+#: the most content types whose headers are kept built (upstreams name them: few)
+MAX_CONTENT_TYPES = 64
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -113,8 +116,9 @@ class Cache:
                 raise PluginConfigError("paths", f"{path!r} is not a path (it must start with /)")
         self.config = config
         self.paths = frozenset(config.paths)
-        self.ignored = IGNORED_FIELDS | frozenset(config.ignore_fields)
+        self.keys = KeyRules(config.namespace, IGNORED_FIELDS | frozenset(config.ignore_fields))
         self.shared = config.scope == "shared"
+        self.max_temperature = config.max_temperature
         self.ttl_s = config.ttl_s
         self.namespace = config.namespace
         self.memory: LRUMemoryCache | None = None
@@ -123,6 +127,8 @@ class Cache:
             self.memory = LRUMemoryCache(config.max_entries, self._evicted, config.max_memory_bytes)
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self.flights: dict[str, Flight] = {}
+        #: content type -> a hit's headers but ``Age`` (see _headers)
+        self._built_headers: dict[str, CIMultiDict[str]] = {}
         #: pumps: tasks reading streamed answers into flights
         self._tasks: set[asyncio.Task[None]] = set()
         self.hits = self.misses = self.bypasses = self.coalesced = 0
@@ -157,7 +163,7 @@ class Cache:
         try:
             await self.redis.ping()
         except Exception as exc:  # the cache degrades to misses; serving goes on
-            await self._backend_failed("ping", exc)
+            self._count_backend_error("ping", exc)
 
     @hookimpl
     async def shutdown(self, gateway: Gateway) -> None:
@@ -210,7 +216,7 @@ class Cache:
             return None  # not JSON: the upstream's to judge
         model = document.get("model")
         temperature = document.get("temperature")
-        bound = self.config.max_temperature
+        bound = self.max_temperature
         if bound is not None and isinstance(temperature, (int, float)) and temperature > bound:
             return None
         path = exchange.path
@@ -218,17 +224,15 @@ class Cache:
         wants_stream = document.get("stream") is True
         options = document.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        key = request_key(
-            self.namespace,
-            path=path,
-            provider=exchange.provider.name,
-            api=exchange.api,
-            model=model if isinstance(model, str) else "",
-            document=document,
-            caller=None if self.shared else exchange.caller,
-            headers=exchange.headers,
-            ignored=self.ignored,
-            with_stream=kind is None,
+        key = self.keys.key(
+            path,
+            exchange.provider.name,
+            exchange.api,
+            model if isinstance(model, str) else "",
+            document,
+            None if self.shared else exchange.caller,
+            exchange.headers,
+            kind is None,
         )
         return _Call(key, read, write, kind, wants_stream, include_usage, max_age_s)
 
@@ -238,11 +242,14 @@ class Cache:
         if call is None:
             return await call_next(exchange)
         if call.read:
-            entry = await self._lookup(exchange, call.key, call.lookup)
-            if entry is not None and (call.max_age_s is None or time.time() - entry.stored_at <= call.max_age_s):
-                answer = self._answer_from(entry, call)
-                if answer is not None:
-                    return self._hit(exchange, answer)
+            memory = self.memory
+            entry = memory.peek(call.key) if memory is not None else await self._lookup(exchange, call.key, call.lookup)
+            if entry is not None:
+                age_s = time.time() - entry.stored_at
+                if call.max_age_s is None or age_s <= call.max_age_s:
+                    answer = self._answer_from(entry, call, age_s)
+                    if answer is not None:
+                        return self._hit(exchange, answer)
             flight = self.flights.get(call.key)
             if flight is not None and flight.state != FAILED:
                 answer = await self._follow(flight, call)
@@ -353,7 +360,7 @@ class Cache:
             await close_stream(stream)
             if call.completed:  # the leader's caller left before the end: store for it
                 if call.store_on_finish and call.captured is not None:
-                    await self._store(None, call.key, call.captured)
+                    self._store(None, call.key, call.captured)
                 self._land(call.key, flight, failed=not whole)
             elif flight.state == FAILED:
                 self._land(call.key, flight)
@@ -405,31 +412,42 @@ class Cache:
         else:
             usage_chunk = call.kind == formats.CHAT and flight.include_usage
             entry = Entry("sse", flight.status, flight.content_type, b"".join(flight.chunks), time.time(), usage_chunk)
-        return self._answer_from(entry, call)
+        return self._answer_from(entry, call, 0.0)
 
-    def _answer_from(self, entry: Entry, call: _Call) -> Response | None:
+    def _answer_from(self, entry: Entry, call: _Call, age_s: float) -> Response | None:
         """The stored answer in the form the caller asked for, or None if it cannot be."""
-        age = max(0, int(time.time() - entry.stored_at))
         if entry.form == "json":
             if not call.wants_stream:
-                return Response(entry.status, {"Content-Type": entry.content_type, "Age": str(age)}, entry.body)
+                return Response(entry.status, self._headers(entry.content_type, age_s), entry.body)
             if call.kind is None:
                 return None
             stream = formats.json_to_stream(call.kind, entry.body, call.include_usage)
             if stream is None:
                 return None
-            return Response(entry.status, {"Content-Type": SSE_CONTENT_TYPE, "Age": str(age)}, stream=_once(stream))
+            return Response(entry.status, self._headers(SSE_CONTENT_TYPE, age_s), stream=_once(stream))
         if call.wants_stream:
             body = entry.body
             if entry.has_usage_chunk and not call.include_usage:
                 body = formats.drop_usage_chunk(body)
-            return Response(entry.status, {"Content-Type": entry.content_type, "Age": str(age)}, stream=_once(body))
+            return Response(entry.status, self._headers(entry.content_type, age_s), stream=_once(body))
         if call.kind is None:
             return None
         document = formats.stream_to_json(call.kind, entry.body)
         if document is None:
             return None
-        return Response(entry.status, {"Content-Type": "application/json", "Age": str(age)}, document)
+        return Response(entry.status, self._headers("application/json", age_s), document)
+
+    def _headers(self, content_type: str, age_s: float) -> CIMultiDict[str]:
+        """An answer's ``Content-Type`` and ``Age``: a copy of headers built once per
+        content type, which costs half of building them anew."""
+        built = self._built_headers.get(content_type)
+        if built is None:
+            if len(self._built_headers) >= MAX_CONTENT_TYPES:
+                self._built_headers.clear()
+            built = self._built_headers[content_type] = CIMultiDict({"Content-Type": content_type})
+        headers = built.copy()
+        headers.add("Age", str(int(age_s)) if age_s > 0 else "0")
+        return headers
 
     @hookimpl
     async def complete(self, exchange: Exchange) -> None:
@@ -437,6 +455,8 @@ class Cache:
         if call is None:
             return
         call.completed = True
+        if call.captured is None and call.flight is None and call.pump is None:
+            return  # a hit, a follower or an answer not kept: nothing to store or land
         error = exchange.error
         # An answer the upstream gave whole is kept even if the caller left; not one a
         # plugin refused (a scan of responses) or one that broke.
@@ -447,7 +467,7 @@ class Cache:
             return
         try:
             if storable and call.captured is not None:
-                await self._store(exchange, call.key, call.captured)
+                self._store(exchange, call.key, call.captured)
         finally:
             # A flight not over by now (a response hook replaced the stream) fails its followers.
             flight = call.flight
@@ -470,9 +490,7 @@ class Cache:
         return future
 
     async def _lookup(self, exchange: Exchange, key: str, sent: asyncio.Future[Any] | None = None) -> Entry | None:
-        memory = self.memory
-        if memory is not None:
-            return memory.peek(key)  # type: ignore[no-any-return]
+        """The Redis lookup (a memory one is a plain ``peek`` in ``send``)."""
         redis = self.redis
         if redis is None or time.monotonic() < self._paused_until:
             return None
@@ -482,10 +500,10 @@ class Cache:
                     return redis.decode(await sent)
                 return await redis.fetch(key)
         except Exception as exc:
-            await self._backend_failed("GET", exc)
+            self._count_backend_error("GET", exc)
             return None
 
-    async def _store(self, exchange: Exchange | None, key: str, entry: Entry) -> None:
+    def _store(self, exchange: Exchange | None, key: str, entry: Entry) -> None:
         if self.memory is not None:
             self.memory.put(key, entry, self.ttl_s)
             self.stores += 1
@@ -503,7 +521,7 @@ class Cache:
         except Exception as exc:
             if span is not None:
                 span.end()
-            await self._backend_failed("SET", exc)
+            self._count_backend_error("SET", exc)
             return
         when_written(stored, span, self._stored)
 
@@ -525,9 +543,6 @@ class Cache:
         attributes = self._attributes(operation)
         with self.tracer.start_as_current_span(f"cache {operation}", kind=SpanKind.CLIENT, attributes=attributes):
             yield
-
-    async def _backend_failed(self, operation: str, exc: BaseException) -> None:
-        self._count_backend_error(operation, exc)
 
     def _count_backend_error(self, operation: str, exc: BaseException) -> None:
         """Count the error, pause the backend briefly (the shared connection starts over
@@ -565,7 +580,7 @@ class Cache:
             try:
                 size = await self.redis.size()
             except Exception as exc:
-                await self._backend_failed("ZCOUNT", exc)
+                self._count_backend_error("ZCOUNT", exc)
                 size = None
         else:
             size = None
@@ -606,7 +621,7 @@ class Cache:
         try:
             deleted = await backend.delete_prefix(prefix, model_filter)
         except Exception as exc:
-            await self._backend_failed("DEL", exc)
+            self._count_backend_error("DEL", exc)
             return web.json_response(
                 {
                     "error": {

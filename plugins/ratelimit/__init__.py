@@ -144,6 +144,8 @@ class RateLimit:
         self.token_indexes = {
             limits: tuple(index for index, limit in enumerate(limits) if limit.is_tokens) for limits in every
         }
+        #: whether any caller has a token limit (else ``complete`` has nothing to settle)
+        self.counts_tokens = any(self.token_indexes.values())
         self.closed = config.failure_mode == "closed"
         self.shadow_mode = config.shadow_mode
         self.flagged_scale = 1.0 / config.flagged_multiplier if config.flagged_multiplier else 1.0
@@ -245,9 +247,9 @@ class RateLimit:
             return
         scale = self.flagged_scale if exchange.threat_severity is not None else 1.0
         tokens = -1
-        if scale == 1.0 and limits in self.request_charges:
-            charges = self.request_charges[limits]  # request limits only, unflagged: the common case
-        else:
+        # Request limits only, unflagged (the common case): the charges built at startup.
+        charges = self.request_charges.get(limits) if scale == 1.0 else None
+        if charges is None:
             charges = []
             for limit in limits:
                 if limit.is_tokens:
@@ -318,6 +320,8 @@ class RateLimit:
 
     @hookimpl
     async def complete(self, exchange: Exchange) -> None:
+        if not self.counts_tokens:
+            return
         reservation = exchange.state.get(RESERVATION)
         if reservation is None:
             return
@@ -402,6 +406,17 @@ class RateLimit:
         """Headers, figures and span attributes of an admitted request (the hot path)."""
         self.allowed += 1
         counts = self.allowed_by_limit
+        headers = exchange.response_headers
+        if len(limits) == 1:  # one limit: the common case, without a loop
+            limit = limits[0]
+            counts[limit.name] += 1
+            level = levels[0] + charges[0]
+            least = (int((limit.period_s - level) / (limit.interval_s * scale) + 1e-6), level, limit)
+            _set_headers(headers, least, scale)
+            if exchange.recording:
+                requests, tokens = (None, least) if limit.is_tokens else (least, None)
+                self._attributes("allowed", requests, tokens, None, scale, backend_s)
+            return
         requests = tokens = None  # per kind, the limit with the least room left: (units left, level, limit)
         for limit, level, charge in zip(limits, levels, charges, strict=True):
             counts[limit.name] += 1
@@ -412,7 +427,10 @@ class RateLimit:
                     tokens = (left, level, limit)
             elif requests is None or left < requests[0]:
                 requests = (left, level, limit)
-        self._headers(exchange, requests, tokens, scale)
+        if requests is not None:
+            _set_headers(headers, requests, scale)
+        if tokens is not None:
+            _set_headers(headers, tokens, scale)
         if exchange.recording:
             self._attributes("allowed", requests, tokens, None, scale, backend_s)
 
@@ -446,7 +464,11 @@ class RateLimit:
                     tokens = entry
                 else:
                     requests = entry
-        self._headers(exchange, requests, tokens, scale)
+        headers = exchange.response_headers
+        if requests is not None:
+            _set_headers(headers, requests, scale)
+        if tokens is not None:
+            _set_headers(headers, tokens, scale)
         if exchange.recording:
             self._attributes("limited", requests, tokens, denied_by, scale, backend_s)
         error = rate_limit_exceeded(
@@ -456,24 +478,6 @@ class RateLimit:
         # OpenAI's own hint, in milliseconds: its SDKs prefer it to Retry-After's whole seconds.
         error.headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
         return error
-
-    @staticmethod
-    def _headers(exchange: Exchange, requests: tuple | None, tokens: tuple | None, scale: float) -> None:
-        headers = exchange.response_headers
-        if requests is not None:
-            left, level, limit = requests[:3]
-            headers["x-ratelimit-limit-requests"] = (
-                limit.amount_text if scale == 1.0 else str(max(1, int(limit.amount / scale)))
-            )
-            headers["x-ratelimit-remaining-requests"] = str(left if left > 0 else 0)
-            headers["x-ratelimit-reset-requests"] = go_duration(level)
-        if tokens is not None:
-            left, level, limit = tokens[:3]
-            headers["x-ratelimit-limit-tokens"] = (
-                limit.amount_text if scale == 1.0 else str(max(1, int(limit.amount / scale)))
-            )
-            headers["x-ratelimit-remaining-tokens"] = str(left if left > 0 else 0)
-            headers["x-ratelimit-reset-tokens"] = go_duration(level)
 
     def _attributes(
         self,
@@ -568,3 +572,12 @@ class RateLimit:
         while not self.stopping:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.memory.sweep()
+
+
+def _set_headers(headers: dict[str, str], least: tuple, scale: float) -> None:
+    """OpenAI's three ``x-ratelimit-*`` headers of one kind, from the limit with the least
+    room left: ``least`` starts with (units left, level, limit)."""
+    left, level, limit = least[0], least[1], least[2]
+    headers[limit.limit_header] = limit.amount_text if scale == 1.0 else str(max(1, int(limit.amount / scale)))
+    headers[limit.remaining_header] = str(left) if left > 0 else "0"
+    headers[limit.reset_header] = go_duration(level)

@@ -39,7 +39,10 @@ _EPSILON_S = 1e-9
 class Limit:
     """One configured limit: ``amount`` units of ``kind`` per ``period_s``."""
 
-    __slots__ = ("name", "kind", "period_s", "amount", "field", "interval_s", "is_tokens", "cap_s", "amount_text")
+    __slots__ = (
+        "name", "kind", "period_s", "amount", "field", "interval_s", "is_tokens", "cap_s", "period_us", "amount_text",
+        "limit_header", "remaining_header", "reset_header",
+    )  # fmt: skip
 
     def __init__(self, name: str, kind: str, period_s: float, amount: int, field: str) -> None:
         self.name = name
@@ -52,7 +55,13 @@ class Limit:
         self.is_tokens = kind == "tokens"
         #: the most a bucket holds, with slack for floating point: spending exactly the limit fits
         self.cap_s = period_s + _EPSILON_S
+        #: the period in the Redis script's unit
+        self.period_us = int(period_s * 1e6)
+        # What every answer's headers say of the limit, built once.
         self.amount_text = str(amount)
+        self.limit_header = f"x-ratelimit-limit-{kind}"
+        self.remaining_header = f"x-ratelimit-remaining-{kind}"
+        self.reset_header = f"x-ratelimit-reset-{kind}"
 
     def __repr__(self) -> str:
         return f"Limit({self.name}={self.amount})"
@@ -131,13 +140,17 @@ def remaining(limit: Limit, level_s: float, scale: float) -> int:
     return max(0, int(left + 1e-6))
 
 
+#: ``0ms`` ... ``999ms``: the reset a busy caller's every answer carries, formatted once
+_MILLISECONDS = tuple(f"{ms}ms" for ms in range(1000))
+
+
 def go_duration(seconds: float) -> str:
     """A duration as OpenAI writes ``x-ratelimit-reset-*``: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
     if seconds <= 0:
         return "0s"
     total_ms = math.ceil(seconds * 1000 - 1e-6)
     if total_ms < 1000:
-        return f"{total_ms}ms"
+        return _MILLISECONDS[total_ms]
     hours, rest = divmod(total_ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
     whole, millis = divmod(rest, 1000)

@@ -127,7 +127,7 @@ class RedisStore:
         args: list[Any] = []
         for limit, charge in zip(limits, charges, strict=True):
             # Whole microseconds, rounded down: a caller spending exactly its limit fits.
-            args += (limit.field, int(charge * 1e6), int(limit.period_s * 1e6))
+            args += (limit.field, int(charge * 1e6), limit.period_us)
         assert self._take is not None
         started, sent_ns = time.perf_counter(), time.time_ns()
         future = self._take(keys=(self.key_prefix + caller,), args=args)
