@@ -45,11 +45,11 @@ class StashKey(Generic[T]):
 class Stash(dict):  # type: ignore[type-arg]
     """Per-exchange plugin state keyed by :class:`StashKey`."""
 
-    def __getitem__(self, key: StashKey[T]) -> T:
-        return super().__getitem__(key)  # type: ignore[no-any-return]
+    if TYPE_CHECKING:  # typed for plugins' type checkers; at run time dict's own (C) methods
 
-    def get(self, key: StashKey[T], default: Any = None) -> T | Any:  # type: ignore[override]
-        return super().get(key, default)
+        def __getitem__(self, key: StashKey[T]) -> T: ...
+
+        def get(self, key: StashKey[T], default: Any = None) -> T | Any: ...  # type: ignore[override]
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -312,6 +312,7 @@ class Exchange:
         "_deferred",
         "_body",
         "_json",
+        "_json_type",
         "_usage",
     )
 
@@ -390,6 +391,7 @@ class Exchange:
         self._deferred: list[tuple[int, Coroutine[Any, Any, None]]] | None = None
         self._body = body
         self._json: Any = _UNSET
+        self._json_type: bool | None = None  # whether Content-Type allows JSON (read once)
 
     def defer(self, decision: Coroutine[Any, Any, None]) -> None:
         """From a ``request`` hook: await ``decision`` after the last ``request`` hook, not now.
@@ -450,8 +452,11 @@ class Exchange:
 
     @property
     def has_json_body(self) -> bool:
-        content_type = self.headers.get("Content-Type", "")
-        return bool(self._body) and (not content_type or "json" in content_type)
+        json_type = self._json_type
+        if json_type is None:
+            content_type = self.headers.get("Content-Type", "")
+            json_type = self._json_type = not content_type or "json" in content_type
+        return json_type and bool(self._body)
 
     @property
     def model(self) -> str | None:
