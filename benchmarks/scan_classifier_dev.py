@@ -2,9 +2,11 @@
 
     python benchmarks/scan_classifier_dev.py                     # the shipped settings
     python benchmarks/scan_classifier_dev.py --c-binary 8 32 128  # compare regularisation strengths
+    python benchmarks/scan_classifier_dev.py --benign-share '{"synthetic": 0.32, ...}' '{...}'  # compare shares
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
-attacks; chitchat-dataset conversations and those packages' benign texts) are set aside as a development split,
+attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
+and comments and ovos-skill-alerts' utterances) are set aside as a development split,
 by source, like the held-out split: the model is fitted on the rest and judged on them (recall at the model
 card's threshold, recall at 1 % and 2 % false positives on the development benign texts) and on the scan dev
 set (/work/shared/data/scan/dev.jsonl, model alone and with the rules). The held-out split is not built here.
