@@ -2,9 +2,11 @@
 
     python benchmarks/scan_classifier_dev.py                     # the shipped settings
     python benchmarks/scan_classifier_dev.py --c-binary 8 32 128  # compare regularisation strengths
+    python benchmarks/scan_classifier_dev.py --benign-share '{"synthetic": 0.32, ...}' '{...}'  # compare shares
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
-attacks; chitchat-dataset conversations and those packages' benign texts) are set aside as a development split,
+attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
+and comments and ovos-skill-alerts' utterances) are set aside as a development split,
 by source, like the held-out split: the model is fitted on the rest and judged on them (recall at the model
 card's threshold, recall at 1 % and 2 % false positives on the development benign texts) and on the scan dev
 set (/work/shared/data/scan/dev.jsonl, model alone and with the rules). The held-out split is not built here.
@@ -28,7 +30,7 @@ import train_scan_classifier as trainer  # noqa: E402
 
 from gateway_plugins.scan import classifier as clf  # noqa: E402
 
-DEV_SOURCES = ("hermes", "aib", "agentprobe", "chitchat")
+DEV_SOURCES = ("hermes", "aib", "agentprobe", "chitchat", "django-contrib", "ovos-alerts")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c-binary", type=float, nargs="+", default=[trainer.C_BINARY])
     ap.add_argument("--bits", type=int, nargs="+", default=[trainer.BITS])
     ap.add_argument("--attack-share", type=json.loads, default=None, help='JSON, e.g. {"synthetic": 0.5, ...}')
+    ap.add_argument("--benign-share", type=json.loads, nargs="+", default=[None],
+                    help='JSON, one model per value, e.g. {"synthetic": 0.32, ...} (default: the script\'s)')
     ap.add_argument("--window", type=int, nargs=2, default=None, metavar=("WINDOW", "STRIDE"))
     args = ap.parse_args(argv)
     if args.window:
@@ -60,28 +64,28 @@ def main(argv: list[str] | None = None) -> int:
     rules_hits = {r["text"]: bool(rules.scan(r["text"])) for r in shared} if rules is not None else {}
     print(f"development split: {sum(r['label'] == 'attack' for r in dev)} attacks, "
           f"{sum(r['label'] == 'benign' for r in dev)} benign, from {', '.join(DEV_SOURCES)}")
-    for bits in args.bits:
-        for c in args.c_binary:
-            t0 = time.perf_counter()
-            _rows, _val, _W16, _b, _platt, weights = trainer.train(bits=bits, log=lambda *_: None, rows=rows,
-                                                                   c_binary=c, attack_share=args.attack_share)
-            model = clf.InjectionClassifier(weights)
-            figures = trainer.evaluate(model, dev)
-            neg = sorted((model.best(r["text"])[0].probability for r in dev if r["label"] == "benign"), reverse=True)
-            pos = [model.best(r["text"])[0].probability for r in dev if r["label"] == "attack"]
-            k1 = int(0.01 * len(neg))
-            thr1 = neg[k1] if k1 < len(neg) else 0.0
-            alone = bench.quality(shared, lambda t, m=model: bool(m.scan(t)))
-            both = bench.quality(shared, lambda t, m=model: rules_hits.get(t, False) or bool(m.scan(t)))
-            print(json.dumps({
-                "bits": bits, "C": c, "seconds": round(time.perf_counter() - t0, 1),
-                "dev_split": {k: figures[k] for k in ("recall", "fpr", "recall_by_family", "fpr_by_source",
-                                                       "recall_at_fpr_0.02", "threshold_at_fpr_0.02")},
-                "dev_split_recall_at_fpr_0.01": round(sum(p > thr1 for p in pos) / len(pos), 4),
-                "dev_split_threshold_at_fpr_0.01": round(thr1, 4),
-                "scan_dev_set_model": {k: alone[k] for k in ("recall", "fpr", "false_positives")},
-                "scan_dev_set_rules_model": {k: both[k] for k in ("recall", "fpr", "false_positives")},
-            }))
+    for bits, c, share in ((b, c, s) for b in args.bits for c in args.c_binary for s in args.benign_share):
+        t0 = time.perf_counter()
+        _rows, _val, _W16, _b, _platt, weights = trainer.train(bits=bits, log=lambda *_: None, rows=rows,
+                                                               c_binary=c, attack_share=args.attack_share,
+                                                               benign_share=share)
+        model = clf.InjectionClassifier(weights)
+        figures = trainer.evaluate(model, dev)
+        neg = sorted((model.best(r["text"])[0].probability for r in dev if r["label"] == "benign"), reverse=True)
+        pos = [model.best(r["text"])[0].probability for r in dev if r["label"] == "attack"]
+        k1 = int(0.01 * len(neg))
+        thr1 = neg[k1] if k1 < len(neg) else 0.0
+        alone = bench.quality(shared, lambda t, m=model: bool(m.scan(t)))
+        both = bench.quality(shared, lambda t, m=model: rules_hits.get(t, False) or bool(m.scan(t)))
+        print(json.dumps({
+            "bits": bits, "C": c, "benign_share": share, "seconds": round(time.perf_counter() - t0, 1),
+            "dev_split": {k: figures[k] for k in ("recall", "fpr", "recall_by_family", "fpr_by_source",
+                                                   "recall_at_fpr_0.02", "threshold_at_fpr_0.02")},
+            "dev_split_recall_at_fpr_0.01": round(sum(p > thr1 for p in pos) / len(pos), 4),
+            "dev_split_threshold_at_fpr_0.01": round(thr1, 4),
+            "scan_dev_set_model": {k: alone[k] for k in ("recall", "fpr", "false_positives")},
+            "scan_dev_set_rules_model": {k: both[k] for k in ("recall", "fpr", "false_positives")},
+        }))
     return 0
 
 

@@ -11,6 +11,10 @@ Sources (see docs/scan-classifier.md for licenses and counts):
 - ``chatterbot-corpus`` (PyPI, BSD-3-Clause): multilingual everyday chat lines (benign).
 - ``python-stdlib-docs``: docstrings of the Python standard library installed with the interpreter
   (PSF license): benign technical prose and code samples.
+- ``Django`` (PyPI, BSD-3-Clause; install with ``--no-deps``, its files are parsed, never imported): docstrings
+  and code comments (technical prose) and its translated user-facing messages (non-English text).
+- OpenVoiceOS skills (PyPI, Apache-2.0 / BSD-3-Clause / MIT; ``--no-deps``, only their locale files are read):
+  what people say to a voice assistant and what it answers, in 20+ languages (everyday non-English language).
 
 Rows are dicts ``{"text", "label" ("attack"|"benign"), "family", "source", "split"}``. ``split`` is
 ``train`` or ``heldout``; the held-out part is chosen by source (bastioncorpus and jailbreak-corpus-mini
@@ -1038,6 +1042,170 @@ def chitchat(seed: int, n: int = 9000) -> list[dict]:
             for t in turns[:n]]
 
 
+# -- sources added for model v4: benign technical prose and non-English everyday language ----------------------
+# (v3's training side had Spanish/German/Italian/Portuguese only in attack templates, chatterbot's files in those
+# languages being held out, and technical prose only from the standard library's docstrings.)
+
+
+def _dist_files(dist: str, suffixes: tuple[str, ...]) -> list:
+    """The files of an installed distribution ending with ``suffixes``, sorted by path, located through its
+    metadata: the package is never imported (its own dependencies are not installed)."""
+    import importlib.metadata
+
+    d = importlib.metadata.distribution(dist)
+    return [d.locate_file(f) for f in sorted(d.files or [], key=str) if str(f).endswith(suffixes)]
+
+
+def _module_texts(source: str) -> tuple[list[str], list[str]]:
+    """A Python file's docstrings (module, classes, functions) and its comment blocks (consecutive ``#`` lines
+    joined), without running it."""
+    import ast
+    import io
+    import tokenize
+
+    docs: list[str] = []
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return [], []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc:
+                docs.append(doc)
+    comments: list[str] = []
+    block: list[str] = []
+    last_line = -2
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            text = tok.string.lstrip("#").strip()
+            if tok.start[0] != last_line + 1 and block:
+                comments.append(" ".join(block))
+                block = []
+            if text:
+                block.append(text)
+            last_line = tok.start[0]
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    if block:
+        comments.append(" ".join(block))
+    return docs, comments
+
+
+def django_prose() -> list[dict]:
+    """Django (PyPI, BSD-3-Clause; installed with ``--no-deps``, its files are parsed, never imported): docstring
+    paragraphs and code-comment blocks of its source as benign technical prose. ``django.contrib`` is its own
+    source (``django-contrib``) so the development split can set it aside."""
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for path in _dist_files("Django", (".py",)):
+        rel = str(path).replace("\\", "/").split("/django/", 1)[-1]
+        if "/tests/" in rel or "/migrations/" in rel:
+            continue
+        source = "django-contrib" if rel.startswith("contrib/") else "django-core"
+        docs, comments = _module_texts(path.read_text(encoding="utf-8"))
+        paras = [p for doc in docs for p in doc.split("\n\n")] + comments
+        for para in paras:
+            text = " ".join(para.split()) if ">>>" not in para else para.strip("\n")
+            if 40 <= len(text) <= 1200 and text not in seen:
+                seen.add(text)
+                rows.append({"text": text, "label": "benign", "family": "benign", "source": source,
+                             "split": "train"})
+    return rows
+
+
+def _po_messages(text: str) -> list[str]:
+    """The translated strings (``msgstr``, plural forms too) of a gettext catalogue, in file order."""
+    out: list[str] = []
+    current: list[str] | None = None
+    for line in text.splitlines() + [""]:
+        line = line.strip()
+        if line.startswith("msgstr"):
+            if current:
+                out.append("".join(current))
+            current = [json.loads(line.split(" ", 1)[1])] if " " in line else []
+        elif line.startswith('"') and current is not None:
+            current.append(json.loads(line))
+        else:
+            if current:
+                out.append("".join(current))
+            current = None
+    return out
+
+
+def django_translations(per_language: int = 80) -> list[dict]:
+    """Django's gettext catalogues (BSD-3-Clause): its user-facing messages translated into other languages
+    (form errors, admin screens, dates), as benign non-English text; English is not included (no catalogue)."""
+    by_lang: dict[str, list[str]] = {}
+    for path in _dist_files("Django", (".po",)):
+        parts = str(path).replace("\\", "/").split("/")
+        lang = parts[parts.index("LC_MESSAGES") - 1]
+        for msg in _po_messages(path.read_text(encoding="utf-8")):
+            msg = " ".join(msg.replace("%(", "(").split())
+            if len(msg) >= 12:
+                by_lang.setdefault(lang, []).append(msg)
+    rows: list[dict] = []
+    for lang in sorted(by_lang):
+        seen: set[str] = set()
+        for msg in by_lang[lang]:
+            if msg not in seen and len(seen) < per_language:
+                seen.add(msg)
+                rows.append({"text": msg, "label": "benign", "family": "benign", "source": f"djangoi18n-{lang}",
+                             "split": "train"})
+    return rows
+
+
+# OpenVoiceOS skills (PyPI; Apache-2.0 except ovos-skill-alerts, BSD-3-Clause, and ovos-skill-randomness, MIT):
+# what users say to a voice assistant (.intent) and what it answers (.dialog), in 20+ languages.
+OVOS_SKILLS = ("ovos-skill-alerts", "ovos-skill-date-time", "ovos-skill-fallback-unknown", "ovos-skill-hello-world",
+               "ovos-skill-icanhazdadjokes", "ovos-skill-naptime", "ovos-skill-news", "ovos-skill-parrot",
+               "ovos-skill-personal", "ovos-skill-randomness", "ovos-skill-spelling", "ovos-skill-stop",
+               "ovos-skill-volume", "ovos-skill-wikipedia")
+
+
+def _expand_utterance(rng: random.Random, line: str) -> str:
+    """One sentence from an OVOS template: ``(a|b)`` picks one, ``[x]`` keeps x, ``{slot}`` becomes a number."""
+    import re
+
+    line = re.sub(r"\{[^{}]*\}", "3", line)
+    while True:
+        m = re.search(r"\(([^()]*)\)", line)
+        if not m:
+            break
+        line = line[:m.start()] + _pick(rng, m.group(1).split("|")) + line[m.end():]
+    return " ".join(line.replace("[", "").replace("]", "").split())
+
+
+def ovos(seed: int, per_language: int = 60) -> list[dict]:
+    """OpenVoiceOS skills' locale files: utterance and answer lines (12+ characters after expansion), all
+    languages, as benign everyday language; a seeded sample of ``per_language`` lines per skill and language
+    (templates expand to many near-copies), one source per skill (``ovos-<skill>``)."""
+    rng = random.Random(seed + 6)
+    rows: list[dict] = []
+    for dist in OVOS_SKILLS:
+        by_lang: dict[str, list[str]] = {}
+        for path in _dist_files(dist, (".intent", ".dialog")):
+            parts = str(path).replace("\\", "/").split("/")
+            if "locale" not in parts:
+                continue
+            lang = parts[parts.index("locale") + 1].lower()
+            lines = by_lang.setdefault(lang, [])
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    text = _expand_utterance(rng, line)
+                    if len(text) >= 12 and text not in lines:
+                        lines.append(text)
+        for lang in sorted(by_lang):
+            lines = by_lang[lang]
+            for text in rng.sample(lines, min(per_language, len(lines))):
+                rows.append({"text": text, "label": "benign", "family": "benign",
+                             "source": "ovos-" + dist.removeprefix("ovos-skill-"), "split": "train"})
+    return rows
+
+
 def build(seed: int = 1234, dev_sources: tuple[str, ...] = ()) -> list[dict]:
     """Every row from every source, in a deterministic order.
 
@@ -1054,13 +1222,14 @@ def build(seed: int = 1234, dev_sources: tuple[str, ...] = ()) -> list[dict]:
     hermes = hermes_jailbench(seed, spikee_instructions + _HARM)
     probe = agentprobe(seed, spikee_instructions + [r["text"] for r in aib if r["label"] == "attack"])
     chat = chitchat(seed)
-    for row in aib + hermes + probe + chat:
+    prose, translations, voice = django_prose(), django_translations(), ovos(seed)
+    for row in aib + hermes + probe + chat + prose + voice:
         if row["source"] in dev_sources:
             row["split"] = "dev"
     injected = spikee_attacks + [r["text"] for r in hermes + probe if r["label"] == "attack" and r["split"] == "train"]
     hosts = benign_hosts + [r for r in chat if r["split"] == "train"]
     return (synthetic(seed) + sp + aib + hermes + probe + embedded(seed, hosts, injected) + bastioncorpus()
-            + jailbreak_corpus_mini() + benign_hosts + chat)
+            + jailbreak_corpus_mini() + benign_hosts + chat + prose + translations + voice)
 
 if __name__ == "__main__":
     import collections

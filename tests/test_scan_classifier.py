@@ -273,7 +273,7 @@ def test_the_shipped_model_is_small_and_its_card_describes_it():
     size = clf.DEFAULT_MODEL.stat().st_size
     assert size < 25 * 1024 * 1024
     card = json.loads(clf.DEFAULT_MODEL.with_suffix(".json").read_text())
-    assert card["rule_id"] == f"ml.{card['name']}@{card['version']}" == "ml.injection-clf@3"
+    assert card["rule_id"] == f"ml.{card['name']}@{card['version']}" == "ml.injection-clf@4"
     assert 0 < card["threshold"] < 1
     assert card["training"]["rows_by_source"]
     assert "bastioncorpus" in card["training"]["licenses"]
