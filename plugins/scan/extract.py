@@ -39,11 +39,12 @@ SKIP_KEYS = frozenset(
 )  # fmt: skip
 
 
-class Slot(msgspec.Struct):
+class Slot(msgspec.Struct, gc=False):
     """A string in a decoded JSON document: ``container[key]``.
 
     A struct rather than a plain class: built in C, it costs a third of an
-    ``__init__`` call, and every request builds one per text."""
+    ``__init__`` call, and every request builds one per text. Untracked by the
+    garbage collector: the document never refers back to it, so it is in no cycle."""
 
     container: Any
     key: Any
