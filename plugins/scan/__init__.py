@@ -199,27 +199,27 @@ class Scan:
 
     # -- scanning -----------------------------------------------------------------------
 
-    def scan_text(self, text: str) -> ScanResult:
-        """One text, through the result cache."""
-        if len(text) > CACHE_MAX_TEXT:
-            assert self.scanner is not None
-            return self.scanner.scan(text)
-        result = self.cache.get(text)
-        if result is None:
-            assert self.scanner is not None
-            result = self.scanner.scan(text)
-            self.cache.put(text, result)
-        return result
-
     def scan_texts(self, texts: list[str]) -> list[ScanResult]:
-        return [self.scan_text(text) for text in texts]
+        """Each text, through the result cache (one at a time: a text repeated in the
+        batch is a hit the second time)."""
+        assert self.scanner is not None
+        scan = self.scanner.scan
+        cache = self.cache
+        results = []
+        for text in texts:
+            if len(text) > CACHE_MAX_TEXT:
+                result = scan(text)
+            else:
+                result = cache.get(text)
+                if result is None:
+                    result = scan(text)
+                    cache.put(text, result)
+            results.append(result)
+        return results
 
     async def _scan_all(self, texts: list[str]) -> list[ScanResult]:
         """Off the event loop when the texts are big (CPU-heavy on a large body)."""
-        size = 0
-        for text in texts:
-            size += len(text)
-        if size > self.offload_bytes:
+        if sum(map(len, texts)) > self.offload_bytes:
             self.offloaded += 1
             return await asyncio.to_thread(self.scan_texts, texts)
         return self.scan_texts(texts)
@@ -236,9 +236,14 @@ class Scan:
         if not found:
             return
         started = time.perf_counter()
-        results = await self._scan_all([slot.text for slot in found])
+        texts = [slot.text for slot in found]
+        # A small body is scanned here and now, without a coroutine of its own.
+        results = self.scan_texts(texts) if sum(map(len, texts)) <= self.offload_bytes else await self._scan_all(texts)
         self.texts_scanned += len(found)
-        if not any(result.detections for result in results):
+        for result in results:
+            if result.detections:
+                break
+        else:
             return
         report = ScanReport(texts=len(found))
         acted: list[Detection] = []

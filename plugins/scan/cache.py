@@ -33,13 +33,14 @@ class ResultCache(Generic[V]):
         if self.max_entries <= 0:
             self.misses += 1
             return None
-        now = time.monotonic()
         with self.lock:
             entry = self.entries.get(key)
-            if entry is None or entry[0] <= now:
-                if entry is not None:
-                    del self.entries[key]
-                    self.chars -= len(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            if entry[0] <= time.monotonic():
+                del self.entries[key]
+                self.chars -= len(key)
                 self.misses += 1
                 return None
             self.entries.move_to_end(key)
@@ -49,14 +50,15 @@ class ResultCache(Generic[V]):
     def put(self, key: str, value: V) -> None:
         if self.max_entries <= 0:
             return
-        expires = time.monotonic() + self.ttl_s
+        entries = self.entries
         with self.lock:
-            if key not in self.entries:
+            if key in entries:
+                entries.move_to_end(key)
+            else:
                 self.chars += len(key)
-            self.entries[key] = (expires, value)
-            self.entries.move_to_end(key)
-            while len(self.entries) > self.max_entries or self.chars > self.max_chars:
-                old, _ = self.entries.popitem(last=False)
+            entries[key] = (time.monotonic() + self.ttl_s, value)
+            while len(entries) > self.max_entries or self.chars > self.max_chars:
+                old, _ = entries.popitem(last=False)
                 self.chars -= len(old)
                 self.evictions += 1
 

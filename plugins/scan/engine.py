@@ -119,6 +119,8 @@ class Scanner:
             found = []
             for stage in self.stages:
                 found.extend(stage.scan(text))
+        if not found:
+            return ScanResult((), None, (time.perf_counter() - started) * 1000)
         detections = merge(found)
         return ScanResult(detections, highest(detections), (time.perf_counter() - started) * 1000)
 
@@ -346,9 +348,12 @@ class RuleStage:
         found: list[Detection] = []
         if not text:
             return found
-        ascii_only = text.isascii()
         encoded = text.encode()
         hits = self._hits(encoded)
+        if not hits:
+            # No pattern and no hint: no view is made, so nothing can be found (most texts).
+            return found
+        ascii_only = text.isascii()
         aux = self.aux
         present = {index - aux for index in hits if index >= aux}
         seen = self._match(text, None, found, via, hits=hits)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 #: keys whose string values (and every string below them) are texts to scan
 TEXT_KEYS = frozenset(
     {
@@ -37,15 +39,16 @@ SKIP_KEYS = frozenset(
 )  # fmt: skip
 
 
-class Slot:
-    """A string in a decoded JSON document: ``container[key]``."""
+class Slot(msgspec.Struct, gc=False):
+    """A string in a decoded JSON document: ``container[key]``.
 
-    __slots__ = ("container", "key", "text")
+    A struct rather than a plain class: built in C, it costs a third of an
+    ``__init__`` call, and every request builds one per text. Untracked by the
+    garbage collector: the document never refers back to it, so it is in no cycle."""
 
-    def __init__(self, container: Any, key: Any, text: str) -> None:
-        self.container = container
-        self.key = key
-        self.text = text
+    container: Any
+    key: Any
+    text: str
 
     def set(self, text: str) -> None:
         self.container[self.key] = text
@@ -100,17 +103,14 @@ def _plain_chat(document: dict[str, Any]) -> list[Slot] | None:
     for key, value in document.items():
         if key == "messages" and type(value) is list:
             for message in value:
-                if type(message) is not dict:
+                if type(message) is not dict or not _PLAIN_MESSAGE_KEYS.issuperset(message):
                     return None
-                for field, content in message.items():
-                    if field == "content":
-                        if type(content) is str:
-                            if content:
-                                found.append(Slot(message, "content", content))
-                        elif content is not None:
-                            return None
-                    elif field not in _PLAIN_MESSAGE_KEYS:
-                        return None
+                content = message.get("content")
+                if type(content) is str:
+                    if content:
+                        found.append(Slot(message, "content", content))
+                elif content is not None:
+                    return None
         elif type(value) in _SCALARS:
             if key in TEXT_KEYS and type(value) is str:
                 return None
@@ -119,7 +119,7 @@ def _plain_chat(document: dict[str, Any]) -> list[Slot] | None:
     return found
 
 
-_PLAIN_MESSAGE_KEYS = frozenset({"role", "name"})
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "name", "content"})
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
