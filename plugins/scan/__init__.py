@@ -74,8 +74,8 @@ CLASSIFIER_OFFLOAD_BYTES = 16 * 1024
 class ClassifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The learned second stage (docs/scan-classifier.md): ``classifier: {enabled: true, threshold: 0.5}``."""
 
-    #: off by default until it meets its targets: held-out false positives are 2.7 % of 2 % allowed
-    #: (throughput 0.88-0.94x of rules only, target 0.9x: met on a quiet core; docs/scan-classifier.md)
+    #: off by default until it meets its targets: held-out recall 0.895 at 0.8 % false positives, one
+    #: attack short of 0.9 (throughput 0.88-0.94x of rules only, target 0.9x; docs/scan-classifier.md)
     enabled: bool = False
     #: calibrated attack probability a text must reach; None: the model card's
     threshold: float | None = None
