@@ -15,7 +15,7 @@ import contextvars
 import logging
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from fnmatch import translate
 from random import getrandbits as _random_bits
 from time import perf_counter
@@ -791,15 +791,54 @@ class Proxy:
             pass
 
     def _complete(self, exchange: Exchange) -> None:
-        """Start the ``complete`` hooks, in a task of their own: the handler does not wait
-        for them (the answer is out), and a caller leaving cannot cut a ledger record or a
-        settle in half. The exchange's records and SERVER span wait for them (``handle``)."""
+        """Run the ``complete`` hooks: at once as far as they go without waiting (the
+        built-ins finish there: their writes go behind), then, if one waits, on in a task
+        of its own: the handler does not wait for it (the answer is out), and a caller
+        leaving cannot cut a ledger record or a settle in half. The exchange's records and
+        SERVER span wait for it (``handle``). A task for hooks that never wait cost
+        29,000 instructions a request."""
         if not self.chain.complete_hooks or exchange.reached < 0 or exchange in self._completing:
             return
-        task = asyncio.get_running_loop().create_task(self.chain.complete(exchange))
+        coroutine = self.chain.complete(exchange)
+        context = contextvars.copy_context()  # the task's own, as an eager task's: hook spans attach in it
+        try:
+            waiting = context.run(coroutine.send, None)
+        except StopIteration:
+            return
+        task = asyncio.get_running_loop().create_task(_resume(coroutine, waiting), context=context)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         self._completing[exchange] = task
+
+
+async def _resume(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive ``coroutine``, started outside any task, on from the future it waits for
+    (what a task does with its coroutine; Python 3.12's eager tasks do this natively)."""
+    while True:
+        try:
+            await _Waiting(waiting)
+        except BaseException as exc:  # the future failed, or this task was cancelled
+            try:
+                waiting = coroutine.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration:
+            return
+
+
+class _Waiting:
+    """Awaiting it hands the task the future a coroutine yielded (or None: a bare yield)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self.future
 
 
 def _ignore(exchange: Exchange, status: int) -> None:

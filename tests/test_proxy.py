@@ -575,3 +575,56 @@ async def test_a_caller_that_hangs_up_after_the_whole_answer_is_counted_with_its
         assert stats["by_status"] == {"200": 1}, stats
         assert 'route="/v1/chat/completions",status="200"} 1.0' in metrics
         assert 'status="499"' not in metrics
+
+
+class LateFailingComplete:
+    """A complete hook that waits, then fails: it runs on in a task of its own."""
+
+    def __init__(self, config: object = None) -> None:
+        pass
+
+    @hookimpl
+    async def complete(self, exchange: Exchange) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("the ledger went away")
+
+
+class QuickComplete:
+    """A complete hook that never waits: it runs to its end before the handler returns."""
+
+    seen: list[str] = []
+
+    def __init__(self, config: object = None) -> None:
+        pass
+
+    @hookimpl
+    async def complete(self, exchange: Exchange) -> None:
+        QuickComplete.seen.append(exchange.request_id)
+
+
+async def test_complete_hooks_that_wait_go_on_in_a_task_with_their_spans_and_failures(tmp_path, caplog):
+    """The complete hooks start at once; the first that waits takes the rest into a task
+    of its own. Its span (attached before the wait) ends after it, in the right trace,
+    marked failed; the failure is counted; hooks that never wait are done with the answer."""
+    QuickComplete.seen.clear()
+    config = mock_config(plugins=[{"use": "test_proxy:LateFailingComplete"}, {"use": "test_proxy:QuickComplete"}])
+    async with run_gateway(config, tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="m", messages=CHAT)
+        request_id = raw.headers["x-request-id"]
+        assert QuickComplete.seen == [request_id]  # complete runs backwards: the quick one first, at once
+        deadline = time.monotonic() + 5
+        while not gw.spans_named("POST /v1/chat/completions") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the SERVER span ends once the complete hooks are done
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{gw.admin_url}/stats") as answer:
+                stats = await answer.json()
+        spans = gw.spans()
+    (server,) = [span for span in spans if span.name == "POST /v1/chat/completions"]
+    (late,) = [span for span in spans if span.name == "test_proxy:LateFailingComplete complete"]
+    assert late.parent is not None and late.context.trace_id == server.context.trace_id
+    assert late.status.status_code.name == "ERROR"
+    assert late.end_time - late.start_time >= 40_000_000  # it ended after its wait
+    assert server.end_time >= late.end_time
+    assert stats["plugins"]["test_proxy:LateFailingComplete"]["failures"] == 1
+    # the span's context was attached before the wait and detached after it, in one context
+    assert not [record for record in caplog.records if "detach" in record.getMessage()]
