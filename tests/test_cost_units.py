@@ -219,7 +219,7 @@ def test_records_older_than_the_retention_are_deleted(tmp_path):
 
 
 def test_a_batch_is_written_in_multi_row_statements_and_every_record_lands_whole(tmp_path):
-    """150 records: two 64-row statements and one of 22 rows, each row as it was put (None and "" of error and cascade both read back as NULL)."""
+    """150 records: two 64-row statements and the 22 left in three (16, 4, 2), each row as it was put (None and "" of error and cascade both read back as NULL)."""
     import sqlite3
 
     from gateway_plugins.cost.ledger import COLUMNS, ROWS_PER_INSERT, Ledger
