@@ -21,7 +21,6 @@ ledger, and the caller's budget charged. See docs/cost.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import datetime as dt
 import io
@@ -31,7 +30,6 @@ import secrets
 import sqlite3
 import time
 from collections import Counter
-from contextlib import AbstractContextManager
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -104,13 +102,36 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     redis_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
 
 
+class _Asked(msgspec.Struct):
+    """What the request hook reads of a body: msgspec skips the rest (the messages)
+    without building it, where a whole decode would make every dict and string."""
+
+    model: Any = None
+    stream: Any = None
+    stream_options: Any = None
+    max_completion_tokens: Any = None
+    max_tokens: Any = None
+    max_output_tokens: Any = None
+
+
+_read_asked = msgspec.json.Decoder(_Asked).decode
+#: output caps a request may set, in the order they are read
+_OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
 class _Call:
     """What the plugin remembers of one exchange."""
 
-    __slots__ = ("token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "rates", "done", "model")
+    __slots__ = (
+        "token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "rates", "done", "model", "body",
+        "asked_model",
+    )  # fmt: skip
 
-    def __init__(self, caller: str) -> None:
+    def __init__(self, caller: str, body: bytes) -> None:
         self.caller = caller
+        #: the body the request hook read, and its model: while the body is this one, the model is that one
+        self.body = body
+        self.asked_model: str | None = None
         self.token = ""
         #: picodollars reserved against the budget (None: nothing reserved)
         self.reserved: int | None = None
@@ -127,7 +148,7 @@ class _Call:
 
 
 CALL = StashKey[_Call]("cost.call")
-_UNTRACED = contextlib.nullcontext()
+_REDIS_SPAN_ATTRIBUTES = {"db.system": "redis", "db.operation": "EVALSHA"}
 
 
 class Cost:
@@ -257,37 +278,64 @@ class Cost:
     async def request(self, exchange: Exchange) -> None:
         if exchange.method != "POST":  # listing models and the like costs nothing: no budget, no record
             return
-        call = _Call(exchange.caller)
+        call = _Call(exchange.caller, exchange.body)
         exchange.state[CALL] = call
-        try:
-            document = exchange.json() if exchange.has_json_body else None
-        except GatewayError:  # not JSON: the upstream's to judge; metered all the same
-            document = None
+        asked = None
+        if exchange.has_json_body:
+            try:
+                asked = _read_asked(call.body)
+            except (msgspec.DecodeError, RecursionError):  # not a JSON object: the upstream's to judge; metered all the same
+                pass
+            else:
+                if type(asked.model) is str:
+                    call.asked_model = asked.model
         if self.has_budgets:
             limits = self.limits_for(call.caller)
             if limits.per_day is not None or limits.per_month is not None:
-                await self._reserve(exchange, call, limits, document)
+                if isinstance(self.budgets, MemoryBudgets):
+                    self._take(exchange, call, limits, asked)
+                else:
+                    await self._reserve(exchange, call, limits, asked)
         if (
-            self.config.include_usage
-            and document is not None
-            and document.get("stream") is True
+            asked is not None
+            and asked.stream is True
+            and self.config.include_usage
             and exchange.path in _INCLUDE_USAGE_PATHS
         ):
-            options = document.get("stream_options")
+            options = asked.stream_options
             if not (isinstance(options, dict) and options.get("include_usage") is True):
-                document = dict(document)
+                document = dict(exchange.json())
                 document["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 exchange.set_json(document)
+                call.body = exchange.body
                 call.injected = True
                 self.injected += 1
 
-    async def _reserve(self, exchange: Exchange, call: _Call, limits: Limits, document: Any) -> None:
-        call.token = f"{self._token_prefix}{next(self._tokens)}"
-        estimate_pico = self._estimate_cost(exchange, document)
+    def _take(self, exchange: Exchange, call: _Call, limits: Limits, asked: _Asked | None) -> None:
+        """Reserve in memory: no I/O, nothing to wait for or to fail (no coroutine either)."""
+        estimate_pico = self._estimate_cost(exchange, call, asked)
         now = time.time()
+        refused = self.budgets.take(call.caller, estimate_pico, limits, now)  # type: ignore[union-attr]
+        if refused is not None:
+            self.budget_rejections += 1
+            raise budget_exceeded(self._refusal(refused, limits, now))
+        call.reserved = estimate_pico
+
+    async def _reserve(self, exchange: Exchange, call: _Call, limits: Limits, asked: _Asked | None) -> None:
+        """Reserve in Redis (shared by every replica)."""
+        assert isinstance(self.budgets, RedisBudgets)
+        budgets = self.budgets
+        estimate_pico = self._estimate_cost(exchange, call, asked)
+        now = time.time()
+        call.token = f"{self._token_prefix}{next(self._tokens)}"
         try:
-            with self._backend_span(exchange, "reserve"):
-                decision = await self.budgets.reserve(call.caller, call.token, estimate_pico, limits, now)
+            if exchange.recording:
+                with self.tracer.start_as_current_span(
+                    "cost reserve", kind=trace.SpanKind.CLIENT, attributes=_REDIS_SPAN_ATTRIBUTES
+                ):
+                    decision = await budgets.reserve(call.caller, call.token, estimate_pico, limits, now)
+            else:
+                decision = await budgets.reserve(call.caller, call.token, estimate_pico, limits, now)
         except GatewayError:
             raise
         except Exception as exc:
@@ -315,28 +363,28 @@ class Cost:
             f"calls in flight); it resets at {reset}."
         )
 
-    def _estimate_cost(self, exchange: Exchange, document: Any) -> int:
+    def _estimate_cost(self, exchange: Exchange, call: _Call, asked: _Asked | None) -> int:
         """What a call may cost, from cheap figures: the body's length and its output cap."""
-        rates = self.prices.lookup(_model_of(exchange))
+        model = exchange.served_model if exchange.served_model is not None else call.asked_model
+        rates = self.prices.lookup(model)
         if rates is None:
             return 0
-        output = None
-        if isinstance(document, dict):
-            for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-                value = document.get(name)
+        output = self.config.reserve_output_tokens
+        if asked is not None:
+            for name in _OUTPUT_CAPS:
+                value = getattr(asked, name)
                 if type(value) is int and value > 0:
                     output = value
                     break
-        if output is None:
-            output = self.config.reserve_output_tokens
-        return (len(exchange.body) // 4 + 1) * rates.input + output * rates.output
+        return (len(call.body) // 4 + 1) * rates.input + output * rates.output
 
     @hookimpl
     async def response(self, exchange: Exchange, response: Response) -> None:
         call = exchange.state.get(CALL)
-        if call is None or response.is_stream:
+        if call is None or response.stream is not None:
             return
-        await self._finish(exchange, call, response)
+        if not self._finish(exchange, call, response):
+            await self._finish_estimated(exchange, call, response)
         response.headers["x-gateway-cost-usd"] = pico_to_usd_text(call.cost)
 
     @hookimpl
@@ -361,7 +409,10 @@ class Cost:
         if call is None:
             return
         if not call.done:
-            await self._finish(exchange, call, exchange.response)
+            response = exchange.response
+            if not self._finish(exchange, call, response):
+                assert response is not None
+                await self._finish_estimated(exchange, call, response)
         now = time.time()
         # Charge every caller's spend: in memory it is cheap (and /usage/quota shows it
         # without a limit); in Redis only when some budget needs it (a round trip).
@@ -369,10 +420,7 @@ class Cost:
             if isinstance(self.budgets, RedisBudgets):
                 self._settle_behind(exchange, call, now)
             else:
-                try:
-                    await self.budgets.settle(call.caller, call.token, call.reserved, call.cost, now)
-                except Exception as exc:
-                    self._settle_failed(call.cost, exc)
+                self.budgets.charge(call.caller, call.reserved, call.cost, now)
         self._record(exchange, call, now)
 
     def _settle_behind(self, exchange: Exchange, call: _Call, now: float) -> None:
@@ -383,7 +431,7 @@ class Cost:
         span = None
         if exchange.recording:
             span = self.tracer.start_span(
-                "cost settle", kind=trace.SpanKind.CLIENT, attributes={"db.system": "redis", "db.operation": "EVALSHA"}
+                "cost settle", kind=trace.SpanKind.CLIENT, attributes=_REDIS_SPAN_ATTRIBUTES
             )
         cost = call.cost
 
@@ -399,37 +447,54 @@ class Cost:
 
     # -- working out usage and cost ---------------------------------------------------
 
-    async def _finish(self, exchange: Exchange, call: _Call, response: Response | None) -> None:
-        """Usage (reported or estimated) and cost, once per exchange."""
+    def _finish(self, exchange: Exchange, call: _Call, response: Response | None) -> bool:
+        """Usage and cost, once per exchange, when the answer reported its usage (or needs
+        none); False when the tokens are to be counted: :meth:`_finish_estimated` then.
+        A plain call, not a coroutine: on the usual path nothing waits."""
         call.done = True
-        model = call.model = _model_of(exchange)
+        if exchange.served_model is not None:
+            model = exchange.served_model
+        elif exchange.body is call.body:  # as the request hook read it
+            model = call.asked_model
+        else:  # a later plugin rewrote the body
+            model = _model_of(exchange)
+        call.model = model
         if exchange.cache_status == "hit":
             call.usage = Usage()
             call.rates = self.prices.lookup(model)
             exchange.cost_usd = 0.0
-            return
+            return True
         reported = exchange.usage
-        if reported is None and response is not None and not response.is_stream and b'"usage"' in response.body:
+        if reported is None and response is not None and response.stream is None and b'"usage"' in response.body:
             # The response hook runs before the core sets exchange.response: read it here.
             exchange.add_usage(*usage_details(response.json()))
             reported = exchange.usage
         usage = msgspec.structs.replace(reported) if reported is not None else None
-        answered = response is not None and exchange.attempts > 0 and response.status < 400
-        if answered and usage is None:
-            self.usage_missing += 1
-        if answered and self.config.estimate and (usage is None or (response.is_stream and exchange.error is not None)):
-            # No usage, or a cut stream whose usage so far may be the opening figures only.
-            assert response is not None
-            try:
-                usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, usage)
-            except Exception as exc:  # an estimate is never worth failing the call for
-                self.estimate_errors += 1
-                log.warning("cost: estimating the tokens of %s failed: %r", exchange.request_id, exc)
+        if response is not None and exchange.attempts > 0 and response.status < 400:  # answered
+            if usage is None:
+                self.usage_missing += 1
+            if self.config.estimate and (usage is None or (response.stream is not None and exchange.error is not None)):
+                # No usage, or a cut stream whose usage so far may be the opening figures only.
+                call.usage = usage
+                return False
+        self._price(exchange, call, usage if usage is not None else Usage())
+        return True
+
+    async def _finish_estimated(self, exchange: Exchange, call: _Call, response: Response) -> None:
+        """Usage counted offline (in a thread), then the cost."""
+        usage = call.usage
+        try:
+            usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, usage)
+        except Exception as exc:  # an estimate is never worth failing the call for
+            self.estimate_errors += 1
+            log.warning("cost: estimating the tokens of %s failed: %r", exchange.request_id, exc)
+        self._price(exchange, call, usage if usage is not None else Usage())
+
+    def _price(self, exchange: Exchange, call: _Call, usage: Usage) -> None:
         call.raws = []
-        if usage is None:
-            usage = Usage()
         call.usage = usage
         exchange.usage = usage
+        model = call.model
         rates = call.rates = self.prices.lookup(model)
         if rates is None:
             call.cost = 0
@@ -490,8 +555,8 @@ class Cost:
             call.model,
             exchange.path,
             status,
-            error.code if error is not None else None,
-            int(response is not None and response.is_stream),
+            error.code if error is not None else "",  # "": NULL in the ledger (see ledger.BLANK_AS_NULL)
+            int(response is not None and response.stream is not None),
             usage.input_tokens,
             usage.output_tokens,
             usage.cached_input_tokens,
@@ -500,8 +565,9 @@ class Cost:
             call.cost,
             int(hit),
             int(usage.estimated),
-            exchange.cascade_decision,
-            round(exchange.elapsed_s() * 1000, 3),
+            exchange.cascade_decision or "",
+            # milliseconds to the microsecond (round(x, 3) goes through decimal strings: ~1 us)
+            round(exchange.elapsed_s() * 1_000_000) / 1000,
         )
         self.ledger.put(record)
         self.records += 1
@@ -528,15 +594,6 @@ class Cost:
                     "gateway.cache_hit": hit,
                 }
             )
-
-    def _backend_span(self, exchange: Exchange, operation: str) -> AbstractContextManager[Any]:
-        """A CLIENT span around the reserve when traced and on Redis; else a shared no-op
-        (it runs on every budgeted request: a generator-based context manager cost ~2 us)."""
-        if not exchange.recording or not isinstance(self.budgets, RedisBudgets):
-            return _UNTRACED
-        return self.tracer.start_as_current_span(
-            f"cost {operation}", kind=trace.SpanKind.CLIENT, attributes={"db.system": "redis", "db.operation": "EVALSHA"}
-        )
 
     # -- admin and figures --------------------------------------------------------------
 

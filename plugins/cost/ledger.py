@@ -206,6 +206,10 @@ class Ledger:
     def _run(self) -> None:
         batch: deque[tuple[Any, ...]] = deque()
         connection: sqlite3.Connection | None = None
+        try:  # now, not with the first batch: the statements' parse is startup work
+            connection = self._connect()
+        except sqlite3.Error:
+            pass  # the first batch connects (and says why it cannot)
         stopping = False
         backoff_s = 0.0
         failures_at_stop = 0
