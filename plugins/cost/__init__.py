@@ -43,7 +43,7 @@ from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usa
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
 from .ledger import GROUPS, Ledger, open_database, spent_since, summarize
-from .prices import ModelPrice, Prices, Rates, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
+from .prices import ModelPrice, Prices, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
 
 log = logging.getLogger("gateway.plugins.cost")
 
@@ -115,15 +115,13 @@ class _Asked(msgspec.Struct):
 
 
 _read_asked = msgspec.json.Decoder(_Asked).decode
-#: output caps a request may set, in the order they are read
-_OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 class _Call:
     """What the plugin remembers of one exchange."""
 
     __slots__ = (
-        "token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "rates", "done", "model", "body",
+        "token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "done", "model", "body",
         "asked_model",
     )  # fmt: skip
 
@@ -141,7 +139,6 @@ class _Call:
         self.kept = 0
         self.usage: Usage | None = None
         self.cost = 0
-        self.rates: Rates | None = None
         self.done = False
         #: the model priced, once the call is finished (the served one when a plugin changed it)
         self.model: str | None = None
@@ -194,6 +191,7 @@ class Cost:
         #: the budgets came from the previous configuration's instance (a reload): not read from the ledger again
         self._adopted = False
         self.tracer: trace.Tracer = trace.NoOpTracer()
+        self.reserve_output_tokens = config.reserve_output_tokens
         self.has_budgets = (
             self.default_limits.per_day is not None
             or self.default_limits.per_month is not None
@@ -365,14 +363,12 @@ class Cost:
 
     def _estimate_cost(self, exchange: Exchange, call: _Call, asked: _Asked | None) -> int:
         """What a call may cost, from cheap figures: the body's length and its output cap."""
-        model = exchange.served_model if exchange.served_model is not None else call.asked_model
-        rates = self.prices.lookup(model)
+        rates = self.prices.lookup(exchange.served_model if exchange.served_model is not None else call.asked_model)
         if rates is None:
             return 0
-        output = self.config.reserve_output_tokens
+        output = self.reserve_output_tokens
         if asked is not None:
-            for name in _OUTPUT_CAPS:
-                value = getattr(asked, name)
+            for value in (asked.max_completion_tokens, asked.max_tokens, asked.max_output_tokens):
                 if type(value) is int and value > 0:
                     output = value
                     break
@@ -461,7 +457,6 @@ class Cost:
         call.model = model
         if exchange.cache_status == "hit":
             call.usage = Usage()
-            call.rates = self.prices.lookup(model)
             exchange.cost_usd = 0.0
             return True
         reported = exchange.usage
@@ -495,7 +490,7 @@ class Cost:
         call.usage = usage
         exchange.usage = usage
         model = call.model
-        rates = call.rates = self.prices.lookup(model)
+        rates = self.prices.lookup(model)
         if rates is None:
             call.cost = 0
             if model and (usage.input_tokens or usage.output_tokens):
@@ -543,44 +538,54 @@ class Cost:
         usage = call.usage or Usage()
         error = exchange.error
         response = exchange.response
-        status = error.status if error is not None else (response.status if response is not None else 0)
+        if error is not None:
+            status, code = error.status, error.code
+        else:
+            status, code = (response.status if response is not None else 0), ""  # "": NULL in the ledger
         provider = exchange.provider.name if exchange.provider is not None and exchange.attempts else None
         hit = exchange.cache_status == "hit"
-        record = (
-            now,
-            periods(now)[0],
-            exchange.request_id,
-            call.caller,
-            provider,
-            call.model,
-            exchange.path,
-            status,
-            error.code if error is not None else "",  # "": NULL in the ledger (see ledger.BLANK_AS_NULL)
-            int(response is not None and response.stream is not None),
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_input_tokens,
-            usage.cache_write_tokens,
-            usage.reasoning_tokens,
-            call.cost,
-            int(hit),
-            int(usage.estimated),
-            exchange.cascade_decision or "",
-            # milliseconds to the microsecond (round(x, 3) goes through decimal strings: ~1 us)
-            round(exchange.elapsed_s() * 1_000_000) / 1000,
+        cost = call.cost
+        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+        cached_input, cache_write, reasoning = usage.cached_input_tokens, usage.cache_write_tokens, usage.reasoning_tokens
+        self.ledger.put(
+            (
+                now,
+                periods(now)[0],
+                exchange.request_id,
+                call.caller,
+                provider,
+                call.model,
+                exchange.path,
+                status,
+                code,
+                0 if response is None or response.stream is None else 1,
+                input_tokens,
+                output_tokens,
+                cached_input,
+                cache_write,
+                reasoning,
+                cost,
+                1 if hit else 0,
+                1 if usage.estimated else 0,
+                exchange.cascade_decision or "",
+                # milliseconds to the microsecond (round(x, 3) goes through decimal strings: ~1 us)
+                round((time.perf_counter() - exchange.started_at) * 1_000_000) / 1000,
+            )
         )
-        self.ledger.put(record)
         self.records += 1
-        self.cost_total += call.cost
+        self.cost_total += cost
         if provider is not None:
-            self.cost_by_provider[provider] += call.cost
-        self.tokens["input"] += usage.input_tokens
-        self.tokens["output"] += usage.output_tokens
-        self.tokens["cached_input"] += usage.cached_input_tokens
-        self.tokens["cache_write"] += usage.cache_write_tokens
-        self.tokens["reasoning"] += usage.reasoning_tokens
-        self.cache_hits += hit
-        self.estimated += usage.estimated
+            self.cost_by_provider[provider] += cost
+        tokens = self.tokens
+        tokens["input"] += input_tokens
+        tokens["output"] += output_tokens
+        tokens["cached_input"] += cached_input
+        tokens["cache_write"] += cache_write
+        tokens["reasoning"] += reasoning
+        if hit:
+            self.cache_hits += 1
+        if usage.estimated:
+            self.estimated += 1
         if exchange.recording:
             trace.get_current_span().set_attributes(
                 {
