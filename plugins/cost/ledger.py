@@ -231,7 +231,10 @@ class Ledger:
                     flush_requested = True
                 else:
                     self._taken += 1
-                    self._add(batch, item)
+                    if len(batch) < self.max_pending:
+                        batch.append(item)
+                    else:
+                        self._lose()
             if batch:
                 connection, error = self._write(connection, batch)
                 if error is None:
@@ -290,13 +293,11 @@ class Ledger:
             connection.execute("ROLLBACK")
         return connection
 
-    def _add(self, batch: deque[tuple[Any, ...]], record: tuple[Any, ...]) -> None:
-        if len(batch) >= self.max_pending:
-            self.lost += 1
-            if self.lost == 1 or self.lost % 1000 == 0:
-                log.error("usage ledger: %d record(s) lost so far: the store keeps failing", self.lost)
-            return
-        batch.append(record)
+    def _lose(self) -> None:
+        """A record beyond ``max_pending``: counted, and logged now and then."""
+        self.lost += 1
+        if self.lost == 1 or self.lost % 1000 == 0:
+            log.error("usage ledger: %d record(s) lost so far: the store keeps failing", self.lost)
 
     def _write(
         self, connection: sqlite3.Connection | None, batch: deque[tuple[Any, ...]]
