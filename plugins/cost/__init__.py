@@ -42,7 +42,7 @@ from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usa
 
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
-from .ledger import GROUPS, Ledger, open_database, spent_since, summarize
+from .ledger import GROUPS, NONE, Ledger, open_database, spent_since, summarize
 from .prices import ModelPrice, Prices, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
 
 log = logging.getLogger("gateway.plugins.cost")
@@ -541,7 +541,7 @@ class Cost:
         if error is not None:
             status, code = error.status, error.code
         else:
-            status, code = (response.status if response is not None else 0), ""  # "": NULL in the ledger
+            status, code = (response.status if response is not None else 0), NONE
         provider = exchange.provider.name if exchange.provider is not None and exchange.attempts else None
         hit = exchange.cache_status == "hit"
         cost = call.cost
@@ -567,7 +567,7 @@ class Cost:
                 cost,
                 1 if hit else 0,
                 1 if usage.estimated else 0,
-                exchange.cascade_decision or "",
+                exchange.cascade_decision or NONE,
                 # milliseconds to the microsecond (round(x, 3) goes through decimal strings: ~1 us)
                 round((time.perf_counter() - exchange.started_at) * 1_000_000) / 1000,
             )

@@ -80,11 +80,13 @@ CREATE VIEW IF NOT EXISTS usage_usd AS
     SELECT *, cost_picousd / 1e12 AS cost_usd FROM usage;
 """
 
-#: columns written as NULL when their record holds "" (an error code, a cascade decision:
-#: never empty): binding None costs sqlite3 an adaptation lookup (two failed attribute
-#: lookups, ~3 us under callgrind's count), "" a plain text bind.
-BLANK_AS_NULL = frozenset({"error", "cascade"})
-_ROW = "(" + ", ".join("NULLIF(?, '')" if column in BLANK_AS_NULL else "?" for column in COLUMNS) + ")"
+#: what a record holds for "none" in the columns of NONE_AS_NULL (an error code, a cascade
+#: decision: text, never the integer 0); the row gets NULL there. sqlite3 adapts a bound
+#: None through two failed attribute lookups (~3k instructions) and copies a bound string:
+#: an integer is the cheapest bind.
+NONE = 0
+NONE_AS_NULL = frozenset({"error", "cascade"})
+_ROW = "(" + ", ".join("NULLIF(?, 0)" if column in NONE_AS_NULL else "?" for column in COLUMNS) + ")"
 #: rows per INSERT statement. SQLite releases the GIL once per statement step, and the
 #: event loop wants it back each time: one statement per row made the writer thread
 #: and the loop hand the GIL to each other for every record (about 12 us of CPU a
