@@ -43,7 +43,7 @@ from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usa
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
 from .ledger import GROUPS, NONE, Ledger, open_database, spent_since, summarize
-from .prices import ModelPrice, Prices, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
+from .prices import PICO_PER_USD, ModelPrice, Prices, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
 
 log = logging.getLogger("gateway.plugins.cost")
 
@@ -288,7 +288,7 @@ class Cost:
                 if type(asked.model) is str:
                     call.asked_model = asked.model
         if self.has_budgets:
-            limits = self.limits_for(call.caller)
+            limits = self.limits.get(call.caller, self.default_limits)
             if limits.per_day is not None or limits.per_month is not None:
                 if isinstance(self.budgets, MemoryBudgets):
                     self._take(exchange, call, limits, asked)
@@ -510,7 +510,7 @@ class Cost:
             baseline_rates = self.prices.lookup(exchange.requested_model)
             if baseline_rates is not None:
                 exchange.baseline_cost_usd = pico_to_usd(cost_pico(baseline_rates, usage))
-        exchange.cost_usd = pico_to_usd(call.cost)
+        exchange.cost_usd = call.cost / PICO_PER_USD  # pico_to_usd, without a call on every answer
 
     def _estimate_usage(self, exchange: Exchange, response: Response, raws: list[bytes], seen: Usage | None) -> Usage:
         """Count tokens offline (blocking: runs in a thread)."""
