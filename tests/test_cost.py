@@ -582,6 +582,24 @@ async def test_the_model_that_answered_is_priced_and_the_cascade_decision_record
     assert [(row["model"], row["cascade"]) for row in rows] == [("gpt-4o-mini", "accepted")]
 
 
+class Alias:
+    """A plugin after cost that rewrites the body's model (and says nothing else)."""
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> None:
+        exchange.model = "gpt-4o-mini"
+
+
+async def test_a_model_a_later_plugin_wrote_into_the_body_is_the_one_priced(tmp_path):
+    config = cost_config(tmp_path)
+    config["plugins"].append({"use": "test_cost:Alias"})
+    async with run_gateway(config, tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+        rows = await ledger_rows(gw)
+    assert Decimal(raw.headers["x-gateway-cost-usd"]) == GPT_4O_MINI_HELLO
+    assert [row["model"] for row in rows] == ["gpt-4o-mini"]
+
+
 async def test_a_caller_that_leaves_mid_stream_is_recorded_with_the_tokens_streamed_so_far(tmp_path):
     body = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
     async with run_gateway(cost_config(tmp_path), tmp_path) as gw:

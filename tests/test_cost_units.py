@@ -219,17 +219,18 @@ def test_records_older_than_the_retention_are_deleted(tmp_path):
 
 
 def test_a_batch_is_written_in_multi_row_statements_and_every_record_lands_whole(tmp_path):
-    """150 records: two 64-row statements and 22 rows one by one, each row as it was put."""
+    """150 records: two 64-row statements and the 22 left in three (16, 4, 2), each row as it was put (None and NONE in error and cascade both read back as NULL)."""
     import sqlite3
 
-    from gateway_plugins.cost.ledger import COLUMNS, ROWS_PER_INSERT, Ledger
+    from gateway_plugins.cost.ledger import COLUMNS, NONE, ROWS_PER_INSERT, Ledger
 
     count = 2 * ROWS_PER_INSERT + 22
     ledger = Ledger(str(tmp_path / "usage.db"), flush_interval_s=30, batch_size=10_000, max_pending=10_000)
     ledger.start()
+    none = [None, NONE]
     records = [
-        (float(i), "2026-12-02", f"r{i}", f"c{i % 3}", "p", "m", "/v1/chat/completions", 200, None, i % 2,
-         i, 2 * i, 0, 0, 0, 5 * i, 0, 0, None, 1.5)
+        (float(i), "2026-12-02", f"r{i}", f"c{i % 3}", "p", "m", "/v1/chat/completions", 200, none[i % 2], i % 2,
+         i, 2 * i, 0, 0, 0, 5 * i, 0, 0, none[i % 3 % 2], 1.5)
         for i in range(count)
     ]  # fmt: skip
     try:
@@ -242,4 +243,5 @@ def test_a_batch_is_written_in_multi_row_statements_and_every_record_lands_whole
     connection = sqlite3.connect(tmp_path / "usage.db")
     rows = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM usage ORDER BY id").fetchall()
     connection.close()
-    assert rows == records
+    nulled = [COLUMNS.index("error"), COLUMNS.index("cascade")]
+    assert rows == [tuple(None if index in nulled else value for index, value in enumerate(record)) for record in records]

@@ -21,7 +21,6 @@ ledger, and the caller's budget charged. See docs/cost.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import datetime as dt
 import io
@@ -31,7 +30,6 @@ import secrets
 import sqlite3
 import time
 from collections import Counter
-from contextlib import AbstractContextManager
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -44,8 +42,8 @@ from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usa
 
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
-from .ledger import GROUPS, Ledger, open_database, spent_since, summarize
-from .prices import ModelPrice, Prices, Rates, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
+from .ledger import GROUPS, NONE, Ledger, open_database, spent_since, summarize
+from .prices import PICO_PER_USD, ModelPrice, Prices, cost_pico, pico_to_usd, pico_to_usd_text, rates_of, usd_to_pico
 
 log = logging.getLogger("gateway.plugins.cost")
 
@@ -104,13 +102,34 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     redis_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
 
 
+class _Asked(msgspec.Struct):
+    """What the request hook reads of a body: msgspec skips the rest (the messages)
+    without building it, where a whole decode would make every dict and string."""
+
+    model: Any = None
+    stream: Any = None
+    stream_options: Any = None
+    max_completion_tokens: Any = None
+    max_tokens: Any = None
+    max_output_tokens: Any = None
+
+
+_read_asked = msgspec.json.Decoder(_Asked).decode
+
+
 class _Call:
     """What the plugin remembers of one exchange."""
 
-    __slots__ = ("token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "rates", "done", "model")
+    __slots__ = (
+        "token", "reserved", "caller", "injected", "raws", "kept", "usage", "cost", "done", "model", "body",
+        "asked_model",
+    )  # fmt: skip
 
-    def __init__(self, caller: str) -> None:
+    def __init__(self, caller: str, body: bytes) -> None:
         self.caller = caller
+        #: the body the request hook read, and its model: while the body is this one, the model is that one
+        self.body = body
+        self.asked_model: str | None = None
         self.token = ""
         #: picodollars reserved against the budget (None: nothing reserved)
         self.reserved: int | None = None
@@ -120,14 +139,13 @@ class _Call:
         self.kept = 0
         self.usage: Usage | None = None
         self.cost = 0
-        self.rates: Rates | None = None
         self.done = False
         #: the model priced, once the call is finished (the served one when a plugin changed it)
         self.model: str | None = None
 
 
 CALL = StashKey[_Call]("cost.call")
-_UNTRACED = contextlib.nullcontext()
+_REDIS_SPAN_ATTRIBUTES = {"db.system": "redis", "db.operation": "EVALSHA"}
 
 
 class Cost:
@@ -173,6 +191,7 @@ class Cost:
         #: the budgets came from the previous configuration's instance (a reload): not read from the ledger again
         self._adopted = False
         self.tracer: trace.Tracer = trace.NoOpTracer()
+        self.reserve_output_tokens = config.reserve_output_tokens
         self.has_budgets = (
             self.default_limits.per_day is not None
             or self.default_limits.per_month is not None
@@ -257,37 +276,64 @@ class Cost:
     async def request(self, exchange: Exchange) -> None:
         if exchange.method != "POST":  # listing models and the like costs nothing: no budget, no record
             return
-        call = _Call(exchange.caller)
+        call = _Call(exchange.caller, exchange.body)
         exchange.state[CALL] = call
-        try:
-            document = exchange.json() if exchange.has_json_body else None
-        except GatewayError:  # not JSON: the upstream's to judge; metered all the same
-            document = None
+        asked = None
+        if exchange.has_json_body:
+            try:
+                asked = _read_asked(call.body)
+            except (msgspec.DecodeError, RecursionError):  # not a JSON object: the upstream's to judge; metered all the same
+                pass
+            else:
+                if type(asked.model) is str:
+                    call.asked_model = asked.model
         if self.has_budgets:
-            limits = self.limits_for(call.caller)
+            limits = self.limits.get(call.caller, self.default_limits)
             if limits.per_day is not None or limits.per_month is not None:
-                await self._reserve(exchange, call, limits, document)
+                if isinstance(self.budgets, MemoryBudgets):
+                    self._take(exchange, call, limits, asked)
+                else:
+                    await self._reserve(exchange, call, limits, asked)
         if (
-            self.config.include_usage
-            and document is not None
-            and document.get("stream") is True
+            asked is not None
+            and asked.stream is True
+            and self.config.include_usage
             and exchange.path in _INCLUDE_USAGE_PATHS
         ):
-            options = document.get("stream_options")
+            options = asked.stream_options
             if not (isinstance(options, dict) and options.get("include_usage") is True):
-                document = dict(document)
+                document = dict(exchange.json())
                 document["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 exchange.set_json(document)
+                call.body = exchange.body
                 call.injected = True
                 self.injected += 1
 
-    async def _reserve(self, exchange: Exchange, call: _Call, limits: Limits, document: Any) -> None:
-        call.token = f"{self._token_prefix}{next(self._tokens)}"
-        estimate_pico = self._estimate_cost(exchange, document)
+    def _take(self, exchange: Exchange, call: _Call, limits: Limits, asked: _Asked | None) -> None:
+        """Reserve in memory: no I/O, nothing to wait for or to fail (no coroutine either)."""
+        estimate_pico = self._estimate_cost(exchange, call, asked)
         now = time.time()
+        refused = self.budgets.take(call.caller, estimate_pico, limits, now)  # type: ignore[union-attr]
+        if refused is not None:
+            self.budget_rejections += 1
+            raise budget_exceeded(self._refusal(refused, limits, now))
+        call.reserved = estimate_pico
+
+    async def _reserve(self, exchange: Exchange, call: _Call, limits: Limits, asked: _Asked | None) -> None:
+        """Reserve in Redis (shared by every replica)."""
+        assert isinstance(self.budgets, RedisBudgets)
+        budgets = self.budgets
+        estimate_pico = self._estimate_cost(exchange, call, asked)
+        now = time.time()
+        call.token = f"{self._token_prefix}{next(self._tokens)}"
         try:
-            with self._backend_span(exchange, "reserve"):
-                decision = await self.budgets.reserve(call.caller, call.token, estimate_pico, limits, now)
+            if exchange.recording:
+                with self.tracer.start_as_current_span(
+                    "cost reserve", kind=trace.SpanKind.CLIENT, attributes=_REDIS_SPAN_ATTRIBUTES
+                ):
+                    decision = await budgets.reserve(call.caller, call.token, estimate_pico, limits, now)
+            else:
+                decision = await budgets.reserve(call.caller, call.token, estimate_pico, limits, now)
         except GatewayError:
             raise
         except Exception as exc:
@@ -315,28 +361,26 @@ class Cost:
             f"calls in flight); it resets at {reset}."
         )
 
-    def _estimate_cost(self, exchange: Exchange, document: Any) -> int:
+    def _estimate_cost(self, exchange: Exchange, call: _Call, asked: _Asked | None) -> int:
         """What a call may cost, from cheap figures: the body's length and its output cap."""
-        rates = self.prices.lookup(_model_of(exchange))
+        rates = self.prices.lookup(exchange.served_model if exchange.served_model is not None else call.asked_model)
         if rates is None:
             return 0
-        output = None
-        if isinstance(document, dict):
-            for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-                value = document.get(name)
+        output = self.reserve_output_tokens
+        if asked is not None:
+            for value in (asked.max_completion_tokens, asked.max_tokens, asked.max_output_tokens):
                 if type(value) is int and value > 0:
                     output = value
                     break
-        if output is None:
-            output = self.config.reserve_output_tokens
-        return (len(exchange.body) // 4 + 1) * rates.input + output * rates.output
+        return (len(call.body) // 4 + 1) * rates.input + output * rates.output
 
     @hookimpl
     async def response(self, exchange: Exchange, response: Response) -> None:
         call = exchange.state.get(CALL)
-        if call is None or response.is_stream:
+        if call is None or response.stream is not None:
             return
-        await self._finish(exchange, call, response)
+        if not self._finish(exchange, call, response):
+            await self._finish_estimated(exchange, call, response)
         response.headers["x-gateway-cost-usd"] = pico_to_usd_text(call.cost)
 
     @hookimpl
@@ -361,7 +405,10 @@ class Cost:
         if call is None:
             return
         if not call.done:
-            await self._finish(exchange, call, exchange.response)
+            response = exchange.response
+            if not self._finish(exchange, call, response):
+                assert response is not None
+                await self._finish_estimated(exchange, call, response)
         now = time.time()
         # Charge every caller's spend: in memory it is cheap (and /usage/quota shows it
         # without a limit); in Redis only when some budget needs it (a round trip).
@@ -369,10 +416,7 @@ class Cost:
             if isinstance(self.budgets, RedisBudgets):
                 self._settle_behind(exchange, call, now)
             else:
-                try:
-                    await self.budgets.settle(call.caller, call.token, call.reserved, call.cost, now)
-                except Exception as exc:
-                    self._settle_failed(call.cost, exc)
+                self.budgets.charge(call.caller, call.reserved, call.cost, now)
         self._record(exchange, call, now)
 
     def _settle_behind(self, exchange: Exchange, call: _Call, now: float) -> None:
@@ -383,7 +427,7 @@ class Cost:
         span = None
         if exchange.recording:
             span = self.tracer.start_span(
-                "cost settle", kind=trace.SpanKind.CLIENT, attributes={"db.system": "redis", "db.operation": "EVALSHA"}
+                "cost settle", kind=trace.SpanKind.CLIENT, attributes=_REDIS_SPAN_ATTRIBUTES
             )
         cost = call.cost
 
@@ -399,38 +443,54 @@ class Cost:
 
     # -- working out usage and cost ---------------------------------------------------
 
-    async def _finish(self, exchange: Exchange, call: _Call, response: Response | None) -> None:
-        """Usage (reported or estimated) and cost, once per exchange."""
+    def _finish(self, exchange: Exchange, call: _Call, response: Response | None) -> bool:
+        """Usage and cost, once per exchange, when the answer reported its usage (or needs
+        none); False when the tokens are to be counted: :meth:`_finish_estimated` then.
+        A plain call, not a coroutine: on the usual path nothing waits."""
         call.done = True
-        model = call.model = _model_of(exchange)
+        if exchange.served_model is not None:
+            model = exchange.served_model
+        elif exchange.body is call.body:  # as the request hook read it
+            model = call.asked_model
+        else:  # a later plugin rewrote the body
+            model = _model_of(exchange)
+        call.model = model
         if exchange.cache_status == "hit":
             call.usage = Usage()
-            call.rates = self.prices.lookup(model)
             exchange.cost_usd = 0.0
-            return
+            return True
         reported = exchange.usage
-        if reported is None and response is not None and not response.is_stream and b'"usage"' in response.body:
+        if reported is None and response is not None and response.stream is None and b'"usage"' in response.body:
             # The response hook runs before the core sets exchange.response: read it here.
             exchange.add_usage(*usage_details(response.json()))
             reported = exchange.usage
         usage = msgspec.structs.replace(reported) if reported is not None else None
-        answered = response is not None and exchange.attempts > 0 and response.status < 400
-        if answered and usage is None:
-            self.usage_missing += 1
-        if answered and self.config.estimate and (usage is None or (response.is_stream and exchange.error is not None)):
-            # No usage, or a cut stream whose usage so far may be the opening figures only.
-            assert response is not None
-            try:
-                usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, usage)
-            except Exception as exc:  # an estimate is never worth failing the call for
-                self.estimate_errors += 1
-                log.warning("cost: estimating the tokens of %s failed: %r", exchange.request_id, exc)
+        if response is not None and exchange.attempts > 0 and response.status < 400:  # answered
+            if usage is None:
+                self.usage_missing += 1
+            if self.config.estimate and (usage is None or (response.stream is not None and exchange.error is not None)):
+                # No usage, or a cut stream whose usage so far may be the opening figures only.
+                call.usage = usage
+                return False
+        self._price(exchange, call, usage if usage is not None else Usage())
+        return True
+
+    async def _finish_estimated(self, exchange: Exchange, call: _Call, response: Response) -> None:
+        """Usage counted offline (in a thread), then the cost."""
+        usage = call.usage
+        try:
+            usage = await asyncio.to_thread(self._estimate_usage, exchange, response, call.raws, usage)
+        except Exception as exc:  # an estimate is never worth failing the call for
+            self.estimate_errors += 1
+            log.warning("cost: estimating the tokens of %s failed: %r", exchange.request_id, exc)
+        self._price(exchange, call, usage if usage is not None else Usage())
+
+    def _price(self, exchange: Exchange, call: _Call, usage: Usage) -> None:
         call.raws = []
-        if usage is None:
-            usage = Usage()
         call.usage = usage
         exchange.usage = usage
-        rates = call.rates = self.prices.lookup(model)
+        model = call.model
+        rates = self.prices.lookup(model)
         if rates is None:
             call.cost = 0
             if model and (usage.input_tokens or usage.output_tokens):
@@ -450,7 +510,7 @@ class Cost:
             baseline_rates = self.prices.lookup(exchange.requested_model)
             if baseline_rates is not None:
                 exchange.baseline_cost_usd = pico_to_usd(cost_pico(baseline_rates, usage))
-        exchange.cost_usd = pico_to_usd(call.cost)
+        exchange.cost_usd = call.cost / PICO_PER_USD  # pico_to_usd, without a call on every answer
 
     def _estimate_usage(self, exchange: Exchange, response: Response, raws: list[bytes], seen: Usage | None) -> Usage:
         """Count tokens offline (blocking: runs in a thread)."""
@@ -478,43 +538,54 @@ class Cost:
         usage = call.usage or Usage()
         error = exchange.error
         response = exchange.response
-        status = error.status if error is not None else (response.status if response is not None else 0)
+        if error is not None:
+            status, code = error.status, error.code
+        else:
+            status, code = (response.status if response is not None else 0), NONE
         provider = exchange.provider.name if exchange.provider is not None and exchange.attempts else None
         hit = exchange.cache_status == "hit"
-        record = (
-            now,
-            periods(now)[0],
-            exchange.request_id,
-            call.caller,
-            provider,
-            call.model,
-            exchange.path,
-            status,
-            error.code if error is not None else None,
-            int(response is not None and response.is_stream),
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_input_tokens,
-            usage.cache_write_tokens,
-            usage.reasoning_tokens,
-            call.cost,
-            int(hit),
-            int(usage.estimated),
-            exchange.cascade_decision,
-            round(exchange.elapsed_s() * 1000, 3),
+        cost = call.cost
+        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+        cached_input, cache_write, reasoning = usage.cached_input_tokens, usage.cache_write_tokens, usage.reasoning_tokens
+        self.ledger.put(
+            (
+                now,
+                periods(now)[0],
+                exchange.request_id,
+                call.caller,
+                provider,
+                call.model,
+                exchange.path,
+                status,
+                code,
+                0 if response is None or response.stream is None else 1,
+                input_tokens,
+                output_tokens,
+                cached_input,
+                cache_write,
+                reasoning,
+                cost,
+                1 if hit else 0,
+                1 if usage.estimated else 0,
+                exchange.cascade_decision or NONE,
+                # milliseconds to the microsecond (round(x, 3) goes through decimal strings: ~1 us)
+                round((time.perf_counter() - exchange.started_at) * 1_000_000) / 1000,
+            )
         )
-        self.ledger.put(record)
         self.records += 1
-        self.cost_total += call.cost
+        self.cost_total += cost
         if provider is not None:
-            self.cost_by_provider[provider] += call.cost
-        self.tokens["input"] += usage.input_tokens
-        self.tokens["output"] += usage.output_tokens
-        self.tokens["cached_input"] += usage.cached_input_tokens
-        self.tokens["cache_write"] += usage.cache_write_tokens
-        self.tokens["reasoning"] += usage.reasoning_tokens
-        self.cache_hits += hit
-        self.estimated += usage.estimated
+            self.cost_by_provider[provider] += cost
+        tokens = self.tokens
+        tokens["input"] += input_tokens
+        tokens["output"] += output_tokens
+        tokens["cached_input"] += cached_input
+        tokens["cache_write"] += cache_write
+        tokens["reasoning"] += reasoning
+        if hit:
+            self.cache_hits += 1
+        if usage.estimated:
+            self.estimated += 1
         if exchange.recording:
             trace.get_current_span().set_attributes(
                 {
@@ -528,15 +599,6 @@ class Cost:
                     "gateway.cache_hit": hit,
                 }
             )
-
-    def _backend_span(self, exchange: Exchange, operation: str) -> AbstractContextManager[Any]:
-        """A CLIENT span around the reserve when traced and on Redis; else a shared no-op
-        (it runs on every budgeted request: a generator-based context manager cost ~2 us)."""
-        if not exchange.recording or not isinstance(self.budgets, RedisBudgets):
-            return _UNTRACED
-        return self.tracer.start_as_current_span(
-            f"cost {operation}", kind=trace.SpanKind.CLIENT, attributes={"db.system": "redis", "db.operation": "EVALSHA"}
-        )
 
     # -- admin and figures --------------------------------------------------------------
 

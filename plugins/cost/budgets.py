@@ -89,24 +89,29 @@ class MemoryBudgets:
             self.spent[(client, day[:7])] += pico
 
     def _prune(self, day: str, month: str) -> None:
-        if day != self._day:
-            self._day = day
-            for key in [key for key in self.spent if key[1] not in (day, month)]:
-                del self.spent[key]
+        """A new day: forget the periods before it."""
+        self._day = day
+        for key in [key for key in self.spent if key[1] not in (day, month)]:
+            del self.spent[key]
 
-    async def reserve(self, caller: str, request_id: str, estimate: int, limits: Limits, now: float) -> Decision:
+    def take(self, caller: str, estimate: int, limits: Limits, now: float) -> Decision | None:
+        """Reserve ``estimate`` for a call, or the refusal when a budget is spent (plain
+        calls, not coroutines: nothing here waits)."""
         day, month = periods(now)
-        self._prune(day, month)
-        spent_day, spent_month = self.spent.get((caller, day), 0), self.spent.get((caller, month), 0)
+        if day != self._day:
+            self._prune(day, month)
+        spent = self.spent
+        spent_day, spent_month = spent.get((caller, day), 0), spent.get((caller, month), 0)
         reserved = self.reserved.get(caller, 0)
         if limits.per_day is not None and spent_day + reserved >= limits.per_day:
             return Decision(False, spent_day, spent_month, reserved, "day")
         if limits.per_month is not None and spent_month + reserved >= limits.per_month:
             return Decision(False, spent_day, spent_month, reserved, "month")
         self.reserved[caller] = reserved + estimate
-        return Decision(True, spent_day, spent_month, reserved)
+        return None
 
-    async def settle(self, caller: str, request_id: str, estimate: int | None, actual: int, now: float) -> None:
+    def charge(self, caller: str, estimate: int | None, actual: int, now: float) -> None:
+        """Give the reservation back and add what the call really cost."""
         if estimate is not None:
             left = self.reserved.get(caller, 0) - estimate
             if left > 0:
@@ -115,7 +120,8 @@ class MemoryBudgets:
                 self.reserved.pop(caller, None)
         if actual:
             day, month = periods(now)
-            self._prune(day, month)
+            if day != self._day:
+                self._prune(day, month)
             self.spent[(caller, day)] += actual
             self.spent[(caller, month)] += actual
 

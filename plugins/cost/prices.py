@@ -146,12 +146,14 @@ def cost_pico(rates: Rates, usage: Usage) -> int:
     ``usage.input_tokens`` counts every prompt token; the cached and cache-write
     ones among them are billed at their own rates, the rest at the input rate.
     """
-    cached = max(usage.cached_input_tokens, 0)
-    written = max(usage.cache_write_tokens, 0)
-    plain = max(usage.input_tokens - cached - written, 0)
+    # Figures below zero (a provider's garbage) count as none; conditionals, not max(): this runs on every call.
+    cached = usage.cached_input_tokens if usage.cached_input_tokens > 0 else 0
+    written = usage.cache_write_tokens if usage.cache_write_tokens > 0 else 0
+    plain = usage.input_tokens - cached - written
+    output = usage.output_tokens
     return (
-        plain * rates.input
+        (plain * rates.input if plain > 0 else 0)
         + cached * rates.cached_input
         + written * rates.cache_write
-        + max(usage.output_tokens, 0) * rates.output
+        + (output * rates.output if output > 0 else 0)
     )
