@@ -142,6 +142,8 @@ class _Pipe:
         self.tls = _tls_context(settings) if url.startswith("rediss://") else None
         self.greeting = _greeting(settings)
         self.connect_timeout_s = timeout_s
+        #: the longest timeout of any call so far: a reply later than that means a dead connection
+        self.longest_s = timeout_s
         self.attributes: dict[str, Any] = {
             "db.system": "redis",
             "db.system.name": "redis",
@@ -181,6 +183,8 @@ class _Pipe:
         if future is None:
             future = loop.create_future()
         deadline = loop.time() + timeout_s
+        if timeout_s > self.longest_s:
+            self.longest_s = timeout_s
         self.queued.append(_Call(command, future, script, timeout_s, deadline))
         if deadline < self.timer_at:
             self._expire_at(deadline)
@@ -286,12 +290,12 @@ class _Pipe:
             self.connection = None
         if connection.transport is not None:
             connection.transport.abort()
+        if connection.waiting:  # calls in flight: a pipeline failed (theirs, or late replies never to come)
+            self.failures += 1
         waiting = [call for call in connection.waiting if not call.future.done()]
         connection.waiting.clear()
-        if waiting:
-            self.failures += 1
-            for call in waiting:
-                call.future.set_exception(error)
+        for call in waiting:
+            call.future.set_exception(error)
         if self.queued and not self.write_soon:
             self.write_soon = True
             self.loop.call_soon(self._write)  # what was queued meanwhile goes on a new connection
@@ -326,6 +330,16 @@ class _Pipe:
                 call.future.set_exception(error)
             elif call.deadline < later:
                 later = call.deadline
+        connection = self.connection
+        if connection is not None and connection.waiting and connection.waiting[0].future.done():
+            # The next reply is overdue by more than any caller waits: the connection is
+            # dead or its server gone (a failover behind the same name); start over.
+            head = connection.waiting[0]
+            stuck_at = head.deadline - head.timeout_s + self.longest_s
+            if now >= stuck_at:
+                self.drop(connection, RedisTimeoutError(f"Redis did not answer within {self.longest_s} s"))
+            elif stuck_at < later:
+                later = stuck_at
         if later < math.inf:
             self._expire_at(later)
         elif errors and self.flushed and not self.busy():

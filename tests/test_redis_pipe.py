@@ -340,3 +340,33 @@ async def test_closing_does_not_wait_for_replies_of_calls_that_timed_out(redis_s
     await asyncio.wait_for(handle.close(), 2)
     assert asyncio.get_running_loop().time() - started < 1
     assert all(isinstance(future.exception(), RedisTimeoutError) for future in writes)
+
+
+async def test_a_connection_whose_replies_stop_coming_is_replaced():
+    """A server that takes commands and never answers (a dead peer, a failover behind
+    the same address): once the next reply is later than the longest timeout of any
+    call, the connection is dropped and the next call makes a new one."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    handle = shared.connect(url, timeout_s=0.2)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await handle.call("PING")
+        await asyncio.sleep(0.1)  # the dead connection is dropped at the timeout
+        with pytest.raises(RedisTimeoutError):
+            await handle.call("PING")
+        assert len(accepted) == 2
+        assert handle.stats()["failures"] >= 1
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await asyncio.wait_for(handle.close(), 2)
