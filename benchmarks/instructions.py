@@ -112,6 +112,8 @@ def main() -> int:
             send(url, body, requests, not hit, warmup)
             callgrind_control("--instr=off", process.pid)
             processes.stop(process)
+            if backend == "redis":
+                peers.redis_cli("FLUSHALL")  # the next variant's prompts must miss, as this one's did
             found = COLLECTED.search((knobs.run_dir / f"{name}.log").read_text(errors="replace"))
             if found is None:
                 oh.log(f"{variant}: callgrind gave no count")
