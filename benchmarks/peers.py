@@ -270,7 +270,11 @@ class Peers:
             if target.problem:
                 log(f"{target.label}: NOT MEASURED: {target.problem}")
             if target.streams and target.stream_problem is None and not target.same_process_as:
-                target.stream_problem = wait_answers(target.stream_url, until, True, target.stream_headers)
+                target.stream_problem = (
+                    wait_answers(target.stream_url, until, True, target.stream_headers)
+                    if target.stream_url
+                    else target.problem or "its streaming process did not start"  # a peer that failed whole
+                )
                 if target.stream_problem:
                     log(f"{target.label}: streaming NOT MEASURED: {target.stream_problem}")
 
