@@ -165,12 +165,14 @@ async def start_mock_upstream(directory: Path, *args: str) -> AsyncIterator[tupl
 
 
 async def port_refuses_connections(port: int, within_s: float = 2.0) -> bool:
-    """True once a new TCP connection to 127.0.0.1:PORT is refused (polled)."""
+    """True once a new TCP connection to 127.0.0.1:PORT is refused (polled). A connect
+    reset instead counts too: a connection still in the listener's backlog when it
+    closes is reset by the kernel, and it was not accepted either."""
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             return True
         writer.close()
         with contextlib.suppress(OSError):
