@@ -141,8 +141,10 @@ class _Pipe:
         self.path: str | None = settings.get("path")
         self.tls = _tls_context(settings) if url.startswith("rediss://") else None
         self.greeting = _greeting(settings)
+        #: every script a handle made, by source: loaded on each new connection before any call
+        self.scripts: dict[str, None] = {}
         self.connect_timeout_s = timeout_s
-        #: the longest timeout of any call so far: a reply later than that means a dead connection
+        #: the longest timeout of any call so far: a reply overdue by that much means a dead connection
         self.longest_s = timeout_s
         self.attributes: dict[str, Any] = {
             "db.system": "redis",
@@ -268,13 +270,21 @@ class _Pipe:
             return
         self.connecting = None
         self.connection = connection
-        if self.greeting:  # AUTH, SELECT: before any caller's command; a failure drops the connection
-            for command in self.greeting:
+        # Before any caller's command: AUTH and SELECT (a failure drops the connection),
+        # then every known script, so that no EVALSHA meets an empty script cache after a
+        # restart: its EVAL would go behind calls written after it and lose their order.
+        setup = [(command, True) for command in self.greeting]
+        setup += [(("SCRIPT", "LOAD", source), False) for source in self.scripts]
+        if setup:
+            for command, needed in setup:
                 future = loop.create_future()
-                future.add_done_callback(lambda done, connection=connection: self._greeted(connection, done))
+                if needed:
+                    future.add_done_callback(lambda done, connection=connection: self._greeted(connection, done))
+                else:  # a script that does not load fails at its own call (EVAL), not the connection
+                    future.add_done_callback(_ignore_reply)
                 connection.waiting.append(_Call(command, future, None, self.connect_timeout_s, math.inf))
             assert connection.transport is not None
-            connection.transport.write(b"".join([pack(command) for command in self.greeting]))
+            connection.transport.write(b"".join([pack(command) for command, _ in setup]))
         self._write()
 
     def _greeted(self, connection: _Connection, done: asyncio.Future[Any]) -> None:
@@ -335,7 +345,7 @@ class _Pipe:
             # The next reply is overdue by more than any caller waits: the connection is
             # dead or its server gone (a failover behind the same name); start over.
             head = connection.waiting[0]
-            stuck_at = head.deadline - head.timeout_s + self.longest_s
+            stuck_at = head.deadline + self.longest_s  # one timeout is not yet a dead connection
             if now >= stuck_at:
                 self.drop(connection, RedisTimeoutError(f"Redis did not answer within {self.longest_s} s"))
             elif stuck_at < later:
@@ -385,6 +395,11 @@ class _Pipe:
             self.connection = None
             if connection.transport is not None:
                 connection.transport.close()
+
+
+def _ignore_reply(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # looked at: asyncio does not log it as never retrieved
 
 
 def pack(command: tuple[Any, ...]) -> bytes:
@@ -509,7 +524,8 @@ class Redis:
         return self._pipe().enqueue(command, self.timeout_s if timeout_s is None else timeout_s)
 
     def script(self, source: str) -> Script:
-        """A Lua script to call with ``keys`` and ``args``."""
+        """A Lua script to call with ``keys`` and ``args`` (loaded on every new connection)."""
+        self._pipe().scripts[source] = None
         return Script(self, source)
 
     async def ping(self) -> None:
