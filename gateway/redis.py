@@ -116,7 +116,7 @@ class _Connection(asyncio.Protocol):
             self.pipe.drop(self, RedisConnectionError("Redis sent a reply the client cannot read"))
             return
         if not waiting:
-            self.pipe.settled()
+            self.pipe.settled_if_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost:
@@ -209,7 +209,7 @@ class _Pipe:
         calls = [call for call in self.queued if not call.future.done()]
         self.queued = []
         if not calls:
-            self._settled_if_idle()
+            self.settled_if_idle()
             return
         assert connection.transport is not None
         for start in range(0, len(calls), MAX_BATCH):
@@ -225,7 +225,7 @@ class _Pipe:
             connection.transport.write(data)
             self.pipelines += 1
             self.commands += len(batch)
-        self._settled_if_idle()
+        self.settled_if_idle()
 
     def answer(self, call: _Call, reply: Any) -> None:
         future = call.future
@@ -264,7 +264,7 @@ class _Pipe:
             for call in calls:
                 if not call.future.done():
                     call.future.set_exception(error)
-            self._settled_if_idle()
+            self.settled_if_idle()
             if not isinstance(exc, Exception):
                 raise
             return
@@ -309,7 +309,7 @@ class _Pipe:
         if self.queued and not self.write_soon:
             self.write_soon = True
             self.loop.call_soon(self._write)  # what was queued meanwhile goes on a new connection
-        self._settled_if_idle()
+        self.settled_if_idle()
 
     # -- timeouts ------------------------------------------------------------------------
 
@@ -357,12 +357,8 @@ class _Pipe:
 
     # -- waiting and closing -------------------------------------------------------------
 
-    def settled(self) -> None:
-        """Every written call has its reply."""
-        if not self.queued:
-            self._wake_flushed()
-
-    def _settled_if_idle(self) -> None:
+    def settled_if_idle(self) -> None:
+        """Wake ``flush`` once nothing is queued, connecting or waiting for a reply."""
         if not self.queued and (self.connection is None or not self.connection.waiting) and self.connecting is None:
             self._wake_flushed()
 
