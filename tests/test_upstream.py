@@ -383,3 +383,13 @@ async def test_an_https_upstream_is_verified_and_kept_alive(tmp_path, tls_upstre
     else:  # a certificate the gateway cannot verify: no request is sent
         assert {status for status, _, _ in replies} == {502}
         assert upstream.heads == []
+
+
+async def test_a_connection_idle_longer_than_the_keepalive_is_closed_not_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr("gateway.upstream.KEEPALIVE_S", 0.2)  # 15 s in service: too long to wait for here
+    async with raw_upstream(keep_alive) as upstream, run_gateway(config_for(upstream.url), tmp_path) as gw:
+        assert (await post(gw))[0] == 200
+        assert (await post(gw))[0] == 200  # at once: the same connection
+        await asyncio.sleep(0.4)
+        assert (await post(gw))[0] == 200  # after the keep-alive: a new one
+    assert upstream.connections == 2
