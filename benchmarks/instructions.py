@@ -87,7 +87,6 @@ def main() -> int:
         backend = os.environ.get("BACKEND", "memory")
         if backend == "redis":
             peers.start_redis()
-        full = bench.chain(backend, knobs.run_dir, "instructions", peers.redis_url)
         for variant in variants:
             chain, _, checkout = variant.partition("@")
             name = "instructions-" + re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")
@@ -98,7 +97,9 @@ def main() -> int:
                 command = [sys.executable, "-m", "benchmarks.passthrough_proxy", "--upstream", peers.upstream, "--port", "0"]
             else:
                 document = json.loads(oh.gateway_config(peers.upstream, []))
-                document["plugins"] = plugins_of(chain, full)
+                # its own ledger and Redis keys: a variant must not find another's (an old
+                # checkout's schema, a budget already spent)
+                document["plugins"] = plugins_of(chain, bench.chain(backend, knobs.run_dir, name, peers.redis_url))
                 document["log"] = {"level": "warning"}
                 config = knobs.run_dir / f"{name}.yaml"
                 config.write_text(json.dumps(document, indent=2) + "\n")

@@ -67,7 +67,6 @@ def main() -> int:
     try:
         peers.base.start_upstreams()
         peers.start_redis()
-        full = bench.chain(os.environ.get("BACKEND", "memory"), knobs.run_dir, "plugin-cost", peers.redis_url)
         targets = []
         for variant, tracing in [(variant, tracing) for variant in variants for tracing in tracings]:
             if variant == "pass-through":
@@ -83,6 +82,9 @@ def main() -> int:
             chain_name, _, code = variant.partition("@")
             name = f"variant-{re.sub(r'[^a-z0-9]+', '-', variant.lower())}-tracing-{tracing}"
             document = json.loads(oh.gateway_config(peers.upstream, []))
+            # its own ledger and Redis keys: a variant must not find another's (an old
+            # checkout's schema, a budget already spent)
+            full = bench.chain(os.environ.get("BACKEND", "memory"), knobs.run_dir, name, peers.redis_url)
             document["plugins"] = plugins_of(chain_name, full)
             document["log"] = {"level": "warning"}
             config = knobs.run_dir / f"{name}.yaml"

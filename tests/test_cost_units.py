@@ -245,3 +245,20 @@ def test_a_batch_is_written_in_multi_row_statements_and_every_record_lands_whole
     connection.close()
     nulled = [COLUMNS.index("error"), COLUMNS.index("cascade")]
     assert rows == [tuple(None if index in nulled else value for index, value in enumerate(record)) for record in records]
+
+
+def test_the_ledger_writes_in_wal_with_synchronous_normal_and_indexes_only_what_budgets_read(tmp_path):
+    """What docs/cost.md promises of the store: WAL, synchronous=NORMAL on the writer's connection, and one
+    index, (day, client), so that an insert pays for no index nothing reads."""
+    from gateway_plugins.cost.ledger import connect, open_database
+
+    path = str(tmp_path / "usage.db")
+    open_database(path)
+    connection = connect(path)
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        indexes = connection.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage'")
+        assert [name for (name,) in indexes] == ["usage_day_client"]
+    finally:
+        connection.close()
