@@ -133,7 +133,7 @@ def ledger_growth(directory: str, steps: tuple[int, ...] = (50_000, 150_000)) ->
         figures = []
         for count in steps:
             per_record = []
-            for start in range(0, count, 500):
+            for _batch in range(count // 500):
                 for _ in range(500):
                     ledger.put((time.time(), "2026-12-02", os.urandom(16).hex(), "bench", "openai", "gpt-4o-mini",
                                 "/v1/chat/completions", 200, 0, 0, 12, 3, 0, 0, 0, 1234, 0, 0, 0, 1.5))  # fmt: skip
