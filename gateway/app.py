@@ -110,7 +110,7 @@ class Gateway:
         self.access_log = AccessLog(self.config.log)
         self.proxy.finished = self._finished
         #: exchanges over whose metrics and access line are not recorded yet (this loop iteration's)
-        self._finished_exchanges: list[tuple[Exchange, int]] = []
+        self._finished_exchanges: list[tuple[Exchange, int, trace.Span | None]] = []
         self.started = False
         self.draining = False
         self._retiring: set[asyncio.Task[None]] = set()
@@ -126,25 +126,27 @@ class Gateway:
             for route in hook.function(self):
                 self.admin_handlers[(route.method, route.path)] = route.handler
 
-    def _finished(self, exchange: Exchange, status: int) -> None:
+    def _finished(self, exchange: Exchange, status: int, span: trace.Span | None) -> None:
         """Once per exchange, when it is over (its answer sent): metrics and the access
         line, recorded with the other exchanges that end in this loop iteration, just
         after it. Recording them together, after aiohttp is done with the connections,
         costs the empty chain about 15 µs less a request at c=32 (docs/performance.md);
-        a scrape or a log reader a moment later sees them all the same."""
+        a scrape or a log reader a moment later sees them all the same. They run in the
+        context of the first of them: each line takes its request and trace ids from its
+        own exchange and SERVER span (None: not traced), never from the context."""
         finished = self._finished_exchanges
-        finished.append((exchange, status))
+        finished.append((exchange, status, span))
         if len(finished) == 1:
             asyncio.get_running_loop().call_soon(self._record_finished)
 
     def _record_finished(self) -> None:
         finished, self._finished_exchanges = self._finished_exchanges, []
         metrics, access_log = self.metrics, self.access_log
-        for exchange, status in finished:
+        for exchange, status, span in finished:
             try:
                 model = requested_model(exchange)
                 metrics.record(exchange, status, exchange.provider if exchange.attempts else None, model)
-                access_log.write(exchange, status, model)
+                access_log.write(exchange, status, model, span)
             except Exception:
                 log.exception("recording the metrics or access line of a request failed")
 

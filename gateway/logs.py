@@ -24,6 +24,8 @@ from gateway.proxy import request_id_var
 from gateway.telemetry import requested_model
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
     from gateway.config import LogConfig
     from gateway.exchange import Exchange
 
@@ -44,20 +46,23 @@ class JsonFormatter(logging.Formatter):
             self._second = second
         return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
 
-    def head(self, created: float, level: str, logger: str, message: str) -> dict[str, Any]:
+    def head(
+        self, created: float, level: str, logger: str, message: str, request_id: str | None, context: SpanContext | None
+    ) -> dict[str, Any]:
         """The fields every line starts with, the request and trace ids included."""
         line: dict[str, Any] = {"ts": self.ts(created), "level": level, "logger": logger, "message": message}
-        request_id = request_id_var.get()
         if request_id is not None:
             line["request_id"] = request_id
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
+        if context is not None and context.is_valid:
             line["trace_id"] = format(context.trace_id, "032x")
             line["span_id"] = format(context.span_id, "016x")
         return line
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.head(record.created, record.levelname.lower(), record.name, record.getMessage())
+        ids = record.__dict__.get("_ids")  # an access line's own (see write_access_line)
+        if ids is None:  # any other line: the request being served now
+            ids = (request_id_var.get(), trace.get_current_span().get_span_context())
+        line = self.head(record.created, record.levelname.lower(), record.name, record.getMessage(), *ids)
         fields = record.__dict__.get("_fields")
         if fields is not None:  # the access line's fields, in one attribute (see write_access_line)
             line.update(fields)
@@ -171,19 +176,23 @@ class AccessLog:
         self.level_name = config.access_level
         self.lines = 0
 
-    def write(self, exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> None:
-        """The access line of a finished exchange (``model``: the body's, when the caller already read it)."""
+    def write(
+        self, exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN, span: trace.Span | None = None
+    ) -> None:
+        """The access line of a finished exchange (``model``: the body's, when the caller already read it;
+        ``span``: its SERVER span, None when it was not traced), whatever the current context."""
         if not self.enabled or not access_log.isEnabledFor(self.level):
             return
+        context = span.get_span_context() if span is not None else None
         handler = _direct_handler(self.level)
         if handler is None:
-            write_access_line(self.level, exchange, status, model)
+            write_access_line(self.level, exchange, status, model, context)
         else:
             # The same line JsonFormatter would make, for a quarter of the cost.
             formatter = handler.formatter
             assert isinstance(formatter, JsonFormatter)
             message = f"{exchange.method} {exchange.path} {status}"
-            line = formatter.head(time.time(), self.level_name, "gateway.access", message)
+            line = formatter.head(time.time(), self.level_name, "gateway.access", message, exchange.request_id, context)
             line.update(access_fields(exchange, status, model))
             handler.write_line(_encode(line).decode())
         self.lines += 1
@@ -204,10 +213,17 @@ def _direct_handler(level: int) -> GatewayHandler | None:
     return handler
 
 
-def write_access_line(level: int, exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> None:
+def write_access_line(
+    level: int,
+    exchange: Exchange,
+    status: int,
+    model: str | None | Any = _UNKNOWN,
+    context: SpanContext | None = None,
+) -> None:
     """Log the access line of an exchange on ``gateway.access`` (its level enabled)."""
     record = logging.LogRecord(
         "gateway.access", level, "", 0, "%s %s %s", (exchange.method, exchange.path, status), None
     )
     record._fields = access_fields(exchange, status, model)
+    record._ids = (exchange.request_id, context)
     access_log.handle(record)

@@ -476,7 +476,7 @@ class Proxy:
         #: the complete hooks' task of each exchange whose handler waits for it
         self._completing: dict[Exchange, asyncio.Task[None]] = {}
         #: called once per exchange when it is over, with its status (metrics, access log)
-        self.finished: Callable[[Exchange, int], None] = _ignore
+        self.finished: Callable[[Exchange, int, trace.Span | None], None] = _ignore
 
     @property
     def in_flight(self) -> int:
@@ -590,7 +590,7 @@ class Proxy:
 
     def _over(self, exchange: Exchange, status: int, span: trace.Span | None, provider_name: str) -> None:
         """The exchange is over: its records, and its SERVER span's end (with what ``complete`` found)."""
-        self.finished(exchange, status)
+        self.finished(exchange, status, span)
         if span is not None:
             end_server_span(span, exchange, status, provider_name)
 
@@ -841,7 +841,7 @@ class _Waiting:
         yield self.future
 
 
-def _ignore(exchange: Exchange, status: int) -> None:
+def _ignore(exchange: Exchange, status: int, span: trace.Span | None) -> None:
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -324,6 +325,45 @@ async def test_every_request_gets_one_access_line_with_its_facts_and_never_a_key
     text = json.dumps(access_lines)
     for secret in (CLIENT_KEY, PROVIDER_KEY, "a prompt nobody may log"):
         assert secret not in text
+
+
+def _concurrent_traced_calls(count: int) -> list[tuple[str, str]]:
+    """(x-request-id, trace id) of ``count`` requests, each continuing a trace of its own."""
+    return [(f"req-concurrent-{i}", f"{i + 1:032x}") for i in range(count)]
+
+
+async def _send_concurrently(url: str, calls: list[tuple[str, str]]) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(request_id: str, trace_id: str) -> None:
+            headers = {"x-request-id": request_id, "traceparent": f"00-{trace_id}-{'1' * 16}-01"}
+            body = {"model": "gpt-4o-mini", "messages": CHAT}
+            async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as reply:
+                assert reply.status == 200
+                await reply.read()
+
+        await asyncio.gather(*(one(*call) for call in calls))
+
+
+async def test_concurrent_requests_each_get_their_own_request_and_trace_id_on_the_access_line(tmp_path, access_lines):
+    """Access lines of exchanges that end in one loop pass are written together, in the first one's
+    context: each must still carry its own request's ids (through logging: another handler is on)."""
+    calls = _concurrent_traced_calls(20)
+    async with run_gateway(mock_config(), tmp_path) as gw:
+        await _send_concurrently(gw.url, calls)
+    assert sorted((line["request_id"], line["trace_id"]) for line in access_lines) == sorted(calls)
+
+
+async def test_gateway_run_access_lines_of_concurrent_requests_carry_their_own_ids(tmp_path):
+    """The same through the stderr handler alone (the access line's direct path), in a real process."""
+    calls = _concurrent_traced_calls(20)
+    async with start_gateway(loopback_config(), tmp_path) as gw:
+        await _send_concurrently(gw.url, calls)
+        gw.send_signal()
+        assert await gw.wait() == 0
+        lines = gw.log_lines()
+    access = [line for line in lines if line["logger"] == "gateway.access"]
+    assert sorted((line["request_id"], line["trace_id"]) for line in access) == sorted(calls)
 
 
 @pytest.mark.parametrize(
