@@ -128,7 +128,9 @@ access_log = logging.getLogger("gateway.access")
 
 
 def _ms(seconds: float | None) -> float | None:
-    return round(seconds * 1000, 3) if seconds is not None else None
+    """Milliseconds to the microsecond. An integer over 1000 prints with at most three
+    decimals, as round(x, 3) does, at a fifth of its cost (four per access line)."""
+    return int(seconds * 1e6 + 0.5) / 1000 if seconds is not None else None
 
 
 def access_fields(exchange: Exchange, status: int, model: str | None | Any = _UNKNOWN) -> dict[str, Any]:
