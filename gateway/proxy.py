@@ -475,7 +475,7 @@ class Proxy:
         self.serving: set[asyncio.Task[Any]] = set()
         #: the complete hooks' task of each exchange whose handler waits for it
         self._completing: dict[Exchange, asyncio.Task[None]] = {}
-        #: called once per exchange when it is over, with its status (metrics, access log)
+        #: called once per exchange when it is over, with its status and SERVER span (metrics, access log)
         self.finished: Callable[[Exchange, int, trace.Span | None], None] = _ignore
 
     @property
