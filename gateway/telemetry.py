@@ -53,6 +53,7 @@ from opentelemetry.util.types import Attributes
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, close_stream, usage_from
+from gateway.spans import make_lean
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -264,7 +265,8 @@ def roots_unsampled(provider: trace.TracerProvider) -> bool:
 
 
 def get_tracer(provider: trace.TracerProvider) -> trace.Tracer:
-    return provider.get_tracer(TRACER_NAME, __version__)
+    """The gateway's tracer; the SDK's makes its spans the lean way (:mod:`gateway.spans`)."""
+    return make_lean(provider.get_tracer(TRACER_NAME, __version__))
 
 
 # -- the spans of one exchange ------------------------------------------------------------
