@@ -511,16 +511,19 @@ class TraceBuffer(SpanProcessor):
         self.on_hook: Callable[[str, str, float], None] | None = None
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        span_id = span.context.span_id
-        parent = span.parent
+        # The span's fields, not its properties: this runs for every span of a sampled request.
+        span_id = span._context.span_id  # type: ignore[union-attr]
+        parent = span._parent
         with self._lock:
             if parent is None or parent.is_remote:
-                self.traces[span_id] = _Trace(span_id)
+                traces = self.traces
+                traces[span_id] = _Trace(span_id)
                 self._roots[span_id] = span_id
-                while len(self.traces) > self.max_traces:
-                    _, evicted = self.traces.popitem(last=False)
+                if len(traces) > self.max_traces:
+                    _, evicted = traces.popitem(last=False)
+                    roots = self._roots
                     for old in evicted.span_ids:
-                        self._roots.pop(old, None)
+                        roots.pop(old, None)
                 return
             root_id = self._roots.get(parent.span_id)
             entry = self.traces.get(root_id) if root_id is not None else None
@@ -530,7 +533,7 @@ class TraceBuffer(SpanProcessor):
             entry.span_ids.append(span_id)
 
     def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
+        context = span._context
         if context is None:
             return
         span_id = context.span_id
@@ -546,11 +549,14 @@ class TraceBuffer(SpanProcessor):
                 else:
                     entry.dropped += 1
         on_hook = self.on_hook
-        attributes = span.attributes
-        if on_hook is not None and attributes and span.end_time and span.start_time:
-            hook = attributes.get("gateway.hook")
-            if hook is not None and hook != "chunk":  # a chunk span lasts the whole stream: not a hook's latency
-                on_hook(str(attributes.get("gateway.plugin")), str(hook), (span.end_time - span.start_time) / 1e9)
+        if on_hook is None:
+            return
+        attributes: Any = span._attributes
+        attributes = getattr(attributes, "_dict", attributes)  # the SDK's BoundedAttributes keep a plain dict
+        hook = attributes.get("gateway.hook") if attributes else None
+        # a chunk span lasts the whole stream: not a hook's latency
+        if hook is not None and hook != "chunk" and span._end_time and span._start_time:
+            on_hook(str(attributes.get("gateway.plugin")), str(hook), (span._end_time - span._start_time) / 1e9)
 
     def shutdown(self) -> None:
         return None

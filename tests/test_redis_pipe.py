@@ -82,6 +82,39 @@ async def test_a_commands_error_reaches_only_its_caller(redis_server, probe):
         await handle.close()
 
 
+async def test_arguments_reach_redis_as_text_of_their_type_and_other_types_are_refused(redis_server, probe):
+    class Name(str):
+        pass
+
+    class Count(int):
+        pass
+
+    handle = shared.connect(redis_server.url)
+    try:
+        arguments = {
+            "str": ("héllo", b"h\xc3\xa9llo"),
+            "int": (-42, b"-42"),
+            "big": (2**70, b"1180591620717411303424"),
+            "float": (0.1, b"0.1"),
+            "timestamp": (1733212345.123, b"1733212345.123"),
+            "bytes": (b"\x00\xffraw", b"\x00\xffraw"),
+            "bytearray": (bytearray(b"ba"), b"ba"),
+            "memoryview": (memoryview(b"mv"), b"mv"),
+            "str subclass": (Name("sub"), b"sub"),
+            "int subclass": (Count(7), b"7"),
+        }
+        for key, (value, _) in arguments.items():
+            await handle.call("SET", key, value)
+        for key, (_, stored) in arguments.items():
+            assert await probe.get(key) == stored, key
+        for wrong in (True, None, [1], 1j):
+            with pytest.raises(shared.DataError, match="must be str, bytes, int or float"):
+                await handle.call("SET", "wrong", wrong)
+        assert await probe.exists("wrong") == 0
+    finally:
+        await handle.close()
+
+
 async def test_a_connection_error_reaches_every_caller_of_the_pipeline(redis_server):
     handle = shared.connect(redis_server.url, timeout_s=5)
     try:
