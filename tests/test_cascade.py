@@ -118,6 +118,27 @@ async def test_cascade_off_header_and_bypass_clients_go_straight_to_the_requeste
     assert all("gateway.cascade.decision" not in span.attributes for span in gw.spans_named("cascade send"))
 
 
+async def test_cascade_off_is_never_answered_from_a_cached_draft(tmp_path):
+    """The cache sits before the cascade: a cascaded call stores the draft's answer under
+    the caller's model; an identical call with ``x-gateway-cascade: off`` must still get
+    the requested model, so the header is part of the cache key."""
+    cascade = {"use": "cascade", "config": {"draft_model": DRAFT, "escalate_model": STRONG}}
+    plugins = [{"use": "cache"}, cascade]
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path) as gw:
+        client = gw.openai()
+        cascaded = await client.chat.completions.with_raw_response.create(model=STRONG, messages=HELLO)
+        off = await client.chat.completions.with_raw_response.create(
+            model=STRONG, messages=HELLO, extra_headers={"x-gateway-cascade": "off"}
+        )
+        off_again = await client.chat.completions.with_raw_response.create(
+            model=STRONG, messages=HELLO, extra_headers={"x-gateway-cascade": "off"}
+        )
+    assert (cascaded.parse().model, cascaded.headers["x-gateway-model"]) == (DRAFT, DRAFT)
+    assert (off.parse().model, off.headers["x-gateway-cache"]) == (STRONG, "miss")
+    assert "x-gateway-model" not in off.headers
+    assert (off_again.parse().model, off_again.headers["x-gateway-cache"]) == (STRONG, "hit")
+
+
 async def test_a_hard_question_skips_the_draft(tmp_path):
     question = "Prove step by step that the integral of this function converges, and analyze the trade-offs: " + "x " * 200
     async with run_gateway(config(), tmp_path) as gw:
