@@ -121,7 +121,8 @@ async def test_cascade_off_header_and_bypass_clients_go_straight_to_the_requeste
 async def test_cascade_off_is_never_answered_from_a_cached_draft(tmp_path):
     """The cache sits before the cascade: a cascaded call stores the draft's answer under
     the caller's model; an identical call with ``x-gateway-cascade: off`` must still get
-    the requested model, so the header is part of the cache key."""
+    the requested model, so the header is part of the cache key. A hit on the draft's
+    answer carries x-gateway-model as the first answer did."""
     cascade = {"use": "cascade", "config": {"draft_model": DRAFT, "escalate_model": STRONG}}
     plugins = [{"use": "cache"}, cascade]
     async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path) as gw:
@@ -133,10 +134,19 @@ async def test_cascade_off_is_never_answered_from_a_cached_draft(tmp_path):
         off_again = await client.chat.completions.with_raw_response.create(
             model=STRONG, messages=HELLO, extra_headers={"x-gateway-cascade": "off"}
         )
+        again = await client.chat.completions.with_raw_response.create(model=STRONG, messages=HELLO)
+        streamed = await client.chat.completions.with_raw_response.create(model=STRONG, messages=HELLO, stream=True)
+        chunks = [chunk async for chunk in streamed.parse()]
     assert (cascaded.parse().model, cascaded.headers["x-gateway-model"]) == (DRAFT, DRAFT)
     assert (off.parse().model, off.headers["x-gateway-cache"]) == (STRONG, "miss")
     assert "x-gateway-model" not in off.headers
     assert (off_again.parse().model, off_again.headers["x-gateway-cache"]) == (STRONG, "hit")
+    assert "x-gateway-model" not in off_again.headers
+    # A hit on the draft's stored answer still says which model answered (x-gateway-model).
+    assert again.parse().model == DRAFT
+    assert (again.headers["x-gateway-cache"], again.headers["x-gateway-model"]) == ("hit", DRAFT)
+    assert (streamed.headers["x-gateway-cache"], streamed.headers["x-gateway-model"]) == ("hit", DRAFT)
+    assert chunks[0].model == DRAFT
 
 
 async def test_a_hard_question_skips_the_draft(tmp_path):

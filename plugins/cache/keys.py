@@ -5,8 +5,9 @@ path, provider, API shape, model and body content (messages, tools, parameters),
 compared as decoded JSON, so key order and whitespace do not matter. Fields that
 do not change the answer (``user``, ``stream``, ``stream_options``, ``metadata``...)
 are left out, as are headers but the few that change an answer's shape
-(``anthropic-version``, ``anthropic-beta``) or which model answers (``x-gateway-cascade``). With ``scope: client`` the caller's
-identity is part of the key, so one caller's answer never reaches another.
+(``anthropic-version``, ``anthropic-beta``) or which model answers
+(``x-gateway-cascade``). With ``scope: client`` the caller's identity is part of
+the key, so one caller's answer never reaches another.
 
 The key reads ``<namespace>:<provider>:<model>:<hash>``: the provider and model
 in clear (escaped) so that ``DELETE /cache?provider=&model=`` can find entries
