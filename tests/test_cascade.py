@@ -89,6 +89,20 @@ async def test_a_streamed_draft_is_held_back_until_judged_then_streamed(tmp_path
     assert escalated_raw.headers["x-gateway-cascade"] == "escalated"
 
 
+async def test_a_streamed_drafts_events_count_as_upstream_time_in_server_timing(tmp_path):
+    """The draft's stream is read whole before the caller gets headers: that wait is the
+    upstream's, not the gateway's own (SPEC: Server-Timing gateway;dur, upstream;dur).
+    The bound is the mock's own sleep before the draft's first event: never flaky."""
+    async with run_gateway(config(), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, stream=True, extra_headers={"x-mock-ttft-ms": "400"}
+        )
+        chunks = [chunk async for chunk in raw.parse()]
+    assert raw.headers["x-gateway-cascade"] == "accepted" and chunks[-1].model == DRAFT
+    timing = dict(part.strip().split(";dur=") for part in raw.headers["Server-Timing"].split(","))
+    assert float(timing["upstream"]) >= 400
+
+
 async def test_anthropic_callers_get_the_draft_in_their_shape_streamed_or_not(tmp_path):
     cascade = {"cascades": [{"models": ["claude-sonnet-*"], "draft_model": "claude-haiku-4-5"}]}
     async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "cascade", "config": cascade}]}, tmp_path) as gw:
