@@ -254,7 +254,10 @@ class Cache:
                         return self._hit(exchange, answer, entry.served_model)
             flight = self.flights.get(call.key)
             if flight is not None and flight.state != FAILED:
+                waiting = time.perf_counter()
                 answer = await self._follow(flight, call)
+                # Waiting for the identical call's upstream answer is upstream time (Server-Timing).
+                exchange.upstream_s += time.perf_counter() - waiting
                 if answer is not None:
                     self.coalesced += 1
                     return self._hit(exchange, answer, flight.served_model)
