@@ -468,7 +468,11 @@ class Exchange:
 
     @model.setter
     def model(self, value: str) -> None:
+        """Send the request to ``value``; a change of model is ``served_model`` too (an
+        alias, a fallback: ``x-gateway-model``), unless a plugin says otherwise after."""
         document = dict(self.json() or {})
+        if document.get("model") != value:
+            self.served_model = value
         document["model"] = value
         self.set_json(document)
 

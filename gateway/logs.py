@@ -142,6 +142,7 @@ def access_fields(exchange: Exchange, status: int, model: str | None | Any = _UN
     error = exchange.error
     response = exchange.response
     usage = exchange.usage
+    cost_usd = exchange.cost_usd
     return {
         "method": exchange.method,
         "path": exchange.path,
@@ -161,7 +162,10 @@ def access_fields(exchange: Exchange, status: int, model: str | None | Any = _UN
         "input_tokens": usage.input_tokens if usage is not None else None,
         "output_tokens": usage.output_tokens if usage is not None else None,
         "cached_input_tokens": usage.cached_input_tokens if usage is not None else None,
-        "cost_usd": exchange.cost_usd,
+        # SPEC's names: the line has "tokens" (input + output) and "cost" (USD) too
+        "tokens": usage.input_tokens + usage.output_tokens if usage is not None else None,
+        "cost_usd": cost_usd,
+        "cost": cost_usd,
         "cache": exchange.cache_status,
         "threat": exchange.threat_severity,
         "cascade": exchange.cascade_decision,

@@ -419,6 +419,18 @@ async def test_twenty_concurrent_identical_requests_make_one_upstream_call(tmp_p
         assert stats["coalesced"] == 19 and stats["misses"] == 1
 
 
+async def test_a_follower_counts_its_wait_for_the_identical_call_as_upstream_time(tmp_path):
+    """SPEC: Server-Timing is the gateway's own time and the upstream's; a caller that
+    waited for the identical call in flight waited for the upstream (it said 0.000)."""
+    async with run_gateway(cache_config(), tmp_path) as gw:
+        client = gw.openai(default_headers={"x-mock-latency-ms": "300"})
+        answers = await asyncio.gather(*(chat(client) for _ in range(5)))
+        assert (await cache_stats(gw.admin_url))["coalesced"] == 4
+    for cache, _, raw in answers:
+        timing = dict(part.strip().split(";dur=") for part in raw.headers["Server-Timing"].split(","))
+        assert float(timing["upstream"]) > 0, cache
+
+
 async def test_concurrent_stream_and_json_callers_share_one_streamed_call(tmp_path):
     async with run_gateway(cache_config(), tmp_path) as gw:
         client = gw.openai(default_headers={"x-mock-inter-token-ms": "20"})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 
+import msgspec
 import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from gateway import Exchange, Response
 from gateway_plugins.cache import Cache, Config, formats
-from gateway_plugins.cache.backends import Entry
+from gateway_plugins.cache.backends import Entry, MsgpackSerializer
 from gateway_plugins.cache.keys import MAX_HEADS, KeyRules, escape, request_key
 from gateway_plugins.cache.plugin import CALL
 
@@ -188,3 +189,13 @@ def test_the_usage_chunk_is_dropped_for_callers_that_did_not_ask():
     kept = formats.drop_usage_chunk(stream)
     assert b'"choices":[]' not in kept and kept.endswith(b"data: [DONE]\n\n")
     assert len(formats.events(kept)) == len(formats.events(stream)) - 1
+
+
+def test_entries_keep_the_served_model_and_read_those_stored_without_it():
+    """Redis holds entries of the previous format (no served_model) and replicas of either
+    version read each other's: the field is last and optional."""
+    serializer = MsgpackSerializer()
+    entry = Entry("json", 200, "application/json", b"{}", 1.0, False, "gpt-4o-mini")
+    assert serializer.loads(serializer.dumps(entry)).served_model == "gpt-4o-mini"
+    previous = msgspec.msgpack.encode(["json", 200, "application/json", b"{}", 1.0, False])
+    assert serializer.loads(previous).served_model is None

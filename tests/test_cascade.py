@@ -89,6 +89,20 @@ async def test_a_streamed_draft_is_held_back_until_judged_then_streamed(tmp_path
     assert escalated_raw.headers["x-gateway-cascade"] == "escalated"
 
 
+async def test_a_streamed_drafts_events_count_as_upstream_time_in_server_timing(tmp_path):
+    """The draft's stream is read whole before the caller gets headers: that wait is the
+    upstream's, not the gateway's own (SPEC: Server-Timing gateway;dur, upstream;dur).
+    The bound is the mock's own sleep before the draft's first event: never flaky."""
+    async with run_gateway(config(), tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, stream=True, extra_headers={"x-mock-ttft-ms": "400"}
+        )
+        chunks = [chunk async for chunk in raw.parse()]
+    assert raw.headers["x-gateway-cascade"] == "accepted" and chunks[-1].model == DRAFT
+    timing = dict(part.strip().split(";dur=") for part in raw.headers["Server-Timing"].split(","))
+    assert float(timing["upstream"]) >= 400
+
+
 async def test_anthropic_callers_get_the_draft_in_their_shape_streamed_or_not(tmp_path):
     cascade = {"cascades": [{"models": ["claude-sonnet-*"], "draft_model": "claude-haiku-4-5"}]}
     async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "cascade", "config": cascade}]}, tmp_path) as gw:
@@ -116,6 +130,37 @@ async def test_cascade_off_header_and_bypass_clients_go_straight_to_the_requeste
     assert other.model == "gpt-4o-mini"
     assert len(client_spans(gw)) == 3
     assert all("gateway.cascade.decision" not in span.attributes for span in gw.spans_named("cascade send"))
+
+
+async def test_cascade_off_is_never_answered_from_a_cached_draft(tmp_path):
+    """The cache sits before the cascade: a cascaded call stores the draft's answer under
+    the caller's model; an identical call with ``x-gateway-cascade: off`` must still get
+    the requested model, so the header is part of the cache key. A hit on the draft's
+    answer carries x-gateway-model as the first answer did."""
+    cascade = {"use": "cascade", "config": {"draft_model": DRAFT, "escalate_model": STRONG}}
+    plugins = [{"use": "cache"}, cascade]
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path) as gw:
+        client = gw.openai()
+        cascaded = await client.chat.completions.with_raw_response.create(model=STRONG, messages=HELLO)
+        off = await client.chat.completions.with_raw_response.create(
+            model=STRONG, messages=HELLO, extra_headers={"x-gateway-cascade": "off"}
+        )
+        off_again = await client.chat.completions.with_raw_response.create(
+            model=STRONG, messages=HELLO, extra_headers={"x-gateway-cascade": "off"}
+        )
+        again = await client.chat.completions.with_raw_response.create(model=STRONG, messages=HELLO)
+        streamed = await client.chat.completions.with_raw_response.create(model=STRONG, messages=HELLO, stream=True)
+        chunks = [chunk async for chunk in streamed.parse()]
+    assert (cascaded.parse().model, cascaded.headers["x-gateway-model"]) == (DRAFT, DRAFT)
+    assert (off.parse().model, off.headers["x-gateway-cache"]) == (STRONG, "miss")
+    assert "x-gateway-model" not in off.headers
+    assert (off_again.parse().model, off_again.headers["x-gateway-cache"]) == (STRONG, "hit")
+    assert "x-gateway-model" not in off_again.headers
+    # A hit on the draft's stored answer still says which model answered (x-gateway-model).
+    assert again.parse().model == DRAFT
+    assert (again.headers["x-gateway-cache"], again.headers["x-gateway-model"]) == ("hit", DRAFT)
+    assert (streamed.headers["x-gateway-cache"], streamed.headers["x-gateway-model"]) == ("hit", DRAFT)
+    assert chunks[0].model == DRAFT
 
 
 async def test_a_hard_question_skips_the_draft(tmp_path):

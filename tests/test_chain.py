@@ -192,6 +192,28 @@ async def test_example_plugin_by_module_attr(tmp_path):
     assert stats["plugins"]["model_aliases:ModelAliases"]["rewrites"] == 1
 
 
+async def test_a_plugin_that_changes_the_model_gets_x_gateway_model_in_both_sdks(tmp_path):
+    """SPEC: x-gateway-model names the model that answered when the gateway changed it
+    (fallback, cascade, alias); a plugin that sets ``exchange.model`` changed it."""
+    aliases = {"fast": "gpt-4o-mini", "same": "same"}
+    config = {
+        "providers": {"mock": {"type": "mock"}},
+        "plugins": [{"use": "model_aliases:ModelAliases", "config": {"aliases": aliases}}, {"use": "cache"}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        aliased = await gw.openai().chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        cached = await gw.openai().chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        unchanged = await gw.openai().chat.completions.with_raw_response.create(model="same", messages=CHAT)
+        plain = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=CHAT)
+        message = await gw.anthropic().messages.with_raw_response.create(model="fast", max_tokens=50, messages=CHAT)
+    assert aliased.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert (cached.headers["x-gateway-cache"], cached.headers["x-gateway-model"]) == ("hit", "gpt-4o-mini")
+    assert "x-gateway-model" not in unchanged.headers
+    assert "x-gateway-model" not in plain.headers
+    assert message.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert (await message.parse()).model == "gpt-4o-mini"
+
+
 async def test_example_plugin_by_entry_point(tmp_path, entry_point):
     entry_point("model-aliases", "model_aliases:ModelAliases")
     config = {

@@ -315,6 +315,7 @@ async def test_every_request_gets_one_access_line_with_its_facts_and_never_a_key
         "caller": "frontend", "client": "frontend", "provider": "mock", "model": "gpt-4o-mini", "stream": False,
         "attempts": 1, "input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
         "cost_usd": 0.25, "cache": "miss", "threat": "LOW", "cascade": "accepted", "error": None,
+        "tokens": usage.total_tokens, "cost": 0.25,
     }  # fmt: skip
     assert {key: first[key] for key in expected} == expected
     for key in ("duration_ms", "upstream_ms", "gateway_ms"):
@@ -322,6 +323,7 @@ async def test_every_request_gets_one_access_line_with_its_facts_and_never_a_key
     assert access_lines[1]["stream"] is True and access_lines[1]["first_token_ms"] > 0
     assert access_lines[1]["output_tokens"] > 0
     assert access_lines[2]["status"] == 401 and access_lines[2]["error"] == "invalid_api_key"
+    assert (access_lines[2]["tokens"], access_lines[2]["cost"]) == (None, None)
     text = json.dumps(access_lines)
     for secret in (CLIENT_KEY, PROVIDER_KEY, "a prompt nobody may log"):
         assert secret not in text

@@ -36,6 +36,9 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
     stored_at: float
     #: an OpenAI stream that carries a usage-only chunk
     has_usage_chunk: bool = False
+    #: the model that answered when a plugin changed it (a cascade's draft, a fallback's
+    #: model): a hit carries it as ``x-gateway-model`` too
+    served_model: str | None = None
 
 
 class MsgpackSerializer(BaseSerializer):

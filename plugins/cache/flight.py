@@ -36,6 +36,7 @@ class Flight:
         "body",
         "chunks",
         "include_usage",
+        "served_model",
         "followers",
         "error",
         "whole",
@@ -55,6 +56,8 @@ class Flight:
         self.chunks: list[bytes] = []
         #: whether the leader's stream carries a usage-only chunk (OpenAI include_usage)
         self.include_usage = include_usage
+        #: the leader's ``served_model`` (x-gateway-model), for its followers
+        self.served_model: str | None = None
         #: readers waiting for or reading the answer now (a streamed leader's caller too);
         #: the pump stops when the last one leaves before the end
         self.followers = 0

@@ -5,8 +5,9 @@ path, provider, API shape, model and body content (messages, tools, parameters),
 compared as decoded JSON, so key order and whitespace do not matter. Fields that
 do not change the answer (``user``, ``stream``, ``stream_options``, ``metadata``...)
 are left out, as are headers but the few that change an answer's shape
-(``anthropic-version``, ``anthropic-beta``). With ``scope: client`` the caller's
-identity is part of the key, so one caller's answer never reaches another.
+(``anthropic-version``, ``anthropic-beta``) or which model answers
+(``x-gateway-cascade``). With ``scope: client`` the caller's identity is part of
+the key, so one caller's answer never reaches another.
 
 The key reads ``<namespace>:<provider>:<model>:<hash>``: the provider and model
 in clear (escaped) so that ``DELETE /cache?provider=&model=`` can find entries
@@ -26,8 +27,9 @@ import msgspec
 IGNORED_FIELDS = frozenset(
     {"user", "stream", "stream_options", "metadata", "request_id", "safety_identifier", "prompt_cache_key"}
 )
-#: request headers that change what an answer looks like
-VARY_HEADERS = ("anthropic-version", "anthropic-beta")
+#: request headers that change what an answer looks like (``x-gateway-cascade: off``: the
+#: requested model answers, never a cascade's draft stored by a cascaded call)
+VARY_HEADERS = ("anthropic-version", "anthropic-beta", "x-gateway-cascade")
 
 # Sorted keys at every depth: {"b":1,"a":2} and {"a":2,"b":1} encode alike.
 _canonical = msgspec.json.Encoder(order="sorted").encode

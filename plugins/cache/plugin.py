@@ -97,6 +97,8 @@ class _Call(msgspec.Struct):
     store_on_finish: bool = False
     #: Redis: the lookup, sent from ``request`` so it travels with the later plugins' calls
     lookup: asyncio.Future[Any] | None = None
+    #: the leader's ``served_model`` once the upstream answered (kept with the entry)
+    served_model: str | None = None
 
 
 CALL = StashKey[_Call]("cache.call")
@@ -249,20 +251,25 @@ class Cache:
                 if call.max_age_s is None or age_s <= call.max_age_s:
                     answer = self._answer_from(entry, call, age_s)
                     if answer is not None:
-                        return self._hit(exchange, answer)
+                        return self._hit(exchange, answer, entry.served_model)
             flight = self.flights.get(call.key)
             if flight is not None and flight.state != FAILED:
+                waiting = time.perf_counter()
                 answer = await self._follow(flight, call)
+                # Waiting for the identical call's upstream answer is upstream time (Server-Timing).
+                exchange.upstream_s += time.perf_counter() - waiting
                 if answer is not None:
                     self.coalesced += 1
-                    return self._hit(exchange, answer)
+                    return self._hit(exchange, answer, flight.served_model)
             self.misses += 1
         if exchange.recording:
             trace.get_current_span().set_attribute("gateway.cache.status", exchange.cache_status or "miss")
         return await self._lead(exchange, call, call_next)
 
-    def _hit(self, exchange: Exchange, answer: Response) -> Response:
+    def _hit(self, exchange: Exchange, answer: Response, served_model: str | None) -> Response:
         self.hits += 1
+        if served_model is not None:  # the stored answer came from another model than asked
+            exchange.served_model = served_model
         exchange.cache_status = "hit"
         exchange.response_headers["x-gateway-cache"] = "hit"
         if exchange.recording:
@@ -280,6 +287,9 @@ class Cache:
         except BaseException:
             self._land(key, flight, failed=True)
             raise
+        served_model = call.served_model = exchange.served_model
+        if flight is not None:
+            flight.served_model = served_model
         storable = 200 <= response.status < 300 and "no-store" not in response.headers.get("Cache-Control", "")
         content_type = response.headers.get("Content-Type", "application/json")
         if response.stream is None:
@@ -289,7 +299,9 @@ class Cache:
             if flight is not None:
                 flight.answered(response.status, content_type, response.body)
             if len(response.body) <= self.config.max_entry_bytes:
-                call.captured = Entry("json", response.status, content_type, response.body, time.time())
+                call.captured = Entry(
+                    "json", response.status, content_type, response.body, time.time(), False, served_model
+                )
             else:
                 self.too_large += 1
             return response
@@ -370,7 +382,7 @@ class Cache:
             self.too_large += 1
             return None
         usage_chunk = call.kind == formats.CHAT and b'"choices":[]' in body
-        return Entry("sse", status, content_type, body, time.time(), usage_chunk)
+        return Entry("sse", status, content_type, body, time.time(), usage_chunk, call.served_model)
 
     def _land(self, key: str, flight: Flight | None, failed: bool = False) -> None:
         """The flight is over: followers are released (to call themselves when it failed)."""

@@ -231,6 +231,7 @@ class Cascade:
         if response.stream is not None:
             reader = StreamReader()
             chunks, size = [], 0
+            reading = time.perf_counter()
             try:
                 async for data in response.stream:
                     size += len(data)
@@ -242,6 +243,8 @@ class Cascade:
                 size = -1
             finally:
                 await close_stream(response.stream)
+                # The draft's events are upstream time: Server-Timing's gateway figure is the gateway's own.
+                exchange.upstream_s += time.perf_counter() - reading
             draft = reader.result()
             if size < 0 or size > self.max_draft_bytes:
                 reason = "draft_error" if size < 0 else "draft_too_large"
