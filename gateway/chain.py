@@ -141,7 +141,7 @@ class Chain:
                 else:
                     answer = await hook.function(exchange)
             except Exception as exc:
-                self._failed(hook, exc)
+                self._failed(hook, exc, exchange)
                 continue
             if answer is not None:
                 return answer
@@ -165,7 +165,7 @@ class Chain:
                     await decision
             except Exception as exc:
                 try:
-                    self._failed(hook, exc)
+                    self._failed(hook, exc, exchange)
                 except Exception as answer:
                     if refusal is None:
                         refusal = answer
@@ -180,7 +180,7 @@ class Chain:
         """Backward through ``response`` hooks of the plugins whose ``request`` ran."""
         reached = exchange.reached
         for hook in self.response_hooks:
-            if hook.index > reached:
+            if hook.index > reached or (exchange._skipped is not None and hook.index in exchange._skipped):
                 continue
             try:
                 if exchange.recording:
@@ -189,23 +189,25 @@ class Chain:
                 else:
                     replaced = await hook.function(exchange, response)
             except Exception as exc:
-                self._failed(hook, exc)
+                self._failed(hook, exc, exchange)
                 continue
             if replaced is not None:
                 response = replaced
         return response
 
     def chunk_hooks_for(self, exchange: Exchange) -> tuple[Hook, ...]:
-        reached = exchange.reached
-        return tuple(hook for hook in self.chunk_hooks if hook.index <= reached)
+        reached, skipped = exchange.reached, exchange._skipped or ()
+        return tuple(hook for hook in self.chunk_hooks if hook.index <= reached and hook.index not in skipped)
 
     async def chunk(self, exchange: Exchange, event: StreamEvent, hooks: tuple[Hook, ...]) -> None:
         """One streamed event through ``hooks`` (from :meth:`chunk_hooks_for`)."""
         for hook in hooks:
+            if exchange._skipped is not None and hook.index in exchange._skipped:
+                continue  # it failed open on an earlier event
             try:
                 await hook.function(exchange, event)
             except Exception as exc:
-                self._failed(hook, exc)
+                self._failed(hook, exc, exchange)
             if event.drop:
                 return
 
@@ -231,7 +233,7 @@ class Chain:
         exchange.completed = True
         reached = exchange.reached
         for hook in self.complete_hooks:
-            if hook.index > reached:
+            if hook.index > reached or (exchange._skipped is not None and hook.index in exchange._skipped):
                 continue
             try:
                 if exchange.recording:
@@ -253,6 +255,8 @@ class Chain:
         function = hook.function
 
         async def layer(exchange: Exchange) -> Response:
+            if exchange._skipped is not None and hook.index in exchange._skipped:
+                return await call_next(exchange)  # the plugin failed open earlier: as if it were not there
             recorder = _Recorder(call_next) if hook.fails_open else call_next
             try:
                 if exchange.recording:
@@ -260,7 +264,7 @@ class Chain:
                         return await function(exchange, recorder)  # type: ignore[no-any-return]
                 return await function(exchange, recorder)  # type: ignore[no-any-return]
             except Exception as exc:
-                self._failed(hook, exc)
+                self._failed(hook, exc, exchange)
                 # Failing open: behave as if the plugin were not there, without
                 # calling the upstream twice when the plugin already had its answer.
                 assert isinstance(recorder, _Recorder)
@@ -270,12 +274,17 @@ class Chain:
 
         return layer
 
-    def _failed(self, hook: Hook, exc: Exception) -> None:
-        """Re-raise an answer; fail closed (500) or open (log and go on)."""
+    def _failed(self, hook: Hook, exc: Exception, exchange: Exchange) -> None:
+        """Re-raise an answer; fail closed (500) or open (log, and go on as if the plugin
+        were not there: its later hooks skip this exchange)."""
         if isinstance(exc, GatewayError):
             raise exc
         self.failures[hook.label] += 1
         if hook.fails_open:
+            if exchange._skipped is None:
+                exchange._skipped = {hook.index}
+            else:
+                exchange._skipped.add(hook.index)
             log.warning(
                 "plugin %s failed in %s, skipped (on_error: open): %r",
                 hook.label,

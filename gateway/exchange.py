@@ -310,6 +310,7 @@ class Exchange:
         "reached",
         "completed",
         "_deferred",
+        "_skipped",
         "_body",
         "_json",
         "_json_type",
@@ -389,6 +390,8 @@ class Exchange:
         self.completed = False
         #: (chain index, decision) deferred by ``request`` hooks (core: awaited after the last one)
         self._deferred: list[tuple[int, Coroutine[Any, Any, None]]] | None = None
+        #: (core) chain indexes of the plugins that failed open on this exchange: their later hooks skip it
+        self._skipped: set[int] | None = None
         self._body = body
         self._json: Any = _UNSET
         self._json_type: bool | None = None  # whether Content-Type allows JSON (read once)

@@ -131,13 +131,35 @@ async def test_on_error_closed_answers_500_plugin_error_without_leaking_the_exce
 
 
 async def test_on_error_open_skips_the_plugin_and_counts_the_failure(tmp_path):
-    config = probes({"tag": "flaky", "fail_in": ["request", "send", "response"]})
+    """Once a hook of a plugin failing open has failed, the plugin's later hooks skip the
+    exchange, as if the plugin were not in the chain: one failure a request."""
+    config = probes({"tag": "flaky", "fail_in": ["request", "send", "response", "complete"]}, {"tag": "after"})
     config["plugins"][0]["on_error"] = "open"
     async with run_gateway(config, tmp_path) as gw:
-        completion = await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        for _ in range(2):
+            raw = await gw.openai().chat.completions.with_raw_response.create(model="m", messages=CHAT)
+            assert raw.parse().choices[0].message.content
         stats = await _admin_json(gw, "/stats")
-    assert completion.choices[0].message.content
-    assert stats["plugins"]["flaky"]["failures"] == 3
+    assert stats["plugins"]["flaky"]["failures"] == 2
+    assert [hook for tag, hook in probe_plugin.CALLS if tag == "flaky"] == ["request", "request"]
+    assert hooks_of("complete") == ["after", "after"]  # the others' hooks all run
+    assert "x-probe-flaky" not in raw.headers and raw.headers["x-probe-after"] == "seen"
+
+
+@pytest.mark.parametrize("failing", ["send", "chunk"])
+async def test_a_plugin_failing_open_later_in_the_exchange_skips_its_remaining_hooks(tmp_path, failing):
+    config = probes({"tag": "flaky", "fail_in": [failing]})
+    config["plugins"][0]["on_error"] = "open"
+    async with run_gateway(config, tmp_path) as gw:
+        stream = await gw.openai().chat.completions.create(model="m", messages=CHAT, stream=True)
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+        stats = await _admin_json(gw, "/stats")
+    assert text
+    assert stats["plugins"]["flaky"]["failures"] == 1
+    ran = [hook for tag, hook in probe_plugin.CALLS if tag == "flaky"]
+    assert ran.count(failing) == 1  # a failed chunk hook does not see the stream's later events
+    assert "complete" not in ran
+    assert ("response" in ran) is (failing == "chunk")  # the answer's headers went out before its events
 
 
 async def test_fail_open_send_hook_that_breaks_after_the_upstream_answered_does_not_call_it_twice(tmp_path):
