@@ -156,6 +156,9 @@ class Gateway:
                 hook.function(self)
             except PluginConfigError as exc:
                 raise plugin_loader.plugin_config_error(self.config_path, hook.index, hook.label, exc) from None
+            except Exception as exc:  # a plugin's configure that fails otherwise: one line naming it, no traceback
+                problem = f"({hook.label}) configure failed: {type(exc).__name__}: {plugin_loader.one_line(exc)}"
+                raise ConfigError(self.config_path, f"plugins[{hook.index}]", problem) from None
 
     def redis(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
         """A handle on the process-wide, auto-pipelined connection to ``url`` (see

@@ -159,6 +159,17 @@ class MutableOptions:
 class NotAStruct:
     class Config:
         limit = 1
+
+class RaisesWhenBuilt:
+    def __init__(self):
+        raise RuntimeError("no licence file")
+
+class RaisesInConfigure:
+    @hookimpl
+    def configure(self, gateway):
+        raise KeyError("tenant")
+
+NotCallable = 42
 '''
 
 
@@ -170,6 +181,9 @@ class NotAStruct:
         ("SyncRequest", "hook 'request' must be 'async def'"),
         ("MutableOptions", "Config must be a frozen msgspec.Struct"),
         ("NotAStruct", "Config must be a frozen msgspec.Struct"),
+        ("RaisesWhenBuilt", "bad_plugins:RaisesWhenBuilt failed to build: RuntimeError: no licence file"),
+        ("RaisesInConfigure", "configure failed: KeyError: 'tenant'"),
+        ("NotCallable", "failed to build: TypeError: 'int' object is not callable"),
     ],
 )
 def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, plugin, problem):
@@ -187,6 +201,22 @@ def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, pl
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"config error: {config}: plugins")
     assert problem in lines[0]
+
+
+def test_a_plugin_module_that_raises_on_import_is_refused_with_one_line(tmp_path):
+    (tmp_path / "explodes.py").write_text("raise RuntimeError('boom at import')\n")
+    config = tmp_path / "gateway.yaml"
+    config.write_text("providers: {mock: {type: mock}}\nplugins: [{use: 'explodes:Plugin'}]\n")
+    result = subprocess.run(
+        gateway_command("check", "--config", str(config)),
+        env=child_env(PYTHONPATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"config error: {config}: plugins[0].use: cannot load 'explodes:Plugin': RuntimeError: boom at import"
+    ]
 
 
 async def test_the_examples_config_errors_name_the_key(installed, tmp_path):
