@@ -219,9 +219,12 @@ class Gateway:
                 if new != old:
                     log.warning("%s changed to %s: listen addresses stay %s until a restart", key, new, old)
             old_chain, old_providers, old_handles = self.chain, self.providers, self.redis_handles
+            old_level = self.config.log.level
             in_flight = set(self.proxy.serving) | set(self.background)
             for name in GENERATION:
                 setattr(self, name, getattr(fresh, name))
+            if fresh.config.log.level != old_level:  # log.level is part of what a reload swaps
+                logging.getLogger().setLevel(fresh.config.log.level.upper())
             task = asyncio.get_running_loop().create_task(self._retire(old_chain, old_providers, old_handles, in_flight))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
@@ -400,8 +403,9 @@ async def serve(gateway: Gateway) -> None:
             log.info("ready", extra={"listen": data_url, "admin": admin_url})
             await stop.wait()
             gateway.draining = True
-            log.info("draining", extra={"grace_s": config.shutdown_grace_s, "in_flight": gateway.proxy.in_flight})
-            await _drain(data_runner, gateway, config.shutdown_grace_s)
+            grace_s = gateway.config.shutdown_grace_s  # the current config's: a reload may have changed it
+            log.info("draining", extra={"grace_s": grace_s, "in_flight": gateway.proxy.in_flight})
+            await _drain(data_runner, gateway, grace_s)
         finally:
             await data_runner.cleanup()  # cancels whatever still runs
     finally:
