@@ -126,6 +126,8 @@ def test_gateway_plugins_lists_distribution_version_hooks_and_options(site):
     text = subprocess.run(gateway_command("plugins"), env=env_with(site[1]), capture_output=True, text=True, check=True)
     assert "pii-mask (gateway-pii-mask 0.1.0) gateway_pii_mask:PiiMask" in text.stdout
     assert "  value: str (default \"seen\")" in text.stdout
+    # SPEC: the built-in plugins too, with their version
+    assert f"scan (built-in {rows['scan']['version']}) gateway_plugins.scan:Scan" in text.stdout
 
 
 # -- guard rails: one clear line at startup --------------------------------------------------
