@@ -198,11 +198,11 @@ def load(path: str | None = None, environ: dict[str, str] | None = None) -> Load
                 try:
                     msgspec.convert(entry, struct, strict=False)
                 except msgspec.ValidationError as exc:
-                    raise ConfigError(path, *split_validation_error(exc, prefix=f"{section}.{name}")) from None
+                    raise ConfigError(path, *split_validation_error(exc, f"{section}.{name}", entry)) from None
     try:
         gateway = msgspec.convert(expanded, GatewayConfig, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(path, *split_validation_error(exc)) from None
+        raise ConfigError(path, *split_validation_error(exc, document=expanded)) from None
     _check(path, gateway)
     return LoadedConfig(path, gateway)
 
@@ -259,8 +259,11 @@ def _join(key_path: str, key: Any) -> str:
 _AT = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
 
 
-def split_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
-    """Turn msgspec's ``Expected int, got str - at `$.a[0].b``` into ("a[0].b", "Expected ...")."""
+def split_validation_error(exc: msgspec.ValidationError, prefix: str = "", document: Any = None) -> tuple[str, str]:
+    """Turn msgspec's ``Expected int, got str - at `$.a[0].b``` into ("a[0].b", "Expected ...").
+
+    msgspec names an entry of a mapping ``[...]``; with ``document`` (what was
+    converted) the entry's own key is put in its place: ``prices.gpt-4o.input``."""
     match = _AT.match(str(exc))
     assert match is not None
     problem, at = match.group(1), (match.group(2) or "").lstrip(".")
@@ -272,9 +275,60 @@ def split_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> tu
     if missing:
         at = _join(at, missing.group(1))
         problem = "required key is missing"
+    if "[...]" in at and isinstance(document, dict):
+        got = re.search(r", got `(\w+)`", problem)
+        at = _name_entries(at, document, missing is not None, got.group(1) if got else None)
     if prefix:
         at = f"{prefix}.{at}" if at and not at.startswith("[") else prefix + at
     return at, problem
+
+
+_SEGMENT = re.compile(r"\[\.\.\.\]|\[(\d+)\]|\.?([^.\[]+)")
+_JSON_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "object": dict, "array": list}
+
+
+def _name_entries(at: str, document: Any, last_is_missing: bool, got: str | None) -> str:
+    """``a[...].b`` with ``[...]`` replaced by the key of the entry of ``document`` the
+    error is about (the first whose value fits the rest of the path); unchanged when none fits."""
+    segments: list[tuple[str, Any]] = []
+    for match in _SEGMENT.finditer(at):
+        if match.group(0) == "[...]":
+            segments.append(("entry", None))
+        elif match.group(1) is not None:
+            segments.append(("index", int(match.group(1))))
+        else:
+            segments.append(("key", match.group(2)))
+
+    def fits(node: Any, rest: list[tuple[str, Any]]) -> list[str] | None:
+        if not rest:
+            if last_is_missing:
+                return None
+            wanted = _JSON_TYPES.get(got or "")
+            if wanted is not None and (not isinstance(node, wanted) or (wanted is int and isinstance(node, bool))):
+                return None
+            return []
+        kind, value = rest[0]
+        if kind == "entry":
+            if not isinstance(node, dict):
+                return None
+            for key, child in node.items():
+                tail = fits(child, rest[1:])
+                if tail is not None:
+                    return [_join("", key) if not isinstance(key, str) else key, *tail]
+            return None
+        if kind == "index":
+            return fits(node[value], rest[1:]) if isinstance(node, list) and value < len(node) else None
+        if isinstance(node, dict) and value in node:
+            return fits(node[value], rest[1:])
+        if last_is_missing and len(rest) == 1 and isinstance(node, dict):
+            return []  # the missing key itself
+        return None
+
+    keys = fits(document, segments)
+    if keys is None:
+        return at
+    named = iter(keys)
+    return re.sub(r"\[\.\.\.\]", lambda _: "." + str(next(named)), at).lstrip(".")
 
 
 def parse_listen(value: str) -> tuple[str, int]:

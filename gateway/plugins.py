@@ -198,7 +198,7 @@ def _build(path: str, index: int, entry: PluginEntry) -> Any:
         try:
             options = msgspec.convert(entry.config, config_type, strict=False)
         except msgspec.ValidationError as exc:
-            key, problem = split_validation_error(exc, prefix=f"{where}.config")
+            key, problem = split_validation_error(exc, prefix=f"{where}.config", document=entry.config)
             raise ConfigError(path, key, f"({entry.label}) {problem}") from None
         return factory(options)
     except PluginConfigError as exc:
