@@ -161,7 +161,9 @@ def access_fields(exchange: Exchange, status: int, model: str | None | Any = _UN
         "input_tokens": usage.input_tokens if usage is not None else None,
         "output_tokens": usage.output_tokens if usage is not None else None,
         "cached_input_tokens": usage.cached_input_tokens if usage is not None else None,
+        "tokens": usage.input_tokens + usage.output_tokens if usage is not None else None,  # SPEC's "tokens"
         "cost_usd": exchange.cost_usd,
+        "cost": exchange.cost_usd,  # SPEC's "cost": the same figure under the name it gives
         "cache": exchange.cache_status,
         "threat": exchange.threat_severity,
         "cascade": exchange.cascade_decision,
