@@ -189,7 +189,10 @@ def load(path: str | None = None, environ: dict[str, str] | None = None) -> Load
     raw = _read(path)
     if not isinstance(raw, dict):
         raise ConfigError(path, "", "the file must hold a mapping of sections (listen, providers, ...)")
-    expanded = _expand(raw, os.environ if environ is None else environ, path, "")
+    try:
+        expanded = _expand(raw, os.environ if environ is None else environ, path, "")
+    except RecursionError:  # a YAML alias that holds itself (a: &a [*a]), or absurd nesting
+        raise ConfigError(path, "", "nested too deeply (a YAML alias that contains itself?)") from None
     # msgspec names a mapping's entry "[...]"; checking entries one by one names it.
     for section, struct in (("providers", ProviderConfig), ("clients", ClientConfig)):
         entries = expanded.get(section)
@@ -350,7 +353,7 @@ def _check(path: str, config: GatewayConfig) -> None:
         raise ConfigError(path, "providers", "at least one provider is required")
     for name, provider in config.providers.items():
         where = f"providers.{name}"
-        if provider.timeout_s <= 0:
+        if not provider.timeout_s > 0:  # NaN too
             raise ConfigError(path, f"{where}.timeout_s", "must be greater than 0")
         if provider.max_connections < 0:
             raise ConfigError(path, f"{where}.max_connections", "must be 0 (no limit) or more")
@@ -374,14 +377,14 @@ def _check(path: str, config: GatewayConfig) -> None:
     if config.limits.max_body_bytes <= 0:
         raise ConfigError(path, "limits.max_body_bytes", "must be greater than 0")
     for key in ("header_timeout_s", "body_timeout_s"):
-        if getattr(config.limits, key) <= 0:
+        if not getattr(config.limits, key) > 0:  # NaN too
             raise ConfigError(path, f"limits.{key}", "must be greater than 0")
     if "*" in config.cors.allow_origins and config.cors.allow_credentials:
         raise ConfigError(path, "cors.allow_credentials", "cannot be true with allow_origins '*' (browsers refuse it)")
     for i, origin in enumerate(config.cors.allow_origins):
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise ConfigError(path, f"cors.allow_origins[{i}]", f"{origin!r}: an origin is scheme://host[:port], or '*'")
-    if config.shutdown_grace_s < 0:
+    if not config.shutdown_grace_s >= 0:  # NaN too
         raise ConfigError(path, "shutdown_grace_s", "must be 0 or more")
     labels: dict[str, int] = {}
     for i, entry in enumerate(config.plugins):
