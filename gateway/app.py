@@ -123,8 +123,12 @@ class Gateway:
         #: the plugins' admin routes, by (method, path); the admin app calls the current ones
         self.admin_handlers: dict[tuple[str, str], Any] = {}
         for hook in self.chain.admin_routes_hooks:
-            for route in hook.function(self):
-                self.admin_handlers[(route.method, route.path)] = route.handler
+            try:
+                for route in hook.function(self):
+                    self.admin_handlers[(route.method, route.path)] = route.handler
+            except Exception as exc:  # one line naming the plugin, like any other config error
+                problem = f"({hook.label}) admin_routes failed: {type(exc).__name__}: {plugin_loader.one_line(exc)}"
+                raise ConfigError(self.config_path, f"plugins[{hook.index}]", problem) from None
 
     def _finished(self, exchange: Exchange, status: int, span: trace.Span | None) -> None:
         """Once per exchange, when it is over (its answer sent): metrics and the access

@@ -171,6 +171,11 @@ class RaisesInConfigure:
     def configure(self, gateway):
         raise KeyError("tenant")
 
+class RaisesInAdminRoutes:
+    @hookimpl
+    def admin_routes(self, gateway):
+        raise RuntimeError("routes broke")
+
 NotCallable = 42
 '''
 
@@ -186,6 +191,7 @@ NotCallable = 42
         ("RaisesWhenBuilt", "bad_plugins:RaisesWhenBuilt failed to build: RuntimeError: no licence file"),
         ("RaisesInConfigure", "configure failed: KeyError: 'tenant'"),
         ("NotCallable", "failed to build: TypeError: 'int' object is not callable"),
+        ("RaisesInAdminRoutes", "admin_routes failed: RuntimeError: routes broke"),
     ],
 )
 def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, plugin, problem):
