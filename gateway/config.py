@@ -221,13 +221,45 @@ def _read(path: str) -> Any:
             return tomllib.loads(data.decode())
         if suffix == ".json":
             return msgspec.json.decode(data)
-        return msgspec.yaml.decode(data)
+        return _decode_yaml(data)
     except (msgspec.DecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         problem = " ".join(str(exc).split())  # YAML errors span several lines
         raise ConfigError(path, "", f"not valid {suffix.lstrip('.') or 'yaml'}: {problem}") from None
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+_PLACEHOLDER = re.compile(rb"gateway-var-([0-9]+)-placeholder")
+
+
+def _decode_yaml(data: bytes) -> Any:
+    """YAML, where ``${VAR}`` may stand unquoted in a flow mapping as well as in a block
+    one (``frontend: {key: ${FRONTEND_KEY}}``): YAML reads ``{`` there as the start of a
+    mapping, so each ``${...}`` is hidden behind a plain word while the file is parsed,
+    and put back (still unexpanded) in the strings that held it."""
+    if b"${" not in data:
+        return msgspec.yaml.decode(data)
+    found: list[str] = []
+
+    def hide(match: re.Match[bytes]) -> bytes:
+        if match.group(0) == b"$$":
+            return b"$$"
+        found.append(match.group(0).decode())
+        return b"gateway-var-%d-placeholder" % (len(found) - 1)
+
+    document = msgspec.yaml.decode(re.sub(_VAR.pattern.encode(), hide, data))
+
+    def restore(node: Any) -> Any:
+        if isinstance(node, str):
+            if "gateway-var-" not in node:
+                return node
+            return _PLACEHOLDER.sub(lambda m: found[int(m.group(1))].encode(), node.encode()).decode()
+        if isinstance(node, dict):
+            return {restore(k): restore(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [restore(v) for v in node]
+        return node
+
+    return restore(document)
 
 
 def _expand(node: Any, environ: Any, path: str, key_path: str) -> Any:

@@ -51,6 +51,24 @@ def test_environment_expansion(tmp_path):
     assert config.providers["oa"].timeout_s == 5.0
 
 
+def test_variables_stand_unquoted_in_flow_mappings_as_in_the_spec_example(tmp_path):
+    # SPEC's own example: `frontend: {key: ${FRONTEND_KEY}}`; YAML alone reads that `{` as a mapping.
+    text = (
+        "providers:\n"
+        "  oa: {type: openai, api_key: ${KEY}, timeout_s: ${TIMEOUT:-7}, headers: {x-team: team-${TEAM:-a}}}\n"
+        "clients:\n"
+        "  frontend: {key: ${FRONTEND_KEY}}\n"
+        "  literal: {key: '$${NOT_A_VAR}'}\n"
+        "plugins: [{use: scan, config: {rules: ${RULES:-}}}]\n"
+    )
+    config = load(write(tmp_path, text), {"KEY": "sk-1", "FRONTEND_KEY": "fk-1"}).gateway
+    assert config.providers["oa"].api_key == "sk-1" and config.providers["oa"].timeout_s == 7
+    assert config.providers["oa"].headers == {"x-team": "team-a"}
+    assert config.clients["frontend"].key == "fk-1" and config.clients["literal"].key == "${NOT_A_VAR}"
+    assert config.plugins[0].config == {"rules": ""}
+    assert error_of(tmp_path, text, {"KEY": "sk-1"}) == "clients.frontend.key: environment variable FRONTEND_KEY is not set"
+
+
 def test_unset_variable_is_an_error_naming_the_key(tmp_path):
     text = "providers:\n  oa: {type: openai, api_key: '${OPENAI_API_KEY}'}\n"
     assert error_of(tmp_path, text) == "providers.oa.api_key: environment variable OPENAI_API_KEY is not set"
