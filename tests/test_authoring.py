@@ -109,6 +109,9 @@ def test_new_plugin_refuses_a_bad_name_and_an_existing_folder(tmp_path):
     subprocess.run(gateway_command("new-plugin", "twice", "--dir", str(tmp_path)), check=True, capture_output=True)
     again = subprocess.run(gateway_command("new-plugin", "twice", "--dir", str(tmp_path)), capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
+    builtin = subprocess.run(gateway_command("new-plugin", "cache", "--dir", str(tmp_path)), capture_output=True, text=True)
+    assert builtin.returncode == 2 and "built-in plugin" in builtin.stderr
+    assert not (tmp_path / "gateway-cache").exists()
 
 
 def test_gateway_plugins_lists_distribution_version_hooks_and_options(site):
