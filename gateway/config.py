@@ -381,6 +381,9 @@ def _check(path: str, config: GatewayConfig) -> None:
             parse_listen(value)
         except ValueError as exc:
             raise ConfigError(path, key, f"{value!r}: {exc}") from None
+    data, admin = parse_listen(config.listen), parse_listen(config.admin.listen)
+    if data == admin and data[1] != 0:
+        raise ConfigError(path, "admin.listen", f"{config.admin.listen!r}: the same address as listen")
     if not config.providers:
         raise ConfigError(path, "providers", "at least one provider is required")
     for name, provider in config.providers.items():

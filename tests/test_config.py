@@ -93,6 +93,7 @@ def test_unset_variable_is_an_error_naming_the_key(tmp_path):
         ("providers:\n  x: {type: mock, mock: {error_rate: 2}}\n", "providers.x.mock.error_rate: Expected `float` <= 1.0"),
         ("providers: [1\n", "not valid yaml"),
         ("a: &a [*a]\n" + MINIMAL, "nested too deeply"),
+        (MINIMAL + "listen: ':9000'\nadmin: {listen: ':9000'}\n", "admin.listen: ':9000': the same address as listen"),
         ("providers:\n  x: {type: mock, timeout_s: .nan}\n", "providers.x.timeout_s: must be greater than 0"),
         (MINIMAL + "shutdown_grace_s: .nan\n", "shutdown_grace_s: must be 0 or more"),
         ("providers:\n  x: {type: mock, headers: {a: b, c: [1]}}\n", "providers.x.headers.c: Expected `str`, got `array`"),
