@@ -42,8 +42,9 @@ def admin_app(gateway: Gateway) -> web.Application:
     async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
         token = gateway.config.admin.token  # read per call: a reload may change it
         if token and request.path not in OPEN_PATHS:
-            presented = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            # the scheme is case-insensitive (RFC 9110), the token is compared in constant time
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
                 return _secured(
                     _error(401, "authentication_error", "invalid_api_key", "Admin calls need Authorization: Bearer <admin token>.")
                 )

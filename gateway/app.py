@@ -123,8 +123,12 @@ class Gateway:
         #: the plugins' admin routes, by (method, path); the admin app calls the current ones
         self.admin_handlers: dict[tuple[str, str], Any] = {}
         for hook in self.chain.admin_routes_hooks:
-            for route in hook.function(self):
-                self.admin_handlers[(route.method, route.path)] = route.handler
+            try:
+                for route in hook.function(self):
+                    self.admin_handlers[(route.method, route.path)] = route.handler
+            except Exception as exc:  # one line naming the plugin, like any other config error
+                problem = f"({hook.label}) admin_routes failed: {type(exc).__name__}: {plugin_loader.one_line(exc)}"
+                raise ConfigError(self.config_path, f"plugins[{hook.index}]", problem) from None
 
     def _finished(self, exchange: Exchange, status: int, span: trace.Span | None) -> None:
         """Once per exchange, when it is over (its answer sent): metrics and the access
@@ -156,6 +160,9 @@ class Gateway:
                 hook.function(self)
             except PluginConfigError as exc:
                 raise plugin_loader.plugin_config_error(self.config_path, hook.index, hook.label, exc) from None
+            except Exception as exc:  # a plugin's configure that fails otherwise: one line naming it, no traceback
+                problem = f"({hook.label}) configure failed: {type(exc).__name__}: {plugin_loader.one_line(exc)}"
+                raise ConfigError(self.config_path, f"plugins[{hook.index}]", problem) from None
 
     def redis(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
         """A handle on the process-wide, auto-pipelined connection to ``url`` (see
@@ -216,9 +223,12 @@ class Gateway:
                 if new != old:
                     log.warning("%s changed to %s: listen addresses stay %s until a restart", key, new, old)
             old_chain, old_providers, old_handles = self.chain, self.providers, self.redis_handles
+            old_level = self.config.log.level
             in_flight = set(self.proxy.serving) | set(self.background)
             for name in GENERATION:
                 setattr(self, name, getattr(fresh, name))
+            if fresh.config.log.level != old_level:  # log.level is part of what a reload swaps
+                logging.getLogger().setLevel(fresh.config.log.level.upper())
             task = asyncio.get_running_loop().create_task(self._retire(old_chain, old_providers, old_handles, in_flight))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
@@ -397,8 +407,9 @@ async def serve(gateway: Gateway) -> None:
             log.info("ready", extra={"listen": data_url, "admin": admin_url})
             await stop.wait()
             gateway.draining = True
-            log.info("draining", extra={"grace_s": config.shutdown_grace_s, "in_flight": gateway.proxy.in_flight})
-            await _drain(data_runner, gateway, config.shutdown_grace_s)
+            grace_s = gateway.config.shutdown_grace_s  # the current config's: a reload may have changed it
+            log.info("draining", extra={"grace_s": grace_s, "in_flight": gateway.proxy.in_flight})
+            await _drain(data_runner, gateway, grace_s)
         finally:
             await data_runner.cleanup()  # cancels whatever still runs
     finally:

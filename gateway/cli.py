@@ -101,7 +101,7 @@ def _list_plugins(as_json: bool) -> int:
         print(json.dumps({"plugins": rows}, indent=2))
         return 0
     for row in rows:
-        origin = "built-in" if row["builtin"] else f"{row['distribution']} {row['version']}"
+        origin = f"built-in {row['version']}" if row["builtin"] else f"{row['distribution']} {row['version']}"
         print(f"{row['name']} ({origin}) {row['target']}")
         if "error" in row:
             print(f"  cannot load: {row['error']}")

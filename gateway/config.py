@@ -189,7 +189,10 @@ def load(path: str | None = None, environ: dict[str, str] | None = None) -> Load
     raw = _read(path)
     if not isinstance(raw, dict):
         raise ConfigError(path, "", "the file must hold a mapping of sections (listen, providers, ...)")
-    expanded = _expand(raw, os.environ if environ is None else environ, path, "")
+    try:
+        expanded = _expand(raw, os.environ if environ is None else environ, path, "")
+    except RecursionError:  # a YAML alias that holds itself (a: &a [*a]), or absurd nesting
+        raise ConfigError(path, "", "nested too deeply (a YAML alias that contains itself?)") from None
     # msgspec names a mapping's entry "[...]"; checking entries one by one names it.
     for section, struct in (("providers", ProviderConfig), ("clients", ClientConfig)):
         entries = expanded.get(section)
@@ -198,11 +201,11 @@ def load(path: str | None = None, environ: dict[str, str] | None = None) -> Load
                 try:
                     msgspec.convert(entry, struct, strict=False)
                 except msgspec.ValidationError as exc:
-                    raise ConfigError(path, *split_validation_error(exc, prefix=f"{section}.{name}")) from None
+                    raise ConfigError(path, *split_validation_error(exc, f"{section}.{name}", entry)) from None
     try:
         gateway = msgspec.convert(expanded, GatewayConfig, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(path, *split_validation_error(exc)) from None
+        raise ConfigError(path, *split_validation_error(exc, document=expanded)) from None
     _check(path, gateway)
     return LoadedConfig(path, gateway)
 
@@ -218,13 +221,45 @@ def _read(path: str) -> Any:
             return tomllib.loads(data.decode())
         if suffix == ".json":
             return msgspec.json.decode(data)
-        return msgspec.yaml.decode(data)
+        return _decode_yaml(data)
     except (msgspec.DecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         problem = " ".join(str(exc).split())  # YAML errors span several lines
         raise ConfigError(path, "", f"not valid {suffix.lstrip('.') or 'yaml'}: {problem}") from None
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+_PLACEHOLDER = re.compile(rb"gateway-var-([0-9]+)-placeholder")
+
+
+def _decode_yaml(data: bytes) -> Any:
+    """YAML, where ``${VAR}`` may stand unquoted in a flow mapping as well as in a block
+    one (``frontend: {key: ${FRONTEND_KEY}}``): YAML reads ``{`` there as the start of a
+    mapping, so each ``${...}`` is hidden behind a plain word while the file is parsed,
+    and put back (still unexpanded) in the strings that held it."""
+    if b"${" not in data:
+        return msgspec.yaml.decode(data)
+    found: list[str] = []
+
+    def hide(match: re.Match[bytes]) -> bytes:
+        if match.group(0) == b"$$":
+            return b"$$"
+        found.append(match.group(0).decode())
+        return b"gateway-var-%d-placeholder" % (len(found) - 1)
+
+    document = msgspec.yaml.decode(re.sub(_VAR.pattern.encode(), hide, data))
+
+    def restore(node: Any) -> Any:
+        if isinstance(node, str):
+            if "gateway-var-" not in node:
+                return node
+            return _PLACEHOLDER.sub(lambda m: found[int(m.group(1))].encode(), node.encode()).decode()
+        if isinstance(node, dict):
+            return {restore(k): restore(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [restore(v) for v in node]
+        return node
+
+    return restore(document)
 
 
 def _expand(node: Any, environ: Any, path: str, key_path: str) -> Any:
@@ -259,8 +294,11 @@ def _join(key_path: str, key: Any) -> str:
 _AT = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.S)
 
 
-def split_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
-    """Turn msgspec's ``Expected int, got str - at `$.a[0].b``` into ("a[0].b", "Expected ...")."""
+def split_validation_error(exc: msgspec.ValidationError, prefix: str = "", document: Any = None) -> tuple[str, str]:
+    """Turn msgspec's ``Expected int, got str - at `$.a[0].b``` into ("a[0].b", "Expected ...").
+
+    msgspec names an entry of a mapping ``[...]``; with ``document`` (what was
+    converted) the entry's own key is put in its place: ``prices.gpt-4o.input``."""
     match = _AT.match(str(exc))
     assert match is not None
     problem, at = match.group(1), (match.group(2) or "").lstrip(".")
@@ -272,9 +310,60 @@ def split_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> tu
     if missing:
         at = _join(at, missing.group(1))
         problem = "required key is missing"
+    if "[...]" in at and isinstance(document, dict):
+        got = re.search(r", got `(\w+)`", problem)
+        at = _name_entries(at, document, missing is not None, got.group(1) if got else None)
     if prefix:
         at = f"{prefix}.{at}" if at and not at.startswith("[") else prefix + at
     return at, problem
+
+
+_SEGMENT = re.compile(r"\[\.\.\.\]|\[(\d+)\]|\.?([^.\[]+)")
+_JSON_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "object": dict, "array": list}
+
+
+def _name_entries(at: str, document: Any, last_is_missing: bool, got: str | None) -> str:
+    """``a[...].b`` with ``[...]`` replaced by the key of the entry of ``document`` the
+    error is about (the first whose value fits the rest of the path); unchanged when none fits."""
+    segments: list[tuple[str, Any]] = []
+    for match in _SEGMENT.finditer(at):
+        if match.group(0) == "[...]":
+            segments.append(("entry", None))
+        elif match.group(1) is not None:
+            segments.append(("index", int(match.group(1))))
+        else:
+            segments.append(("key", match.group(2)))
+
+    def fits(node: Any, rest: list[tuple[str, Any]]) -> list[str] | None:
+        if not rest:
+            if last_is_missing:
+                return None
+            wanted = _JSON_TYPES.get(got or "")
+            if wanted is not None and (not isinstance(node, wanted) or (wanted is int and isinstance(node, bool))):
+                return None
+            return []
+        kind, value = rest[0]
+        if kind == "entry":
+            if not isinstance(node, dict):
+                return None
+            for key, child in node.items():
+                tail = fits(child, rest[1:])
+                if tail is not None:
+                    return [_join("", key) if not isinstance(key, str) else key, *tail]
+            return None
+        if kind == "index":
+            return fits(node[value], rest[1:]) if isinstance(node, list) and value < len(node) else None
+        if isinstance(node, dict) and value in node:
+            return fits(node[value], rest[1:])
+        if last_is_missing and len(rest) == 1 and isinstance(node, dict):
+            return []  # the missing key itself
+        return None
+
+    keys = fits(document, segments)
+    if keys is None:
+        return at
+    named = iter(keys)
+    return re.sub(r"\[\.\.\.\]", lambda _: "." + str(next(named)), at).lstrip(".")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -292,11 +381,14 @@ def _check(path: str, config: GatewayConfig) -> None:
             parse_listen(value)
         except ValueError as exc:
             raise ConfigError(path, key, f"{value!r}: {exc}") from None
+    data, admin = parse_listen(config.listen), parse_listen(config.admin.listen)
+    if data == admin and data[1] != 0:
+        raise ConfigError(path, "admin.listen", f"{config.admin.listen!r}: the same address as listen")
     if not config.providers:
         raise ConfigError(path, "providers", "at least one provider is required")
     for name, provider in config.providers.items():
         where = f"providers.{name}"
-        if provider.timeout_s <= 0:
+        if not provider.timeout_s > 0:  # NaN too
             raise ConfigError(path, f"{where}.timeout_s", "must be greater than 0")
         if provider.max_connections < 0:
             raise ConfigError(path, f"{where}.max_connections", "must be 0 (no limit) or more")
@@ -320,14 +412,14 @@ def _check(path: str, config: GatewayConfig) -> None:
     if config.limits.max_body_bytes <= 0:
         raise ConfigError(path, "limits.max_body_bytes", "must be greater than 0")
     for key in ("header_timeout_s", "body_timeout_s"):
-        if getattr(config.limits, key) <= 0:
+        if not getattr(config.limits, key) > 0:  # NaN too
             raise ConfigError(path, f"limits.{key}", "must be greater than 0")
     if "*" in config.cors.allow_origins and config.cors.allow_credentials:
         raise ConfigError(path, "cors.allow_credentials", "cannot be true with allow_origins '*' (browsers refuse it)")
     for i, origin in enumerate(config.cors.allow_origins):
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise ConfigError(path, f"cors.allow_origins[{i}]", f"{origin!r}: an origin is scheme://host[:port], or '*'")
-    if config.shutdown_grace_s < 0:
+    if not config.shutdown_grace_s >= 0:  # NaN too
         raise ConfigError(path, "shutdown_grace_s", "must be 0 or more")
     labels: dict[str, int] = {}
     for i, entry in enumerate(config.plugins):

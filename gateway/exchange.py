@@ -455,10 +455,14 @@ class Exchange:
 
     @property
     def has_json_body(self) -> bool:
+        """Whether there is a body to read as JSON: any body but a multipart one (file
+        and audio uploads). The Content-Type is not trusted further: most upstreams read
+        a JSON body whatever it says (curl's default form type, text/plain), so a body
+        the chain skipped for its Content-Type would reach them unscanned and uncounted."""
         json_type = self._json_type
         if json_type is None:
             content_type = self.headers.get("Content-Type", "")
-            json_type = self._json_type = not content_type or "json" in content_type
+            json_type = self._json_type = not content_type.lstrip().lower().startswith("multipart/")
         return json_type and bool(self._body)
 
     @property

@@ -147,7 +147,7 @@ def load(loaded: LoadedConfig) -> tuple[pluggy.PluginManager, list[Plugin]]:
         try:
             manager.register(instance, name=entry.label)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            raise ConfigError(loaded.path, where, f"({entry.label}) {_one_line(exc)}") from None
+            raise ConfigError(loaded.path, where, f"({entry.label}) {one_line(exc)}") from None
         for hook in ASYNC_HOOKS:
             function = getattr(instance, hook, None)
             if function is not None and _is_hookimpl(function) and not inspect.iscoroutinefunction(function):
@@ -156,7 +156,7 @@ def load(loaded: LoadedConfig) -> tuple[pluggy.PluginManager, list[Plugin]]:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {_one_line(exc)}") from None
+        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {one_line(exc)}") from None
     return manager, chain
 
 
@@ -164,7 +164,7 @@ def _is_hookimpl(function: Any) -> bool:
     return hasattr(function, "gateway_impl")
 
 
-def _one_line(exc: Exception) -> str:
+def one_line(exc: Exception) -> str:
     """pluggy explains a bad hookimpl over several lines; a config error is one."""
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
@@ -182,6 +182,9 @@ def _build(path: str, index: int, entry: PluginEntry) -> Any:
         raise ConfigError(path, f"{where}.use", str(exc)) from None
     except (ImportError, AttributeError) as exc:
         raise ConfigError(path, f"{where}.use", f"cannot load {entry.use!r}: {exc}") from None
+    except Exception as exc:  # the module itself raised while imported: one line, not a traceback
+        problem = f"cannot load {entry.use!r}: {type(exc).__name__}: {one_line(exc)}"
+        raise ConfigError(path, f"{where}.use", problem) from None
     config_type = getattr(factory, "Config", None)
     if config_type is not None and not _is_frozen_struct(config_type):
         raise ConfigError(
@@ -195,11 +198,17 @@ def _build(path: str, index: int, entry: PluginEntry) -> Any:
         try:
             options = msgspec.convert(entry.config, config_type, strict=False)
         except msgspec.ValidationError as exc:
-            key, problem = split_validation_error(exc, prefix=f"{where}.config")
+            key, problem = split_validation_error(exc, prefix=f"{where}.config", document=entry.config)
             raise ConfigError(path, key, f"({entry.label}) {problem}") from None
         return factory(options)
     except PluginConfigError as exc:
         raise plugin_config_error(path, index, entry.label, exc) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # a plugin that fails to build is a startup error naming it, never a traceback
+        raise ConfigError(
+            path, where, f"({entry.label}) {entry.use} failed to build: {type(exc).__name__}: {one_line(exc)}"
+        ) from None
 
 
 def plugin_config_error(path: str, index: int, label: str, exc: PluginConfigError) -> ConfigError:

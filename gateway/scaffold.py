@@ -34,6 +34,11 @@ def names(name: str) -> tuple[str, str, str]:
 def new_plugin(name: str, directory: Path) -> Path:
     """Write the package for plugin ``name`` under ``directory``; return its folder."""
     distribution, module, cls = names(name)
+    from gateway.plugins import available
+
+    if available().get(name, "").startswith("gateway_plugins."):
+        # two entry points of one name: which one `use: NAME` loads would depend on install order
+        raise ScaffoldError(f"{name!r} is the name of a built-in plugin: choose another")
     root = directory / distribution
     if root.exists():
         raise ScaffoldError(f"{root} already exists")

@@ -86,6 +86,10 @@ async def test_admin_token_guards_everything_but_probes_and_metrics(tmp_path):
             assert (await _get(gw.admin_url + path, token="adm-secret"))[0] == 200
         assert (await _get(gw.admin_url + "/backend", method="DELETE"))[0] == 401
         assert (await _get(gw.admin_url + "/backend", token="adm-secret", method="DELETE"))[0] == 200
+        async with aiohttp.ClientSession() as session:
+            for header, status in (("bearer adm-secret", 200), ("Basic adm-secret", 401), ("adm-secret", 401)):
+                async with session.get(gw.admin_url + "/stats", headers={"Authorization": header}) as reply:
+                    assert reply.status == status, header
 
 
 async def test_readyz_is_503_while_draining(tmp_path):

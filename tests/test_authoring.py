@@ -109,6 +109,9 @@ def test_new_plugin_refuses_a_bad_name_and_an_existing_folder(tmp_path):
     subprocess.run(gateway_command("new-plugin", "twice", "--dir", str(tmp_path)), check=True, capture_output=True)
     again = subprocess.run(gateway_command("new-plugin", "twice", "--dir", str(tmp_path)), capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
+    builtin = subprocess.run(gateway_command("new-plugin", "cache", "--dir", str(tmp_path)), capture_output=True, text=True)
+    assert builtin.returncode == 2 and "built-in plugin" in builtin.stderr
+    assert not (tmp_path / "gateway-cache").exists()
 
 
 def test_gateway_plugins_lists_distribution_version_hooks_and_options(site):
@@ -126,6 +129,8 @@ def test_gateway_plugins_lists_distribution_version_hooks_and_options(site):
     text = subprocess.run(gateway_command("plugins"), env=env_with(site[1]), capture_output=True, text=True, check=True)
     assert "pii-mask (gateway-pii-mask 0.1.0) gateway_pii_mask:PiiMask" in text.stdout
     assert "  value: str (default \"seen\")" in text.stdout
+    # SPEC: the built-in plugins too, with their version
+    assert f"scan (built-in {rows['scan']['version']}) gateway_plugins.scan:Scan" in text.stdout
 
 
 # -- guard rails: one clear line at startup --------------------------------------------------
@@ -159,6 +164,22 @@ class MutableOptions:
 class NotAStruct:
     class Config:
         limit = 1
+
+class RaisesWhenBuilt:
+    def __init__(self):
+        raise RuntimeError("no licence file")
+
+class RaisesInConfigure:
+    @hookimpl
+    def configure(self, gateway):
+        raise KeyError("tenant")
+
+class RaisesInAdminRoutes:
+    @hookimpl
+    def admin_routes(self, gateway):
+        raise RuntimeError("routes broke")
+
+NotCallable = 42
 '''
 
 
@@ -170,6 +191,10 @@ class NotAStruct:
         ("SyncRequest", "hook 'request' must be 'async def'"),
         ("MutableOptions", "Config must be a frozen msgspec.Struct"),
         ("NotAStruct", "Config must be a frozen msgspec.Struct"),
+        ("RaisesWhenBuilt", "bad_plugins:RaisesWhenBuilt failed to build: RuntimeError: no licence file"),
+        ("RaisesInConfigure", "configure failed: KeyError: 'tenant'"),
+        ("NotCallable", "failed to build: TypeError: 'int' object is not callable"),
+        ("RaisesInAdminRoutes", "admin_routes failed: RuntimeError: routes broke"),
     ],
 )
 def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, plugin, problem):
@@ -187,6 +212,22 @@ def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, pl
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"config error: {config}: plugins")
     assert problem in lines[0]
+
+
+def test_a_plugin_module_that_raises_on_import_is_refused_with_one_line(tmp_path):
+    (tmp_path / "explodes.py").write_text("raise RuntimeError('boom at import')\n")
+    config = tmp_path / "gateway.yaml"
+    config.write_text("providers: {mock: {type: mock}}\nplugins: [{use: 'explodes:Plugin'}]\n")
+    result = subprocess.run(
+        gateway_command("check", "--config", str(config)),
+        env=child_env(PYTHONPATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"config error: {config}: plugins[0].use: cannot load 'explodes:Plugin': RuntimeError: boom at import"
+    ]
 
 
 async def test_the_examples_config_errors_name_the_key(installed, tmp_path):

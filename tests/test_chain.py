@@ -258,7 +258,7 @@ def test_plugin_options_are_checked_by_its_own_struct(tmp_path):
     with pytest.raises(ConfigError) as caught:
         _build(tmp_path, [{"use": "model_aliases:ModelAliases", "config": {"aliases": {"a": 1}}}])
     assert str(caught.value).endswith(
-        "gateway.yaml: plugins[0].config.aliases[...]: (model_aliases:ModelAliases) Expected `str`, got `int`"
+        "gateway.yaml: plugins[0].config.aliases.a: (model_aliases:ModelAliases) Expected `str`, got `int`"
     )
     with pytest.raises(ConfigError, match=r"plugins\[0\]\.config\.alias: .* unknown key"):
         _build(tmp_path, [{"use": "model_aliases:ModelAliases", "config": {"alias": {}}}])

@@ -51,6 +51,24 @@ def test_environment_expansion(tmp_path):
     assert config.providers["oa"].timeout_s == 5.0
 
 
+def test_variables_stand_unquoted_in_flow_mappings_as_in_the_spec_example(tmp_path):
+    # SPEC's own example: `frontend: {key: ${FRONTEND_KEY}}`; YAML alone reads that `{` as a mapping.
+    text = (
+        "providers:\n"
+        "  oa: {type: openai, api_key: ${KEY}, timeout_s: ${TIMEOUT:-7}, headers: {x-team: team-${TEAM:-a}}}\n"
+        "clients:\n"
+        "  frontend: {key: ${FRONTEND_KEY}}\n"
+        "  literal: {key: '$${NOT_A_VAR}'}\n"
+        "plugins: [{use: scan, config: {rules: ${RULES:-}}}]\n"
+    )
+    config = load(write(tmp_path, text), {"KEY": "sk-1", "FRONTEND_KEY": "fk-1"}).gateway
+    assert config.providers["oa"].api_key == "sk-1" and config.providers["oa"].timeout_s == 7
+    assert config.providers["oa"].headers == {"x-team": "team-a"}
+    assert config.clients["frontend"].key == "fk-1" and config.clients["literal"].key == "${NOT_A_VAR}"
+    assert config.plugins[0].config == {"rules": ""}
+    assert error_of(tmp_path, text, {"KEY": "sk-1"}) == "clients.frontend.key: environment variable FRONTEND_KEY is not set"
+
+
 def test_unset_variable_is_an_error_naming_the_key(tmp_path):
     text = "providers:\n  oa: {type: openai, api_key: '${OPENAI_API_KEY}'}\n"
     assert error_of(tmp_path, text) == "providers.oa.api_key: environment variable OPENAI_API_KEY is not set"
@@ -74,12 +92,49 @@ def test_unset_variable_is_an_error_naming_the_key(tmp_path):
         ("providers:\n  x: {type: openai, base_url: ftp://h}\n", "providers.x.base_url: must start with http:// or https://"),
         ("providers:\n  x: {type: mock, mock: {error_rate: 2}}\n", "providers.x.mock.error_rate: Expected `float` <= 1.0"),
         ("providers: [1\n", "not valid yaml"),
+        ("a: &a [*a]\n" + MINIMAL, "nested too deeply"),
+        (MINIMAL + "listen: ':9000'\nadmin: {listen: ':9000'}\n", "admin.listen: ':9000': the same address as listen"),
+        ("providers:\n  x: {type: mock, timeout_s: .nan}\n", "providers.x.timeout_s: must be greater than 0"),
+        (MINIMAL + "shutdown_grace_s: .nan\n", "shutdown_grace_s: must be 0 or more"),
+        ("providers:\n  x: {type: mock, headers: {a: b, c: [1]}}\n", "providers.x.headers.c: Expected `str`, got `array`"),
     ],
 )
 def test_mistakes_are_one_line_naming_key_path_and_problem(tmp_path, text, message):
     error = error_of(tmp_path, text)
     assert error.startswith(message), error
     assert "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        (
+            "{use: cost, config: {prices: {gpt-x: {input_per_mtok: 1, output_per_mtok: 2},"
+            " gpt-z: {output_per_mtok: 1}}}}",
+            "plugins[0].config.prices.gpt-z.input_per_mtok: (cost) required key is missing",
+        ),
+        (
+            "{use: cost, config: {budgets: {alice: {usd_per_day: 3}, bob: {daily: 3}}}}",
+            "plugins[0].config.budgets.bob.daily: (cost) unknown key",
+        ),
+        (
+            "{use: ratelimit, config: {requests_per_minute: 5, clients: {al: {}, bob: {requests_per_minute: x}}}}",
+            "plugins[0].config.clients.bob.requests_per_minute: (ratelimit) Expected `int | null`, got `str`",
+        ),
+        (
+            "{use: breaker, config: {fallback_models: {mock: {a: b, c: 1}}}}",
+            "plugins[0].config.fallback_models.mock.c: (breaker) Expected `str`, got `int`",
+        ),
+    ],
+)
+def test_a_mistake_in_an_entry_of_a_plugins_mapping_names_the_entry(tmp_path, plugin, message):
+    # msgspec says "prices[...].input_per_mtok"; the key path names the model (client, provider).
+    from gateway.app import Gateway
+
+    path = write(tmp_path, MINIMAL + f"plugins: [{plugin}]\n")
+    with pytest.raises(ConfigError) as caught:
+        Gateway(load(path, {}))
+    assert str(caught.value) == f"{path}: {message}"
 
 
 def test_toml_and_json_by_extension(tmp_path):

@@ -153,6 +153,53 @@ async def test_sighup_reloads_a_running_process_and_a_bad_file_is_a_log_line(tmp
     assert still.headers["x-stamp"] == "new"
 
 
+async def test_sighup_applies_a_new_log_level(tmp_path):
+    async with start_gateway(loopback_config(log={"level": "warning"}), tmp_path) as gw:
+        client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="k", max_retries=0)
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # no access line at warning
+        write_config(loopback_config(log={"level": "info"}), tmp_path)
+        gw.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            if any('"gateway.access"' in line for line in gw.stderr):
+                break
+            await asyncio.sleep(0.05)
+        await client.close()
+        gw.send_signal(signal.SIGTERM)
+        assert await gw.wait() == 0
+    access = [line for line in gw.log_lines() if line["logger"] == "gateway.access"]
+    assert access, "log.level info after the reload: access lines are written"
+    assert not [line for line in gw.log_lines() if line["message"] == "ready"], "log.level warning before it"
+
+
+async def test_sighup_applies_a_new_shutdown_grace_period(tmp_path):
+    async with start_gateway(loopback_config(shutdown_grace_s=60), tmp_path) as gw:
+        write_config(loopback_config(shutdown_grace_s=0.2), tmp_path)
+        gw.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if any('"reloaded"' in line for line in gw.stderr):
+                break
+            await asyncio.sleep(0.05)
+        client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="k", max_retries=0)
+        words: list[str] = []
+        cut = False
+        headers = {"x-mock-inter-token-ms": "300", "x-mock-reply": WORDS}
+        try:
+            stream = await client.chat.completions.create(model="m", messages=HI, stream=True, extra_headers=headers)
+            async for event in stream:
+                if event.choices and event.choices[0].delta.content:
+                    words.append(event.choices[0].delta.content)
+                    if len(words) == 1:
+                        gw.send_signal(signal.SIGTERM)  # ~3 s of stream left, far beyond the new grace
+        except openai.APIError:
+            cut = True
+        await client.close()
+        assert await gw.wait() == 0
+    (draining,) = [line for line in gw.log_lines() if line["message"] == "draining"]
+    assert draining["grace_s"] == 0.2
+    assert cut or "".join(words).split() != WORDS.split(), "the stream was cut at the reloaded grace period"
+
+
 async def test_plugins_whose_options_did_not_change_keep_their_memory_state(tmp_path):
     """Rate-limit counters, cache entries, breaker states and budgets survive a reload
     that leaves those plugins' options alone; a plugin whose options changed starts afresh."""

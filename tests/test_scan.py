@@ -114,6 +114,32 @@ async def test_redact_replaces_secret_and_pii_in_what_the_upstream_sees(tmp_path
     assert figures["plugins"]["scan"]["blocked"] == 0
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_json_body_is_scanned_whatever_its_content_type_says(tmp_path, content_type):
+    # The mock (like Ollama or llama.cpp) reads a JSON body whatever its Content-Type:
+    # the scanner must not skip what the upstream will read.
+    body = json.dumps({"model": "gpt-4o-mini", "messages": user(INJECTION)}).encode()
+    secret = json.dumps({"model": "gpt-4o-mini", "messages": user(f"key {OPENAI_KEY}")}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with run_gateway(config(redact=["secret"]), tmp_path) as gw, aiohttp.ClientSession() as session:
+        url = f"{gw.url}/v1/chat/completions"
+        async with session.post(url, data=body, headers=headers, skip_auto_headers=["Content-Type"]) as reply:
+            assert reply.status == 400
+            assert (await reply.json(content_type=None))["error"]["code"] == "threat_detected"
+        async with session.post(url, data=secret, headers=headers, skip_auto_headers=["Content-Type"]) as reply:
+            assert reply.status == 200
+            text = (await reply.json(content_type=None))["choices"][0]["message"]["content"]
+    assert OPENAI_KEY not in text and "[REDACTED:secret]" in text
+
+
+async def test_a_multipart_body_is_not_read_as_json(tmp_path):
+    form = aiohttp.FormData()
+    form.add_field("file", INJECTION.encode(), filename="a.txt", content_type="text/plain")
+    async with run_gateway(config(), tmp_path) as gw, aiohttp.ClientSession() as session:
+        async with session.post(f"{gw.url}/v1/files", data=form) as reply:
+            assert reply.status != 400 or "threat_detected" not in await reply.text()
+
+
 async def test_redact_goes_on_while_other_families_still_block(tmp_path):
     async with run_gateway(config(redact=["secret"]), tmp_path) as gw:
         with pytest.raises(openai.BadRequestError) as caught:
