@@ -199,14 +199,7 @@ NotCallable = 42
 )
 def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, plugin, problem):
     (tmp_path / "bad_plugins.py").write_text(BAD_PLUGINS)
-    config = tmp_path / "gateway.yaml"
-    config.write_text(f"providers: {{mock: {{type: mock}}}}\nplugins: [{{use: 'bad_plugins:{plugin}'}}]\n")
-    result = subprocess.run(
-        gateway_command("check", "--config", str(config)),
-        env=child_env(PYTHONPATH=str(tmp_path)),
-        capture_output=True,
-        text=True,
-    )
+    config, result = _check_plugin(tmp_path, f"bad_plugins:{plugin}")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -216,14 +209,7 @@ def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, pl
 
 def test_a_plugin_module_that_raises_on_import_is_refused_with_one_line(tmp_path):
     (tmp_path / "explodes.py").write_text("raise RuntimeError('boom at import')\n")
-    config = tmp_path / "gateway.yaml"
-    config.write_text("providers: {mock: {type: mock}}\nplugins: [{use: 'explodes:Plugin'}]\n")
-    result = subprocess.run(
-        gateway_command("check", "--config", str(config)),
-        env=child_env(PYTHONPATH=str(tmp_path)),
-        capture_output=True,
-        text=True,
-    )
+    config, result = _check_plugin(tmp_path, "explodes:Plugin")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"config error: {config}: plugins[0].use: cannot load 'explodes:Plugin': RuntimeError: boom at import"
@@ -238,3 +224,16 @@ async def test_the_examples_config_errors_name_the_key(installed, tmp_path):
     with pytest.raises(ConfigError, match=r"plugins\[0\]\.config\.tenants\.a\.max_tokens: \(tenant-policy\) must be greater than 0"):
         async with run_gateway(config, tmp_path):
             pass
+
+
+def _check_plugin(tmp_path: Path, use: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``gateway check`` of a config whose one plugin is ``use`` (its module in tmp_path)."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"providers: {{mock: {{type: mock}}}}\nplugins: [{{use: '{use}'}}]\n")
+    result = subprocess.run(
+        gateway_command("check", "--config", str(config)),
+        env=child_env(PYTHONPATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+    )
+    return config, result
