@@ -4,6 +4,7 @@
     python benchmarks/scan_classifier_dev.py --c-binary 8 32 128  # compare regularisation strengths
     python benchmarks/scan_classifier_dev.py --benign-share '{"synthetic": 0.32, ...}' '{...}'  # compare shares
     python benchmarks/scan_classifier_dev.py --v5-data [--without honeypot] [--v5-embed]  # v5's candidate sources
+    python benchmarks/scan_classifier_dev.py --attack-weight '{"synthetic-embedded": 2}' --attack-windows best  # v6
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--without", nargs="+", default=[], metavar="SOURCE",
                     help="source groups not trained on (e.g. honeypot raginject), to weigh each source's effect")
     ap.add_argument("--v5-embed", action="store_true", help="v5's short attacks also hidden in benign text")
+    ap.add_argument("--attack-weight", type=json.loads, default=None,
+                    help='v6: weight multiplier per attack source, e.g. {"synthetic-embedded": 2}')
+    ap.add_argument("--attack-windows", choices=("whole", "best"), default=None,
+                    help="v6: long attacks trained whole (v4) or as their best window under a first fit")
     args = ap.parse_args(argv)
     if args.v5_data or args.v5_embed:
         scan_corpus.V5_SOURCES = True
@@ -78,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         _rows, _val, _W16, _b, _platt, weights = trainer.train(bits=bits, log=lambda *_: None, rows=rows,
                                                                c_binary=c, attack_share=args.attack_share,
-                                                               benign_share=share)
+                                                               benign_share=share,
+                                                               attack_weight=args.attack_weight,
+                                                               attack_windows=args.attack_windows)
         model = clf.InjectionClassifier(weights)
         figures = trainer.evaluate(model, dev)
         neg = sorted((model.best(r["text"])[0].probability for r in dev if r["label"] == "benign"), reverse=True)
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         both = bench.quality(shared, lambda t, m=model: rules_hits.get(t, False) or bool(m.scan(t)))
         print(json.dumps({
             "bits": bits, "C": c, "benign_share": share, "seconds": round(time.perf_counter() - t0, 1),
+            "attack_weight": args.attack_weight, "attack_windows": args.attack_windows or trainer.ATTACK_WINDOWS,
+            "blas": trainer.blas_info(),
             "dev_split": {k: figures[k] for k in ("recall", "fpr", "recall_by_family", "fpr_by_source",
                                                    "recall_at_fpr_0.02", "threshold_at_fpr_0.02")},
             "dev_split_recall_at_fpr_0.01": round(sum(p > thr1 for p in pos) / len(pos), 4),

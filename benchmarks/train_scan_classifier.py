@@ -49,6 +49,11 @@ BANDS = (0.5, 0.85)
 # technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
 # Share of the attack weight per source (None: every attack row weighs 1).
 ATTACK_SHARE: dict[str, float] | None = None
+# v6 attempt (docs/scan-classifier-v6-plan.md; off in the shipped v4): a weight multiplier per attack source, the
+# attacks' total then scaled back to their count (variant A: {"synthetic-embedded": 2.0}), and attacks longer than
+# one window trained as their best window under a first fit instead of whole (variant B: "best").
+ATTACK_WEIGHT: dict[str, float] = {}
+ATTACK_WINDOWS = "whole"
 # Chat sources whose consecutive lines also train as 2 KB transcripts (their windows), within the group's share.
 LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
 LONG_CHAT_CHARS = 2048
@@ -94,6 +99,16 @@ def _long_chat(rows: list[dict]) -> list[dict]:
     return out
 
 
+def blas_info() -> list[dict]:
+    """The BLAS libraries scipy and scikit-learn loaded, with the kernel each picked (a build depends on it)."""
+    import scipy.sparse  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "version", "architecture", "threading_layer", "num_threads", "filepath")
+    return [{k: d.get(k) for k in keys} for d in threadpool_info() if d.get("user_api") == "blas"]
+
+
 def _val_fold(text: str) -> bool:
     return hashlib.sha256(text.encode()).digest()[0] < 52  # about 20 %, stable across runs and machines
 
@@ -103,7 +118,8 @@ def _source_group(source: str) -> str:
 
 
 def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None = None, c_binary: float = C_BINARY,
-          benign_share: dict[str, float] | None = None, attack_share: dict[str, float] | None = None):
+          benign_share: dict[str, float] | None = None, attack_share: dict[str, float] | None = None,
+          attack_weight: dict[str, float] | None = None, attack_windows: str | None = None):
     """Fit on the rows whose split is ``train`` (default: scan_corpus.build's); ``rows``, ``c_binary`` and
     ``benign_share`` are for experiments (benchmarks/scan_classifier_dev.py), the defaults make the shipped model.
 
@@ -116,10 +132,27 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _train(seed, bits, log, rows, c_binary, benign_share, attack_share)
+        return _train(seed, bits, log, rows, c_binary, benign_share, attack_share,
+                      ATTACK_WEIGHT if attack_weight is None else attack_weight,
+                      ATTACK_WINDOWS if attack_windows is None else attack_windows)
 
 
-def _train(seed, bits, log, rows, c_binary, benign_share, attack_share):
+def _best_windows(texts: list, expanded: list, coef: np.ndarray, bits: int) -> int:
+    """Replace each attack longer than one window by its best window under ``coef`` (in place); returns how many."""
+    n = 0
+    for i, (_ids, r) in enumerate(expanded):
+        if r["label"] != "attack":
+            continue
+        wins = clf.window_ids(r["text"], bits, WINDOW, STRIDE)
+        if len(wins) < 2:
+            continue
+        margins = [float(coef[ids].sum()) / np.sqrt(max(k, 1)) for ids, k in wins]
+        texts[i] = wins[int(np.argmax(margins))]
+        n += 1
+    return n
+
+
+def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_weight=None, attack_windows="whole"):
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
@@ -154,6 +187,12 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share):
         else:
             g = _source_group(r["source"])
             weights.append(benign_share[g] / present * n_attack / per_group[g])
+    if attack_weight:
+        for i, (_row, r) in enumerate(expanded):
+            if r["label"] == "attack":
+                weights[i] *= attack_weight.get(r["source"], 1.0)
+        total = sum(w for w, lab in zip(weights, labels, strict=True) if lab == 1)
+        weights = [w * n_attack / total if lab == 1 else w for w, lab in zip(weights, labels, strict=True)]
     X = _matrix(texts, bits)
     y = np.array(labels)
     sw = np.array(weights)
@@ -161,6 +200,14 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share):
 
     binary = LogisticRegression(C=c_binary, solver="liblinear", max_iter=1000, random_state=seed)
     binary.fit(X, y, sample_weight=sw)
+    if attack_windows == "best":
+        n = _best_windows(texts, expanded, binary.coef_[0], bits)
+        X = _matrix(texts, bits)
+        log(f"first fit done; {n} long attacks replaced by their best window ({time.perf_counter() - t0:.1f}s)")
+        binary = LogisticRegression(C=c_binary, solver="liblinear", max_iter=1000, random_state=seed)
+        binary.fit(X, y, sample_weight=sw)
+    elif attack_windows != "whole":
+        raise ValueError(f"attack_windows: {attack_windows!r}")
     att = y == 1
     family = LogisticRegression(C=C_FAMILY, solver="lbfgs", max_iter=2000, random_state=seed)
     fam_y = np.array([clf.FAMILIES.index(f) for f, a in zip(fams, att, strict=True) if a])
