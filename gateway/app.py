@@ -152,7 +152,9 @@ class Gateway:
                 metrics.record(exchange, status, exchange.provider if exchange.attempts else None, model)
                 access_log.write(exchange, status, model, span)
             except Exception:
-                log.exception("recording the metrics or access line of a request failed")
+                # its own ids: this runs in the context of the pass's first exchange
+                ids = (exchange.request_id, span.get_span_context() if span is not None else None)
+                log.exception("recording the metrics or access line of a request failed", extra={"_ids": ids})
 
     def _configure(self) -> None:
         for hook in self.chain.configure_hooks:

@@ -356,6 +356,32 @@ async def test_concurrent_requests_each_get_their_own_request_and_trace_id_on_th
     assert sorted((line["request_id"], line["trace_id"]) for line in access_lines) == sorted(calls)
 
 
+class BreaksOneRecord:
+    """Gives one request (x-request-id ``req-concurrent-7``) a cost the metrics cannot count."""
+
+    @hookimpl
+    async def complete(self, exchange: Exchange) -> None:
+        if exchange.request_id == "req-concurrent-7":
+            exchange.cost_usd = "not a number"  # type: ignore[assignment]
+
+
+async def test_a_failure_to_record_one_of_concurrent_requests_is_logged_with_that_request_s_ids(tmp_path):
+    """Records are made together after a loop pass, in its first exchange's context: the
+    failure's log line must still name the request whose record failed."""
+    handler = JsonLines()
+    logger = logging.getLogger("gateway")  # gateway.app's
+    logger.addHandler(handler)
+    calls = _concurrent_traced_calls(20)
+    try:
+        config = mock_config(plugins=[{"use": "test_observability:BreaksOneRecord"}])
+        async with run_gateway(config, tmp_path) as gw:
+            await _send_concurrently(gw.url, calls)
+    finally:
+        logger.removeHandler(handler)
+    failures = [line for line in handler.lines if line["message"].startswith("recording the metrics")]
+    assert [(line["request_id"], line["trace_id"]) for line in failures] == [calls[7]]
+
+
 async def test_gateway_run_access_lines_of_concurrent_requests_carry_their_own_ids(tmp_path):
     """The same through the stderr handler alone (the access line's direct path), in a real process."""
     calls = _concurrent_traced_calls(20)
