@@ -548,6 +548,27 @@ async def test_redis_budget_calls_get_spans_and_a_redis_outage_follows_failure_m
     assert ready == 503
 
 
+async def test_a_reserve_that_timed_out_does_not_hold_the_budget_once_redis_answers(tmp_path, redis_server):
+    # A reserve past redis_timeout_s fails (failure_mode decides) but still runs once Redis
+    # wakes up: its reservation must be given back, not held for 15 minutes against the budget.
+    import redis.asyncio as aioredis
+
+    shared = {"store": redis_server.url, "ledger": str(tmp_path / "usage.db"), "budget_usd_per_day": 1, "redis_timeout_s": 0.2}
+    async with run_gateway(cost_config(tmp_path, **shared), tmp_path) as gw:
+        stall = aioredis.from_url(redis_server.url)
+        try:
+            sleeping = asyncio.create_task(stall.execute_command("DEBUG", "SLEEP", "0.6"))
+            await asyncio.sleep(0.05)
+            served = await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+            await sleeping
+        finally:
+            await stall.aclose()
+        assert served.choices and plugin(gw).stats()["unmetered"] == 1
+        await asyncio.sleep(0.2)  # the release leaves within RELEASE_WITHIN_S
+        status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
+    assert status == 200 and quota["day"]["reserved_usd"] == 0.0
+
+
 async def test_listing_models_is_neither_budgeted_nor_recorded_and_a_non_json_body_is_metered(tmp_path):
     async with run_gateway(cost_config(tmp_path, budget_usd_per_day=0), tmp_path) as gw:
         models = await gw.openai().models.list()

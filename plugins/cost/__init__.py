@@ -338,6 +338,10 @@ class Cost:
             raise
         except Exception as exc:
             self.backend_errors += 1
+            # A reserve that timed out may still run once Redis answers: give back what it
+            # may reserve, or it would hold the caller's budget until it lapses (15 min).
+            # The release follows it on the same connection, so Redis runs it after.
+            budgets.settle_behind(call.caller, call.token, estimate_pico, 0, now, None, _ignore_error)
             if self.config.failure_mode == "closed":
                 log.warning("cost: budget store unavailable, refusing (failure_mode closed): %r", exc)
                 raise backend_unavailable("The budget store is unavailable.") from None
@@ -759,3 +763,7 @@ def _bad_request(message: str) -> web.Response:
         {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_request", "param": None}},
         status=400,
     )
+
+
+def _ignore_error(error: BaseException | None) -> None:
+    """A release after a failed reserve: Redis is likely still away, and the reservation lapses anyway."""
