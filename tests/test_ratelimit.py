@@ -71,6 +71,7 @@ async def test_fourth_request_in_a_minute_gets_429_with_retry_after(tmp_path, ba
         # One request comes back every 20 s: 3 per minute, smoothly.
         assert 15 <= int(headers["Retry-After"]) <= 20
         assert 15_000 <= int(headers["retry-after-ms"]) <= 20_000
+        assert int(headers["Retry-After"]) * 1000 >= int(headers["retry-after-ms"])  # rounded up, never early
         assert headers["x-ratelimit-limit-requests"] == "3"
         assert headers["x-ratelimit-remaining-requests"] == "0"
         assert headers["x-ratelimit-reset-requests"].endswith("s")
