@@ -221,9 +221,16 @@ class Cost:
 
     @hookimpl
     def adopt(self, previous: Cost) -> None:
-        # A reload with the same options keeps the budgets in memory as they are, with the
-        # spend of calls whose ledger rows are still on their way and the reservations in flight.
-        if isinstance(previous.budgets, MemoryBudgets) and previous.config == self.config:
+        # A reload keeps the budgets in memory as they are, with the spend of calls whose ledger
+        # rows are still on their way and the reservations in flight. Spend is a fact of the
+        # ledger, not an option: a new budget or price table over the same ledger keeps it too
+        # (reading the file back instead would forget the rows of the writer's pending batch).
+        if (
+            isinstance(previous.budgets, MemoryBudgets)
+            and not previous.shared
+            and not self.shared
+            and previous.ledger_path == self.ledger_path
+        ):
             self.budgets = previous.budgets
             self._adopted = True
 
