@@ -569,6 +569,22 @@ async def test_a_reserve_that_timed_out_does_not_hold_the_budget_once_redis_answ
     assert status == 200 and quota["day"]["reserved_usd"] == 0.0
 
 
+async def test_counting_a_prompts_tokens_is_neither_budgeted_nor_recorded(tmp_path):
+    # Providers do not bill count_tokens: it was estimated and charged as a call (and refused
+    # once the budget was spent).
+    async with run_gateway(cost_config(tmp_path, budgets={"127.0.0.1": {"usd_per_day": 0}}), tmp_path) as gw:
+        raw = await gw.anthropic().messages.with_raw_response.count_tokens(model="claude-haiku-4-5", messages=HELLO)
+        assert (await raw.parse()).input_tokens > 0
+        assert "x-gateway-cost-usd" not in raw.headers
+        with pytest.raises(openai.APIStatusError) as refused:  # the same caller's real call is budgeted
+            await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        rows = await ledger_rows(gw, at_least=1)
+        status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
+    assert refused.value.status_code == 402
+    assert [row["path"] for row in rows] == ["/v1/chat/completions"]
+    assert status == 200 and quota["day"]["spent_usd"] == 0.0
+
+
 async def test_listing_models_is_neither_budgeted_nor_recorded_and_a_non_json_body_is_metered(tmp_path):
     async with run_gateway(cost_config(tmp_path, budget_usd_per_day=0), tmp_path) as gw:
         models = await gw.openai().models.list()
