@@ -544,8 +544,10 @@ async def test_redis_budget_calls_get_spans_and_a_redis_outage_follows_failure_m
         with pytest.raises(openai.APIStatusError) as refused:
             await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
         ready, _ = await admin_get(gw, "/readyz")
+        quota_status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
     assert refused.value.status_code == 503 and refused.value.body["code"] == "backend_unavailable"
     assert ready == 503
+    assert quota_status == 503 and quota["error"]["code"] == "backend_unavailable"  # the same code, on the admin port
 
 
 async def test_a_reserve_that_timed_out_does_not_hold_the_budget_once_redis_answers(tmp_path, redis_server):

@@ -37,7 +37,7 @@ from aiohttp import web
 from opentelemetry import trace
 
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
-from gateway.errors import backend_unavailable, budget_exceeded
+from gateway.errors import backend_unavailable, budget_exceeded, error_body
 from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
 
 from . import estimate
@@ -666,7 +666,8 @@ class Cost:
         except Exception as exc:
             self.backend_errors += 1
             log.warning("cost: budget store unavailable for /usage/quota: %r", exc)
-            return web.json_response({"error": {"message": "The budget store is unavailable."}}, status=503)
+            error = backend_unavailable("The budget store is unavailable.")
+            return web.Response(status=503, body=error_body(error, "openai"), content_type="application/json")
         limits = self.limits_for(client)
         day_reset, month_reset = resets_at(now)
         day, month = periods(now)
