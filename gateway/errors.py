@@ -8,6 +8,8 @@ the official SDKs raise their proper exception classes.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 # OpenAI's error "type" for each status the gateway answers; Anthropic routes carry
@@ -116,7 +118,8 @@ def route_not_found(path: str) -> GatewayError:
 
 
 def _seconds(value: float) -> str:
-    return str(max(1, int(value + 0.999)))
+    """Whole seconds, rounded up (at least 1): a caller that waits this long is let through."""
+    return str(max(1, math.ceil(value - 1e-9)))
 
 
 _encode = msgspec.json.Encoder().encode

@@ -442,6 +442,33 @@ async def test_when_every_candidate_fails_the_last_answer_is_passed(tmp_path):
     assert body["message"] == "mock upstream: injected failure"
 
 
+async def test_a_core_502_as_the_last_answer_names_the_provider_that_gave_it(tmp_path):
+    # docs/breaker.md: the last real answer, "the provider's own 5xx or 429, unchanged, or the
+    # core's 502/504", comes "with x-gateway-provider naming the provider that gave it".
+    from redis_server import free_port
+
+    providers = {
+        **TWO_MOCKS,
+        "dead": {"type": "openai", "base_url": f"http://127.0.0.1:{free_port()}", "api_key": "k"},
+    }
+    config = breaker_config(
+        providers,
+        retries=0,
+        fallbacks={"mock": ["dead"]},
+        fallback_models={"dead": {"*": "gpt-4o"}},
+    )
+    config["routes"] = [{"prefix": "/v1/", "provider": "mock"}]
+    async with run_gateway(config, tmp_path) as gw:
+        status, headers, body = await chat(gw, PRIMARY_FAILS)
+        assert status == 502 and body["code"] == "upstream_error"
+        assert headers["x-gateway-provider"] == "dead"
+        assert headers["x-gateway-model"] == "gpt-4o"
+    config["routes"] = [{"prefix": "/v1/", "provider": "dead"}]
+    async with run_gateway(config, tmp_path) as gw:  # the primary's own 502, no fallback
+        status, headers, body = await chat(gw)
+    assert status == 502 and headers["x-gateway-provider"] == "dead" and "x-gateway-model" not in headers
+
+
 async def test_when_every_candidate_is_open_the_answer_is_circuit_open(tmp_path):
     config = breaker_config(TWO_MOCKS, retries=0, failure_threshold=1, fallbacks={"mock": ["backup"]})
     async with run_gateway(config, tmp_path) as gw:

@@ -132,3 +132,31 @@ async def test_a_gateway_starts_and_serves_while_redis_is_down(tmp_path, redis_s
     assert figures["backend_healthy"] == 0 and figures["backend_errors"] >= 1
     (warning,) = [r for r in caplog.records if "backend unreachable" in r.getMessage()]
     assert "redis://" not in warning.getMessage()  # the URL (and any password in it) stays out of logs
+
+
+async def test_an_admin_reset_is_not_undone_by_a_read_sent_before_it(tmp_path, redis_server):
+    # A read of the shared hash already on its way when the admin resets the breaker still
+    # holds the entry the reset removes: it must not reopen the breaker (it did, as "opened by
+    # another replica", and a call then got 503 circuit_open right after a successful reset).
+    import redis.asyncio as aioredis
+
+    async with run_gateway(shared_config(redis_server.url), tmp_path) as gw, aiohttp.ClientSession() as session:
+        status, _, _ = await post(session, gw.url, FAIL)
+        assert status == 503
+        await asyncio.sleep(0.2)  # the opening is written to Redis in the background
+        stall = aioredis.from_url(redis_server.url)
+        try:
+            # Redis answers nothing for 0.3 s (under the breaker's 0.5 s timeout): the sync's
+            # HGETALL, sent every 0.05 s, waits in line, and the reset's HDEL goes after it.
+            sleeping = asyncio.create_task(stall.execute_command("DEBUG", "SLEEP", "0.3"))
+            await asyncio.sleep(0.1)
+            async with session.post(gw.admin_url + "/breakers/mock/reset") as answer:
+                assert answer.status == 200
+            await sleeping
+        finally:
+            await stall.aclose()
+        await asyncio.sleep(0.2)  # the stale read has been applied, and fresh ones after it
+        breaker = await state_of(session, gw.admin_url)
+        assert breaker["state"] == "closed" and breaker["opened"] == 1
+        status, headers, _ = await post(session, gw.url)
+        assert status == 200 and headers["x-gateway-provider"] == "mock"

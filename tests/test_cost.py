@@ -544,8 +544,47 @@ async def test_redis_budget_calls_get_spans_and_a_redis_outage_follows_failure_m
         with pytest.raises(openai.APIStatusError) as refused:
             await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
         ready, _ = await admin_get(gw, "/readyz")
+        quota_status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
     assert refused.value.status_code == 503 and refused.value.body["code"] == "backend_unavailable"
     assert ready == 503
+    assert quota_status == 503 and quota["error"]["code"] == "backend_unavailable"  # the same code, on the admin port
+
+
+async def test_a_reserve_that_timed_out_does_not_hold_the_budget_once_redis_answers(tmp_path, redis_server):
+    # A reserve past redis_timeout_s fails (failure_mode decides) but still runs once Redis
+    # wakes up: its reservation must be given back, not held for 15 minutes against the budget.
+    import redis.asyncio as aioredis
+
+    shared = {"store": redis_server.url, "ledger": str(tmp_path / "usage.db"), "budget_usd_per_day": 1, "redis_timeout_s": 0.2}
+    async with run_gateway(cost_config(tmp_path, **shared), tmp_path) as gw:
+        stall = aioredis.from_url(redis_server.url)
+        try:
+            sleeping = asyncio.create_task(stall.execute_command("DEBUG", "SLEEP", "0.6"))
+            await asyncio.sleep(0.05)
+            served = await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+            await sleeping
+        finally:
+            await stall.aclose()
+        assert served.choices and plugin(gw).stats()["unmetered"] == 1
+        await asyncio.sleep(0.2)  # the release leaves within RELEASE_WITHIN_S
+        status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
+    assert status == 200 and quota["day"]["reserved_usd"] == 0.0
+
+
+async def test_counting_a_prompts_tokens_is_neither_budgeted_nor_recorded(tmp_path):
+    # Providers do not bill count_tokens: it was estimated and charged as a call (and refused
+    # once the budget was spent).
+    async with run_gateway(cost_config(tmp_path, budgets={"127.0.0.1": {"usd_per_day": 0}}), tmp_path) as gw:
+        raw = await gw.anthropic().messages.with_raw_response.count_tokens(model="claude-haiku-4-5", messages=HELLO)
+        assert (await raw.parse()).input_tokens > 0
+        assert "x-gateway-cost-usd" not in raw.headers
+        with pytest.raises(openai.APIStatusError) as refused:  # the same caller's real call is budgeted
+            await gw.openai().chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        rows = await ledger_rows(gw, at_least=1)
+        status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
+    assert refused.value.status_code == 402
+    assert [row["path"] for row in rows] == ["/v1/chat/completions"]
+    assert status == 200 and quota["day"]["spent_usd"] == 0.0
 
 
 async def test_listing_models_is_neither_budgeted_nor_recorded_and_a_non_json_body_is_metered(tmp_path):

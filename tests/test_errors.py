@@ -65,3 +65,10 @@ def test_openai_shape_types():
     assert body == b'{"error":{"message":"slow down","type":"rate_limit_error","code":"rate_limit_exceeded","param":null}}'
     body = error_body(GatewayError(504, "upstream_timeout", "late"), "openai")
     assert b'"type":"server_error"' in body
+
+
+@pytest.mark.parametrize(("seconds", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.0004, "2"), (19.9051, "20")])
+def test_retry_after_is_whole_seconds_rounded_up(seconds, header):
+    # Waiting Retry-After must be enough: 1.0004 s is 2, not 1 (it was int(x + 0.999)).
+    assert errors.rate_limit_exceeded("over", seconds).headers["Retry-After"] == header
+    assert errors.circuit_open("open", seconds).headers["Retry-After"] == header

@@ -71,6 +71,7 @@ async def test_fourth_request_in_a_minute_gets_429_with_retry_after(tmp_path, ba
         # One request comes back every 20 s: 3 per minute, smoothly.
         assert 15 <= int(headers["Retry-After"]) <= 20
         assert 15_000 <= int(headers["retry-after-ms"]) <= 20_000
+        assert int(headers["Retry-After"]) * 1000 >= int(headers["retry-after-ms"])  # rounded up, never early
         assert headers["x-ratelimit-limit-requests"] == "3"
         assert headers["x-ratelimit-remaining-requests"] == "0"
         assert headers["x-ratelimit-reset-requests"].endswith("s")
@@ -179,6 +180,18 @@ async def test_token_limit_settles_the_real_usage_after_the_answer(tmp_path, bac
         second = await chat(client, max_tokens=800)
     left = int(second.headers["x-ratelimit-remaining-tokens"])
     assert 1000 - usage - 800 - 40 <= left <= 1000 - usage - 800
+
+
+async def test_counting_a_prompts_tokens_reserves_no_tokens(tmp_path, backend):
+    # The anthropic SDK's messages.count_tokens is a POST whose answer carries no usage: the
+    # reservation (prompt + default_max_tokens) stood as its charge, and five calls spent a
+    # 1000-token minute.
+    async with run_gateway(gateway_config({"tokens_per_minute": 1000, **backend}), tmp_path) as gw:
+        client = gw.anthropic()
+        for _ in range(5):
+            raw = await client.messages.with_raw_response.count_tokens(model="claude-haiku-4-5", messages=MESSAGES)
+            assert (await raw.parse()).input_tokens > 0
+            assert raw.headers["x-ratelimit-remaining-tokens"] == "1000"
 
 
 async def test_a_cache_hit_spends_no_tokens_but_counts_as_a_request(tmp_path, backend):

@@ -238,6 +238,31 @@ async def test_plugins_whose_options_did_not_change_keep_their_memory_state(tmp_
     assert again.headers["x-gateway-provider"] == "mock"  # the changed breaker started closed
 
 
+async def test_a_changed_budget_keeps_what_was_spent_over_the_same_ledger(tmp_path):
+    """Raising a budget must not forgive the day's spend: the rows of the ledger writer's
+    pending batch are not in the file yet, so a new instance reading it back saw none of them."""
+    cost = {"store": str(tmp_path / "usage.db"), "budget_usd_per_day": 0.0000171, "flush_interval_s": 30}  # two calls
+    document = {"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "cost", "config": cost}]}
+    async with run_gateway(document, tmp_path) as gw, aiohttp.ClientSession() as session:
+        client = gw.openai()
+        for _ in range(2):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert refused.value.status_code == 402
+        quota_url = f"{gw.admin_url}/usage/quota?client=127.0.0.1"
+        spent = (await (await session.get(quota_url)).json())["day"]["spent_usd"]
+        raised = {**cost, "budget_usd_per_day": 0.00002565}  # three calls
+        write_config({**document, "plugins": [{"use": "cost", "config": raised}]}, tmp_path)
+        assert (await post_reload(gw.admin_url))[0] == 200
+        day = (await (await session.get(quota_url)).json())["day"]
+        assert day["spent_usd"] == spent > 0 and day["limit_usd"] == 0.00002565
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the raised budget's room
+        with pytest.raises(openai.APIStatusError) as again:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert again.value.status_code == 402
+
+
 async def test_a_plugin_that_fails_to_adopt_starts_afresh_and_says_so(tmp_path, caplog):
     async def seen(gw: object) -> str:
         raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)  # type: ignore[attr-defined]

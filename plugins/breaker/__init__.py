@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -344,6 +345,11 @@ class CircuitBreaker:
         assert outcome_as is not None
         exchange.provider, exchange.body, exchange.served_model = outcome_as
         if isinstance(outcome, GatewayError):
+            # The core's 502/504 names the provider that gave it, as a provider's own answer
+            # does (the core adds those headers to answers only, not to errors).
+            outcome.headers["x-gateway-provider"] = outcome_as[0].name
+            if outcome_as[2] is not None:
+                outcome.headers["x-gateway-model"] = outcome_as[2]
             raise outcome
         return outcome
 
@@ -412,7 +418,17 @@ class CircuitBreaker:
 
             shared.publish_open(breaker.key, until_epoch_s, stored)
         elif change.new is CLOSED:
-            shared.publish_closed(breaker.key)
+            self._publish_closed(breaker)
+
+    def _publish_closed(self, breaker: Breaker) -> None:
+        """Remove the shared entry; until Redis confirms, reads sent earlier cannot reopen the breaker."""
+        assert self.shared is not None
+        breaker.close_acked_at = math.inf
+
+        def acked() -> None:
+            breaker.close_acked_at = time.monotonic()
+
+        self.shared.publish_closed(breaker.key, acked)
 
     def _apply_shared(self, entries: dict[str, float], sent_at: float) -> None:
         """Bring local breakers in step with the shared open entries (see shared.py)."""
@@ -424,6 +440,8 @@ class CircuitBreaker:
             breaker = self._breaker_by_key(key)
             if breaker is None:
                 continue
+            if breaker.state is not OPEN and sent_at <= breaker.close_acked_at:
+                continue  # read before our closing reached Redis: the entry is the one we removed
             live.add(key)
             until_s = now_s + (until_epoch_s - now_epoch_s)
             if breaker.state is OPEN and breaker.open_until >= until_s - 0.01:
@@ -465,8 +483,8 @@ class CircuitBreaker:
             if breaker.provider == name:
                 breaker.reset("reset by an admin")
                 reset.append(breaker.key)
-                if self.shared is not None:
-                    self.shared.publish_closed(breaker.key)
+                if self.shared is not None and breaker.close_acked_at != math.inf:
+                    self._publish_closed(breaker)  # a shared entry of a breaker closed here
         log.info("breakers of %s reset by an admin", name, extra={"provider": name})
         return web.json_response({"reset": reset, **self._describe()})
 

@@ -93,8 +93,9 @@ class SharedState:
         """Write ``key`` open until ``until_epoch_s`` in the background; ``done()`` once stored."""
         self._spawn(self._write("HSET", key, until_epoch_s, done))
 
-    def publish_closed(self, key: str) -> None:
-        self._spawn(self._write("HDEL", key, None, None))
+    def publish_closed(self, key: str, done: Callable[[], None] | None = None) -> None:
+        """Remove ``key`` in the background; ``done()`` once Redis answered (or the write failed)."""
+        self._spawn(self._write("HDEL", key, None, done))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -112,6 +113,8 @@ class SharedState:
             except Exception as exc:
                 self._failed("write", exc)
                 trace.get_current_span().set_status(trace.StatusCode.ERROR)
+                if until is None and done is not None:
+                    done()  # a removal that failed is over all the same: the next reads decide
                 return
         self._recovered()
         if done is not None:

@@ -11,6 +11,7 @@ outcome with the same permit: :meth:`success`, :meth:`failure` or :meth:`release
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,6 +64,7 @@ class Breaker:
         "probes_in_flight",
         "source",
         "published_at",
+        "close_acked_at",
     )
 
     def __init__(
@@ -112,6 +114,9 @@ class Breaker:
         self.source = "local"
         #: monotonic time the backend acknowledged our opening (None: not published)
         self.published_at: float | None = None
+        #: monotonic time the backend acknowledged our last closing (inf while it is on its way):
+        #: a shared read sent before it may still show the entry we removed
+        self.close_acked_at = -math.inf
 
     # -- calls -------------------------------------------------------------------
 

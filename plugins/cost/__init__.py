@@ -37,7 +37,7 @@ from aiohttp import web
 from opentelemetry import trace
 
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
-from gateway.errors import backend_unavailable, budget_exceeded
+from gateway.errors import backend_unavailable, budget_exceeded, error_body
 from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
 
 from . import estimate
@@ -49,6 +49,8 @@ log = logging.getLogger("gateway.plugins.cost")
 
 #: paths whose streamed answers carry usage only when asked (``stream_options.include_usage``)
 _INCLUDE_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+#: POST calls the providers do not bill: counting a prompt's tokens (Anthropic's, OpenAI's Responses')
+FREE_PATHS = frozenset({"/v1/messages/count_tokens", "/v1/responses/input_tokens"})
 #: how much of a stream is kept to estimate its tokens should its usage never come
 _KEEP_STREAM_BYTES = 4 << 20
 _MAX_WARNED_MODELS = 1000
@@ -221,9 +223,16 @@ class Cost:
 
     @hookimpl
     def adopt(self, previous: Cost) -> None:
-        # A reload with the same options keeps the budgets in memory as they are, with the
-        # spend of calls whose ledger rows are still on their way and the reservations in flight.
-        if isinstance(previous.budgets, MemoryBudgets) and previous.config == self.config:
+        # A reload keeps the budgets in memory as they are, with the spend of calls whose ledger
+        # rows are still on their way and the reservations in flight. Spend is a fact of the
+        # ledger, not an option: a new budget or price table over the same ledger keeps it too
+        # (reading the file back instead would forget the rows of the writer's pending batch).
+        if (
+            isinstance(previous.budgets, MemoryBudgets)
+            and not previous.shared
+            and not self.shared
+            and previous.ledger_path == self.ledger_path
+        ):
             self.budgets = previous.budgets
             self._adopted = True
 
@@ -274,8 +283,8 @@ class Cost:
 
     @hookimpl
     async def request(self, exchange: Exchange) -> None:
-        if exchange.method != "POST":  # listing models and the like costs nothing: no budget, no record
-            return
+        if exchange.method != "POST" or exchange.path in FREE_PATHS:
+            return  # listing models, counting tokens and the like cost nothing: no budget, no record
         call = _Call(exchange.caller, exchange.body)
         exchange.state[CALL] = call
         asked = None
@@ -338,6 +347,10 @@ class Cost:
             raise
         except Exception as exc:
             self.backend_errors += 1
+            # A reserve that timed out may still run once Redis answers: give back what it
+            # may reserve, or it would hold the caller's budget until it lapses (15 min).
+            # The release follows it on the same connection, so Redis runs it after.
+            budgets.settle_behind(call.caller, call.token, estimate_pico, 0, now, None, _ignore_error)
             if self.config.failure_mode == "closed":
                 log.warning("cost: budget store unavailable, refusing (failure_mode closed): %r", exc)
                 raise backend_unavailable("The budget store is unavailable.") from None
@@ -653,7 +666,8 @@ class Cost:
         except Exception as exc:
             self.backend_errors += 1
             log.warning("cost: budget store unavailable for /usage/quota: %r", exc)
-            return web.json_response({"error": {"message": "The budget store is unavailable."}}, status=503)
+            error = backend_unavailable("The budget store is unavailable.")
+            return web.Response(status=503, body=error_body(error, "openai"), content_type="application/json")
         limits = self.limits_for(client)
         day_reset, month_reset = resets_at(now)
         day, month = periods(now)
@@ -759,3 +773,7 @@ def _bad_request(message: str) -> web.Response:
         {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_request", "param": None}},
         status=400,
     )
+
+
+def _ignore_error(error: BaseException | None) -> None:
+    """A release after a failed reserve: Redis is likely still away, and the reservation lapses anyway."""

@@ -114,6 +114,8 @@ class Reservation:
 RESERVATION = StashKey[Reservation]("ratelimit.reservation")
 
 _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+#: calls that only count a prompt's tokens (Anthropic's, OpenAI's Responses'): they spend none
+_COUNTING_PATHS = frozenset({"/v1/messages/count_tokens", "/v1/responses/input_tokens"})
 
 
 class RateLimit:
@@ -363,6 +365,8 @@ class RateLimit:
 
     def _estimate(self, exchange: Exchange) -> int:
         """Tokens to reserve: the prompt's size from the body's bytes, plus the output the request allows."""
+        if exchange.path in _COUNTING_PATHS:
+            return 0  # no usage comes back to settle: a reservation would stand as the charge
         body = exchange.body
         prompt = int(len(body) / self.bytes_per_token)
         if not body or not exchange.has_json_body or exchange.path.endswith("/embeddings"):
