@@ -15,8 +15,8 @@ and links with it anyway).
 
 Everything else goes the SDK's way: another sampler's decision, a remote parent, links,
 an explicit start time, attribute values to clean, a tracer the SDK configured off or
-with metrics of its own, and any SDK whose ``Span`` has fields this module does not
-know (checked once, when the tracer is made: then no span is made here at all).
+with metrics or an id generator of its own, and any SDK whose ``Span`` has fields this
+module does not know (checked once, when the tracer is made: then no span is made here at all).
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ def make_lean(tracer: trace.Tracer) -> trace.Tracer:
     fast path would make exactly the span the SDK makes; else the tracer as it is."""
     if type(tracer) is not Tracer:
         return tracer
+    if type(tracer.id_generator) is not RandomIdGenerator:
+        return tracer  # the ids made here come from random.getrandbits, as RandomIdGenerator's do
     sampler = tracer.sampler
     children = sampler is ALWAYS_ON or (
         isinstance(sampler, ParentBased) and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
@@ -188,7 +190,7 @@ def make_lean(tracer: trace.Tracer) -> trace.Tracer:
     lean: Any = tracer
     lean._lean_template = template
     lean._lean_children = children
-    lean._lean_roots = roots and type(tracer.id_generator) is RandomIdGenerator
+    lean._lean_roots = roots
     lean._lean_random_ids = tracer.id_generator.is_trace_id_random()
     return tracer
 

@@ -15,6 +15,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, Tracer, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, ParentBased, ParentBasedTraceIdRatio, Sampler
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -187,3 +188,17 @@ def test_other_tracers_and_samplers_stay_as_they_are() -> None:
     assert type(ratio) is LeanTracer and not ratio._lean_roots and ratio._lean_children  # type: ignore[attr-defined]
     provider = TracerProvider(sampler=ALWAYS_ON, span_limits=SpanLimits(max_span_attribute_length=8))
     assert type(make_lean(provider.get_tracer("gateway"))) is Tracer  # values to cut: the SDK's way
+
+    class Sequential(IdGenerator):
+        def __init__(self) -> None:
+            self.last = 0
+
+        def generate_span_id(self) -> int:
+            self.last += 1
+            return self.last
+
+        def generate_trace_id(self) -> int:
+            return 7
+
+    provider = TracerProvider(sampler=ALWAYS_ON, id_generator=Sequential())
+    assert type(make_lean(provider.get_tracer("gateway"))) is Tracer  # ids of its own: the SDK asks it
