@@ -155,6 +155,8 @@ async def test_cache_control_no_cache_skips_the_read_but_refreshes_the_entry(tmp
         assert (await chat(client, extra_headers={"Cache-Control": "no-cache"}))[0] == "bypass"
         assert (await chat(client))[0] == "hit"
         assert upstream_calls(gw) == 2
+        stats = await cache_stats(gw.admin_url)  # not looked up: bypasses, as docs/cache.md counts them
+        assert (stats["bypasses"], stats["misses"], stats["hits"], stats["stores"]) == (2, 0, 1, 2)
 
 
 async def test_cache_control_no_store_neither_reads_nor_writes(tmp_path):

@@ -189,6 +189,8 @@ class Cache:
         exchange.state[CALL] = call
         if self.redis is not None and call.read:
             call.lookup = self._prefetch(call.key)
+        if not call.read:  # Cache-Control: no-cache: not looked up (the answer still refreshes the entry)
+            self.bypasses += 1
         status = "miss" if call.read else "bypass"
         exchange.cache_status = status
         exchange.response_headers["x-gateway-cache"] = status
