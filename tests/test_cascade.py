@@ -195,6 +195,20 @@ async def test_a_third_party_validator_loads_by_module_and_attr(tmp_path):
     assert send.attributes["gateway.cascade.reason"] == "mentions_mock"
 
 
+async def test_a_validator_that_raises_is_skipped_and_never_fails_the_request(tmp_path):
+    # docs/cascade.md: "A validator that raises is logged and skipped", in route (before the draft) as in check.
+    validators = ["refusal", "cascade_validators_example:Broken"]
+    async with run_gateway(config(validators=validators), tmp_path) as gw:
+        client = gw.openai()
+        good = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+        refused = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, extra_headers=weak("refuse")
+        )
+    assert good.status_code == 200 and good.headers["x-gateway-cascade"] == "accepted"
+    assert good.headers["x-gateway-model"] == DRAFT
+    assert refused.status_code == 200 and refused.headers["x-gateway-cascade"] == "escalated"
+
+
 @pytest.mark.parametrize(
     ("options", "key", "problem"),
     [
