@@ -216,6 +216,7 @@ async def test_a_validator_that_raises_is_skipped_and_never_fails_the_request(tm
         ({"cascades": [{"models": ["x"], "draft_model": "y", "draft_provider": "nope"}]}, "config.cascades[0].draft_provider", "unknown provider"),
         ({"draft_model": "a", "escalate_model": "b", "validators": ["psychic"]}, "config.validators[0]", "unknown validator"),
         ({"draft_model": "a", "escalate_model": "b", "threshold": 2}, "config.threshold", "at most 1"),
+        ({"cascades": [{"models": ["x"], "draft_model": "y", "threshold": 0}]}, "config.cascades[0].threshold", "above 0"),
     ],
 )
 async def test_config_mistakes_name_the_key(tmp_path, options, key, problem):

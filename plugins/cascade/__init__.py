@@ -132,6 +132,8 @@ class Cascade:
         for index, cascade in enumerate(config.cascades):
             if not cascade.models:
                 raise PluginConfigError(f"cascades[{index}].models", "name at least one model glob")
+            if cascade.threshold is not None and not 0 < cascade.threshold <= 1:
+                raise PluginConfigError(f"cascades[{index}].threshold", "must be above 0 and at most 1")
         self.rules = [_Rule(cascade, config.threshold) for cascade in cascades]
         self.checks: list[Any] = []
         self.routes: list[Any] = []
