@@ -209,6 +209,17 @@ async def test_a_validator_that_raises_is_skipped_and_never_fails_the_request(tm
     assert refused.status_code == 200 and refused.headers["x-gateway-cascade"] == "escalated"
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_malformed_body_is_the_upstreams_to_judge_never_a_plugin_error(tmp_path, path):
+    # SPEC, "What bad input gets": a body the validators cannot read must not make the cascade raise (500).
+    async with run_gateway(config(), tmp_path) as gw, aiohttp.ClientSession() as session:
+        for odd in ({"messages": 5}, {"messages": HELLO, "tools": 5}, {"messages": HELLO, "system": 5}):
+            body = {"model": "gpt-4o", "max_tokens": 50, **odd}
+            async with session.post(gw.url + path, json=body) as reply:
+                text = await reply.text()
+                assert reply.status != 500 and "plugin_error" not in text, (odd, reply.status, text)
+
+
 @pytest.mark.parametrize(
     ("options", "key", "problem"),
     [
