@@ -163,6 +163,32 @@ async def test_cascade_off_is_never_answered_from_a_cached_draft(tmp_path):
     assert chunks[0].model == DRAFT
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_with_the_cascade_before_the_cache_an_escalation_never_gets_the_rejected_draft(tmp_path, stream):
+    """The other order: the cascade's draft call passes through the cache's send with the
+    caller's key. It must not be published under that key: the escalation (and any identical
+    call in flight) used to follow it and get the draft's refusal, labelled escalated."""
+    cascade = {"use": "cascade", "config": {"draft_model": DRAFT, "escalate_model": STRONG}}
+    plugins = [cascade, {"use": "cache"}]
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path) as gw:
+        client = gw.openai()
+        answers = []
+        for _ in range(2):
+            raw = await client.chat.completions.with_raw_response.create(
+                model=STRONG, messages=HELLO, stream=stream, extra_headers=weak("refuse")
+            )
+            if stream:
+                chunks = [chunk async for chunk in raw.parse()]
+                text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+                model = chunks[0].model
+            else:
+                text, model = raw.parse().choices[0].message.content, raw.parse().model
+            answers.append((raw.headers["x-gateway-cascade"], raw.headers["x-gateway-cache"], model, text))
+    (first, second) = answers
+    assert first[:3] == ("escalated", "miss", STRONG) and "can't help" not in first[3]
+    assert second[:3] == ("escalated", "hit", STRONG) and second[3] == first[3]
+
+
 async def test_a_hard_question_skips_the_draft(tmp_path):
     question = "Prove step by step that the integral of this function converges, and analyze the trade-offs: " + "x " * 200
     async with run_gateway(config(), tmp_path) as gw:

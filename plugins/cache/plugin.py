@@ -88,6 +88,9 @@ class _Call(msgspec.Struct):
     wants_stream: bool
     include_usage: bool
     max_age_s: float | None
+    #: the body's model when the key was made: a call for another model (a cascade's draft,
+    #: when the cascade runs before the cache) is not the call the key describes
+    model: str | None = None
     flight: Flight | None = None
     captured: Entry | None = None
     #: the task reading a streamed answer into the flight
@@ -238,12 +241,18 @@ class Cache:
             exchange.headers,
             kind is None,
         )
-        return _Call(key, read, write, kind, wants_stream, include_usage, max_age_s)
+        return _Call(
+            key, read, write, kind, wants_stream, include_usage, max_age_s, model if isinstance(model, str) else None
+        )
 
     @hookimpl
     async def send(self, exchange: Exchange, call_next: CallNext) -> Response:
         call = exchange.state.get(CALL)
         if call is None:
+            return await call_next(exchange)
+        if exchange.model != call.model:
+            # A plugin before the cache asks another model than the request did (a cascade's
+            # draft): that answer must neither come from, nor go to, nor be shared under this key.
             return await call_next(exchange)
         if call.read:
             memory = self.memory
