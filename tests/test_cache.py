@@ -299,6 +299,23 @@ async def test_openai_stream_is_replayed_to_stream_and_json_callers(tmp_path):
         assert upstream_calls(gw) == 1
 
 
+async def test_a_stream_stored_without_the_caller_asking_for_usage_still_gives_usage_later(tmp_path):
+    # The rebuilt JSON answer carries usage (as a buffered OpenAI answer always does), and a later
+    # caller that asks for the usage chunk gets it; the first caller, which did not ask, gets none.
+    async with run_gateway(cache_config(), tmp_path) as gw:
+        client = gw.openai()
+        cache, streamed, first_chunks = await openai_stream_text(client)
+        assert cache == "miss" and all(chunk.choices for chunk in first_chunks)
+        cache, text, raw = await chat(client)
+        usage = raw.parse().usage
+        assert cache == "hit" and text == streamed and usage is not None and usage.total_tokens > 0
+        cache, replayed, chunks = await openai_stream_text(client, stream_options={"include_usage": True})
+        assert cache == "hit" and replayed == streamed and chunks[-1].usage == usage
+        cache, _, chunks = await openai_stream_text(client)
+        assert cache == "hit" and all(chunk.choices for chunk in chunks)
+        assert upstream_calls(gw) == 1
+
+
 async def test_openai_json_answer_is_served_as_a_stream_with_usage_when_asked(tmp_path):
     async with run_gateway(cache_config(), tmp_path) as gw:
         client = gw.openai()

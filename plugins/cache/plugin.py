@@ -291,8 +291,10 @@ class Cache:
         """Call the upstream; share the answer with followers and capture it for ``complete``."""
         key = call.key
         flight = None
+        drop_usage = False
         if call.read and key not in self.flights:
-            flight = call.flight = self.flights[key] = Flight(call.include_usage)
+            drop_usage = self._ask_usage(exchange, call)
+            flight = call.flight = self.flights[key] = Flight(call.include_usage or drop_usage)
         try:
             response = await call_next(exchange)
         except BaseException:
@@ -330,8 +332,25 @@ class Cache:
         pump.add_done_callback(self._tasks.discard)
         flight.on_idle = pump.cancel
         flight.followers += 1  # the leader's caller reads like a follower
-        response.stream = flight.follow(drop_usage_chunk=False, original_error=True)
+        response.stream = flight.follow(drop_usage_chunk=drop_usage, original_error=True)
         return response
+
+    @staticmethod
+    def _ask_usage(exchange: Exchange, call: _Call) -> bool:
+        """A streamed OpenAI chat answer carries its usage only when asked: ask for it
+        (``stream_options.include_usage``), so that the stored stream can give a buffered
+        caller its ``usage`` and a later streaming caller that asks its usage chunk. True
+        when added: the usage-only chunk is then kept from a leader's caller that did not ask."""
+        if call.kind != formats.CHAT or not call.wants_stream or call.include_usage or not call.write:
+            return False
+        document = exchange.json()
+        options = document.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return False  # asked already (the cost plugin does, and strips it itself)
+        if options is not None and not isinstance(options, dict):
+            return False  # the upstream's to judge
+        exchange.set_json({**document, "stream_options": {**(options or {}), "include_usage": True}})
+        return True
 
     async def _capture(
         self, path: str, status: int, content_type: str, stream: AsyncIterator[bytes], call: _Call
