@@ -487,7 +487,7 @@ async def test_followers_of_a_streamed_leader_get_events_as_they_arrive(tmp_path
             raw = await client.chat.completions.with_raw_response.create(
                 model="gpt-4o-mini", messages=CHAT, stream=True
             )
-            assert raw.headers["x-gateway-cache"] == "hit"
+            assert raw.headers["x-gateway-cache"] == "hit" and raw.headers["Age"] == "0"
             async for chunk in raw.parse():
                 if chunk.choices and chunk.choices[0].delta.content and not leader_done.is_set():
                     follower_first_content_before_leader_done.set()

@@ -436,7 +436,7 @@ class Cache:
                 if state == STREAMING and call.wants_stream:
                     drop_usage = call.kind == formats.CHAT and flight.include_usage and not call.include_usage
                     streaming = True  # the stream counts itself out when it ends
-                    headers = {"Content-Type": flight.content_type}
+                    headers = {"Content-Type": flight.content_type, "Age": "0"}  # every hit carries Age
                     return Response(flight.status, headers, stream=flight.follow(drop_usage))
                 if state == STREAMING:
                     state = await flight.until(DONE)
