@@ -332,6 +332,7 @@ async def test_admin_scan_answers_one_text_and_a_batch_in_order_with_offsets_int
     assert fourth["has_threats"] is False
     assert again["results"][0]["has_threats"] is False
     assert bad_status == 400 and "texts" in bad["error"]["message"]
+    assert (bad["error"]["code"], bad["error"]["type"]) == ("invalid_request", "invalid_request_error")
     scan_figures = figures["plugins"]["scan"]
     assert scan_figures["cache_hits"] >= 2 and scan_figures["cache_misses"] >= 4
     assert 0 < scan_figures["cache_hit_rate"] < 1
