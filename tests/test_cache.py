@@ -589,6 +589,27 @@ async def test_hits_misses_bypasses_and_hit_rate_in_stats_and_metrics(tmp_path):
         assert "gateway_cache_hit_rate " in metrics
 
 
+class AliasAfterTheCache:
+    """A plugin after the cache that changes the model in its request hook (docs/plugins.md's alias)."""
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> None:
+        if exchange.model == "fast":
+            exchange.model = "gpt-4o-mini"
+
+
+async def test_a_model_changed_after_the_cache_request_hook_is_cached_under_the_model_sent(tmp_path):
+    plugins = [{"use": "cache"}, {"use": "test_cache:AliasAfterTheCache"}]
+    async with run_gateway({"providers": MOCK, "plugins": plugins}, tmp_path) as gw:
+        client = gw.openai()
+        first = await client.chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        second = await client.chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        direct = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT)
+    assert [raw.headers["x-gateway-cache"] for raw in (first, second, direct)] == ["miss", "hit", "hit"]
+    assert second.parse().model == "gpt-4o-mini" and second.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert upstream_calls(gw) == 1
+
+
 class CacheStatusRecorder:
     """A plugin after the cache in the chain: what cost and ratelimit would read."""
 

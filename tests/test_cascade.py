@@ -173,7 +173,7 @@ async def test_with_the_cascade_before_the_cache_an_escalation_never_gets_the_re
     async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path) as gw:
         client = gw.openai()
         answers = []
-        for _ in range(2):
+        for _ in range(3):
             raw = await client.chat.completions.with_raw_response.create(
                 model=STRONG, messages=HELLO, stream=stream, extra_headers=weak("refuse")
             )
@@ -184,9 +184,11 @@ async def test_with_the_cascade_before_the_cache_an_escalation_never_gets_the_re
             else:
                 text, model = raw.parse().choices[0].message.content, raw.parse().model
             answers.append((raw.headers["x-gateway-cascade"], raw.headers["x-gateway-cache"], model, text))
-    (first, second) = answers
+    first, second, third = answers
     assert first[:3] == ("escalated", "miss", STRONG) and "can't help" not in first[3]
-    assert second[:3] == ("escalated", "hit", STRONG) and second[3] == first[3]
+    # The draft has an entry of its own (its own body); the escalation its own, under the request's key.
+    assert second[:3] == ("escalated", "miss", STRONG) and second[3] == first[3]
+    assert third[:3] == ("escalated", "hit", STRONG) and third[3] == first[3]
 
 
 async def test_a_hard_question_skips_the_draft(tmp_path):

@@ -88,8 +88,8 @@ class _Call(msgspec.Struct):
     wants_stream: bool
     include_usage: bool
     max_age_s: float | None
-    #: the body's model when the key was made: a call for another model (a cascade's draft,
-    #: when the cascade runs before the cache) is not the call the key describes
+    #: the body's model when the key was made: a call for another model (an alias set after
+    #: the cache's request hook, a cascade's draft before its send) needs a key of its own
     model: str | None = None
     flight: Flight | None = None
     captured: Entry | None = None
@@ -251,9 +251,18 @@ class Cache:
         if call is None:
             return await call_next(exchange)
         if exchange.model != call.model:
-            # A plugin before the cache asks another model than the request did (a cascade's
-            # draft): that answer must neither come from, nor go to, nor be shared under this key.
-            return await call_next(exchange)
+            # The body now asks another model than the key was made for: a plugin changed it
+            # after the cache's request hook (an alias) or before the cache's send (a cascade's
+            # draft, then its escalation). The key must describe what is sent.
+            if call.flight is not None or call.captured is not None or call.pump is not None:
+                return await call_next(exchange)  # this exchange led a call already: the next goes by
+            fresh = self._decide(exchange)
+            if fresh is None:
+                return await call_next(exchange)
+            call = exchange.state[CALL] = fresh
+            status = "miss" if call.read else "bypass"
+            exchange.cache_status = status
+            exchange.response_headers["x-gateway-cache"] = status
         if call.read:
             memory = self.memory
             entry = memory.peek(call.key) if memory is not None else await self._lookup(exchange, call.key, call.lookup)
