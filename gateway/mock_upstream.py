@@ -665,7 +665,8 @@ def _messages_endpoint(call: _Call) -> MockReply:
 def _tools(payload: dict[str, Any], anthropic: bool) -> dict[str, Any]:
     """The request's tools: name -> JSON schema of the arguments, in request order."""
     tools: dict[str, Any] = {}
-    for tool in payload.get("tools") or ():
+    listed = payload.get("tools")
+    for tool in listed if isinstance(listed, list) else ():  # anything else: no tools, not a crash
         if not isinstance(tool, dict):
             continue
         spec = tool if anthropic else tool.get("function")

@@ -155,6 +155,8 @@ async def test_cache_control_no_cache_skips_the_read_but_refreshes_the_entry(tmp
         assert (await chat(client, extra_headers={"Cache-Control": "no-cache"}))[0] == "bypass"
         assert (await chat(client))[0] == "hit"
         assert upstream_calls(gw) == 2
+        stats = await cache_stats(gw.admin_url)  # not looked up: bypasses, as docs/cache.md counts them
+        assert (stats["bypasses"], stats["misses"], stats["hits"], stats["stores"]) == (2, 0, 1, 2)
 
 
 async def test_cache_control_no_store_neither_reads_nor_writes(tmp_path):
@@ -294,6 +296,23 @@ async def test_openai_stream_is_replayed_to_stream_and_json_callers(tmp_path):
         assert cache == "hit" and text == streamed
         reply = raw.parse()
         assert reply.object == "chat.completion" and reply.choices[0].finish_reason == "stop"
+        assert upstream_calls(gw) == 1
+
+
+async def test_a_stream_stored_without_the_caller_asking_for_usage_still_gives_usage_later(tmp_path):
+    # The rebuilt JSON answer carries usage (as a buffered OpenAI answer always does), and a later
+    # caller that asks for the usage chunk gets it; the first caller, which did not ask, gets none.
+    async with run_gateway(cache_config(), tmp_path) as gw:
+        client = gw.openai()
+        cache, streamed, first_chunks = await openai_stream_text(client)
+        assert cache == "miss" and all(chunk.choices for chunk in first_chunks)
+        cache, text, raw = await chat(client)
+        usage = raw.parse().usage
+        assert cache == "hit" and text == streamed and usage is not None and usage.total_tokens > 0
+        cache, replayed, chunks = await openai_stream_text(client, stream_options={"include_usage": True})
+        assert cache == "hit" and replayed == streamed and chunks[-1].usage == usage
+        cache, _, chunks = await openai_stream_text(client)
+        assert cache == "hit" and all(chunk.choices for chunk in chunks)
         assert upstream_calls(gw) == 1
 
 
@@ -468,7 +487,7 @@ async def test_followers_of_a_streamed_leader_get_events_as_they_arrive(tmp_path
             raw = await client.chat.completions.with_raw_response.create(
                 model="gpt-4o-mini", messages=CHAT, stream=True
             )
-            assert raw.headers["x-gateway-cache"] == "hit"
+            assert raw.headers["x-gateway-cache"] == "hit" and raw.headers["Age"] == "0"
             async for chunk in raw.parse():
                 if chunk.choices and chunk.choices[0].delta.content and not leader_done.is_set():
                     follower_first_content_before_leader_done.set()
@@ -568,6 +587,27 @@ async def test_hits_misses_bypasses_and_hit_rate_in_stats_and_metrics(tmp_path):
             metrics = await (await session.get(gw.admin_url + "/metrics")).text()
         assert "gateway_cache_hits 2.0" in metrics
         assert "gateway_cache_hit_rate " in metrics
+
+
+class AliasAfterTheCache:
+    """A plugin after the cache that changes the model in its request hook (docs/plugins.md's alias)."""
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> None:
+        if exchange.model == "fast":
+            exchange.model = "gpt-4o-mini"
+
+
+async def test_a_model_changed_after_the_cache_request_hook_is_cached_under_the_model_sent(tmp_path):
+    plugins = [{"use": "cache"}, {"use": "test_cache:AliasAfterTheCache"}]
+    async with run_gateway({"providers": MOCK, "plugins": plugins}, tmp_path) as gw:
+        client = gw.openai()
+        first = await client.chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        second = await client.chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        direct = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT)
+    assert [raw.headers["x-gateway-cache"] for raw in (first, second, direct)] == ["miss", "hit", "hit"]
+    assert second.parse().model == "gpt-4o-mini" and second.headers["x-gateway-model"] == "gpt-4o-mini"
+    assert upstream_calls(gw) == 1
 
 
 class CacheStatusRecorder:

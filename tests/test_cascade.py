@@ -163,6 +163,34 @@ async def test_cascade_off_is_never_answered_from_a_cached_draft(tmp_path):
     assert chunks[0].model == DRAFT
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_with_the_cascade_before_the_cache_an_escalation_never_gets_the_rejected_draft(tmp_path, stream):
+    """The other order: the cascade's draft call passes through the cache's send with the
+    caller's key. It must not be published under that key: the escalation (and any identical
+    call in flight) used to follow it and get the draft's refusal, labelled escalated."""
+    cascade = {"use": "cascade", "config": {"draft_model": DRAFT, "escalate_model": STRONG}}
+    plugins = [cascade, {"use": "cache"}]
+    async with run_gateway({"providers": {"mock": {"type": "mock"}}, "plugins": plugins}, tmp_path) as gw:
+        client = gw.openai()
+        answers = []
+        for _ in range(3):
+            raw = await client.chat.completions.with_raw_response.create(
+                model=STRONG, messages=HELLO, stream=stream, extra_headers=weak("refuse")
+            )
+            if stream:
+                chunks = [chunk async for chunk in raw.parse()]
+                text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+                model = chunks[0].model
+            else:
+                text, model = raw.parse().choices[0].message.content, raw.parse().model
+            answers.append((raw.headers["x-gateway-cascade"], raw.headers["x-gateway-cache"], model, text))
+    first, second, third = answers
+    assert first[:3] == ("escalated", "miss", STRONG) and "can't help" not in first[3]
+    # The draft has an entry of its own (its own body); the escalation its own, under the request's key.
+    assert second[:3] == ("escalated", "miss", STRONG) and second[3] == first[3]
+    assert third[:3] == ("escalated", "hit", STRONG) and third[3] == first[3]
+
+
 async def test_a_hard_question_skips_the_draft(tmp_path):
     question = "Prove step by step that the integral of this function converges, and analyze the trade-offs: " + "x " * 200
     async with run_gateway(config(), tmp_path) as gw:
@@ -195,6 +223,31 @@ async def test_a_third_party_validator_loads_by_module_and_attr(tmp_path):
     assert send.attributes["gateway.cascade.reason"] == "mentions_mock"
 
 
+async def test_a_validator_that_raises_is_skipped_and_never_fails_the_request(tmp_path):
+    # docs/cascade.md: "A validator that raises is logged and skipped", in route (before the draft) as in check.
+    validators = ["refusal", "cascade_validators_example:Broken"]
+    async with run_gateway(config(validators=validators), tmp_path) as gw:
+        client = gw.openai()
+        good = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+        refused = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, extra_headers=weak("refuse")
+        )
+    assert good.status_code == 200 and good.headers["x-gateway-cascade"] == "accepted"
+    assert good.headers["x-gateway-model"] == DRAFT
+    assert refused.status_code == 200 and refused.headers["x-gateway-cascade"] == "escalated"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_malformed_body_is_the_upstreams_to_judge_never_a_plugin_error(tmp_path, path):
+    # SPEC, "What bad input gets": a body the validators cannot read must not make the cascade raise (500).
+    async with run_gateway(config(), tmp_path) as gw, aiohttp.ClientSession() as session:
+        for odd in ({"messages": 5}, {"messages": HELLO, "tools": 5}, {"messages": HELLO, "system": 5}):
+            body = {"model": "gpt-4o", "max_tokens": 50, **odd}
+            async with session.post(gw.url + path, json=body) as reply:
+                text = await reply.text()
+                assert reply.status != 500 and "plugin_error" not in text, (odd, reply.status, text)
+
+
 @pytest.mark.parametrize(
     ("options", "key", "problem"),
     [
@@ -202,6 +255,7 @@ async def test_a_third_party_validator_loads_by_module_and_attr(tmp_path):
         ({"cascades": [{"models": ["x"], "draft_model": "y", "draft_provider": "nope"}]}, "config.cascades[0].draft_provider", "unknown provider"),
         ({"draft_model": "a", "escalate_model": "b", "validators": ["psychic"]}, "config.validators[0]", "unknown validator"),
         ({"draft_model": "a", "escalate_model": "b", "threshold": 2}, "config.threshold", "at most 1"),
+        ({"cascades": [{"models": ["x"], "draft_model": "y", "threshold": 0}]}, "config.cascades[0].threshold", "above 0"),
     ],
 )
 async def test_config_mistakes_name_the_key(tmp_path, options, key, problem):

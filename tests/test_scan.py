@@ -114,6 +114,22 @@ async def test_redact_replaces_secret_and_pii_in_what_the_upstream_sees(tmp_path
     assert figures["plugins"]["scan"]["blocked"] == 0
 
 
+@pytest.mark.parametrize("card", ["4111 1111 1111 1111", "4242424242424242", "5555-5555-5555-4444"])
+async def test_well_known_card_numbers_are_pii_too(tmp_path, card):
+    # docs/scan.md: "card numbers passing Luhn with a network prefix"; the test cards every
+    # payment sandbox publishes are such numbers (they were skipped for having few distinct digits).
+    async with run_gateway(config(redact=["pii"]), tmp_path) as gw:
+        anthropic_answer = await gw.anthropic().messages.create(
+            model="m", max_tokens=50, messages=user(f"bill {card} today")
+        )
+        completion = await gw.openai().chat.completions.create(model="m", messages=user(f"bill {card} today"))
+        status, result = await post_scan(gw, {"text": f"bill {card} today"})
+    assert "bill [REDACTED:pii] today" in completion.choices[0].message.content
+    assert "bill [REDACTED:pii] today" in anthropic_answer.content[0].text
+    assert card not in completion.choices[0].message.content
+    assert status == 200 and [d["rule_id"] for d in result["detections"]] == ["pii.card_number"]
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 async def test_a_json_body_is_scanned_whatever_its_content_type_says(tmp_path, content_type):
     # The mock (like Ollama or llama.cpp) reads a JSON body whatever its Content-Type:
@@ -316,6 +332,7 @@ async def test_admin_scan_answers_one_text_and_a_batch_in_order_with_offsets_int
     assert fourth["has_threats"] is False
     assert again["results"][0]["has_threats"] is False
     assert bad_status == 400 and "texts" in bad["error"]["message"]
+    assert (bad["error"]["code"], bad["error"]["type"]) == ("invalid_request", "invalid_request_error")
     scan_figures = figures["plugins"]["scan"]
     assert scan_figures["cache_hits"] >= 2 and scan_figures["cache_misses"] >= 4
     assert 0 < scan_figures["cache_hit_rate"] < 1

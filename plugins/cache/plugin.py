@@ -88,6 +88,9 @@ class _Call(msgspec.Struct):
     wants_stream: bool
     include_usage: bool
     max_age_s: float | None
+    #: the body's model when the key was made: a call for another model (an alias set after
+    #: the cache's request hook, a cascade's draft before its send) needs a key of its own
+    model: str | None = None
     flight: Flight | None = None
     captured: Entry | None = None
     #: the task reading a streamed answer into the flight
@@ -189,6 +192,8 @@ class Cache:
         exchange.state[CALL] = call
         if self.redis is not None and call.read:
             call.lookup = self._prefetch(call.key)
+        if not call.read:  # Cache-Control: no-cache: not looked up (the answer still refreshes the entry)
+            self.bypasses += 1
         status = "miss" if call.read else "bypass"
         exchange.cache_status = status
         exchange.response_headers["x-gateway-cache"] = status
@@ -236,13 +241,28 @@ class Cache:
             exchange.headers,
             kind is None,
         )
-        return _Call(key, read, write, kind, wants_stream, include_usage, max_age_s)
+        return _Call(
+            key, read, write, kind, wants_stream, include_usage, max_age_s, model if isinstance(model, str) else None
+        )
 
     @hookimpl
     async def send(self, exchange: Exchange, call_next: CallNext) -> Response:
         call = exchange.state.get(CALL)
         if call is None:
             return await call_next(exchange)
+        if exchange.model != call.model:
+            # The body now asks another model than the key was made for: a plugin changed it
+            # after the cache's request hook (an alias) or before the cache's send (a cascade's
+            # draft, then its escalation). The key must describe what is sent.
+            if call.flight is not None or call.captured is not None or call.pump is not None:
+                return await call_next(exchange)  # this exchange led a call already: the next goes by
+            fresh = self._decide(exchange)
+            if fresh is None:
+                return await call_next(exchange)
+            call = exchange.state[CALL] = fresh
+            status = "miss" if call.read else "bypass"
+            exchange.cache_status = status
+            exchange.response_headers["x-gateway-cache"] = status
         if call.read:
             memory = self.memory
             entry = memory.peek(call.key) if memory is not None else await self._lookup(exchange, call.key, call.lookup)
@@ -280,8 +300,10 @@ class Cache:
         """Call the upstream; share the answer with followers and capture it for ``complete``."""
         key = call.key
         flight = None
+        drop_usage = False
         if call.read and key not in self.flights:
-            flight = call.flight = self.flights[key] = Flight(call.include_usage)
+            drop_usage = self._ask_usage(exchange, call)
+            flight = call.flight = self.flights[key] = Flight(call.include_usage or drop_usage)
         try:
             response = await call_next(exchange)
         except BaseException:
@@ -319,8 +341,25 @@ class Cache:
         pump.add_done_callback(self._tasks.discard)
         flight.on_idle = pump.cancel
         flight.followers += 1  # the leader's caller reads like a follower
-        response.stream = flight.follow(drop_usage_chunk=False, original_error=True)
+        response.stream = flight.follow(drop_usage_chunk=drop_usage, original_error=True)
         return response
+
+    @staticmethod
+    def _ask_usage(exchange: Exchange, call: _Call) -> bool:
+        """A streamed OpenAI chat answer carries its usage only when asked: ask for it
+        (``stream_options.include_usage``), so that the stored stream can give a buffered
+        caller its ``usage`` and a later streaming caller that asks its usage chunk. True
+        when added: the usage-only chunk is then kept from a leader's caller that did not ask."""
+        if call.kind != formats.CHAT or not call.wants_stream or call.include_usage or not call.write:
+            return False
+        document = exchange.json()
+        options = document.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return False  # asked already (the cost plugin does, and strips it itself)
+        if options is not None and not isinstance(options, dict):
+            return False  # the upstream's to judge
+        exchange.set_json({**document, "stream_options": {**(options or {}), "include_usage": True}})
+        return True
 
     async def _capture(
         self, path: str, status: int, content_type: str, stream: AsyncIterator[bytes], call: _Call
@@ -406,7 +445,7 @@ class Cache:
                 if state == STREAMING and call.wants_stream:
                     drop_usage = call.kind == formats.CHAT and flight.include_usage and not call.include_usage
                     streaming = True  # the stream counts itself out when it ends
-                    headers = {"Content-Type": flight.content_type}
+                    headers = {"Content-Type": flight.content_type, "Age": "0"}  # every hit carries Age
                     return Response(flight.status, headers, stream=flight.follow(drop_usage))
                 if state == STREAMING:
                     state = await flight.until(DONE)

@@ -132,6 +132,8 @@ class Cascade:
         for index, cascade in enumerate(config.cascades):
             if not cascade.models:
                 raise PluginConfigError(f"cascades[{index}].models", "name at least one model glob")
+            if cascade.threshold is not None and not 0 < cascade.threshold <= 1:
+                raise PluginConfigError(f"cascades[{index}].threshold", "must be above 0 and at most 1")
         self.rules = [_Rule(cascade, config.threshold) for cascade in cascades]
         self.checks: list[Any] = []
         self.routes: list[Any] = []
@@ -194,7 +196,7 @@ class Cascade:
         exchange.requested_model = requested
         question = Question.of(document)
         span = trace.get_current_span()
-        route_scores = {v.name: score for v in self.routes if (score := v.route(question)) is not None}
+        route_scores = self._route(question)
         low = min(route_scores.items(), key=lambda item: item[1], default=None)
         if low is not None and low[1] < rule.threshold:
             verdict = Verdict(False, f"{low[0]}", route_scores)
@@ -298,6 +300,19 @@ class Cascade:
             )
             if verdict.reason is not None:
                 span.set_attribute("gateway.cascade.reason", verdict.reason)
+
+    def _route(self, question: Question) -> dict[str, float]:
+        """The scores of the validators that judge the question before any draft (complexity)."""
+        scores: dict[str, float] = {}
+        for validator in self.routes:
+            try:
+                score = validator.route(question)
+            except Exception as exc:  # a broken validator must not take the request down
+                log.warning("cascade validator %s failed: %r", validator.name, exc)
+                continue
+            if score is not None:
+                scores[validator.name] = max(0.0, min(1.0, float(score)))
+        return scores
 
     def _judge(self, question: Question, draft: Draft, threshold: float, scores: dict[str, float]) -> Verdict:
         scores = dict(scores)

@@ -43,7 +43,7 @@ class Question:
         system = document.get("system")
         if system is not None:
             texts.append(_text(system))
-        for message in document.get("messages") or ():
+        for message in _items(document.get("messages")):
             if isinstance(message, dict) and message.get("role") in ("user", "system", "developer"):
                 texts.append(_text(message.get("content")))
         json_mode = schema = None
@@ -54,7 +54,7 @@ class Question:
             if isinstance(wrapped, dict) and isinstance(wrapped.get("schema"), dict):
                 schema = wrapped["schema"]
         tools: dict[str, dict[str, Any]] = {}
-        for tool in document.get("tools") or ():
+        for tool in _items(document.get("tools")):
             if not isinstance(tool, dict):
                 continue
             function = tool.get("function") if tool.get("type") == "function" else tool  # OpenAI | Anthropic
@@ -77,6 +77,11 @@ class Draft:
     logprobs: list[float] | None = None
     #: (input_tokens, output_tokens) as reported
     usage: tuple[int | None, int | None] = (None, None)
+
+
+def _items(value: Any) -> list[Any]:
+    """A request's list field, or nothing when a caller sent something else (the upstream judges it)."""
+    return value if isinstance(value, list) else []
 
 
 def _text(content: Any) -> str:

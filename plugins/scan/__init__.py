@@ -556,7 +556,8 @@ def _dumps(document: Any) -> str:
 
 
 def _bad(message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)
+    error = {"message": message, "type": "invalid_request_error", "code": "invalid_request", "param": None}
+    return web.json_response({"error": error}, status=400)  # the shape of every admin error
 
 
 def _without_length(headers: Any) -> dict[str, str]:
