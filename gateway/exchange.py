@@ -76,6 +76,10 @@ class Usage(msgspec.Struct, kw_only=True):
 
 _NO_USAGE: tuple[None, None, None, None, None] = (None, None, None, None, None)
 
+#: POST paths the providers do not bill: counting a prompt's tokens (Anthropic's, OpenAI's
+#: Responses'). No usage comes back, so there is nothing to charge, reserve or settle.
+UNBILLED_PATHS = frozenset({"/v1/messages/count_tokens", "/v1/responses/input_tokens"})
+
 
 def _int(value: Any) -> int | None:
     return value if type(value) is int else None

@@ -38,7 +38,7 @@ from opentelemetry import trace
 
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
 from gateway.errors import backend_unavailable, budget_exceeded, error_body
-from gateway.exchange import Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
+from gateway.exchange import UNBILLED_PATHS, Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
 
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
@@ -49,8 +49,6 @@ log = logging.getLogger("gateway.plugins.cost")
 
 #: paths whose streamed answers carry usage only when asked (``stream_options.include_usage``)
 _INCLUDE_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-#: POST calls the providers do not bill: counting a prompt's tokens (Anthropic's, OpenAI's Responses')
-FREE_PATHS = frozenset({"/v1/messages/count_tokens", "/v1/responses/input_tokens"})
 #: how much of a stream is kept to estimate its tokens should its usage never come
 _KEEP_STREAM_BYTES = 4 << 20
 _MAX_WARNED_MODELS = 1000
@@ -283,7 +281,7 @@ class Cost:
 
     @hookimpl
     async def request(self, exchange: Exchange) -> None:
-        if exchange.method != "POST" or exchange.path in FREE_PATHS:
+        if exchange.method != "POST" or exchange.path in UNBILLED_PATHS:
             return  # listing models, counting tokens and the like cost nothing: no budget, no record
         call = _Call(exchange.caller, exchange.body)
         exchange.state[CALL] = call

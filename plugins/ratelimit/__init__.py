@@ -29,6 +29,7 @@ from opentelemetry import trace
 
 from gateway import Exchange, GatewayError, PluginConfigError, StashKey, hookimpl
 from gateway.errors import backend_unavailable, rate_limit_exceeded
+from gateway.exchange import UNBILLED_PATHS
 from gateway_plugins.ratelimit.gcra import LIMIT_OPTIONS, Limit, MemoryStore, go_duration, remaining
 from gateway_plugins.ratelimit.redis_store import BACKEND_ERRORS, RedisStore, Sent
 
@@ -114,8 +115,6 @@ class Reservation:
 RESERVATION = StashKey[Reservation]("ratelimit.reservation")
 
 _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-#: calls that only count a prompt's tokens (Anthropic's, OpenAI's Responses'): they spend none
-_COUNTING_PATHS = frozenset({"/v1/messages/count_tokens", "/v1/responses/input_tokens"})
 
 
 class RateLimit:
@@ -365,7 +364,7 @@ class RateLimit:
 
     def _estimate(self, exchange: Exchange) -> int:
         """Tokens to reserve: the prompt's size from the body's bytes, plus the output the request allows."""
-        if exchange.path in _COUNTING_PATHS:
+        if exchange.path in UNBILLED_PATHS:
             return 0  # no usage comes back to settle: a reservation would stand as the charge
         body = exchange.body
         prompt = int(len(body) / self.bytes_per_token)
