@@ -126,9 +126,8 @@ class Gateway:
             try:
                 for route in hook.function(self):
                     self.admin_handlers[(route.method, route.path)] = route.handler
-            except Exception as exc:  # one line naming the plugin, like any other config error
-                problem = f"({hook.label}) admin_routes failed: {type(exc).__name__}: {plugin_loader.one_line(exc)}"
-                raise ConfigError(self.config_path, f"plugins[{hook.index}]", problem) from None
+            except Exception as exc:
+                raise plugin_loader.plugin_failed(self.config_path, hook.index, hook.label, "admin_routes failed", exc) from None
 
     def _finished(self, exchange: Exchange, status: int, span: trace.Span | None) -> None:
         """Once per exchange, when it is over (its answer sent): metrics and the access
@@ -162,9 +161,8 @@ class Gateway:
                 hook.function(self)
             except PluginConfigError as exc:
                 raise plugin_loader.plugin_config_error(self.config_path, hook.index, hook.label, exc) from None
-            except Exception as exc:  # a plugin's configure that fails otherwise: one line naming it, no traceback
-                problem = f"({hook.label}) configure failed: {type(exc).__name__}: {plugin_loader.one_line(exc)}"
-                raise ConfigError(self.config_path, f"plugins[{hook.index}]", problem) from None
+            except Exception as exc:
+                raise plugin_loader.plugin_failed(self.config_path, hook.index, hook.label, "configure failed", exc) from None
 
     def redis(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
         """A handle on the process-wide, auto-pipelined connection to ``url`` (see

@@ -205,10 +205,14 @@ def _build(path: str, index: int, entry: PluginEntry) -> Any:
         raise plugin_config_error(path, index, entry.label, exc) from None
     except ConfigError:
         raise
-    except Exception as exc:  # a plugin that fails to build is a startup error naming it, never a traceback
-        raise ConfigError(
-            path, where, f"({entry.label}) {entry.use} failed to build: {type(exc).__name__}: {one_line(exc)}"
-        ) from None
+    except Exception as exc:
+        raise plugin_failed(path, index, entry.label, f"{entry.use} failed to build", exc) from None
+
+
+def plugin_failed(path: str, index: int, label: str, what: str, exc: Exception) -> ConfigError:
+    """A plugin that raised while being built or set up: a startup error on one line naming
+    it (``plugins[2]: (audit) configure failed: KeyError: 'tenant'``), never a traceback."""
+    return ConfigError(path, f"plugins[{index}]", f"({label}) {what}: {type(exc).__name__}: {one_line(exc)}")
 
 
 def plugin_config_error(path: str, index: int, label: str, exc: PluginConfigError) -> ConfigError:
