@@ -16,8 +16,9 @@ of the nginx upstream of benchmarks/overhead.py: ``WARMUP`` requests, then count
 ``REQUESTS`` requests sent one at a time on one keep-alive connection, then off; the figure
 is callgrind's count over them, per request (user-space only: the kernel's share of a
 request, its socket calls, is not in it). Variants: ``pass-through``
-(benchmarks/passthrough_proxy.py), ``empty``, ``full`` and ``a+b`` (the chain of
-benchmarks/peers.py reduced to those plugins, as in benchmarks/plugin_cost.py), each
+(benchmarks/passthrough_proxy.py), ``empty``, ``full``, ``a+b`` (the chain of
+benchmarks/peers.py reduced to those plugins, as in benchmarks/plugin_cost.py) and
+``answer`` (one plugin answering every call at once: the floor under a cache hit), each
 optionally ``@DIR``: the ``gateway`` package of another checkout (on PYTHONPATH; the
 plugins stay this checkout's). Every request carries a new prompt (a cache miss and a
 fresh scan) unless ``HIT=1``. Knobs: ``REQUESTS`` (300), ``WARMUP`` (50), ``BACKEND``
@@ -91,8 +92,9 @@ def main() -> int:
             chain, _, checkout = variant.partition("@")
             name = "instructions-" + re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")
             env = bench.tracing_env(tracing, peers.upstream)
-            if checkout:
-                env["PYTHONPATH"] = str(Path(checkout).resolve())
+            # the checkout's gateway first; the repository root for benchmarks.trivial_plugin
+            code = str(Path(checkout).resolve()) if checkout else ""
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, str(oh.ROOT)]))
             if chain == "pass-through":
                 command = [sys.executable, "-m", "benchmarks.passthrough_proxy", "--upstream", peers.upstream, "--port", "0"]
             else:

@@ -44,6 +44,8 @@ def plugins_of(variant: str, full: list[dict]) -> list[dict]:
         return []
     if variant == "full":
         return full
+    if variant == "answer":  # a plugin answering at once: the gateway's floor under a cache hit
+        return [{"use": "benchmarks.trivial_plugin:FixedAnswer"}]
     wanted = set(variant.split("+"))
     unknown = wanted - {plugin["use"] for plugin in full}
     if unknown:
