@@ -24,7 +24,9 @@ plugins stay this checkout's). Every request carries a new prompt (a cache miss 
 fresh scan) unless ``HIT=1``. Knobs: ``REQUESTS`` (300), ``WARMUP`` (50), ``BACKEND``
 (memory | redis), ``TRACING`` (off | on: always on, exported over OTLP through the batch
 processor to the nginx upstream, as in benchmarks/peers.py; the export thread's work is
-counted too, callgrind counts every thread), ``READY_TIMEOUT`` and the others of
+counted too, callgrind counts every thread), ``BY_THREAD=1`` (also each thread's share,
+from callgrind's ``--separate-threads``: the event loop's and, traced, the export
+thread's), ``READY_TIMEOUT`` and the others of
 benchmarks/overhead.py. Needs valgrind (Debian package ``valgrind``).
 """
 
@@ -46,6 +48,7 @@ from benchmarks.stream_client import letters  # a counter in letters: prompts st
 
 DEFAULT_VARIANTS = ("pass-through", "empty", "cache", "full")
 COLLECTED = re.compile(r"Collected : (\d+)")
+THREAD_TOTAL = re.compile(r"^totals: (\d+)", re.M)
 
 
 def send(url: str, body: bytes, count: int, unique: bool, start: int) -> None:
@@ -75,6 +78,7 @@ def main() -> int:
     warmup = bench.env_int("WARMUP", 50)
     hit = os.environ.get("HIT") == "1"
     tracing = os.environ.get("TRACING", "off")
+    by_thread = os.environ.get("BY_THREAD") == "1"
     knobs = oh.Knobs.from_env()
     oh.ensure_tools()
     if subprocess.run(["which", "valgrind", "callgrind_control"], capture_output=True).returncode:
@@ -108,6 +112,8 @@ def main() -> int:
                 command = [sys.executable, oh.gateway_command(), "run", "--config", str(config)]
             valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                         f"--callgrind-out-file={knobs.run_dir / name}.callgrind"]  # fmt: skip
+            if by_thread:
+                valgrind.append("--separate-threads=yes")
             process = processes.start(name, knobs.gw_cpu, valgrind + command, env)
             url = processes.ready_url(name, process, time.monotonic() + max(knobs.ready_timeout, 120))
             send(url, body, warmup, not hit, 0)
@@ -123,6 +129,12 @@ def main() -> int:
                 continue
             figures[variant] = int(found.group(1)) / requests
             oh.log(f"{variant}: {figures[variant]:,.0f} instructions per request")
+            if by_thread:  # one file per thread: NAME.callgrind-01 (the event loop's), -02...
+                for part in sorted(knobs.run_dir.glob(f"{name}.callgrind-*")):
+                    total = THREAD_TOTAL.search(part.read_text(errors="replace"))
+                    if total and int(total.group(1)):
+                        thread = part.name.rsplit("-", 1)[1]
+                        oh.log(f"{variant}: thread {thread}: {int(total.group(1)) / requests:,.0f} instructions per request")
     finally:
         processes.stop_all()
     floor = figures.get("pass-through")
