@@ -228,6 +228,7 @@ def _read(path: str) -> Any:
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+_VAR_IN_BYTES = re.compile(_VAR.pattern.encode())
 _PLACEHOLDER = re.compile(rb"gateway-var-([0-9]+)-placeholder")
 
 
@@ -246,7 +247,7 @@ def _decode_yaml(data: bytes) -> Any:
         found.append(match.group(0).decode())
         return b"gateway-var-%d-placeholder" % (len(found) - 1)
 
-    document = msgspec.yaml.decode(re.sub(_VAR.pattern.encode(), hide, data))
+    document = msgspec.yaml.decode(_VAR_IN_BYTES.sub(hide, data))
 
     def restore(node: Any) -> Any:
         if isinstance(node, str):
