@@ -207,6 +207,8 @@ class Chain:
             try:
                 await hook.function(exchange, event)
             except Exception as exc:
+                if exchange._chunk_spans is not None:
+                    _mark_failed(exchange._chunk_spans[hook.index], exc)
                 self._failed(hook, exc, exchange)
             if event.drop:
                 return
@@ -217,11 +219,13 @@ class Chain:
         if not exchange.recording or not hooks:
             yield
             return
-        spans = [start_span(self.tracer, hook.span_name, hook.attributes) for hook in hooks]
+        spans = {hook.index: start_span(self.tracer, hook.span_name, hook.attributes) for hook in hooks}
+        exchange._chunk_spans = spans
         try:
             yield
         finally:
-            for span in spans:
+            exchange._chunk_spans = None
+            for span in spans.values():
                 span.end()
 
     async def complete(self, exchange: Exchange) -> None:
@@ -339,6 +343,12 @@ def _drop(exchange: Exchange) -> None:
         decision.close()
 
 
+def _mark_failed(span: trace.Span, exc: Exception) -> None:
+    """A hook's span when the hook raised: the exception as an event, status ERROR."""
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
 class _HookSpan:
     """A hook's span, current while the hook runs: what ``start_as_current_span`` does
     (an exception is recorded on it and makes it an ERROR), in a plain class instead of
@@ -356,8 +366,7 @@ class _HookSpan:
         otel_context.detach(self.token)
         span = self.span
         if isinstance(exc, Exception):
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            _mark_failed(span, exc)
         span.end()
 
 

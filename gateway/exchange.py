@@ -315,6 +315,7 @@ class Exchange:
         "completed",
         "_deferred",
         "_skipped",
+        "_chunk_spans",
         "_body",
         "_json",
         "_json_type",
@@ -396,6 +397,8 @@ class Exchange:
         self._deferred: list[tuple[int, Coroutine[Any, Any, None]]] | None = None
         #: (core) chain indexes of the plugins that failed open on this exchange: their later hooks skip it
         self._skipped: set[int] | None = None
+        #: (core) chain index -> the span of that plugin's chunk hook, while a traced stream is relayed
+        self._chunk_spans: dict[int, Any] | None = None
         self._body = body
         self._json: Any = _UNSET
         self._json_type: bool | None = None  # whether Content-Type allows JSON (read once)

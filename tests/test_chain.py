@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import aiohttp
 import openai
 import pytest
+from opentelemetry.trace import StatusCode
 
 from gateway.app import Gateway
 from gateway.config import ConfigError, load
@@ -160,6 +163,20 @@ async def test_a_plugin_failing_open_later_in_the_exchange_skips_its_remaining_h
     assert ran.count(failing) == 1  # a failed chunk hook does not see the stream's later events
     assert "complete" not in ran
     assert ("response" in ran) is (failing == "chunk")  # the answer's headers went out before its events
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_a_chunk_hook_that_raises_leaves_an_error_span_with_the_exception(tmp_path, on_error):
+    config = probes({"tag": "flaky", "fail_in": ["chunk"]})
+    config["plugins"][0]["on_error"] = on_error
+    async with run_gateway(config, tmp_path) as gw:
+        stream = await gw.openai().chat.completions.create(model="m", messages=CHAT, stream=True)
+        with contextlib.suppress(openai.APIError):  # closed: the stream ends with the error event
+            [chunk async for chunk in stream]
+        (span,) = [s for s in gw.spans() if s.name == "flaky chunk"]
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description.startswith("RuntimeError")
+    assert [event.name for event in span.events] == ["exception"]
 
 
 async def test_fail_open_send_hook_that_breaks_after_the_upstream_answered_does_not_call_it_twice(tmp_path):
