@@ -171,7 +171,7 @@ def in_process_figures() -> list[str]:
         "| what | us per request |",
         "|---|---:|",
         f"| decode the 4 KB body (msgspec; `exchange.json()`, once per request, shared by plugins) | {decode_us:.1f} |",
-        f"| the key of the decoded body (drop fields, sorted-keys encoding, BLAKE2b-128) | {key_us:.1f} |",
+        f"| the key of the decoded body (drop fields, sorted-keys encoding, SHA-256 to 128 bits) | {key_us:.1f} |",
         f"| cache `request` + `send` on a memory hit: key, lookup, the answer (beyond the {baseline_us:.1f} us "
         "of building the exchange and decoding its body) | " + f"{hit_us - baseline_us:.1f} |",
         "| cache `request` + `send` + `complete` on a miss: key, lookup, flight, capture, store "

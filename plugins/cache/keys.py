@@ -11,14 +11,15 @@ the key, so one caller's answer never reaches another.
 
 The key reads ``<namespace>:<provider>:<model>:<hash>``: the provider and model
 in clear (escaped) so that ``DELETE /cache?provider=&model=`` can find entries
-by prefix, the rest as a 128-bit BLAKE2b of the canonical encoding.
+by prefix, the rest as the first 128 bits of a SHA-256 of the canonical encoding (OpenSSL's,
+with the CPU's SHA instructions where it has them: half the time of Python's BLAKE2b).
 """
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
-from hashlib import blake2b
+from hashlib import sha256
 from typing import Any
 
 import msgspec
@@ -33,7 +34,7 @@ VARY_HEADERS = ("anthropic-version", "anthropic-beta", "x-gateway-cascade")
 
 # Sorted keys at every depth: {"b":1,"a":2} and {"a":2,"b":1} encode alike.
 _canonical = msgspec.json.Encoder(order="sorted").encode
-_BLAKE2B_128 = blake2b(digest_size=16)
+_SHA256 = sha256()
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 #: escaped key heads a cache keeps (the pairs of provider and model it saw last)
 MAX_HEADS = 4096
@@ -93,12 +94,12 @@ class KeyRules:
                 parts += f"{name}\0{value}\0"
         if with_stream:
             parts += "stream\0" if document.get("stream") is True else "buffered\0"
-        digest = _BLAKE2B_128.copy()  # cheaper than a new one with its options
+        digest = _SHA256.copy()
         digest.update(parts.encode("utf-8", "surrogatepass") + _canonical(body))
         head = self._heads.get((provider, model))
         if head is None:
             head = self._head(provider, model)
-        return head + digest.hexdigest()
+        return head + digest.hexdigest()[:32]
 
     def _head(self, provider: str, model: str) -> str:
         heads = self._heads
