@@ -699,6 +699,10 @@ class Proxy:
             "Cache-Control": "no-store",
             **SECURITY_HEADERS,
         }
+        if exchange.attempts:  # an upstream was called: name it, as an answer does (a 502/504 most of all)
+            headers["x-gateway-provider"] = exchange.provider.name  # type: ignore[union-attr]
+            if exchange.served_model is not None:
+                headers["x-gateway-model"] = exchange.served_model
         headers.update(error.headers)
         headers.update(exchange.response_headers)
         if self.cors is not None and "Origin" in exchange.headers:

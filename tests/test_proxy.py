@@ -326,6 +326,7 @@ async def test_mock_provider_timeout_is_504_too(tmp_path):
             )
     assert caught.value.status_code == 504
     assert caught.value.body["error"]["type"] == "upstream_timeout"
+    assert caught.value.response.headers["x-gateway-provider"] == "mock"
 
 
 async def test_unreachable_upstream_is_502(tmp_path, unused_tcp_port):
@@ -335,6 +336,7 @@ async def test_unreachable_upstream_is_502(tmp_path, unused_tcp_port):
             await gw.openai().chat.completions.create(model="m", messages=CHAT)
     assert caught.value.status_code == 502
     assert caught.value.body["code"] == "upstream_error"
+    assert caught.value.response.headers["x-gateway-provider"] == "oa"  # whom the gateway tried
 
 
 async def test_body_over_limit_is_413(tmp_path):

@@ -345,12 +345,7 @@ class CircuitBreaker:
         assert outcome_as is not None
         exchange.provider, exchange.body, exchange.served_model = outcome_as
         if isinstance(outcome, GatewayError):
-            # The core's 502/504 names the provider that gave it, as a provider's own answer
-            # does (the core adds those headers to answers only, not to errors).
-            outcome.headers["x-gateway-provider"] = outcome_as[0].name
-            if outcome_as[2] is not None:
-                outcome.headers["x-gateway-model"] = outcome_as[2]
-            raise outcome
+            raise outcome  # the core's 502/504: it names the provider and model set just above
         return outcome
 
     def _breaker_for(self, name: str, exchange: Exchange) -> Breaker:
