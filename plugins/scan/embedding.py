@@ -1,4 +1,4 @@
-"""Static word embeddings for the scan classifier (v7 candidates): the LLaMA 2 pieces of wordllama's l2_supercat.
+"""Static word embeddings for the scan classifier's v7 attempt (not in the shipped model): the LLaMA 2 pieces of wordllama's l2_supercat.
 
 The files come from the ``wordllama`` wheel (PyPI, MIT), read directly: the tokenizer with ``tokenizers``,
 the 32,000 x 256 embedding matrix with ``safetensors`` (training only; serving ships one score per piece in the
@@ -17,11 +17,12 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-__all__ = ["EXTRA", "TOKENIZER_FILE", "WEIGHTS_FILE", "EmbeddingFilesError", "Pieces", "wordllama_dir"]
+__all__ = ["INSTALL", "TOKENIZER_FILE", "WEIGHTS_FILE", "EmbeddingFilesError", "Pieces", "load_matrix", "wordllama_dir"]
 
 TOKENIZER_FILE = "tokenizers/l2_supercat_tokenizer_config.json"
 WEIGHTS_FILE = "weights/l2_supercat_256.safetensors"
-EXTRA = "scan-embeddings"  # the pyproject extra that installs wordllama and tokenizers
+# what installs the files and the readers (the train extra; not needed to serve the shipped v4 model)
+INSTALL = "pip install -e '.[train]' && pip install --no-deps wordllama==0.4.0.post1"
 
 
 class EmbeddingFilesError(Exception):
@@ -32,7 +33,7 @@ def wordllama_dir() -> Path:
     """The installed wordllama wheel's directory, without importing it."""
     spec = importlib.util.find_spec("wordllama")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddingFilesError(f"the wordllama package is not installed (pip install 'llm-sidecar-gateway[{EXTRA}]')")
+        raise EmbeddingFilesError(f"the wordllama package is not installed ({INSTALL})")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -54,7 +55,7 @@ class Pieces:
             from tokenizers import Tokenizer
         except ImportError:
             raise EmbeddingFilesError(
-                f"the tokenizers package is not installed (pip install 'llm-sidecar-gateway[{EXTRA}]')") from None
+                f"the tokenizers package is not installed ({INSTALL})") from None
         directory = wordllama_dir() if directory is None else directory
         self.path = directory / TOKENIZER_FILE
         blob = _checked(self.path, tokenizer_sha256)
@@ -79,7 +80,7 @@ def load_matrix(sha256: str | None = None, directory: Path | None = None):
     try:
         from safetensors.numpy import load
     except ImportError:
-        raise EmbeddingFilesError("the safetensors package is not installed (needed to train, not to serve)") from None
+        raise EmbeddingFilesError(f"the safetensors package is not installed ({INSTALL})") from None
     directory = wordllama_dir() if directory is None else directory
     path = directory / WEIGHTS_FILE
     blob = _checked(path, sha256)
