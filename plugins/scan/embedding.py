@@ -1,4 +1,6 @@
-"""Static word embeddings for the scan classifier's v7 attempt (not in the shipped model): the LLaMA 2 pieces of wordllama's l2_supercat.
+"""Static word embeddings for the scan classifier's v7 attempt (not in the shipped model).
+
+The LLaMA 2 pieces of wordllama's l2_supercat.
 
 The files come from the ``wordllama`` wheel (PyPI, MIT), read directly: the tokenizer with ``tokenizers``,
 the 32,000 x 256 embedding matrix with ``safetensors`` (training only; serving ships one score per piece in the
