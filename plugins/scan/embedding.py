@@ -3,8 +3,8 @@
 The LLaMA 2 pieces of wordllama's l2_supercat.
 
 The files come from the ``wordllama`` wheel (PyPI, MIT), read directly: the tokenizer with ``tokenizers``,
-the 32,000 x 256 embedding matrix with ``safetensors`` (training only; serving ships one score per piece in the
-classifier's own weights file). wordllama's package is never imported (its loader can download from a hub and
+the 32,000 x 256 embedding matrix with ``safetensors`` (training only; a v7 model would ship one score per piece
+in the classifier's own weights file). wordllama's package is never imported (its loader can download from a hub and
 its ``__init__`` needs more packages); the wheel is found with ``importlib.util.find_spec``, which does not run
 it. Nothing here touches the network.
 
