@@ -5,6 +5,7 @@
     python benchmarks/scan_classifier_dev.py --benign-share '{"synthetic": 0.32, ...}' '{...}'  # compare shares
     python benchmarks/scan_classifier_dev.py --v5-data [--without honeypot] [--v5-embed]  # v5's candidate sources
     python benchmarks/scan_classifier_dev.py --attack-weight '{"synthetic-embedded": 2}' --attack-windows best  # v6
+    python benchmarks/scan_classifier_dev.py --embedding  # v7: v4 and the static-embedding variants A, B, C
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                     help='v6: weight multiplier per attack source, e.g. {"synthetic-embedded": 2}')
     ap.add_argument("--attack-windows", choices=("whole", "best"), default=None,
                     help="v6: long attacks trained whole (v4) or as their best window under a first fit")
+    ap.add_argument("--embedding", action="store_true",
+                    help="v7: also the static-embedding variants A, B and C (docs/scan-classifier-v7-plan.md)")
     args = ap.parse_args(argv)
     if args.v5_data or args.v5_embed:
         scan_corpus.V5_SOURCES = True
@@ -85,27 +88,35 @@ def main(argv: list[str] | None = None) -> int:
                                                                c_binary=c, attack_share=args.attack_share,
                                                                benign_share=share,
                                                                attack_weight=args.attack_weight,
-                                                               attack_windows=args.attack_windows)
-        model = clf.InjectionClassifier(weights)
-        figures = trainer.evaluate(model, dev)
-        neg = sorted((model.best(r["text"])[0].probability for r in dev if r["label"] == "benign"), reverse=True)
-        pos = [model.best(r["text"])[0].probability for r in dev if r["label"] == "attack"]
-        k1 = int(0.01 * len(neg))
-        thr1 = neg[k1] if k1 < len(neg) else 0.0
-        alone = bench.quality(shared, lambda t, m=model: bool(m.scan(t)))
-        both = bench.quality(shared, lambda t, m=model: rules_hits.get(t, False) or bool(m.scan(t)))
-        print(json.dumps({
-            "bits": bits, "C": c, "benign_share": share, "seconds": round(time.perf_counter() - t0, 1),
-            "attack_weight": args.attack_weight, "attack_windows": args.attack_windows or trainer.ATTACK_WINDOWS,
-            "blas": trainer.blas_info(),
-            "dev_split": {k: figures[k] for k in ("recall", "fpr", "recall_by_family", "fpr_by_source",
-                                                   "recall_at_fpr_0.02", "threshold_at_fpr_0.02")},
-            "dev_split_recall_at_fpr_0.01": round(sum(p > thr1 for p in pos) / len(pos), 4),
-            "dev_split_threshold_at_fpr_0.01": round(thr1, 4),
-            "scan_dev_set_model": {k: alone[k] for k in ("recall", "fpr", "false_positives")},
-            "scan_dev_set_rules_model": {k: both[k] for k in ("recall", "fpr", "false_positives")},
-        }))
+                                                               attack_windows=args.attack_windows,
+                                                               embedding="all" if args.embedding else None)
+        seconds = round(time.perf_counter() - t0, 1)
+        for variant, w in (weights.items() if args.embedding else [("v4", weights)]):
+            _report(variant, w, dev, shared, rules_hits, bits, c, share, seconds, args)
     return 0
+
+
+def _report(variant, weights, dev, shared, rules_hits, bits, c, share, seconds, args) -> None:
+    """One JSON line of development figures for one trained variant."""
+    model = clf.InjectionClassifier(weights)
+    figures = trainer.evaluate(model, dev)
+    neg = sorted((model.best(r["text"])[0].probability for r in dev if r["label"] == "benign"), reverse=True)
+    pos = [model.best(r["text"])[0].probability for r in dev if r["label"] == "attack"]
+    k1 = int(0.01 * len(neg))
+    thr1 = neg[k1] if k1 < len(neg) else 0.0
+    alone = bench.quality(shared, lambda t, m=model: bool(m.scan(t)))
+    both = bench.quality(shared, lambda t, m=model: rules_hits.get(t, False) or bool(m.scan(t)))
+    print(json.dumps({
+        "variant": variant, "bits": bits, "C": c, "benign_share": share, "seconds": seconds,
+        "attack_weight": args.attack_weight, "attack_windows": args.attack_windows or trainer.ATTACK_WINDOWS,
+        "blas": trainer.blas_info(),
+        "dev_split": {k: figures[k] for k in ("recall", "fpr", "recall_by_family", "fpr_by_source",
+                                               "recall_at_fpr_0.02", "threshold_at_fpr_0.02")},
+        "dev_split_recall_at_fpr_0.01": round(sum(p > thr1 for p in pos) / len(pos), 4),
+        "dev_split_threshold_at_fpr_0.01": round(thr1, 4),
+        "scan_dev_set_model": {k: alone[k] for k in ("recall", "fpr", "false_positives")},
+        "scan_dev_set_rules_model": {k: both[k] for k in ("recall", "fpr", "false_positives")},
+    }), flush=True)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,17 @@ ATTACK_SHARE: dict[str, float] | None = None
 # one window trained as their best window under a first fit instead of whole (variant B: "best").
 ATTACK_WEIGHT: dict[str, float] = {}
 ATTACK_WINDOWS = "whole"
+# v7 attempt (docs/scan-classifier-v7-plan.md): static word embeddings (wordllama's l2_supercat, PyPI wheel, MIT),
+# mean-pooled per window over the LLaMA pieces of the stage's tokens. None: v4. "A": a linear head on the embeddings
+# alone; "B": A and v4 fused per window (mean of calibrated log-odds); "C": one linear model on both feature sets;
+# "all": every variant, for benchmarks/scan_classifier_dev.py --embedding.
+EMBEDDING: str | None = None
+EMB_C = 1.0
+EMB_JOINT = True
+EMBEDDING_SHA256 = {  # the files of wordllama 0.4.0.post1, checked when read
+    "tokenizer": "93248f2a9ec36c7b35f700a033d5f36228aae48db61aee31007fa49062cdeb68",
+    "weights": "64b47a2dc493cb8e85944076601189739852d7b64e0e1eedcb1937a251cd9fd5",
+}
 # Chat sources whose consecutive lines also train as 2 KB transcripts (their windows), within the group's share.
 LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
 LONG_CHAT_CHARS = 2048
@@ -119,7 +130,8 @@ def _source_group(source: str) -> str:
 
 def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None = None, c_binary: float = C_BINARY,
           benign_share: dict[str, float] | None = None, attack_share: dict[str, float] | None = None,
-          attack_weight: dict[str, float] | None = None, attack_windows: str | None = None):
+          attack_weight: dict[str, float] | None = None, attack_windows: str | None = None,
+          embedding: str | None = None):
     """Fit on the rows whose split is ``train`` (default: scan_corpus.build's); ``rows``, ``c_binary`` and
     ``benign_share`` are for experiments (benchmarks/scan_classifier_dev.py), the defaults make the shipped model.
 
@@ -134,7 +146,8 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
     with threadpool_limits(limits=1, user_api="blas"):
         return _train(seed, bits, log, rows, c_binary, benign_share, attack_share,
                       ATTACK_WEIGHT if attack_weight is None else attack_weight,
-                      ATTACK_WINDOWS if attack_windows is None else attack_windows)
+                      ATTACK_WINDOWS if attack_windows is None else attack_windows,
+                      EMBEDDING if embedding is None else embedding)
 
 
 def _best_windows(texts: list, expanded: list, coef: np.ndarray, bits: int) -> int:
@@ -152,7 +165,60 @@ def _best_windows(texts: list, expanded: list, coef: np.ndarray, bits: int) -> i
     return n
 
 
-def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_weight=None, attack_windows="whole"):
+def _emb_features(window_toks: list[list[str]], pieces, E: np.ndarray) -> np.ndarray:
+    """One row per window: the mean LLaMA piece embedding over its tokens' pieces (as served, v7)."""
+    from scipy.sparse import csr_matrix
+
+    cache: dict[str, list[int]] = {}
+    indptr, indices = [0], []
+    for toks in window_toks:
+        for t in toks:
+            ids = cache.get(t)
+            if ids is None:
+                ids = cache[t] = pieces.ids(t)
+            indices.extend(ids)
+        indptr.append(len(indices))
+    counts = np.diff(indptr)
+    M = csr_matrix((np.ones(len(indices)), np.array(indices, dtype=np.int64), np.array(indptr)),
+                   shape=(len(window_toks), E.shape[0]))
+    M.sum_duplicates()
+    return np.asarray(M @ E) / np.maximum(counts, 1)[:, None]
+
+
+def _embedding_heads(texts, emb_toks, y, sw, X, seed, c_binary, bits, log, t0):
+    """v7 candidates (docs/scan-classifier-v7-plan.md): A, logistic regression on the standardised mean piece
+    embedding of each window; C, v4's hashed features and those 256 columns in one liblinear fit. Returns, per
+    variant, its per-piece score vector and its margin's constant (the piece mean's score is sum(s[p]) / N)."""
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.linear_model import LogisticRegression
+
+    from gateway_plugins.scan import embedding as embmod
+
+    pieces = embmod.Pieces(EMBEDDING_SHA256["tokenizer"])
+    E16, _digest = embmod.load_matrix(EMBEDDING_SHA256["weights"])
+    E = E16.astype(np.float64)
+    F = _emb_features(emb_toks, pieces, E)
+    mu, sd = F.mean(axis=0), F.std(axis=0)
+    sd[sd == 0] = 1.0
+    Fs = (F - mu) / sd
+    log(f"embedding features: {F.shape} ({time.perf_counter() - t0:.1f}s)")
+    a_head = LogisticRegression(C=EMB_C, solver="lbfgs", max_iter=2000, random_state=seed)
+    a_head.fit(Fs, y, sample_weight=sw)
+    wa = a_head.coef_[0] / sd
+    out = {"A": (E @ wa, float(a_head.intercept_[0]) - float(wa @ mu), None, None)}
+    log(f"A fitted ({time.perf_counter() - t0:.1f}s)")
+    if EMB_JOINT:
+        Xj = hstack([X, csr_matrix(Fs)], format="csr")
+        joint = LogisticRegression(C=c_binary, solver="liblinear", max_iter=1000, random_state=seed)
+        joint.fit(Xj, y, sample_weight=sw)
+        wc = joint.coef_[0][1 << bits:] / sd
+        out["C"] = (E @ wc, -float(wc @ mu), joint.coef_[0][: 1 << bits], float(joint.intercept_[0]))
+        log(f"C fitted ({time.perf_counter() - t0:.1f}s)")
+    return pieces, out
+
+
+def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_weight=None, attack_windows="whole",
+           embedding=None):
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
@@ -167,9 +233,12 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     # share of the benign weight, whatever its row count (set once, before any held-out figure was computed).
     benign_share = BENIGN_SHARE if benign_share is None else benign_share
     expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
+    emb_toks = []  # v7: the same windows' tokens
     for r in fit_rows + (_long_chat(fit_rows) if LONG_CHAT_SOURCES else []):
         for row in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
             expanded.append((row, r))
+        if embedding:
+            emb_toks += clf.window_tokens(r["text"], WINDOW, STRIDE, whole=r["label"] == "attack")
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
     per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
     present = sum(benign_share[g] for g in per_group)
@@ -232,6 +301,46 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     log(f"platt: p = sigmoid({a:.4f} * margin + {c:.4f}) on {len(val_rows)} validation rows")
     weights = clf._Weights.from_matrix(W16, bits=bits, b=b, platt=(a, c), version=VERSION, name=NAME,
                            threshold=THRESHOLD, bands=BANDS, window=WINDOW, stride=STRIDE)
+    if not embedding:
+        return rows, val_rows, W16, b, (a, c), weights
+
+    pieces, heads = _embedding_heads(texts, emb_toks, y, sw, X, seed, c_binary, bits, log, t0)
+    common = dict(bits=bits, version=VERSION, name=NAME, threshold=THRESHOLD, bands=BANDS, window=WINDOW,
+                  stride=STRIDE, pieces=pieces)
+
+    def calibrated(W, bb, emb, mix):
+        """Platt scaling of a variant's margins on the validation fold, through the serving path."""
+        raw_w = clf._Weights.from_matrix(W, b=bb, platt=(1.0, 0.0), emb=emb, mix=mix, **common)
+        m = clf.InjectionClassifier(raw_w)
+        raw = np.array([m.score(r["text"], family=False).raw for r in val_rows])
+        pl = LogisticRegression(C=1e6, solver="lbfgs").fit(raw[:, None], val_y)
+        return float(pl.coef_[0][0]), float(pl.intercept_[0])
+
+    variants = {"v4": (W16, b, (a, c), weights)}
+    s_a, ce_a, _w, _b = heads["A"]
+    s_a = s_a.astype(np.float32)
+    pa = calibrated(W16, b, s_a, (0.0, 1.0, ce_a))
+    variants["A"] = (W16, b, pa, clf._Weights.from_matrix(W16, b=b, platt=pa, emb=s_a, mix=(0.0, 1.0, ce_a),
+                                                          **common))
+    # B: the mean of the two calibrated log-odds, per window; nothing fitted beyond A and v4
+    mix_b = (a / 2, pa[0] / 2, (c + pa[0] * ce_a + pa[1]) / 2)
+    variants["B"] = (W16, b, (1.0, 0.0), clf._Weights.from_matrix(W16, b=b, platt=(1.0, 0.0), emb=s_a, mix=mix_b,
+                                                                   **common))
+    if "C" in heads:
+        s_c, ce_c, w0, b0 = heads["C"]
+        Wc = W.copy()
+        Wc[:, 0] = w0
+        Wc16 = Wc.astype(np.float16)
+        bc = b.copy()
+        bc[0] = b0
+        s_c = s_c.astype(np.float32)
+        pc = calibrated(Wc16, bc, s_c, (1.0, 1.0, ce_c))
+        variants["C"] = (Wc16, bc, pc, clf._Weights.from_matrix(Wc16, b=bc, platt=pc, emb=s_c,
+                                                                 mix=(1.0, 1.0, ce_c), **common))
+    log(f"variants calibrated ({time.perf_counter() - t0:.1f}s)")
+    if embedding == "all":
+        return rows, val_rows, W16, b, (a, c), {k: v[3] for k, v in variants.items()}
+    W16, b, (a, c), weights = variants[embedding]
     return rows, val_rows, W16, b, (a, c), weights
 
 
