@@ -6,7 +6,6 @@ installed (``pip install --no-deps wordllama==0.4.0.post1``, plus tokenizers and
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import numpy as np
 import pytest
@@ -24,17 +23,6 @@ except embedding.EmbeddingFilesError:
 TOKENIZER_SHA256 = "93248f2a9ec36c7b35f700a033d5f36228aae48db61aee31007fa49062cdeb68"
 WEIGHTS_SHA256 = "64b47a2dc493cb8e85944076601189739852d7b64e0e1eedcb1937a251cd9fd5"
 MIX = (0.6, 0.4, -0.25)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted during an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 @pytest.fixture(scope="module")
