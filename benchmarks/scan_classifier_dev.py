@@ -6,6 +6,8 @@
     python benchmarks/scan_classifier_dev.py --v5-data [--without honeypot] [--v5-embed]  # v5's candidate sources
     python benchmarks/scan_classifier_dev.py --attack-weight '{"synthetic-embedded": 2}' --attack-windows best  # v6
     python benchmarks/scan_classifier_dev.py --embedding  # v7: v4 and the static-embedding variants A, B, C
+    python benchmarks/scan_classifier_dev.py --mlp  # v8: v4 and the small-MLP variants A, B, C, D
+    python benchmarks/scan_classifier_dev.py --mlp-latency  # v8: the stage's time with each variant's shape
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
@@ -54,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="v6: long attacks trained whole (v4) or as their best window under a first fit")
     ap.add_argument("--embedding", action="store_true",
                     help="v7: also the static-embedding variants A, B and C (docs/scan-classifier-v7-plan.md)")
+    ap.add_argument("--mlp", action="store_true",
+                    help="v8: also the small-MLP variants A, B, C and D (docs/scan-classifier-v8-plan.md)")
+    ap.add_argument("--mlp-latency", action="store_true",
+                    help="v8: stage latency (4 KB and 300 B) with v4 and with MLPs of each variant's shape; no training")
     args = ap.parse_args(argv)
+    if args.mlp_latency:
+        return _mlp_latency()
     if args.v5_data or args.v5_embed:
         scan_corpus.V5_SOURCES = True
     if args.v5_embed:
@@ -84,16 +92,41 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(r['label'] == 'benign' for r in dev)} benign, from {', '.join(DEV_SOURCES)}")
     for bits, c, share in ((b, c, s) for b in args.bits for c in args.c_binary for s in args.benign_share):
         t0 = time.perf_counter()
-        _rows, _val, _W16, _b, _platt, weights = trainer.train(bits=bits, log=lambda *_: None, rows=rows,
+        _rows, _val, _W16, _b, _platt, weights = trainer.train(bits=bits, rows=rows,
                                                                c_binary=c, attack_share=args.attack_share,
                                                                benign_share=share,
                                                                attack_weight=args.attack_weight,
                                                                attack_windows=args.attack_windows,
-                                                               embedding="all" if args.embedding else None)
+                                                               embedding="all" if args.embedding else None,
+                                                               mlp="all" if args.mlp else None,
+                                                               log=print if args.mlp else lambda *_: None)
         seconds = round(time.perf_counter() - t0, 1)
-        for variant, w in (weights.items() if args.embedding else [("v4", weights)]):
+        for variant, w in (weights.items() if args.embedding or args.mlp else [("v4", weights)]):
             _report(variant, w, dev, shared, rules_hits, bits, c, share, seconds, args)
     return 0
+
+
+def _mlp_latency() -> None:
+    """The stage's time per text for v4 and for each v8 variant's shape (seeded random weights over the shipped
+    v4 file, the output bias so low that nothing passes: the clean case, whose path does not depend on the
+    weights' values), alternating, so that the machine's load falls on all of them alike."""
+    import dataclasses
+
+    import numpy as np
+
+    base = clf.InjectionClassifier.load()._w
+    models = {"v4": clf.InjectionClassifier(base)}
+    for name, (hidden, skip) in trainer.MLP_VARIANTS.items():
+        rng = np.random.default_rng(trainer.SEED)
+        E = (rng.standard_normal((1 << trainer.MLP_BITS, hidden + skip), dtype=np.float32) * 0.05)
+        mlp = clf._Mlp(bits=trainer.MLP_BITS, E=E.astype(np.float16).astype(np.float32),
+                       b1=np.zeros(hidden, np.float32), w2=rng.standard_normal(hidden, dtype=np.float32),
+                       b2=-1e3, hidden=hidden, skip=skip)
+        models[name] = clf.InjectionClassifier(dataclasses.replace(base, mlp=mlp))
+    for rnd in range(2):
+        for size in (4096, 300):
+            for name, model in models.items():
+                print(json.dumps({"round": rnd, "variant": name, **bench.latency(model, size, 2000)}), flush=True)
 
 
 def _report(variant, weights, dev, shared, rules_hits, bits, c, share, seconds, args) -> None:

@@ -65,6 +65,20 @@ EMBEDDING_SHA256 = {  # the files of wordllama 0.4.0.post1, checked when read
     "tokenizer": "93248f2a9ec36c7b35f700a033d5f36228aae48db61aee31007fa49062cdeb68",
     "weights": "64b47a2dc493cb8e85944076601189739852d7b64e0e1eedcb1937a251cd9fd5",
 }
+# v8 attempt (docs/scan-classifier-v8-plan.md): a small MLP on the hashed features, its first layer a per-bucket
+# embedding over 2**MLP_BITS buckets. None: v4. A variant name (MLP_VARIANTS) trains that one in place of v4's
+# attack-versus-benign margin; "all": v4 and every variant, for benchmarks/scan_classifier_dev.py --mlp.
+# All settings below were fixed in the plan before any figure was computed.
+MLP: str | None = None
+MLP_VARIANTS = {"A": (32, False), "B": (32, True), "C": (64, False), "D": (64, True)}  # hidden units, skip column
+MLP_BITS = 17
+MLP_EPOCHS = 8
+MLP_BATCH = 256
+MLP_LR = 0.002
+MLP_BETAS = (0.9, 0.999)
+MLP_EPS = 1e-8
+MLP_L2 = 1e-6
+MLP_INIT = 0.05
 # Chat sources whose consecutive lines also train as 2 KB transcripts (their windows), within the group's share.
 LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
 LONG_CHAT_CHARS = 2048
@@ -131,7 +145,7 @@ def _source_group(source: str) -> str:
 def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None = None, c_binary: float = C_BINARY,
           benign_share: dict[str, float] | None = None, attack_share: dict[str, float] | None = None,
           attack_weight: dict[str, float] | None = None, attack_windows: str | None = None,
-          embedding: str | None = None):
+          embedding: str | None = None, mlp: str | None = None):
     """Fit on the rows whose split is ``train`` (default: scan_corpus.build's); ``rows``, ``c_binary`` and
     ``benign_share`` are for experiments (benchmarks/scan_classifier_dev.py), the defaults make the shipped model.
 
@@ -147,7 +161,7 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
         return _train(seed, bits, log, rows, c_binary, benign_share, attack_share,
                       ATTACK_WEIGHT if attack_weight is None else attack_weight,
                       ATTACK_WINDOWS if attack_windows is None else attack_windows,
-                      EMBEDDING if embedding is None else embedding)
+                      EMBEDDING if embedding is None else embedding, MLP if mlp is None else mlp)
 
 
 def _best_windows(texts: list, expanded: list, coef: np.ndarray, bits: int) -> int:
@@ -217,8 +231,100 @@ def _embedding_heads(texts, emb_toks, y, sw, X, seed, c_binary, bits, log, t0):
     return pieces, out
 
 
+def _mlp_fit(X, y: np.ndarray, sw: np.ndarray, hidden: int, skip: bool, seed: int, log, t0: float):
+    """v8: fit ``w2 . relu(x E[:, :hidden] + b1) + b2 (+ x E[:, hidden])`` by Adam (lazy for E's rows) on the
+    weighted logistic loss; numpy, one thread, deterministic. Returns E (float32), b1, w2, b2."""
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(seed)
+    n, nb = X.shape
+    cols = hidden + (1 if skip else 0)
+    E = (rng.standard_normal((nb, cols), dtype=np.float32) * np.float32(MLP_INIT))
+    if skip:
+        E[:, hidden] = 0.0
+    b1 = np.zeros(hidden, dtype=np.float32)
+    w2 = (rng.standard_normal(hidden, dtype=np.float32) / np.float32(np.sqrt(hidden)))
+    b2 = np.zeros(1, dtype=np.float32)
+    mE, vE = np.zeros_like(E), np.zeros_like(E)
+    tE = np.zeros(nb, dtype=np.int64)
+    dense = [b1, w2, b2]
+    mD = [np.zeros_like(a) for a in dense]
+    vD = [np.zeros_like(a) for a in dense]
+    beta1, beta2 = MLP_BETAS
+    X = X.astype(np.float32).tocsr()
+    yf = y.astype(np.float32)
+    wf = (sw / sw.mean()).astype(np.float32)
+    step = 0
+    for epoch in range(MLP_EPOCHS):
+        perm = rng.permutation(n)
+        loss_sum = 0.0
+        for s in range(0, n, MLP_BATCH):
+            idx = perm[s : s + MLP_BATCH]
+            Xb = X[idx]
+            used, inv = np.unique(Xb.indices, return_inverse=True)
+            Xs = csr_matrix((Xb.data, inv.astype(np.int64), Xb.indptr), shape=(len(idx), len(used)))
+            Eu = E[used]
+            A = Xs @ Eu
+            pre = A[:, :hidden] + b1
+            act = np.maximum(pre, 0.0)
+            z = act @ w2 + b2[0]
+            if skip:
+                z = z + A[:, hidden]
+            p = 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+            yb, wb = yf[idx], wf[idx]
+            loss_sum += float(np.sum(wb * (np.logaddexp(0.0, z) - yb * z)))
+            g = ((p - yb) * wb / np.float32(len(idx))).astype(np.float32)  # d loss / d z
+            gw2 = act.T @ g + np.float32(MLP_L2) * w2
+            gb2 = np.array([g.sum()], dtype=np.float32)
+            dpre = np.outer(g, w2) * (pre > 0)
+            gb1 = dpre.sum(axis=0)
+            dA = np.concatenate([dpre, g[:, None]], axis=1) if skip else dpre
+            gE = (Xs.T @ dA).astype(np.float32) + np.float32(MLP_L2) * Eu
+            step += 1
+            for a, ga, m_, v_ in zip(dense, (gb1, gw2, gb2), mD, vD, strict=True):
+                m_ *= beta1
+                m_ += (1 - beta1) * ga
+                v_ *= beta2
+                v_ += (1 - beta2) * ga * ga
+                a -= MLP_LR * (m_ / (1 - beta1**step)) / (np.sqrt(v_ / (1 - beta2**step)) + MLP_EPS)
+            tE[used] += 1
+            t = tE[used][:, None].astype(np.float32)
+            mu = mE[used] * beta1 + (1 - beta1) * gE
+            vu = vE[used] * beta2 + (1 - beta2) * gE * gE
+            mE[used] = mu
+            vE[used] = vu
+            E[used] = Eu - np.float32(MLP_LR) * (mu / (1 - beta1**t)) / (np.sqrt(vu / (1 - beta2**t)) + MLP_EPS)
+        log(f"mlp H={hidden} skip={skip}: epoch {epoch + 1}, mean weighted loss {loss_sum / wf.sum():.5f} "
+            f"({time.perf_counter() - t0:.1f}s)")
+    return E, b1, w2, float(b2[0])
+
+
+def _mlp_variants(X18, y, sw, val_rows, val_y, wanted, seed, log, t0, W16, b, common):
+    """v8: each wanted variant fitted, stored in float16 and Platt-calibrated through the serving path."""
+    from scipy.sparse import csr_matrix
+    from sklearn.linear_model import LogisticRegression
+
+    mask = (1 << MLP_BITS) - 1
+    X = csr_matrix((X18.data, X18.indices & mask, X18.indptr), shape=(X18.shape[0], 1 << MLP_BITS))
+    X.sum_duplicates()
+    out = {}
+    for name in wanted:
+        hidden, skip = MLP_VARIANTS[name]
+        E, b1, w2, b2 = _mlp_fit(X, y, sw, hidden, skip, seed, log, t0)
+        mlp = clf._Mlp(bits=MLP_BITS, E=E.astype(np.float16).astype(np.float32), b1=b1.astype(np.float32),
+                       w2=w2.astype(np.float32), b2=b2, hidden=hidden, skip=skip)
+        raw_w = clf._Weights.from_matrix(W16, b=b, platt=(1.0, 0.0), mlp=mlp, **common)
+        m = clf.InjectionClassifier(raw_w)
+        raw = np.array([m.score(r["text"], family=False).raw for r in val_rows])
+        pl = LogisticRegression(C=1e6, solver="lbfgs").fit(raw[:, None], val_y)
+        platt = (float(pl.coef_[0][0]), float(pl.intercept_[0]))
+        log(f"mlp {name}: platt {platt[0]:.4f}, {platt[1]:.4f} ({time.perf_counter() - t0:.1f}s)")
+        out[name] = (platt, clf._Weights.from_matrix(W16, b=b, platt=platt, mlp=mlp, **common))
+    return out
+
+
 def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_weight=None, attack_windows="whole",
-           embedding=None):
+           embedding=None, mlp=None):
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
@@ -301,6 +407,15 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     log(f"platt: p = sigmoid({a:.4f} * margin + {c:.4f}) on {len(val_rows)} validation rows")
     weights = clf._Weights.from_matrix(W16, bits=bits, b=b, platt=(a, c), version=VERSION, name=NAME,
                            threshold=THRESHOLD, bands=BANDS, window=WINDOW, stride=STRIDE)
+    if mlp:
+        common = dict(bits=bits, version=VERSION, name=NAME, threshold=THRESHOLD, bands=BANDS, window=WINDOW,
+                      stride=STRIDE)
+        wanted = list(MLP_VARIANTS) if mlp == "all" else [mlp]
+        found = _mlp_variants(X, y, sw, val_rows, val_y, wanted, seed, log, t0, W16, b, common)
+        if mlp == "all":
+            return rows, val_rows, W16, b, (a, c), {"v4": weights, **{k: v[1] for k, v in found.items()}}
+        platt, weights = found[mlp]
+        return rows, val_rows, W16, b, platt, weights
     if not embedding:
         return rows, val_rows, W16, b, (a, c), weights
 
