@@ -502,3 +502,16 @@ def test_provider_urls_and_max_tokens_field_for_openai_compatible_servers():
     azure = provider("https://r.openai.azure.com/openai/v1", api_key="k", api_key_header="api-key")
     assert azure.extra_headers == {"api-key": "k"}
     assert provider("https://x", api_key="k").extra_headers == {"Authorization": "Bearer k"}
+
+
+async def test_whitespace_only_stop_sequences_are_not_sent_to_anthropic(tmp_path, recorder):
+    """OpenAI takes stop=["\\n"]; Anthropic answers 400 to an empty or whitespace-only
+    stop sequence ("each stop sequence must contain non-whitespace"), so they are left out."""
+    config = {"providers": {"claude": {"type": "anthropic", "base_url": recorder.url, "api_key": "k"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        await client.chat.completions.create(model="claude-sonnet-4-5", messages=ASK, stop=["\n", "END", " \t", ""])
+        await client.chat.completions.create(model="claude-sonnet-4-5", messages=ASK, stop="\n\n")
+    first, second = recorder.seen
+    assert first["body"]["stop_sequences"] == ["END"]
+    assert "stop_sequences" not in second["body"]

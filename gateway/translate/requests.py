@@ -79,7 +79,9 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
         elif key in ("max_tokens", "max_completion_tokens"):
             out["max_tokens"] = value
         elif key == "stop":
-            out["stop_sequences"] = [value] if isinstance(value, str) else value
+            stops = _stop_sequences(value)
+            if stops:
+                out["stop_sequences"] = stops
         elif key == "tools":
             out["tools"] = [_tool_to_anthropic(tool, f"tools[{i}]") for i, tool in enumerate(value)]
             tools_present = bool(value)
@@ -126,6 +128,15 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
             tool_choice["disable_parallel_tool_use"] = True
         out["tool_choice"] = tool_choice
     return out
+
+
+def _stop_sequences(value: Any) -> Any:
+    """OpenAI's ``stop`` as Anthropic's list, without the empty and whitespace-only
+    sequences Anthropic refuses with a 400 (OpenAI takes ``stop: ["\\n"]``)."""
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list):
+        return stops  # not a string or a list: Anthropic says what is wrong with it
+    return [stop for stop in stops if not isinstance(stop, str) or stop.strip()]
 
 
 def _tool_to_anthropic(tool: Any, where: str) -> dict[str, Any]:
