@@ -515,3 +515,16 @@ async def test_whitespace_only_stop_sequences_are_not_sent_to_anthropic(tmp_path
     first, second = recorder.seen
     assert first["body"]["stop_sequences"] == ["END"]
     assert "stop_sequences" not in second["body"]
+
+
+async def test_no_tools_reach_openai_as_no_tools_rather_than_an_empty_list(tmp_path, recorder):
+    """An Anthropic caller may send tools=[] (and a tool_choice with it); OpenAI answers 400
+    to an empty tools list and to a tool_choice without tools, so neither is sent."""
+    config = {"providers": {"gpt": {"type": "openai", "base_url": recorder.url, "api_key": "k"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        message = await gw.anthropic().messages.create(
+            model="gpt-4o", max_tokens=50, messages=ASK, tools=[], tool_choice={"type": "auto", "disable_parallel_tool_use": True}
+        )
+    assert message.content[0].text == "recorded"
+    [seen] = recorder.seen
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(seen["body"])

@@ -342,7 +342,8 @@ def messages_to_chat(body: dict[str, Any], max_tokens_field: str = "max_completi
             if user:
                 out["user"] = user
         elif key == "tools":
-            out["tools"] = [_tool_to_openai(tool, f"tools[{i}]") for i, tool in enumerate(value)]
+            if value:  # OpenAI refuses an empty list ("expected an array with minimum length 1")
+                out["tools"] = [_tool_to_openai(tool, f"tools[{i}]") for i, tool in enumerate(value)]
         elif key == "tool_choice":
             _tool_choice_to_openai(value, out)
         elif key == "thinking":
@@ -354,6 +355,10 @@ def messages_to_chat(body: dict[str, Any], max_tokens_field: str = "max_completi
             continue
         else:
             raise _unsupported(key)
+    if "tools" not in out:
+        # OpenAI refuses tool_choice and parallel_tool_calls without tools; Anthropic lets them be.
+        out.pop("tool_choice", None)
+        out.pop("parallel_tool_calls", None)
     system = body.get("system")
     if system:
         blocks = _anthropic_text(system, "system")
