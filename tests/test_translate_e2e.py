@@ -177,6 +177,23 @@ async def test_openai_parallel_tool_calls_stream_from_an_anthropic_provider(gw):
     assert final.choices[0].finish_reason == "tool_calls"
 
 
+async def test_a_streamed_tool_call_from_an_anthropic_provider_has_no_content_as_from_openai(gw):
+    """OpenAI opens a tool-call stream with content null, not "": the SDK's final message
+    then has content None, as the buffered answer does, not an empty string."""
+    client = gw.openai()
+    asked = {"model": "claude-sonnet-4-5", "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    async with client.chat.completions.stream(**asked) as stream:
+        events = [event.type async for event in stream]
+        final = await stream.get_final_completion()
+    buffered = await client.chat.completions.create(**asked)
+    chunks = [chunk async for chunk in await client.chat.completions.create(**asked, stream=True)]
+    assert "content.delta" not in events and "content.done" not in events
+    assert final.choices[0].message.content is None is buffered.choices[0].message.content
+    assert final.choices[0].message.tool_calls[0].function.arguments == buffered.choices[0].message.tool_calls[0].function.arguments
+    first = chunks[0].choices[0].delta
+    assert first.role == "assistant" and first.content is None and first.tool_calls[0].function.name == "get_weather"
+
+
 async def test_openai_images_reach_an_anthropic_provider(gw):
     image = "data:image/png;base64,iVBORw0KGgo="
     completion = await gw.openai().chat.completions.create(
