@@ -286,14 +286,16 @@ class Provider:
     async def send(self, exchange: Exchange, path: str | None = None, body: bytes | None = None) -> Response:
         """One attempt: raises 504 upstream_timeout or 502 upstream_error.
 
-        ``path`` and ``body`` replace the exchange's for a translated request."""
+        ``path`` and ``body`` replace the exchange's for a translated request, which goes
+        without the caller's query string: that belongs to the caller's API (the anthropic
+        SDK's ``?beta=true``, an Azure ``api-version``), not the provider's."""
         pool = self.pool
         if pool is None:
             raise upstream_error(f"Provider {self.name} is not started.")
         try:
             answer = await pool.request(
                 exchange.method,
-                self.target_for(path or exchange.path, exchange.query_string),
+                self.target_for(exchange.path, exchange.query_string) if path is None else self.target_for(path, ""),
                 self.upstream_headers(exchange),
                 exchange.body if body is None else body,
             )
@@ -326,7 +328,7 @@ class MockProvider(Provider):
                 reply = await self.mock.handle(
                     exchange.method,
                     path or exchange.path,
-                    exchange.query_string,
+                    exchange.query_string if path is None else "",
                     self.upstream_headers(exchange),
                     exchange.body if body is None else body,
                 )

@@ -423,7 +423,7 @@ class Recorder:
         from aiohttp import web
 
         body = await request.json()
-        self.seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        self.seen.append({"path": request.path, "query": request.query_string, "headers": dict(request.headers), "body": body})
         if request.path.endswith("/messages"):
             return web.json_response(
                 {
@@ -545,3 +545,25 @@ async def test_no_tools_reach_openai_as_no_tools_rather_than_an_empty_list(tmp_p
     assert message.content[0].text == "recorded"
     [seen] = recorder.seen
     assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(seen["body"])
+
+
+async def test_the_callers_query_string_is_not_sent_to_a_provider_of_the_other_api(tmp_path, recorder):
+    """The anthropic SDK's beta resources post to /v1/messages?beta=true; an Azure-style
+    OpenAI client adds ?api-version=...: parameters of the caller's API, not the provider's."""
+    config = {
+        "providers": {
+            "gpt": {"type": "openai", "base_url": recorder.url, "api_key": "k"},
+            "claude": {"type": "anthropic", "base_url": recorder.url, "api_key": "k"},
+        },
+        "routes": [{"model": "claude-*", "provider": "claude"}, {"model": "gpt-*", "provider": "gpt"}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        message = await gw.anthropic().beta.messages.create(model="gpt-4o", max_tokens=50, messages=ASK)
+        azure = gw.openai(default_query={"api-version": "2024-10-21"})
+        completion = await azure.chat.completions.create(model="claude-sonnet-4-5", messages=ASK)
+        await azure.chat.completions.create(model="gpt-4o", messages=ASK)  # its own API: kept
+    assert message.content[0].text == completion.choices[0].message.content == "recorded"
+    to_openai, to_anthropic, untranslated = recorder.seen
+    assert (to_openai["path"], to_openai["query"]) == ("/v1/chat/completions", "")
+    assert (to_anthropic["path"], to_anthropic["query"]) == ("/v1/messages", "")
+    assert untranslated["query"] == "api-version=2024-10-21"
