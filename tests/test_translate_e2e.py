@@ -567,3 +567,70 @@ async def test_the_callers_query_string_is_not_sent_to_a_provider_of_the_other_a
     assert (to_openai["path"], to_openai["query"]) == ("/v1/chat/completions", "")
     assert (to_anthropic["path"], to_anthropic["query"]) == ("/v1/messages", "")
     assert untranslated["query"] == "api-version=2024-10-21"
+
+
+async def _cached_usage_upstream(request):
+    """A provider whose answers report prompt-cache reads and writes, in its own API's shape."""
+    from aiohttp import web
+
+    body = await request.json()
+    if request.path.endswith("/messages"):
+        usage = {"input_tokens": 10, "cache_read_input_tokens": 200, "cache_creation_input_tokens": 100, "output_tokens": 2}
+        message = {"id": "msg_c", "type": "message", "role": "assistant", "model": body["model"], "stop_sequence": None}
+        if not body.get("stream"):
+            content = [{"type": "text", "text": "cached"}]
+            return web.json_response({**message, "content": content, "stop_reason": "end_turn", "usage": usage})
+        events = [
+            ("message_start", {"message": {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}}),
+            ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "cached"}}),
+            ("content_block_stop", {"index": 0}),
+            ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 2}}),
+            ("message_stop", {}),
+        ]
+        text = "".join(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n" for name, data in events)
+        return web.Response(text=text, content_type="text/event-stream")
+    details = {"cached_tokens": 200, "cache_write_tokens": 100}
+    usage = {"prompt_tokens": 310, "completion_tokens": 2, "total_tokens": 312, "prompt_tokens_details": details}
+    head = {"id": "chatcmpl-c", "created": 1, "model": body["model"]}
+    if not body.get("stream"):
+        choice = {"index": 0, "message": {"role": "assistant", "content": "cached"}, "finish_reason": "stop"}
+        return web.json_response({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "cached"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": usage},
+    ]
+    text = "".join(f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', **chunk})}\n\n" for chunk in chunks)
+    return web.Response(text=text + "data: [DONE]\n\n", content_type="text/event-stream")
+
+
+async def test_prompt_cache_reads_and_writes_reach_either_sdk_in_its_own_usage_fields(tmp_path):
+    """Anthropic's cache_creation_input_tokens is OpenAI's prompt_tokens_details.cache_write_tokens
+    and back; reads are cached_tokens / cache_read_input_tokens; OpenAI's prompt counts all three."""
+    from aiohttp import web
+
+    from gateway.testing import serve_app
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _cached_usage_upstream)
+    async with serve_app(app) as url:
+        config = translating_config(url)
+        config["plugins"] = []
+        async with run_gateway(config, tmp_path) as gw:
+            client = gw.openai()
+            completion = await client.chat.completions.create(model="claude-sonnet-4-5", messages=ASK)
+            stream = await client.chat.completions.create(
+                model="claude-sonnet-4-5", messages=ASK, stream=True, stream_options={"include_usage": True}
+            )
+            streamed = [chunk async for chunk in stream][-1].usage
+            anthropic_client = gw.anthropic()
+            message = await anthropic_client.messages.create(model="gpt-4o", max_tokens=50, messages=ASK)
+            async with anthropic_client.messages.stream(model="gpt-4o", max_tokens=50, messages=ASK) as events:
+                final = await events.get_final_message()
+    for usage in (completion.usage, streamed):
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (310, 2, 312)
+        assert (usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens_details.cache_write_tokens) == (200, 100)
+    for usage in (message.usage, final.usage):
+        assert (usage.input_tokens, usage.output_tokens) == (10, 2)
+        assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (200, 100)
