@@ -634,3 +634,36 @@ async def test_prompt_cache_reads_and_writes_reach_either_sdk_in_its_own_usage_f
     for usage in (message.usage, final.usage):
         assert (usage.input_tokens, usage.output_tokens) == (10, 2)
         assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (200, 100)
+
+
+async def _azure_stream(request):
+    """Azure OpenAI's stream: a first chunk of prompt filter results with no choices, id or model."""
+    from aiohttp import web
+
+    filters = {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": []}
+    head = {"id": "chatcmpl-azure", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-11-20"}
+    chunks = [
+        filters,
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**head, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}},
+    ]
+    text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks)
+    return web.Response(text=text + "data: [DONE]\n\n", content_type="text/event-stream")
+
+
+async def test_an_azure_stream_opening_with_prompt_filter_results_keeps_its_message_id(tmp_path):
+    from aiohttp import web
+
+    from gateway.testing import serve_app
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _azure_stream)
+    async with serve_app(app) as url:
+        config = {"providers": {"azure": {"type": "openai", "base_url": url + "/openai/v1", "api_key": "k"}}}
+        async with run_gateway(config, tmp_path) as gw:
+            async with gw.anthropic().messages.stream(model="gpt-4o", max_tokens=50, messages=ASK) as stream:
+                final = await stream.get_final_message()
+    assert (final.id, final.model) == ("chatcmpl-azure", "gpt-4o-2024-11-20")
+    assert final.content[0].text == "Hello" and final.usage.output_tokens == 1

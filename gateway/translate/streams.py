@@ -199,8 +199,12 @@ class ChatToAnthropic(_Converter):
             return b""
         if "error" in chunk and "choices" not in chunk:
             raise _stream_error(chunk.get("error"), openai=True)
-        out = b"" if self.started else self._start(chunk)
         usage = chunk.get("usage")
+        if not self.started and not chunk.get("choices") and not isinstance(usage, dict):
+            # Azure OpenAI opens with a chunk of prompt filter results, no choices, an empty
+            # id and model: message_start waits for the first real chunk and takes its id.
+            return b""
+        out = b"" if self.started else self._start(chunk)
         if isinstance(usage, dict):
             self.usage = usage_from_openai(usage)
         for choice in chunk.get("choices") or ():
