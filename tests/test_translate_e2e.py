@@ -387,6 +387,24 @@ async def test_a_fallback_to_a_provider_of_the_other_api_is_translated(tmp_path,
     assert completion.choices[0].message.content.startswith("Mock reply to: Tell me about otters")
 
 
+async def test_a_fallback_of_the_other_api_that_cannot_take_the_request_is_skipped(tmp_path, mock_http_upstream):
+    """The primary fails; its fallback is an Anthropic provider, and the request asks for
+    logprobs, which Anthropic has not: the caller gets the primary's failure (the request
+    is fine for its own API), not a 400 about a parameter of a provider it never chose."""
+    breaker = {"fallbacks": {"down": ["anthropic"]}, "fallback_models": {"anthropic": {"*": "claude-haiku-4-5"}}}
+    config = translating_config(mock_http_upstream, {"use": "breaker", "config": breaker})
+    config["providers"] = {"down": {"type": "openai", "base_url": "http://127.0.0.1:9", "api_key": "k"}, **config["providers"]}
+    config["routes"] = [{"prefix": "/v1/", "provider": "down"}]
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        served = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model="gpt-4o", messages=ASK, logprobs=True)
+    assert served.headers["x-gateway-provider"] == "anthropic"  # the fallback takes what it can
+    assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_error"
+    assert caught.value.response.headers["x-gateway-provider"] == "down"
+
+
 async def test_client_span_carries_the_providers_path_model_and_usage(gw):
     await gw.openai().chat.completions.create(model="claude-sonnet-4-5", messages=ASK)
     stream = await gw.anthropic().messages.create(model="gpt-4o", max_tokens=50, messages=ASK, stream=True)

@@ -51,13 +51,23 @@ def default_max_tokens(model: str) -> int:
     return DEFAULT_MAX_TOKENS
 
 
+class Untranslatable(GatewayError):
+    """400 ``invalid_request``: the request cannot be put in this provider's API (a
+    parameter without equivalent, a malformed part). Another provider may take it: the
+    breaker moves on from a fallback that raises it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        error = invalid_request(message, param=param)
+        super().__init__(error.status, error.code, error.message, param=error.param)
+
+
 def _unsupported(param: str, why: str = "") -> GatewayError:
     message = f"Parameter '{param}' has no equivalent on this provider's API and cannot be translated."
-    return invalid_request(f"{message} {why}".rstrip(), param=param)
+    return Untranslatable(f"{message} {why}".rstrip(), param=param)
 
 
 def _bad(param: str, message: str) -> GatewayError:
-    return invalid_request(f"{param}: {message}", param=param)
+    return Untranslatable(f"{param}: {message}", param=param)
 
 
 # -- OpenAI chat completions -> Anthropic messages ------------------------------------------
