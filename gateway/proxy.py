@@ -52,7 +52,7 @@ from gateway.telemetry import (
     start_client_span,
     start_server_span,
 )
-from gateway.translate import translate_request, translate_response
+from gateway.translate import translate_error, translate_request, translate_response
 from gateway.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -535,7 +535,7 @@ class Proxy:
                 exchange.upstream_s += perf_counter() - started
             response = end_client_span_on_answer(span, response, exchange)
         if translation is None:
-            return response
+            return translate_error(response, provider.api)
         return translate_response(response, translation, exchange)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:

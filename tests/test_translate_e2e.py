@@ -685,3 +685,34 @@ async def test_an_azure_stream_opening_with_prompt_filter_results_keeps_its_mess
                 final = await stream.get_final_message()
     assert (final.id, final.model) == ("chatcmpl-azure", "gpt-4o-2024-11-20")
     assert final.content[0].text == "Hello" and final.usage.output_tokens == 1
+
+
+async def test_an_untranslated_path_errs_in_the_callers_shape(tmp_path):
+    """Embeddings or count_tokens have no counterpart in the other API: they go as they
+    are, and the provider's 404 comes back in the caller's shape all the same."""
+    from aiohttp import web
+
+    from gateway.testing import serve_app
+
+    async def not_found(request):
+        if request.headers.get("x-api-key"):  # the anthropic provider
+            return web.json_response({"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}, status=404)
+        return web.json_response({"error": {"message": "no such path", "type": "invalid_request_error", "code": None}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    async with serve_app(app) as url:
+        config = {
+            "providers": {
+                "claude": {"type": "anthropic", "base_url": url, "api_key": "k"},
+                "gpt": {"type": "openai", "base_url": url, "api_key": "k"},
+            },
+            "routes": [{"prefix": "/v1/messages", "provider": "gpt"}, {"prefix": "/v1/", "provider": "claude"}],
+        }
+        async with run_gateway(config, tmp_path) as gw:
+            with pytest.raises(openai.NotFoundError) as from_anthropic:
+                await gw.openai().embeddings.create(model="claude-embed", input="otters")
+            with pytest.raises(anthropic.NotFoundError) as from_openai:
+                await gw.anthropic().messages.count_tokens(model="gpt-4o", messages=ASK)
+    assert from_anthropic.value.body == {"message": "no such path", "type": "not_found_error", "code": "not_found_error", "param": None}
+    assert from_openai.value.body == {"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}

@@ -22,7 +22,7 @@ from gateway.translate.streams import AnthropicToChat, ChatToAnthropic, translat
 if TYPE_CHECKING:
     from gateway.exchange import Exchange
 
-__all__ = ["Translation", "Untranslatable", "translate_request", "translate_response"]
+__all__ = ["Translation", "Untranslatable", "translate_error", "translate_request", "translate_response"]
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -97,3 +97,14 @@ def translate_response(response: Response, translation: Translation, exchange: E
     headers["Content-Type"] = "application/json"
     translated = Response(response.status, headers, _encode(answer))
     return translated
+
+
+def translate_error(response: Response, provider_api: str) -> Response:
+    """A provider's error to a request sent untranslated (a path with no counterpart in its
+    API: embeddings, count_tokens...), in the caller's shape; any other answer as it is."""
+    if response.status < 400 or response.stream is not None:
+        return response
+    translate = error_to_openai if provider_api == "anthropic" else error_to_anthropic
+    headers = response.headers
+    headers["Content-Type"] = "application/json"
+    return Response(response.status, headers, translate(response.status, response.body or b""))
