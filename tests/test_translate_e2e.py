@@ -716,3 +716,17 @@ async def test_an_untranslated_path_errs_in_the_callers_shape(tmp_path):
                 await gw.anthropic().messages.count_tokens(model="gpt-4o", messages=ASK)
     assert from_anthropic.value.body == {"message": "no such path", "type": "not_found_error", "code": "not_found_error", "param": None}
     assert from_openai.value.body == {"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}
+
+
+async def test_a_conversation_of_system_messages_alone_gets_a_user_turn_for_anthropic(tmp_path, recorder):
+    """OpenAI answers messages=[system]; Anthropic refuses an empty messages list
+    ("at least one message is required"): the instructions go as system, with a "." turn."""
+    config = {"providers": {"claude": {"type": "anthropic", "base_url": recorder.url, "api_key": "k"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        completion = await gw.openai().chat.completions.create(
+            model="claude-sonnet-4-5", messages=[{"role": "system", "content": "Write a haiku about otters."}]
+        )
+    assert completion.choices[0].message.content == "recorded"
+    [seen] = recorder.seen
+    assert seen["body"]["system"] == "Write a haiku about otters."
+    assert seen["body"]["messages"] == [{"role": "user", "content": "."}]

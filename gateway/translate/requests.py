@@ -123,7 +123,7 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise _bad("messages", "expected a list of messages")
-    out["messages"] = _messages_to_anthropic(messages, system)
+    out["messages"] = _messages_to_anthropic(messages, system) or [{"role": "user", "content": NO_TURNS}]
     _response_format(body.get("response_format"), out, system)
     if system:
         out["system"] = system[0]["text"] if len(system) == 1 else system
@@ -197,6 +197,9 @@ def _response_format(value: Any, out: dict[str, Any], system: list[dict[str, Any
 
 
 JSON_OBJECT_INSTRUCTION = "Answer with one valid JSON object and nothing else."
+#: the user turn of a conversation that is system messages alone: OpenAI answers one,
+#: Anthropic refuses an empty messages list (LiteLLM sends the same placeholder)
+NO_TURNS = "."
 
 
 def _messages_to_anthropic(messages: list[Any], system: list[dict[str, Any]]) -> list[dict[str, Any]]:
