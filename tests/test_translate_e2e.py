@@ -730,3 +730,40 @@ async def test_a_conversation_of_system_messages_alone_gets_a_user_turn_for_anth
     [seen] = recorder.seen
     assert seen["body"]["system"] == "Write a haiku about otters."
     assert seen["body"]["messages"] == [{"role": "user", "content": "."}]
+
+
+async def _stream_without_usage(request):
+    """An OpenAI-compatible server that ignores stream_options: no usage chunk at all."""
+    from aiohttp import web
+
+    head = {"id": "chatcmpl-n", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    deltas = [{"role": "assistant", "content": ""}, {"content": "The answer"}, {"content": " is forty two."}, {}]
+    chunks = [{**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+    chunks[-1]["choices"][0]["finish_reason"] = "stop"
+    text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks)
+    return web.Response(text=text + "data: [DONE]\n\n", content_type="text/event-stream")
+
+
+async def test_a_translated_stream_without_usage_is_estimated_by_cost_not_counted_as_zero(tmp_path):
+    """The Anthropic caller's message_delta must carry a usage (zeros here); the cost plugin
+    must not take them for the provider's count, but estimate, as for an untranslated stream."""
+    from aiohttp import web
+    from test_cost import ledger_rows, plugin
+
+    from gateway.testing import serve_app
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _stream_without_usage)
+    async with serve_app(app) as url:
+        config = {
+            "providers": {"gpt": {"type": "openai", "base_url": url, "api_key": "k"}},
+            "plugins": [{"use": "cost", "config": {"store": str(tmp_path / "usage.db"), "flush_interval_s": 0.05}}],
+        }
+        async with run_gateway(config, tmp_path) as gw:
+            async with gw.anthropic().messages.stream(model="gpt-4o", max_tokens=50, messages=ASK) as stream:
+                final = await stream.get_final_message()
+            [row] = await ledger_rows(gw, at_least=1)
+            stats = plugin(gw).stats()
+    assert final.content[0].text == "The answer is forty two." and final.usage.output_tokens == 0
+    assert row["estimated"] == 1 and row["output_tokens"] == 6 and row["cost_picousd"] > 0
+    assert stats["usage_missing"] == 1

@@ -286,5 +286,10 @@ async def translated_stream(stream: AsyncIterator[bytes], converter: _Converter,
         tail = converter.end()
         if tail:
             yield tail
+        if seen is None:
+            # The provider reported no usage (a compatible server that ignores stream_options):
+            # the zeros the caller's last event had to carry are no count, and the relay read
+            # them as one. None again, so that cost estimates the tokens as for an untranslated stream.
+            exchange.usage = None
     finally:
         await close_stream(stream)
