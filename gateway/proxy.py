@@ -52,7 +52,7 @@ from gateway.telemetry import (
     start_client_span,
     start_server_span,
 )
-from gateway.translate import translate_request, translate_response
+from gateway.translate import translate_error, translate_request, translate_response
 from gateway.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -286,14 +286,16 @@ class Provider:
     async def send(self, exchange: Exchange, path: str | None = None, body: bytes | None = None) -> Response:
         """One attempt: raises 504 upstream_timeout or 502 upstream_error.
 
-        ``path`` and ``body`` replace the exchange's for a translated request."""
+        ``path`` and ``body`` replace the exchange's for a translated request, which goes
+        without the caller's query string: that belongs to the caller's API (the anthropic
+        SDK's ``?beta=true``, an Azure ``api-version``), not the provider's."""
         pool = self.pool
         if pool is None:
             raise upstream_error(f"Provider {self.name} is not started.")
         try:
             answer = await pool.request(
                 exchange.method,
-                self.target_for(path or exchange.path, exchange.query_string),
+                self.target_for(exchange.path, exchange.query_string) if path is None else self.target_for(path, ""),
                 self.upstream_headers(exchange),
                 exchange.body if body is None else body,
             )
@@ -326,7 +328,7 @@ class MockProvider(Provider):
                 reply = await self.mock.handle(
                     exchange.method,
                     path or exchange.path,
-                    exchange.query_string,
+                    exchange.query_string if path is None else "",
                     self.upstream_headers(exchange),
                     exchange.body if body is None else body,
                 )
@@ -533,7 +535,7 @@ class Proxy:
                 exchange.upstream_s += perf_counter() - started
             response = end_client_span_on_answer(span, response, exchange)
         if translation is None:
-            return response
+            return translate_error(response, provider.api)
         return translate_response(response, translation, exchange)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:

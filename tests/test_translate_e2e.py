@@ -177,6 +177,23 @@ async def test_openai_parallel_tool_calls_stream_from_an_anthropic_provider(gw):
     assert final.choices[0].finish_reason == "tool_calls"
 
 
+async def test_a_streamed_tool_call_from_an_anthropic_provider_has_no_content_as_from_openai(gw):
+    """OpenAI opens a tool-call stream with content null, not "": the SDK's final message
+    then has content None, as the buffered answer does, not an empty string."""
+    client = gw.openai()
+    asked = {"model": "claude-sonnet-4-5", "messages": ASK, "tools": [WEATHER], "tool_choice": "required"}
+    async with client.chat.completions.stream(**asked) as stream:
+        events = [event.type async for event in stream]
+        final = await stream.get_final_completion()
+    buffered = await client.chat.completions.create(**asked)
+    chunks = [chunk async for chunk in await client.chat.completions.create(**asked, stream=True)]
+    assert "content.delta" not in events and "content.done" not in events
+    assert final.choices[0].message.content is None is buffered.choices[0].message.content
+    assert final.choices[0].message.tool_calls[0].function.arguments == buffered.choices[0].message.tool_calls[0].function.arguments
+    first = chunks[0].choices[0].delta
+    assert first.role == "assistant" and first.content is None and first.tool_calls[0].function.name == "get_weather"
+
+
 async def test_openai_images_reach_an_anthropic_provider(gw):
     image = "data:image/png;base64,iVBORw0KGgo="
     completion = await gw.openai().chat.completions.create(
@@ -370,6 +387,24 @@ async def test_a_fallback_to_a_provider_of_the_other_api_is_translated(tmp_path,
     assert completion.choices[0].message.content.startswith("Mock reply to: Tell me about otters")
 
 
+async def test_a_fallback_of_the_other_api_that_cannot_take_the_request_is_skipped(tmp_path, mock_http_upstream):
+    """The primary fails; its fallback is an Anthropic provider, and the request asks for
+    logprobs, which Anthropic has not: the caller gets the primary's failure (the request
+    is fine for its own API), not a 400 about a parameter of a provider it never chose."""
+    breaker = {"fallbacks": {"down": ["anthropic"]}, "fallback_models": {"anthropic": {"*": "claude-haiku-4-5"}}}
+    config = translating_config(mock_http_upstream, {"use": "breaker", "config": breaker})
+    config["providers"] = {"down": {"type": "openai", "base_url": "http://127.0.0.1:9", "api_key": "k"}, **config["providers"]}
+    config["routes"] = [{"prefix": "/v1/", "provider": "down"}]
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        served = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=ASK)
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model="gpt-4o", messages=ASK, logprobs=True)
+    assert served.headers["x-gateway-provider"] == "anthropic"  # the fallback takes what it can
+    assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_error"
+    assert caught.value.response.headers["x-gateway-provider"] == "down"
+
+
 async def test_client_span_carries_the_providers_path_model_and_usage(gw):
     await gw.openai().chat.completions.create(model="claude-sonnet-4-5", messages=ASK)
     stream = await gw.anthropic().messages.create(model="gpt-4o", max_tokens=50, messages=ASK, stream=True)
@@ -406,7 +441,7 @@ class Recorder:
         from aiohttp import web
 
         body = await request.json()
-        self.seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        self.seen.append({"path": request.path, "query": request.query_string, "headers": dict(request.headers), "body": body})
         if request.path.endswith("/messages"):
             return web.json_response(
                 {
@@ -502,3 +537,233 @@ def test_provider_urls_and_max_tokens_field_for_openai_compatible_servers():
     azure = provider("https://r.openai.azure.com/openai/v1", api_key="k", api_key_header="api-key")
     assert azure.extra_headers == {"api-key": "k"}
     assert provider("https://x", api_key="k").extra_headers == {"Authorization": "Bearer k"}
+
+
+async def test_whitespace_only_stop_sequences_are_not_sent_to_anthropic(tmp_path, recorder):
+    """OpenAI takes stop=["\\n"]; Anthropic answers 400 to an empty or whitespace-only
+    stop sequence ("each stop sequence must contain non-whitespace"), so they are left out."""
+    config = {"providers": {"claude": {"type": "anthropic", "base_url": recorder.url, "api_key": "k"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        await client.chat.completions.create(model="claude-sonnet-4-5", messages=ASK, stop=["\n", "END", " \t", ""])
+        await client.chat.completions.create(model="claude-sonnet-4-5", messages=ASK, stop="\n\n")
+    first, second = recorder.seen
+    assert first["body"]["stop_sequences"] == ["END"]
+    assert "stop_sequences" not in second["body"]
+
+
+async def test_no_tools_reach_openai_as_no_tools_rather_than_an_empty_list(tmp_path, recorder):
+    """An Anthropic caller may send tools=[] (and a tool_choice with it); OpenAI answers 400
+    to an empty tools list and to a tool_choice without tools, so neither is sent."""
+    config = {"providers": {"gpt": {"type": "openai", "base_url": recorder.url, "api_key": "k"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        message = await gw.anthropic().messages.create(
+            model="gpt-4o", max_tokens=50, messages=ASK, tools=[], tool_choice={"type": "auto", "disable_parallel_tool_use": True}
+        )
+    assert message.content[0].text == "recorded"
+    [seen] = recorder.seen
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(seen["body"])
+
+
+async def test_the_callers_query_string_is_not_sent_to_a_provider_of_the_other_api(tmp_path, recorder):
+    """The anthropic SDK's beta resources post to /v1/messages?beta=true; an Azure-style
+    OpenAI client adds ?api-version=...: parameters of the caller's API, not the provider's."""
+    config = {
+        "providers": {
+            "gpt": {"type": "openai", "base_url": recorder.url, "api_key": "k"},
+            "claude": {"type": "anthropic", "base_url": recorder.url, "api_key": "k"},
+        },
+        "routes": [{"model": "claude-*", "provider": "claude"}, {"model": "gpt-*", "provider": "gpt"}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        message = await gw.anthropic().beta.messages.create(model="gpt-4o", max_tokens=50, messages=ASK)
+        azure = gw.openai(default_query={"api-version": "2024-10-21"})
+        completion = await azure.chat.completions.create(model="claude-sonnet-4-5", messages=ASK)
+        await azure.chat.completions.create(model="gpt-4o", messages=ASK)  # its own API: kept
+    assert message.content[0].text == completion.choices[0].message.content == "recorded"
+    to_openai, to_anthropic, untranslated = recorder.seen
+    assert (to_openai["path"], to_openai["query"]) == ("/v1/chat/completions", "")
+    assert (to_anthropic["path"], to_anthropic["query"]) == ("/v1/messages", "")
+    assert untranslated["query"] == "api-version=2024-10-21"
+
+
+async def _cached_usage_upstream(request):
+    """A provider whose answers report prompt-cache reads and writes, in its own API's shape."""
+    from aiohttp import web
+
+    body = await request.json()
+    if request.path.endswith("/messages"):
+        usage = {"input_tokens": 10, "cache_read_input_tokens": 200, "cache_creation_input_tokens": 100, "output_tokens": 2}
+        message = {"id": "msg_c", "type": "message", "role": "assistant", "model": body["model"], "stop_sequence": None}
+        if not body.get("stream"):
+            content = [{"type": "text", "text": "cached"}]
+            return web.json_response({**message, "content": content, "stop_reason": "end_turn", "usage": usage})
+        events = [
+            ("message_start", {"message": {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}}),
+            ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "cached"}}),
+            ("content_block_stop", {"index": 0}),
+            ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 2}}),
+            ("message_stop", {}),
+        ]
+        text = "".join(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n" for name, data in events)
+        return web.Response(text=text, content_type="text/event-stream")
+    details = {"cached_tokens": 200, "cache_write_tokens": 100}
+    usage = {"prompt_tokens": 310, "completion_tokens": 2, "total_tokens": 312, "prompt_tokens_details": details}
+    head = {"id": "chatcmpl-c", "created": 1, "model": body["model"]}
+    if not body.get("stream"):
+        choice = {"index": 0, "message": {"role": "assistant", "content": "cached"}, "finish_reason": "stop"}
+        return web.json_response({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "cached"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": usage},
+    ]
+    text = "".join(f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', **chunk})}\n\n" for chunk in chunks)
+    return web.Response(text=text + "data: [DONE]\n\n", content_type="text/event-stream")
+
+
+async def test_prompt_cache_reads_and_writes_reach_either_sdk_in_its_own_usage_fields(tmp_path):
+    """Anthropic's cache_creation_input_tokens is OpenAI's prompt_tokens_details.cache_write_tokens
+    and back; reads are cached_tokens / cache_read_input_tokens; OpenAI's prompt counts all three."""
+    from aiohttp import web
+
+    from gateway.testing import serve_app
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _cached_usage_upstream)
+    async with serve_app(app) as url:
+        config = translating_config(url)
+        config["plugins"] = []
+        async with run_gateway(config, tmp_path) as gw:
+            client = gw.openai()
+            completion = await client.chat.completions.create(model="claude-sonnet-4-5", messages=ASK)
+            stream = await client.chat.completions.create(
+                model="claude-sonnet-4-5", messages=ASK, stream=True, stream_options={"include_usage": True}
+            )
+            streamed = [chunk async for chunk in stream][-1].usage
+            anthropic_client = gw.anthropic()
+            message = await anthropic_client.messages.create(model="gpt-4o", max_tokens=50, messages=ASK)
+            async with anthropic_client.messages.stream(model="gpt-4o", max_tokens=50, messages=ASK) as events:
+                final = await events.get_final_message()
+    for usage in (completion.usage, streamed):
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (310, 2, 312)
+        assert (usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens_details.cache_write_tokens) == (200, 100)
+    for usage in (message.usage, final.usage):
+        assert (usage.input_tokens, usage.output_tokens) == (10, 2)
+        assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (200, 100)
+
+
+async def _azure_stream(request):
+    """Azure OpenAI's stream: a first chunk of prompt filter results with no choices, id or model."""
+    from aiohttp import web
+
+    filters = {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": []}
+    head = {"id": "chatcmpl-azure", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-11-20"}
+    chunks = [
+        filters,
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**head, "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}},
+    ]
+    text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks)
+    return web.Response(text=text + "data: [DONE]\n\n", content_type="text/event-stream")
+
+
+async def test_an_azure_stream_opening_with_prompt_filter_results_keeps_its_message_id(tmp_path):
+    from aiohttp import web
+
+    from gateway.testing import serve_app
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _azure_stream)
+    async with serve_app(app) as url:
+        config = {"providers": {"azure": {"type": "openai", "base_url": url + "/openai/v1", "api_key": "k"}}}
+        async with run_gateway(config, tmp_path) as gw:
+            async with gw.anthropic().messages.stream(model="gpt-4o", max_tokens=50, messages=ASK) as stream:
+                final = await stream.get_final_message()
+    assert (final.id, final.model) == ("chatcmpl-azure", "gpt-4o-2024-11-20")
+    assert final.content[0].text == "Hello" and final.usage.output_tokens == 1
+
+
+async def test_an_untranslated_path_errs_in_the_callers_shape(tmp_path):
+    """Embeddings or count_tokens have no counterpart in the other API: they go as they
+    are, and the provider's 404 comes back in the caller's shape all the same."""
+    from aiohttp import web
+
+    from gateway.testing import serve_app
+
+    async def not_found(request):
+        if request.headers.get("x-api-key"):  # the anthropic provider
+            return web.json_response({"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}, status=404)
+        return web.json_response({"error": {"message": "no such path", "type": "invalid_request_error", "code": None}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    async with serve_app(app) as url:
+        config = {
+            "providers": {
+                "claude": {"type": "anthropic", "base_url": url, "api_key": "k"},
+                "gpt": {"type": "openai", "base_url": url, "api_key": "k"},
+            },
+            "routes": [{"prefix": "/v1/messages", "provider": "gpt"}, {"prefix": "/v1/", "provider": "claude"}],
+        }
+        async with run_gateway(config, tmp_path) as gw:
+            with pytest.raises(openai.NotFoundError) as from_anthropic:
+                await gw.openai().embeddings.create(model="claude-embed", input="otters")
+            with pytest.raises(anthropic.NotFoundError) as from_openai:
+                await gw.anthropic().messages.count_tokens(model="gpt-4o", messages=ASK)
+    assert from_anthropic.value.body == {"message": "no such path", "type": "not_found_error", "code": "not_found_error", "param": None}
+    assert from_openai.value.body == {"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}
+
+
+async def test_a_conversation_of_system_messages_alone_gets_a_user_turn_for_anthropic(tmp_path, recorder):
+    """OpenAI answers messages=[system]; Anthropic refuses an empty messages list
+    ("at least one message is required"): the instructions go as system, with a "." turn."""
+    config = {"providers": {"claude": {"type": "anthropic", "base_url": recorder.url, "api_key": "k"}}}
+    async with run_gateway(config, tmp_path) as gw:
+        completion = await gw.openai().chat.completions.create(
+            model="claude-sonnet-4-5", messages=[{"role": "system", "content": "Write a haiku about otters."}]
+        )
+    assert completion.choices[0].message.content == "recorded"
+    [seen] = recorder.seen
+    assert seen["body"]["system"] == "Write a haiku about otters."
+    assert seen["body"]["messages"] == [{"role": "user", "content": "."}]
+
+
+async def _stream_without_usage(request):
+    """An OpenAI-compatible server that ignores stream_options: no usage chunk at all."""
+    from aiohttp import web
+
+    head = {"id": "chatcmpl-n", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    deltas = [{"role": "assistant", "content": ""}, {"content": "The answer"}, {"content": " is forty two."}, {}]
+    chunks = [{**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+    chunks[-1]["choices"][0]["finish_reason"] = "stop"
+    text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks)
+    return web.Response(text=text + "data: [DONE]\n\n", content_type="text/event-stream")
+
+
+async def test_a_translated_stream_without_usage_is_estimated_by_cost_not_counted_as_zero(tmp_path):
+    """The Anthropic caller's message_delta must carry a usage (zeros here); the cost plugin
+    must not take them for the provider's count, but estimate, as for an untranslated stream."""
+    from aiohttp import web
+    from test_cost import ledger_rows, plugin
+
+    from gateway.testing import serve_app
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _stream_without_usage)
+    async with serve_app(app) as url:
+        config = {
+            "providers": {"gpt": {"type": "openai", "base_url": url, "api_key": "k"}},
+            "plugins": [{"use": "cost", "config": {"store": str(tmp_path / "usage.db"), "flush_interval_s": 0.05}}],
+        }
+        async with run_gateway(config, tmp_path) as gw:
+            async with gw.anthropic().messages.stream(model="gpt-4o", max_tokens=50, messages=ASK) as stream:
+                final = await stream.get_final_message()
+            [row] = await ledger_rows(gw, at_least=1)
+            stats = plugin(gw).stats()
+    assert final.content[0].text == "The answer is forty two." and final.usage.output_tokens == 0
+    assert row["estimated"] == 1 and row["output_tokens"] == 6 and row["cost_picousd"] > 0
+    assert stats["usage_missing"] == 1

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.errors import invalid_request, upstream_error
+from gateway.errors import upstream_error
 from gateway.exchange import Response
 from gateway.translate.answers import chat_to_message, error_to_anthropic, error_to_openai, message_to_chat
-from gateway.translate.requests import chat_to_messages, messages_to_chat
+from gateway.translate.requests import Untranslatable, chat_to_messages, messages_to_chat
 from gateway.translate.streams import AnthropicToChat, ChatToAnthropic, translated_stream
 
 if TYPE_CHECKING:
     from gateway.exchange import Exchange
 
-__all__ = ["Translation", "translate_request", "translate_response"]
+__all__ = ["Translation", "Untranslatable", "translate_error", "translate_request", "translate_response"]
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -49,7 +49,7 @@ class Translation:
 
 def translate_request(exchange: Exchange, target: str, max_tokens_field: str = "max_completion_tokens") -> Translation | None:
     """The request for a provider that speaks ``target``; None when the path has no
-    counterpart there (it is then sent as it is). Raises 400 ``invalid_request``."""
+    counterpart there (it is then sent as it is). Raises :class:`Untranslatable` (400 ``invalid_request``)."""
     path = exchange.path
     if exchange.method != "POST":
         return None
@@ -66,7 +66,7 @@ def translate_request(exchange: Exchange, target: str, max_tokens_field: str = "
         if target == "openai" and path == MESSAGES_PATH:
             return Translation(target, CHAT_PATH, _encode(messages_to_chat(document, max_tokens_field)), True, model)
     except _MALFORMED as exc:  # a value of the wrong type somewhere the mapping looked
-        raise invalid_request(f"The request cannot be translated for this provider: {type(exc).__name__}.") from None
+        raise Untranslatable(f"The request cannot be translated for this provider: {type(exc).__name__}.") from None
     return None
 
 
@@ -97,3 +97,14 @@ def translate_response(response: Response, translation: Translation, exchange: E
     headers["Content-Type"] = "application/json"
     translated = Response(response.status, headers, _encode(answer))
     return translated
+
+
+def translate_error(response: Response, provider_api: str) -> Response:
+    """A provider's error to a request sent untranslated (a path with no counterpart in its
+    API: embeddings, count_tokens...), in the caller's shape; any other answer as it is."""
+    if response.status < 400 or response.stream is not None:
+        return response
+    translate = error_to_openai if provider_api == "anthropic" else error_to_anthropic
+    headers = response.headers
+    headers["Content-Type"] = "application/json"
+    return Response(response.status, headers, translate(response.status, response.body or b""))

@@ -75,20 +75,26 @@ def usage_from_openai(usage: Any) -> Usage:
         return Usage()
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
+    if not isinstance(prompt_details, dict):
+        prompt_details = {}
     return Usage(
         input_tokens=usage.get("prompt_tokens") or 0,
         output_tokens=usage.get("completion_tokens") or 0,
-        cached_input_tokens=(prompt_details.get("cached_tokens") or 0) if isinstance(prompt_details, dict) else 0,
+        cached_input_tokens=prompt_details.get("cached_tokens") or 0,
+        cache_write_tokens=prompt_details.get("cache_write_tokens") or 0,
         reasoning_tokens=(completion_details.get("reasoning_tokens") or 0) if isinstance(completion_details, dict) else 0,
     )
 
 
 def openai_usage(usage: Usage) -> dict[str, Any]:
+    details = {"cached_tokens": usage.cached_input_tokens}
+    if usage.cache_write_tokens:  # OpenAI's own field for them, sent only when there are some
+        details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": details,
     }
 
 

@@ -51,13 +51,23 @@ def default_max_tokens(model: str) -> int:
     return DEFAULT_MAX_TOKENS
 
 
+class Untranslatable(GatewayError):
+    """400 ``invalid_request``: the request cannot be put in this provider's API (a
+    parameter without equivalent, a malformed part). Another provider may take it: the
+    breaker moves on from a fallback that raises it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        error = invalid_request(message, param=param)
+        super().__init__(error.status, error.code, error.message, param=error.param)
+
+
 def _unsupported(param: str, why: str = "") -> GatewayError:
     message = f"Parameter '{param}' has no equivalent on this provider's API and cannot be translated."
-    return invalid_request(f"{message} {why}".rstrip(), param=param)
+    return Untranslatable(f"{message} {why}".rstrip(), param=param)
 
 
 def _bad(param: str, message: str) -> GatewayError:
-    return invalid_request(f"{param}: {message}", param=param)
+    return Untranslatable(f"{param}: {message}", param=param)
 
 
 # -- OpenAI chat completions -> Anthropic messages ------------------------------------------
@@ -79,7 +89,9 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
         elif key in ("max_tokens", "max_completion_tokens"):
             out["max_tokens"] = value
         elif key == "stop":
-            out["stop_sequences"] = [value] if isinstance(value, str) else value
+            stops = _stop_sequences(value)
+            if stops:
+                out["stop_sequences"] = stops
         elif key == "tools":
             out["tools"] = [_tool_to_anthropic(tool, f"tools[{i}]") for i, tool in enumerate(value)]
             tools_present = bool(value)
@@ -111,7 +123,7 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise _bad("messages", "expected a list of messages")
-    out["messages"] = _messages_to_anthropic(messages, system)
+    out["messages"] = _messages_to_anthropic(messages, system) or [{"role": "user", "content": NO_TURNS}]
     _response_format(body.get("response_format"), out, system)
     if system:
         out["system"] = system[0]["text"] if len(system) == 1 else system
@@ -126,6 +138,15 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
             tool_choice["disable_parallel_tool_use"] = True
         out["tool_choice"] = tool_choice
     return out
+
+
+def _stop_sequences(value: Any) -> Any:
+    """OpenAI's ``stop`` as Anthropic's list, without the empty and whitespace-only
+    sequences Anthropic refuses with a 400 (OpenAI takes ``stop: ["\\n"]``)."""
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list):
+        return stops  # not a string or a list: Anthropic says what is wrong with it
+    return [stop for stop in stops if not isinstance(stop, str) or stop.strip()]
 
 
 def _tool_to_anthropic(tool: Any, where: str) -> dict[str, Any]:
@@ -176,6 +197,9 @@ def _response_format(value: Any, out: dict[str, Any], system: list[dict[str, Any
 
 
 JSON_OBJECT_INSTRUCTION = "Answer with one valid JSON object and nothing else."
+#: the user turn of a conversation that is system messages alone: OpenAI answers one,
+#: Anthropic refuses an empty messages list (LiteLLM sends the same placeholder)
+NO_TURNS = "."
 
 
 def _messages_to_anthropic(messages: list[Any], system: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -331,7 +355,8 @@ def messages_to_chat(body: dict[str, Any], max_tokens_field: str = "max_completi
             if user:
                 out["user"] = user
         elif key == "tools":
-            out["tools"] = [_tool_to_openai(tool, f"tools[{i}]") for i, tool in enumerate(value)]
+            if value:  # OpenAI refuses an empty list ("expected an array with minimum length 1")
+                out["tools"] = [_tool_to_openai(tool, f"tools[{i}]") for i, tool in enumerate(value)]
         elif key == "tool_choice":
             _tool_choice_to_openai(value, out)
         elif key == "thinking":
@@ -343,6 +368,10 @@ def messages_to_chat(body: dict[str, Any], max_tokens_field: str = "max_completi
             continue
         else:
             raise _unsupported(key)
+    if "tools" not in out:
+        # OpenAI refuses tool_choice and parallel_tool_calls without tools; Anthropic lets them be.
+        out.pop("tool_choice", None)
+        out.pop("parallel_tool_calls", None)
     system = body.get("system")
     if system:
         blocks = _anthropic_text(system, "system")

@@ -64,10 +64,18 @@ class AnthropicToChat(_Converter):
         self.tool_calls = 0
         self.usage_document: dict[str, Any] = {}
         self.done = False
+        self.role_sent = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return _data({**self.head, "choices": [choice], **self.tail})
+
+    def _role(self) -> bytes:
+        """OpenAI's first chunk of a text answer, once: the role and an empty content."""
+        if self.role_sent:
+            return b""
+        self.role_sent = True
+        return self._chunk({"role": "assistant", "content": "", "refusal": None})
 
     def feed(self, event: StreamEvent) -> bytes:
         document = event.json()
@@ -78,7 +86,7 @@ class AnthropicToChat(_Converter):
             delta = document.get("delta") or {}
             delta_type = delta.get("type")
             if delta_type == "text_delta":
-                return self._chunk({"content": delta.get("text", "")})
+                return self._role() + self._chunk({"content": delta.get("text", "")})
             if delta_type == "input_json_delta":
                 call = self.blocks.get(document.get("index", -1), -1)
                 partial = delta.get("partial_json")
@@ -93,9 +101,15 @@ class AnthropicToChat(_Converter):
                 call = self.blocks[document.get("index", 0)] = self.tool_calls
                 self.tool_calls += 1
                 function = {"name": block.get("name"), "arguments": ""}
-                return self._chunk({"tool_calls": [{"index": call, "id": block.get("id"), "type": "function", "function": function}]})
-            if block_type == "text" and block.get("text"):
-                return self._chunk({"content": block["text"]})
+                tool_calls = [{"index": call, "id": block.get("id"), "type": "function", "function": function}]
+                if self.role_sent:
+                    return self._chunk({"tool_calls": tool_calls})
+                # An answer that opens with a tool call: OpenAI's first chunk has a null content.
+                self.role_sent = True
+                return self._chunk({"role": "assistant", "content": None, "refusal": None, "tool_calls": tool_calls})
+            if block_type == "text":
+                out = self._role()
+                return out + self._chunk({"content": block["text"]}) if block.get("text") else out
             return b""
         if kind == "message_start":
             message = document.get("message") or {}
@@ -107,13 +121,14 @@ class AnthropicToChat(_Converter):
             }
             self.usage_document = dict(message.get("usage") or {})
             self.usage = usage_from_anthropic(self.usage_document)
-            return self._chunk({"role": "assistant", "content": "", "refusal": None})
+            # The role chunk waits for the first block: its content is "" before text, null before a tool call.
+            return b""
         if kind == "message_delta":
             # message_delta's usage counts are running totals, the absent ones unchanged
             self.usage_document.update((k, v) for k, v in (document.get("usage") or {}).items() if v is not None)
             self.usage = usage_from_anthropic(self.usage_document)
             stop_reason = (document.get("delta") or {}).get("stop_reason")
-            return self._chunk({}, FINISH_REASONS.get(stop_reason or "end_turn", "stop"))
+            return self._role() + self._chunk({}, FINISH_REASONS.get(stop_reason or "end_turn", "stop"))
         if kind == "message_stop":
             self.done = True
             if self.include_usage and self.usage is not None:
@@ -184,8 +199,12 @@ class ChatToAnthropic(_Converter):
             return b""
         if "error" in chunk and "choices" not in chunk:
             raise _stream_error(chunk.get("error"), openai=True)
-        out = b"" if self.started else self._start(chunk)
         usage = chunk.get("usage")
+        if not self.started and not chunk.get("choices") and not isinstance(usage, dict):
+            # Azure OpenAI opens with a chunk of prompt filter results, no choices, an empty
+            # id and model: message_start waits for the first real chunk and takes its id.
+            return b""
+        out = b"" if self.started else self._start(chunk)
         if isinstance(usage, dict):
             self.usage = usage_from_openai(usage)
         for choice in chunk.get("choices") or ():
@@ -267,5 +286,10 @@ async def translated_stream(stream: AsyncIterator[bytes], converter: _Converter,
         tail = converter.end()
         if tail:
             yield tail
+        if seen is None:
+            # The provider reported no usage (a compatible server that ignores stream_options):
+            # the zeros the caller's last event had to carry are no count, and the relay read
+            # them as one. None again, so that cost estimates the tokens as for an untranslated stream.
+            exchange.usage = None
     finally:
         await close_stream(stream)

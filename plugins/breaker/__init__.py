@@ -41,6 +41,7 @@ from opentelemetry import trace
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
 from gateway.errors import circuit_open, error_body, upstream_timeout
 from gateway.exchange import Response, close_stream
+from gateway.translate import Untranslatable
 from gateway_plugins.breaker.shared import SharedState
 from gateway_plugins.breaker.state import CALL, CLOSED, HALF_OPEN, OPEN, STATE_VALUES, Breaker, Transition
 
@@ -280,6 +281,13 @@ class CircuitBreaker:
                             raise TimeoutError
                         async with asyncio.timeout(remaining_s):
                             response = await call_next(exchange)
+                except Untranslatable:
+                    # A fallback of the other API that cannot take this request (a parameter
+                    # without equivalent there): not its failure, and not the caller's either.
+                    breaker.release(permit)
+                    if not index:
+                        raise
+                    break  # the next candidate, or the last real outcome
                 except GatewayError as error:
                     if error.status not in _TRANSPORT_FAILURES:
                         breaker.release(permit)  # another plugin's answer, not the provider's failure
