@@ -203,10 +203,9 @@ def _embedding_heads(texts, emb_toks, y, sw, X, seed, c_binary, bits, log, t0):
     """v7 candidates (docs/scan-classifier-v7-plan.md): A, logistic regression on the standardised mean piece
     embedding of each window; C, v4's hashed features and those 256 columns in one liblinear fit. Returns, per
     variant, its per-piece score vector and its margin's constant (the piece mean's score is sum(s[p]) / N)."""
+    import scan_classifier_embedding as embmod
     from scipy.sparse import csr_matrix, hstack
     from sklearn.linear_model import LogisticRegression
-
-    from gateway_plugins.scan import embedding as embmod
 
     pieces = embmod.Pieces(EMBEDDING_SHA256["tokenizer"])
     E16, _digest = embmod.load_matrix(EMBEDDING_SHA256["weights"])

@@ -6,15 +6,19 @@ installed (``pip install --no-deps wordllama==0.4.0.post1``, plus tokenizers and
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway_plugins.scan import classifier as clf
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
-embedding = pytest.importorskip("gateway_plugins.scan.embedding")
+import scan_classifier_embedding as embedding  # noqa: E402
+
 try:
     embedding.wordllama_dir()
 except embedding.EmbeddingFilesError:
