@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import scan_classifier_variants as variants  # noqa: E402
 import scan_corpus  # noqa: E402
 
 from gateway_plugins.scan import classifier as clf  # noqa: E402
@@ -310,15 +311,15 @@ def _mlp_variants(X18, y, sw, val_rows, val_y, wanted, seed, log, t0, W16, b, co
     for name in wanted:
         hidden, skip = MLP_VARIANTS[name]
         E, b1, w2, b2 = _mlp_fit(X, y, sw, hidden, skip, seed, log, t0)
-        mlp = clf._Mlp(bits=MLP_BITS, E=E.astype(np.float16).astype(np.float32), b1=b1.astype(np.float32),
-                       w2=w2.astype(np.float32), b2=b2, hidden=hidden, skip=skip)
-        raw_w = clf._Weights.from_matrix(W16, b=b, platt=(1.0, 0.0), mlp=mlp, **common)
-        m = clf.InjectionClassifier(raw_w)
+        mlp = variants.Mlp(bits=MLP_BITS, E=E.astype(np.float16).astype(np.float32), b1=b1.astype(np.float32),
+                           w2=w2.astype(np.float32), b2=b2, hidden=hidden, skip=skip)
+        raw_w = variants.MlpWeights.from_matrix(W16, b=b, platt=(1.0, 0.0), mlp=mlp, **common)
+        m = variants.classifier(raw_w)
         raw = np.array([m.score(r["text"], family=False).raw for r in val_rows])
         pl = LogisticRegression(C=1e6, solver="lbfgs").fit(raw[:, None], val_y)
         platt = (float(pl.coef_[0][0]), float(pl.intercept_[0]))
         log(f"mlp {name}: platt {platt[0]:.4f}, {platt[1]:.4f} ({time.perf_counter() - t0:.1f}s)")
-        out[name] = (platt, clf._Weights.from_matrix(W16, b=b, platt=platt, mlp=mlp, **common))
+        out[name] = (platt, variants.MlpWeights.from_matrix(W16, b=b, platt=platt, mlp=mlp, **common))
     return out
 
 
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, val_rows, W16, b, platt, weights = train()
     blob = _npz_bytes(W16, b, platt, BITS)
     digest = hashlib.sha256(blob).hexdigest()
-    model = clf.InjectionClassifier(weights)
+    model = variants.classifier(weights)
     heldout = [r for r in rows if r["split"] == "heldout"]
     figures = {
         "validation (synthetic/chatterbot/stdlib, 20% by text hash)": evaluate(model, val_rows),
