@@ -5,6 +5,9 @@ and no shipped weights file can build anything else. The pre-registered attempts
 development split (docs/scan-classifier.md) live here, so that ``benchmarks/scan_classifier_dev.py`` and the
 variant training in ``benchmarks/train_scan_classifier.py`` still reproduce the documented tables:
 
+- v7 (``--embedding``, docs/scan-classifier-v7-plan.md): v4's margin plus a static-embedding term, the mean
+  score of each window's LLaMA pieces (:class:`EmbeddingClassifier`; the pieces come from wordllama's files,
+  benchmarks/scan_classifier_embedding.py);
 - v8 (``--mlp``, docs/scan-classifier-v8-plan.md): a small MLP on v4's hashed features (:class:`MlpClassifier`).
 
 Each is a subclass of :class:`InjectionClassifier` that overrides the margin (the best window's raw score) and
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import threading
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +29,8 @@ import numpy as np
 from gateway_plugins.scan import classifier as clf
 from gateway_plugins.scan.classifier import _Margin, blocks, normalize, pair_id, token_ids, tokens
 
-__all__ = ["Mlp", "MlpClassifier", "MlpWeights", "classifier"]
+__all__ = ["EmbeddingClassifier", "EmbeddingWeights", "Mlp", "MlpClassifier", "MlpWeights", "classifier",
+           "window_tokens"]
 
 _MLP_CACHE_TOKENS = 1 << 15  # v8: tokens whose summed embedding row is kept (32,768 x (H + 1) float32)
 
@@ -35,6 +41,75 @@ class _VariantWeights(clf._Weights):
     def over(cls, base: clf._Weights, **part) -> _VariantWeights:
         """v4's weights ``base`` with a variant's part added."""
         return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, **part)
+
+
+def window_tokens(text: str, window: int, stride: int, *, whole: bool = False) -> list[list[str]]:
+    """The distinct tokens of each window :func:`window_ids` gives (a token in both blocks of a window twice),
+    which the embedding part of a v7 model averages its pieces over."""
+    per_block = [list(toks) for toks, _pairs in blocks(tokens(normalize(text)), window, stride)]
+    if whole or len(per_block) == 1:
+        return [[t for toks in per_block for t in toks]]
+    return [a + b for a, b in zip(per_block, per_block[1:], strict=False)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingWeights(_VariantWeights):
+    """v7: a window's margin is k4 * (its hashed n-gram margin) + ke * (its LLaMA pieces' mean score) + ce;
+    ``emb`` holds one score per piece, ``mix`` is (k4, ke, ce), ``pieces`` maps a token to its pieces
+    (``scan_classifier_embedding.Pieces``)."""
+
+    emb: np.ndarray
+    mix: tuple[float, float, float]
+    pieces: object
+
+
+class EmbeddingClassifier(clf.InjectionClassifier):
+    """v7: the stage with a static-embedding term per window (each token's summed piece score and piece count
+    cached like the n-gram sums)."""
+
+    def __init__(self, weights: EmbeddingWeights, **options) -> None:
+        super().__init__(weights, **options)
+        self._es = array("d", np.asarray(weights.emb, dtype=np.float64).tobytes())
+        self._k4, self._ke, self._ce = (float(x) for x in weights.mix)
+        self._te: dict[str, tuple[float, int]] = {}
+
+    def _learn_emb(self, token: str) -> tuple[float, int]:
+        ids = self._w.pieces.ids(token)
+        value = (sum(map(self._es.__getitem__, ids)), len(ids))
+        if len(self._te) >= clf._CACHE_ENTRIES:
+            self._te.clear()
+        self._te[token] = value
+        return value
+
+    def _eblock(self, toks: dict[str, None]) -> tuple[float, int]:
+        """Summed piece score and piece count of a block's distinct tokens."""
+        values = list(map(self._te.get, toks))
+        if None in values:
+            values = [self._learn_emb(t) if v is None else v for t, v in zip(toks, values, strict=True)]
+        return sum(v[0] for v in values), sum(v[1] for v in values)
+
+    def _margin(self, text: str) -> _Margin:
+        """The best window's margin: v4's n-gram margin and the embedding term, mixed per window."""
+        w = self._w
+        k4, ke, ce, b0 = self._k4, self._ke, self._ce, self._b0
+        norm = normalize(text)
+        toks = tokens(norm)
+        if not toks:
+            return _Margin(k4 * b0 + ce, 0, norm, toks, [])
+        parts = blocks(toks, w.window, w.stride)
+        if len(parts) == 1:
+            t, p = parts[0]
+            z0 = self._block(t, p) / math.sqrt(len(t) + len(p)) + b0
+            es, en = self._eblock(t)
+            return _Margin(k4 * z0 + ke * es / en + ce, 0, norm, toks, parts)
+        sums = [self._block(t, p) for t, p in parts]
+        sizes = [len(t) + len(p) for t, p in parts]
+        eb = [self._eblock(t) for t, _p in parts]
+        # (v4's window margin, then the mix, less b0 and plus it again: the arithmetic the documented table used)
+        z = [k4 * ((sums[i] + sums[i + 1]) / math.sqrt(sizes[i] + sizes[i + 1]) + b0)
+             + ke * (eb[i][0] + eb[i + 1][0]) / (eb[i][1] + eb[i + 1][1]) + ce - b0 for i in range(len(parts) - 1)]
+        best = max(range(len(z)), key=z.__getitem__)
+        return _Margin(z[best] + b0, best, norm, toks, parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +222,8 @@ class MlpClassifier(clf.InjectionClassifier):
 
 def classifier(weights: clf._Weights, **options) -> clf.InjectionClassifier:
     """The stage for ``weights``: v4's :class:`InjectionClassifier`, or the subclass of the variant they are."""
+    if isinstance(weights, EmbeddingWeights):
+        return EmbeddingClassifier(weights, **options)
     if isinstance(weights, MlpWeights):
         return MlpClassifier(weights, **options)
     return clf.InjectionClassifier(weights, **options)

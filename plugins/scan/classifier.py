@@ -198,15 +198,6 @@ def window_ids(text: str, bits: int, window: int, stride: int, *,
     return [(a[0] + b[0], a[1] + b[1]) for a, b in zip(per_block, per_block[1:], strict=False)]
 
 
-def window_tokens(text: str, window: int, stride: int, *, whole: bool = False) -> list[list[str]]:
-    """The distinct tokens of each window :func:`window_ids` gives (a token in both blocks of a window twice),
-    which the embedding part of a v7 model averages its pieces over."""
-    per_block = [list(toks) for toks, _pairs in blocks(tokens(normalize(text)), window, stride)]
-    if whole or len(per_block) == 1:
-        return [[t for toks in per_block for t in toks]]
-    return [a + b for a, b in zip(per_block, per_block[1:], strict=False)]
-
-
 # Decoded views: an instruction hidden in base64, hex, ROT13 or leetspeak is scored once decoded, and a
 # detection found that way names the view (``via``) and spans the encoded run in the original text.
 _RUN = re.compile(r"[A-Za-z0-9+/=_-]{16,}")  # candidate base64 / hex runs (linear scan, no nested quantifier)
@@ -399,12 +390,6 @@ class _Weights:
     bands: tuple[float, float]  # calibrated probability at which MEDIUM and HIGH start (never CRITICAL)
     window: int
     stride: int
-    # v7 (static embeddings, docs/scan-classifier.md): a window's margin is k4 * (its hashed n-gram margin) +
-    # ke * (its LLaMA pieces' mean score) + ce; ``emb`` holds one score per piece, ``pieces`` maps a token to its
-    # pieces. Without them (v4) the margin is the n-gram one alone.
-    emb: np.ndarray | None = None
-    mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    pieces: object | None = None
 
     @classmethod
     def from_matrix(cls, W: np.ndarray, **kw) -> _Weights:
@@ -508,12 +493,6 @@ class InjectionClassifier:
         # Per-token and per-bigram sums, filled as texts arrive; words repeat, so a chat message is mostly hits.
         self._tw: dict[str, float] = {}
         self._pw: dict[tuple[str, str], float] = {}
-        # v7: each token's summed piece score and piece count (cached like the n-gram sums)
-        self._emb = weights.emb is not None
-        if self._emb:
-            self._es = array("d", np.asarray(weights.emb, dtype=np.float64).tobytes())
-            self._k4, self._ke, self._ce = (float(x) for x in weights.mix)
-            self._te: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None, **options) -> InjectionClassifier:
@@ -548,21 +527,6 @@ class InjectionClassifier:
         self._pw[pair] = value
         return value
 
-    def _learn_emb(self, token: str) -> tuple[float, int]:
-        ids = self._w.pieces.ids(token)
-        value = (sum(map(self._es.__getitem__, ids)), len(ids))
-        if len(self._te) >= _CACHE_ENTRIES:
-            self._te.clear()
-        self._te[token] = value
-        return value
-
-    def _eblock(self, toks: dict[str, None]) -> tuple[float, int]:
-        """Summed piece score and piece count of a block's distinct tokens."""
-        values = list(map(self._te.get, toks))
-        if None in values:
-            values = [self._learn_emb(t) if v is None else v for t, v in zip(toks, values, strict=True)]
-        return sum(v[0] for v in values), sum(v[1] for v in values)
-
     def _block(self, toks: dict[str, None], pairs: dict[tuple[str, str], None]) -> float:
         """Summed attack weight of one block: one dict look-up per distinct token and bigram once warm."""
         values = list(map(self._tw.get, toks))
@@ -579,24 +543,15 @@ class InjectionClassifier:
         norm = normalize(text)
         toks = tokens(norm)
         if not toks:
-            return _Margin(self._k4 * self._b0 + self._ce if self._emb else self._b0, 0, norm, toks, [])
+            return _Margin(float(w.b[0]), 0, norm, toks, [])
         parts = blocks(toks, w.window, w.stride)
         if len(parts) == 1:
             t, p = parts[0]
-            z0 = self._block(t, p) / math.sqrt(len(t) + len(p)) + self._b0
-            if self._emb:
-                es, en = self._eblock(t)
-                z0 = self._k4 * z0 + self._ke * es / en + self._ce
-            return _Margin(z0, 0, norm, toks, parts)
+            return _Margin(self._block(t, p) / math.sqrt(len(t) + len(p)) + self._b0, 0, norm, toks, parts)
         # a window is two consecutive blocks: every window's margin from the per-block sums and sizes
         sums = [self._block(t, p) for t, p in parts]
         sizes = [len(t) + len(p) for t, p in parts]
         z = [(sums[i] + sums[i + 1]) / math.sqrt(sizes[i] + sizes[i + 1]) for i in range(len(parts) - 1)]
-        if self._emb:
-            k4, ke, ce, b0 = self._k4, self._ke, self._ce, self._b0
-            eb = [self._eblock(t) for t, _p in parts]
-            z = [k4 * (z[i] + b0) + ke * (eb[i][0] + eb[i + 1][0]) / (eb[i][1] + eb[i + 1][1]) + ce - b0
-                 for i in range(len(z))]
         best = max(range(len(z)), key=z.__getitem__)
         return _Margin(z[best] + self._b0, best, norm, toks, parts)
 
