@@ -44,8 +44,8 @@ class _VariantWeights(clf._Weights):
 
 
 def window_tokens(text: str, window: int, stride: int, *, whole: bool = False) -> list[list[str]]:
-    """The distinct tokens of each window :func:`window_ids` gives (a token in both blocks of a window twice),
-    which the embedding part of a v7 model averages its pieces over."""
+    """The distinct tokens of each window the stage's ``window_ids`` gives (a token in both blocks of a window
+    twice), which the embedding part of a v7 model averages its pieces over."""
     per_block = [list(toks) for toks, _pairs in blocks(tokens(normalize(text)), window, stride)]
     if whole or len(per_block) == 1:
         return [[t for toks in per_block for t in toks]]
