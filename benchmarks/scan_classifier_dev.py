@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import scan_classifier_bench as bench  # noqa: E402
+import scan_classifier_variants as variants  # noqa: E402
 import scan_corpus  # noqa: E402
 import train_scan_classifier as trainer  # noqa: E402
 
@@ -110,8 +111,6 @@ def _mlp_latency() -> None:
     """The stage's time per text for v4 and for each v8 variant's shape (seeded random weights over the shipped
     v4 file, the output bias so low that nothing passes: the clean case, whose path does not depend on the
     weights' values), alternating, so that the machine's load falls on all of them alike."""
-    import dataclasses
-
     import numpy as np
 
     base = clf.InjectionClassifier.load()._w
@@ -119,10 +118,10 @@ def _mlp_latency() -> None:
     for name, (hidden, skip) in trainer.MLP_VARIANTS.items():
         rng = np.random.default_rng(trainer.SEED)
         E = (rng.standard_normal((1 << trainer.MLP_BITS, hidden + skip), dtype=np.float32) * 0.05)
-        mlp = clf._Mlp(bits=trainer.MLP_BITS, E=E.astype(np.float16).astype(np.float32),
-                       b1=np.zeros(hidden, np.float32), w2=rng.standard_normal(hidden, dtype=np.float32),
-                       b2=-1e3, hidden=hidden, skip=skip)
-        models[name] = clf.InjectionClassifier(dataclasses.replace(base, mlp=mlp))
+        mlp = variants.Mlp(bits=trainer.MLP_BITS, E=E.astype(np.float16).astype(np.float32),
+                           b1=np.zeros(hidden, np.float32), w2=rng.standard_normal(hidden, dtype=np.float32),
+                           b2=-1e3, hidden=hidden, skip=skip)
+        models[name] = variants.classifier(variants.MlpWeights.over(base, mlp=mlp))
     for rnd in range(2):
         for size in (4096, 300):
             for name, model in models.items():
@@ -131,7 +130,7 @@ def _mlp_latency() -> None:
 
 def _report(variant, weights, dev, shared, rules_hits, bits, c, share, seconds, args) -> None:
     """One JSON line of development figures for one trained variant."""
-    model = clf.InjectionClassifier(weights)
+    model = variants.classifier(weights)
     figures = trainer.evaluate(model, dev)
     neg = sorted((model.best(r["text"])[0].probability for r in dev if r["label"] == "benign"), reverse=True)
     pos = [model.best(r["text"])[0].probability for r in dev if r["label"] == "attack"]

@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import scan_classifier_variants as variants  # noqa: E402
 import scan_corpus  # noqa: E402
 
 from gateway_plugins.scan import classifier as clf  # noqa: E402
@@ -203,10 +204,9 @@ def _embedding_heads(texts, emb_toks, y, sw, X, seed, c_binary, bits, log, t0):
     """v7 candidates (docs/scan-classifier-v7-plan.md): A, logistic regression on the standardised mean piece
     embedding of each window; C, v4's hashed features and those 256 columns in one liblinear fit. Returns, per
     variant, its per-piece score vector and its margin's constant (the piece mean's score is sum(s[p]) / N)."""
+    import scan_classifier_embedding as embmod
     from scipy.sparse import csr_matrix, hstack
     from sklearn.linear_model import LogisticRegression
-
-    from gateway_plugins.scan import embedding as embmod
 
     pieces = embmod.Pieces(EMBEDDING_SHA256["tokenizer"])
     E16, _digest = embmod.load_matrix(EMBEDDING_SHA256["weights"])
@@ -311,15 +311,15 @@ def _mlp_variants(X18, y, sw, val_rows, val_y, wanted, seed, log, t0, W16, b, co
     for name in wanted:
         hidden, skip = MLP_VARIANTS[name]
         E, b1, w2, b2 = _mlp_fit(X, y, sw, hidden, skip, seed, log, t0)
-        mlp = clf._Mlp(bits=MLP_BITS, E=E.astype(np.float16).astype(np.float32), b1=b1.astype(np.float32),
-                       w2=w2.astype(np.float32), b2=b2, hidden=hidden, skip=skip)
-        raw_w = clf._Weights.from_matrix(W16, b=b, platt=(1.0, 0.0), mlp=mlp, **common)
-        m = clf.InjectionClassifier(raw_w)
+        mlp = variants.Mlp(bits=MLP_BITS, E=E.astype(np.float16).astype(np.float32), b1=b1.astype(np.float32),
+                           w2=w2.astype(np.float32), b2=b2, hidden=hidden, skip=skip)
+        raw_w = variants.MlpWeights.from_matrix(W16, b=b, platt=(1.0, 0.0), mlp=mlp, **common)
+        m = variants.classifier(raw_w)
         raw = np.array([m.score(r["text"], family=False).raw for r in val_rows])
         pl = LogisticRegression(C=1e6, solver="lbfgs").fit(raw[:, None], val_y)
         platt = (float(pl.coef_[0][0]), float(pl.intercept_[0]))
         log(f"mlp {name}: platt {platt[0]:.4f}, {platt[1]:.4f} ({time.perf_counter() - t0:.1f}s)")
-        out[name] = (platt, clf._Weights.from_matrix(W16, b=b, platt=platt, mlp=mlp, **common))
+        out[name] = (platt, variants.MlpWeights.from_matrix(W16, b=b, platt=platt, mlp=mlp, **common))
     return out
 
 
@@ -344,7 +344,7 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
         for row in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
             expanded.append((row, r))
         if embedding:
-            emb_toks += clf.window_tokens(r["text"], WINDOW, STRIDE, whole=r["label"] == "attack")
+            emb_toks += variants.window_tokens(r["text"], WINDOW, STRIDE, whole=r["label"] == "attack")
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
     per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
     present = sum(benign_share[g] for g in per_group)
@@ -425,22 +425,22 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
 
     def calibrated(W, bb, emb, mix):
         """Platt scaling of a variant's margins on the validation fold, through the serving path."""
-        raw_w = clf._Weights.from_matrix(W, b=bb, platt=(1.0, 0.0), emb=emb, mix=mix, **common)
-        m = clf.InjectionClassifier(raw_w)
+        raw_w = variants.EmbeddingWeights.from_matrix(W, b=bb, platt=(1.0, 0.0), emb=emb, mix=mix, **common)
+        m = variants.classifier(raw_w)
         raw = np.array([m.score(r["text"], family=False).raw for r in val_rows])
         pl = LogisticRegression(C=1e6, solver="lbfgs").fit(raw[:, None], val_y)
         return float(pl.coef_[0][0]), float(pl.intercept_[0])
 
-    variants = {"v4": (W16, b, (a, c), weights)}
+    candidates = {"v4": (W16, b, (a, c), weights)}
     s_a, ce_a, _w, _b = heads["A"]
     s_a = s_a.astype(np.float32)
     pa = calibrated(W16, b, s_a, (0.0, 1.0, ce_a))
-    variants["A"] = (W16, b, pa, clf._Weights.from_matrix(W16, b=b, platt=pa, emb=s_a, mix=(0.0, 1.0, ce_a),
-                                                          **common))
+    candidates["A"] = (W16, b, pa, variants.EmbeddingWeights.from_matrix(W16, b=b, platt=pa, emb=s_a,
+                                                                         mix=(0.0, 1.0, ce_a), **common))
     # B: the mean of the two calibrated log-odds, per window; nothing fitted beyond A and v4
     mix_b = (a / 2, pa[0] / 2, (c + pa[0] * ce_a + pa[1]) / 2)
-    variants["B"] = (W16, b, (1.0, 0.0), clf._Weights.from_matrix(W16, b=b, platt=(1.0, 0.0), emb=s_a, mix=mix_b,
-                                                                   **common))
+    candidates["B"] = (W16, b, (1.0, 0.0), variants.EmbeddingWeights.from_matrix(W16, b=b, platt=(1.0, 0.0), emb=s_a,
+                                                                                 mix=mix_b, **common))
     if "C" in heads:
         s_c, ce_c, w0, b0 = heads["C"]
         Wc = W.copy()
@@ -450,12 +450,12 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
         bc[0] = b0
         s_c = s_c.astype(np.float32)
         pc = calibrated(Wc16, bc, s_c, (1.0, 1.0, ce_c))
-        variants["C"] = (Wc16, bc, pc, clf._Weights.from_matrix(Wc16, b=bc, platt=pc, emb=s_c,
-                                                                 mix=(1.0, 1.0, ce_c), **common))
+        candidates["C"] = (Wc16, bc, pc, variants.EmbeddingWeights.from_matrix(Wc16, b=bc, platt=pc, emb=s_c,
+                                                                               mix=(1.0, 1.0, ce_c), **common))
     log(f"variants calibrated ({time.perf_counter() - t0:.1f}s)")
     if embedding == "all":
-        return rows, val_rows, W16, b, (a, c), {k: v[3] for k, v in variants.items()}
-    W16, b, (a, c), weights = variants[embedding]
+        return rows, val_rows, W16, b, (a, c), {k: v[3] for k, v in candidates.items()}
+    W16, b, (a, c), weights = candidates[embedding]
     return rows, val_rows, W16, b, (a, c), weights
 
 
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, val_rows, W16, b, platt, weights = train()
     blob = _npz_bytes(W16, b, platt, BITS)
     digest = hashlib.sha256(blob).hexdigest()
-    model = clf.InjectionClassifier(weights)
+    model = variants.classifier(weights)
     heldout = [r for r in rows if r["split"] == "heldout"]
     figures = {
         "validation (synthetic/chatterbot/stdlib, 20% by text hash)": evaluate(model, val_rows),

@@ -1,20 +1,24 @@
 """The v7 attempt's static-embedding term (docs/scan-classifier.md, "v7 attempt"): not in the shipped model, but
-``benchmarks/scan_classifier_dev.py --embedding`` scores its variants through the stage, so the stage's cached
-per-token path must give what training computes, offline. Skipped unless the train extra's wordllama files are
+``benchmarks/scan_classifier_dev.py --embedding`` scores its variants with ``EmbeddingClassifier``
+(benchmarks/scan_classifier_variants.py), whose cached per-token path must give what training computes, offline. Skipped unless the train extra's wordllama files are
 installed (``pip install --no-deps wordllama==0.4.0.post1``, plus tokenizers and safetensors)."""
 
 from __future__ import annotations
 
-import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway_plugins.scan import classifier as clf
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
-embedding = pytest.importorskip("gateway_plugins.scan.embedding")
+import scan_classifier_embedding as embedding  # noqa: E402
+import scan_classifier_variants as variants  # noqa: E402
+
 try:
     embedding.wordllama_dir()
 except embedding.EmbeddingFilesError:
@@ -57,13 +61,13 @@ def test_a_changed_tokenizer_file_is_refused_in_one_line(tmp_path):
 def test_the_cached_embedding_term_is_the_mean_piece_embedding_training_sees(parts, text, no_network):
     pieces, E, w = parts
     v4 = clf._read(clf.DEFAULT_MODEL)
-    weights = dataclasses.replace(v4, emb=(E @ w).astype(np.float32), mix=MIX, pieces=pieces)
-    model = clf.InjectionClassifier(weights)
+    weights = variants.EmbeddingWeights.over(v4, emb=(E @ w).astype(np.float32), mix=MIX, pieces=pieces)
+    model = variants.EmbeddingClassifier(weights)
     ngram = clf.InjectionClassifier(v4)
     k4, ke, ce = MIX
     expected = []
     for ids_n, toks in zip(clf.window_ids(text, v4.bits, v4.window, v4.stride),
-                           clf.window_tokens(text, v4.window, v4.stride), strict=True):
+                           variants.window_tokens(text, v4.window, v4.stride), strict=True):
         ids, n = ids_n
         m4 = float(v4.W0[ids].astype(np.float64).sum()) / n ** 0.5 + float(v4.b[0])
         mean = E[[p for t in toks for p in pieces.ids(t)]].mean(axis=0)

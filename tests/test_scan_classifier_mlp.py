@@ -1,11 +1,10 @@
 """The v8 attempt's MLP margin (docs/scan-classifier-v8-plan.md): ``benchmarks/scan_classifier_dev.py --mlp``
-scores its variants through the stage, so the stage's cached per-token path must give what training computes
-from ``window_ids`` (cold, warm, after the token cache is emptied, and for a text larger than the cache), and
-the training loop must be deterministic."""
+scores its variants through the stage with ``MlpClassifier`` (benchmarks/scan_classifier_variants.py), whose
+cached per-token path must give what training computes from ``window_ids`` (cold, warm, after the token cache is
+emptied, and for a text larger than the cache), and the training loop must be deterministic."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,6 +12,9 @@ import numpy as np
 import pytest
 
 from gateway_plugins.scan import classifier as clf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scan_classifier_variants as variants  # noqa: E402
 
 BITS = 12  # small tables keep the test fast; the arithmetic is the same at 2**17
 
@@ -25,17 +27,17 @@ TEXTS = [
 ]
 
 
-def _model(hidden: int, skip: bool) -> clf.InjectionClassifier:
+def _model(hidden: int, skip: bool) -> variants.MlpClassifier:
     base = clf.InjectionClassifier.load()._w
     rng = np.random.default_rng(3)
     cols = hidden + skip
-    mlp = clf._Mlp(bits=BITS, E=rng.normal(0, 0.3, (1 << BITS, cols)).astype(np.float16).astype(np.float32),
-                   b1=rng.normal(0, 0.1, hidden).astype(np.float32),
-                   w2=rng.normal(0, 1, hidden).astype(np.float32), b2=-0.2, hidden=hidden, skip=skip)
-    return clf.InjectionClassifier(dataclasses.replace(base, mlp=mlp))
+    mlp = variants.Mlp(bits=BITS, E=rng.normal(0, 0.3, (1 << BITS, cols)).astype(np.float16).astype(np.float32),
+                       b1=rng.normal(0, 0.1, hidden).astype(np.float32),
+                       w2=rng.normal(0, 1, hidden).astype(np.float32), b2=-0.2, hidden=hidden, skip=skip)
+    return variants.MlpClassifier(variants.MlpWeights.over(base, mlp=mlp))
 
 
-def _expected(model: clf.InjectionClassifier, text: str) -> float:
+def _expected(model: variants.MlpClassifier, text: str) -> float:
     """The best window's margin the way training computes it: window_ids' buckets, no cache, float64."""
     m = model._w.mlp
     E = m.E.astype(np.float64)
@@ -58,7 +60,7 @@ def test_the_cached_mlp_margin_is_what_training_computes(hidden, skip):
 
 
 def test_an_emptied_token_cache_and_a_text_larger_than_it_give_the_same_margins(monkeypatch):
-    monkeypatch.setattr(clf, "_MLP_CACHE_TOKENS", 40)
+    monkeypatch.setattr(variants, "_MLP_CACHE_TOKENS", 40)
     model = _model(8, True)
     model._mrows = np.zeros((40, 9), dtype=np.float32)
     first = [model.score(t, family=False).raw for t in TEXTS]  # fills and empties the 40-row cache
@@ -75,7 +77,6 @@ def test_an_empty_text_scores_from_the_biases_alone():
 
 
 def test_the_mlp_training_loop_is_deterministic(monkeypatch):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     pytest.importorskip("scipy")
     import train_scan_classifier as trainer
     from scipy.sparse import csr_matrix

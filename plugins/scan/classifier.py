@@ -35,7 +35,6 @@ import itertools
 import json
 import math
 import re
-import threading
 import time
 import unicodedata
 import zipfile
@@ -199,15 +198,6 @@ def window_ids(text: str, bits: int, window: int, stride: int, *,
     return [(a[0] + b[0], a[1] + b[1]) for a, b in zip(per_block, per_block[1:], strict=False)]
 
 
-def window_tokens(text: str, window: int, stride: int, *, whole: bool = False) -> list[list[str]]:
-    """The distinct tokens of each window :func:`window_ids` gives (a token in both blocks of a window twice),
-    which the embedding part of a v7 model averages its pieces over."""
-    per_block = [list(toks) for toks, _pairs in blocks(tokens(normalize(text)), window, stride)]
-    if whole or len(per_block) == 1:
-        return [[t for toks in per_block for t in toks]]
-    return [a + b for a, b in zip(per_block, per_block[1:], strict=False)]
-
-
 # Decoded views: an instruction hidden in base64, hex, ROT13 or leetspeak is scored once decoded, and a
 # detection found that way names the view (``via``) and spans the encoded run in the original text.
 _RUN = re.compile(r"[A-Za-z0-9+/=_-]{16,}")  # candidate base64 / hex runs (linear scan, no nested quantifier)
@@ -335,7 +325,6 @@ def decoded_views(text: str) -> list[tuple[str, int, int, str]]:
 
 
 _CACHE_ENTRIES = 1 << 16  # per cache (tokens, bigrams): emptied when full, a few MB at most
-_MLP_CACHE_TOKENS = 1 << 15  # v8: tokens whose summed embedding row is kept (32,768 x (H + 1) float32)
 
 
 def _span(text: str, norm: str, first: int, last: int) -> tuple[int, int]:
@@ -388,21 +377,6 @@ class ClassifierDetection:
 
 
 @dataclass(frozen=True, slots=True)
-class _Mlp:
-    """A window's margin is ``w2 . relu(x E[:, :hidden] + b1) + b2`` (plus ``x E[:, hidden]`` with ``skip``),
-    where ``x`` is the window's hashed vector over ``2**bits`` buckets: E's rows are a per-bucket embedding, so a
-    token's summed row caches like v4's per-token sums."""
-
-    bits: int
-    E: np.ndarray  # (2**bits, hidden + skip) float32 (float16 values)
-    b1: np.ndarray  # (hidden,) float32
-    w2: np.ndarray  # (hidden,) float32
-    b2: float
-    hidden: int
-    skip: bool
-
-
-@dataclass(frozen=True, slots=True)
 class _Weights:
     bits: int
     W0: np.ndarray  # (2**bits,) float32, contiguous: attack-versus-benign margin per bucket
@@ -416,15 +390,6 @@ class _Weights:
     bands: tuple[float, float]  # calibrated probability at which MEDIUM and HIGH start (never CRITICAL)
     window: int
     stride: int
-    # v7 (static embeddings, docs/scan-classifier.md): a window's margin is k4 * (its hashed n-gram margin) +
-    # ke * (its LLaMA pieces' mean score) + ce; ``emb`` holds one score per piece, ``pieces`` maps a token to its
-    # pieces. Without them (v4) the margin is the n-gram one alone.
-    emb: np.ndarray | None = None
-    mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    pieces: object | None = None
-    # v8 attempt (a small MLP on the hashed features, docs/scan-classifier-v8-plan.md): when set, the
-    # attack-versus-benign margin is the MLP's and W0 is not read (the family head stays WF).
-    mlp: _Mlp | None = None
 
     @classmethod
     def from_matrix(cls, W: np.ndarray, **kw) -> _Weights:
@@ -528,14 +493,6 @@ class InjectionClassifier:
         # Per-token and per-bigram sums, filled as texts arrive; words repeat, so a chat message is mostly hits.
         self._tw: dict[str, float] = {}
         self._pw: dict[tuple[str, str], float] = {}
-        if weights.mlp is not None:
-            self._init_mlp(weights.mlp)
-        # v7: each token's summed piece score and piece count (cached like the n-gram sums)
-        self._emb = weights.emb is not None
-        if self._emb:
-            self._es = array("d", np.asarray(weights.emb, dtype=np.float64).tobytes())
-            self._k4, self._ke, self._ce = (float(x) for x in weights.mix)
-            self._te: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def load(cls, path: str | Path | None = None, **options) -> InjectionClassifier:
@@ -570,21 +527,6 @@ class InjectionClassifier:
         self._pw[pair] = value
         return value
 
-    def _learn_emb(self, token: str) -> tuple[float, int]:
-        ids = self._w.pieces.ids(token)
-        value = (sum(map(self._es.__getitem__, ids)), len(ids))
-        if len(self._te) >= _CACHE_ENTRIES:
-            self._te.clear()
-        self._te[token] = value
-        return value
-
-    def _eblock(self, toks: dict[str, None]) -> tuple[float, int]:
-        """Summed piece score and piece count of a block's distinct tokens."""
-        values = list(map(self._te.get, toks))
-        if None in values:
-            values = [self._learn_emb(t) if v is None else v for t, v in zip(toks, values, strict=True)]
-        return sum(v[0] for v in values), sum(v[1] for v in values)
-
     def _block(self, toks: dict[str, None], pairs: dict[tuple[str, str], None]) -> float:
         """Summed attack weight of one block: one dict look-up per distinct token and bigram once warm."""
         values = list(map(self._tw.get, toks))
@@ -595,112 +537,21 @@ class InjectionClassifier:
             pair_values = [self._learn_pair(p) if v is None else v for p, v in zip(pairs, pair_values, strict=True)]
         return sum(values) + sum(pair_values)
 
-    def _init_mlp(self, m: _Mlp) -> None:
-        # E with one zero row after the last bucket: a block with no bigram sums that row
-        self._mE = np.vstack([m.E, np.zeros((1, m.E.shape[1]), dtype=np.float32)])
-        self._mzero = m.E.shape[0]
-        self._mmask = (1 << m.bits) - 1
-        self._mrows = np.zeros((_MLP_CACHE_TOKENS, m.E.shape[1]), dtype=np.float32)
-        self._mtok: dict[str, int] = {}  # token -> its summed row in _mrows
-        self._mpair: dict[tuple[str, str], int] = {}  # bigram -> its bucket
-        self._mlock = threading.Lock()  # a row index is valid only until the cache is emptied
-
-    def _mlp_token_rows(self, distinct: list[str]) -> tuple[dict[str, int], np.ndarray]:
-        """Row of each token's summed embedding (learning the new ones in one numpy call); under _mlock."""
-        seen = self._mtok
-        new = [t for t in distinct if t not in seen]
-        if not new:
-            return seen, self._mrows
-        mask = self._mmask
-        if len(distinct) > _MLP_CACHE_TOKENS:  # a huge text: a table for this text alone, nothing cached
-            ids = [token_ids(t, mask) for t in distinct]
-            starts = list(itertools.accumulate((len(i) for i in ids[:-1]), initial=0))
-            flat = [i for row in ids for i in row]
-            return {t: k for k, t in enumerate(distinct)}, np.add.reduceat(self._mE[flat], starts, axis=0)
-        if len(seen) + len(new) > _MLP_CACHE_TOKENS:
-            seen.clear()
-            new = distinct
-        ids = [token_ids(t, mask) for t in new]
-        starts = list(itertools.accumulate((len(i) for i in ids[:-1]), initial=0))
-        flat = [i for row in ids for i in row]
-        first = len(seen)
-        self._mrows[first : first + len(new)] = np.add.reduceat(self._mE[flat], starts, axis=0)
-        seen.update(zip(new, range(first, first + len(new)), strict=True))
-        return seen, self._mrows
-
-    def _mlp_pair(self, pair: tuple[str, str]) -> int:
-        value = pair_id(pair, self._mmask)
-        if len(self._mpair) >= _CACHE_ENTRIES:
-            self._mpair.clear()
-        self._mpair[pair] = value
-        return value
-
-    def _margin_mlp(self, text: str) -> _Margin:
-        """v8: the best window's MLP margin. Per block, the summed rows of its distinct tokens (cached per token)
-        and bigrams (one row each); per window, the sum of its two blocks' over sqrt(their size), then ReLU and
-        the output layer: a few numpy calls per text."""
-        m = self._w.mlp
-        norm = normalize(text)
-        toks = tokens(norm)
-        if not toks:
-            h = np.maximum(m.b1, 0.0)
-            return _Margin(float(h @ m.w2) + m.b2, 0, norm, toks, [])
-        w = self._w
-        parts = blocks(toks, w.window, w.stride)
-        pget, zero = self._mpair.get, self._mzero
-        pids, pstarts = [], []
-        for _t, p in parts:
-            pstarts.append(len(pids))
-            values = list(map(pget, p))
-            if None in values:
-                values = [self._mlp_pair(q) if v is None else v for q, v in zip(p, values, strict=True)]
-            pids += values
-            pids.append(zero)
-        tstarts = list(itertools.accumulate((len(t) for t, _p in parts[:-1]), initial=0))
-        with self._mlock:
-            table, rows = self._mlp_token_rows(list(dict.fromkeys(t for b, _p in parts for t in b)))
-            tidx = [table[t] for b, _p in parts for t in b]
-            S = np.add.reduceat(rows[tidx], tstarts, axis=0)
-        S += np.add.reduceat(self._mE[pids], pstarts, axis=0)
-        sizes = np.array([len(t) + len(p) for t, p in parts], dtype=np.float32)
-        if len(parts) > 1:
-            S = S[:-1] + S[1:]
-            sizes = sizes[:-1] + sizes[1:]
-        A = S / np.sqrt(sizes)[:, None]
-        H = A[:, : m.hidden] + m.b1
-        np.maximum(H, 0.0, out=H)
-        z = H @ m.w2 + m.b2
-        if m.skip:
-            z += A[:, m.hidden]
-        best = int(np.argmax(z))
-        return _Margin(float(z[best]), best, norm, toks, parts)
-
     def _margin(self, text: str) -> _Margin:
         """The best window's raw margin, with what naming its family and span needs later."""
-        if self._w.mlp is not None:
-            return self._margin_mlp(text)
         w = self._w
         norm = normalize(text)
         toks = tokens(norm)
         if not toks:
-            return _Margin(self._k4 * self._b0 + self._ce if self._emb else self._b0, 0, norm, toks, [])
+            return _Margin(float(w.b[0]), 0, norm, toks, [])
         parts = blocks(toks, w.window, w.stride)
         if len(parts) == 1:
             t, p = parts[0]
-            z0 = self._block(t, p) / math.sqrt(len(t) + len(p)) + self._b0
-            if self._emb:
-                es, en = self._eblock(t)
-                z0 = self._k4 * z0 + self._ke * es / en + self._ce
-            return _Margin(z0, 0, norm, toks, parts)
+            return _Margin(self._block(t, p) / math.sqrt(len(t) + len(p)) + self._b0, 0, norm, toks, parts)
         # a window is two consecutive blocks: every window's margin from the per-block sums and sizes
         sums = [self._block(t, p) for t, p in parts]
         sizes = [len(t) + len(p) for t, p in parts]
         z = [(sums[i] + sums[i + 1]) / math.sqrt(sizes[i] + sizes[i + 1]) for i in range(len(parts) - 1)]
-        if self._emb:
-            k4, ke, ce, b0 = self._k4, self._ke, self._ce, self._b0
-            eb = [self._eblock(t) for t, _p in parts]
-            z = [k4 * (z[i] + b0) + ke * (eb[i][0] + eb[i + 1][0]) / (eb[i][1] + eb[i + 1][1]) + ce - b0
-                 for i in range(len(z))]
         best = max(range(len(z)), key=z.__getitem__)
         return _Margin(z[best] + self._b0, best, norm, toks, parts)
 

@@ -1,6 +1,7 @@
-"""Static word embeddings for the scan classifier's v7 attempt (not in the shipped model).
+"""Static word embeddings for the scan classifier's v7 attempt (not in the shipped model, not in the plugin).
 
-The LLaMA 2 pieces of wordllama's l2_supercat.
+The LLaMA 2 pieces of wordllama's l2_supercat, for ``benchmarks/scan_classifier_dev.py --embedding``: training
+(``benchmarks/train_scan_classifier.py``) and the v7 scoring path (``benchmarks/scan_classifier_variants.py``).
 
 The files come from the ``wordllama`` wheel (PyPI, MIT), read directly: the tokenizer with ``tokenizers``,
 the 32,000 x 256 embedding matrix with ``safetensors`` (training only; a v7 model would ship one score per piece
@@ -10,7 +11,7 @@ it. Nothing here touches the network.
 
 The stage reads embeddings per stage token (its words and punctuation runs, already normalised): a token's
 pieces are the vocabulary id of ``"▁" + token`` when that is one piece, else the tokenizer's encoding of the
-token alone. The same function serves training and serving, and is cached per token there.
+token alone. The same function serves training and the v7 scoring path, which caches it per token.
 """
 
 from __future__ import annotations
