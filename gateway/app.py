@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from gateway import plugins as plugin_loader
+from gateway import redact
 from gateway.admin import admin_app
 from gateway.chain import Chain
 from gateway.config import ConfigError, GatewayConfig, LoadedConfig, load, parse_listen
@@ -82,6 +83,7 @@ class Gateway:
         """Build from ``loaded``; with ``previous`` (a reload), share its telemetry and counters."""
         self.config_path = loaded.path
         self.config: GatewayConfig = loaded.gateway
+        redact.remember(redact.keys_of(self.config))  # before a plugin is built: it may log
         self.providers: dict[str, Provider] = {
             name: make_provider(name, provider) for name, provider in self.config.providers.items()
         }

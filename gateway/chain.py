@@ -23,11 +23,11 @@ from typing import Any
 import pluggy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import GatewayError, StartupError, plugin_error
 from gateway.exchange import Exchange, Response, StreamEvent
 from gateway.plugins import Plugin
+from gateway.redact import record_exception
 from gateway.telemetry import start_span
 
 log = logging.getLogger("gateway.chain")
@@ -344,9 +344,9 @@ def _drop(exchange: Exchange) -> None:
 
 
 def _mark_failed(span: trace.Span, exc: Exception) -> None:
-    """A hook's span when the hook raised: the exception as an event, status ERROR."""
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    """A hook's span when the hook raised: the exception as an event (its text without
+    a known key), status ERROR."""
+    record_exception(span, exc)
 
 
 class _HookSpan:

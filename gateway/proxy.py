@@ -45,6 +45,7 @@ from gateway.errors import (
 )
 from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, carries_usage, close_stream, usage_details
 from gateway.mock_upstream import MockUpstream
+from gateway.redact import redact_bytes
 from gateway.telemetry import (
     end_client_span_on_answer,
     end_client_span_on_error,
@@ -301,7 +302,10 @@ class Provider:
             raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise upstream_error(f"Provider {self.name} failed: {type(exc).__name__}.") from None
-        return Response(answer.status, _answer_headers(answer.headers), answer.body, answer.stream)
+        body = answer.body
+        if answer.status >= 400 and body:  # a provider that quotes the key it was sent ("Invalid key: sk-...")
+            body = redact_bytes(body)
+        return Response(answer.status, _answer_headers(answer.headers), body, answer.stream)
 
 
 class MockProvider(Provider):
