@@ -12,6 +12,7 @@ plugin's answer (429, 402...) and always reaches the caller.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -143,6 +144,11 @@ class Chain:
             except Exception as exc:
                 self._failed(hook, exc, exchange)
                 continue
+            except BaseException as exc:
+                if not stray(exc):
+                    raise
+                self._failed(hook, exc, exchange)
+                continue
             if answer is not None:
                 return answer
         exchange.reached = self.last_index
@@ -163,16 +169,16 @@ class Chain:
                         await decision
                 else:
                     await decision
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    for _, rest in pending[position + 1 :]:
+                        rest.close()
+                    raise
                 try:
                     self._failed(hook, exc, exchange)
                 except Exception as answer:
                     if refusal is None:
                         refusal = answer
-            except BaseException:
-                for _, rest in pending[position + 1 :]:
-                    rest.close()
-                raise
         if refusal is not None:
             raise refusal
 
@@ -191,6 +197,11 @@ class Chain:
             except Exception as exc:
                 self._failed(hook, exc, exchange)
                 continue
+            except BaseException as exc:
+                if not stray(exc):
+                    raise
+                self._failed(hook, exc, exchange)
+                continue
             if replaced is not None:
                 response = replaced
         return response
@@ -206,7 +217,9 @@ class Chain:
                 continue  # it failed open on an earlier event
             try:
                 await hook.function(exchange, event)
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    raise
                 if exchange._chunk_spans is not None:
                     _mark_failed(exchange._chunk_spans[hook.index], exc)
                 self._failed(hook, exc, exchange)
@@ -245,9 +258,11 @@ class Chain:
                         await hook.function(exchange)
                 else:
                     await hook.function(exchange)
-            except Exception:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    raise
                 self.failures[hook.label] += 1
-                log.exception("plugin %s failed in complete", hook.label, extra={"plugin": hook.label})
+                log.error("plugin %s failed in complete", hook.label, exc_info=exc, extra={"plugin": hook.label})
 
     def _onion(self, forward: Send) -> Send:
         call = forward
@@ -267,7 +282,9 @@ class Chain:
                     with self._span(hook):
                         return await function(exchange, recorder)  # type: ignore[no-any-return]
                 return await function(exchange, recorder)  # type: ignore[no-any-return]
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    raise
                 self._failed(hook, exc, exchange)
                 # Failing open: behave as if the plugin were not there, without
                 # calling the upstream twice when the plugin already had its answer.
@@ -278,7 +295,7 @@ class Chain:
 
         return layer
 
-    def _failed(self, hook: Hook, exc: Exception, exchange: Exchange) -> None:
+    def _failed(self, hook: Hook, exc: BaseException, exchange: Exchange) -> None:
         """Re-raise an answer; fail closed (500) or open (log, and go on as if the plugin
         were not there: its later hooks skip this exchange)."""
         if isinstance(exc, GatewayError):
@@ -343,7 +360,20 @@ def _drop(exchange: Exchange) -> None:
         decision.close()
 
 
-def _mark_failed(span: trace.Span, exc: Exception) -> None:
+def stray(exc: BaseException) -> bool:
+    """Whether a hook's BaseException is the plugin's failure rather than the gateway's
+    business: ``SystemExit`` or ``KeyboardInterrupt`` (the process's signals are the
+    gateway's: a plugin's ``sys.exit()`` stopped it without a line), or a
+    ``CancelledError`` while this task is not being cancelled (a task or future the
+    plugin awaited was cancelled: passed on, it dropped the caller's connection as if
+    the caller had left)."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
+    return isinstance(exc, (SystemExit, KeyboardInterrupt))
+
+
+def _mark_failed(span: trace.Span, exc: BaseException) -> None:
     """A hook's span when the hook raised: the exception as an event (its text without
     a known key), status ERROR."""
     record_exception(span, exc)
@@ -365,7 +395,7 @@ class _HookSpan:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         otel_context.detach(self.token)
         span = self.span
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) or (exc is not None and stray(exc)):
             _mark_failed(span, exc)
         span.end()
 

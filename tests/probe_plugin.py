@@ -20,6 +20,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tag: str
     answer: bool = False  # answer from `request` instead of the upstream
     fail_in: list[str] = []  # hooks that raise RuntimeError ("send-done": send, once the upstream answered)
+    fail_with: str = "RuntimeError"  # or "CancelledError" (a future the plugin awaited was cancelled), "SystemExit"
     raise_status: int = 0  # `request` raises a GatewayError with this status
     raise_code: str = ""
     upper_chunks: bool = False  # `chunk` upper-cases streamed content
@@ -37,6 +38,10 @@ class Probe:
     def _run(self, hook: str) -> None:
         CALLS.append((self.tag, hook))
         if hook in self.config.fail_in:
+            if self.config.fail_with == "CancelledError":
+                raise asyncio.CancelledError()
+            if self.config.fail_with == "SystemExit":
+                raise SystemExit(3)
             raise RuntimeError(f"{self.tag} fails in {hook} (sk-secret-in-exception)")
 
     @hookimpl
