@@ -170,3 +170,25 @@ async def test_metrics_carry_the_asyncio_task_count(tmp_path):
         _, metrics = await _get(gw.admin_url + "/metrics")
     lines = [line for line in metrics.splitlines() if line.startswith("gateway_asyncio_tasks ")]
     assert len(lines) == 1 and float(lines[0].split()[1]) >= 1
+
+
+class Broken:
+    """A plugin whose admin route raises."""
+
+    @hookimpl
+    def admin_routes(self, gateway):
+        async def explode(request: web.Request) -> web.Response:
+            raise RuntimeError("the plugin's route is broken")
+
+        return [web.get("/broken", explode)]
+
+
+async def test_a_plugin_admin_route_that_raises_is_a_json_500_plugin_error(tmp_path):
+    # Before: aiohttp's plain-text "500 Internal Server Error / Server got itself in trouble".
+    config = {"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "test_admin:Broken"}]}
+    async with run_gateway(config, tmp_path) as gw:
+        status, body = await _get(gw.admin_url + "/broken")
+        assert await _get(gw.admin_url + "/healthz") == (200, {"status": "ok"})
+    assert status == 500
+    assert body["error"]["code"] == "plugin_error" and "broken" not in body["error"]["message"]
+
