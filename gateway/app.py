@@ -431,7 +431,7 @@ async def reload_logged(gateway: Gateway) -> str | None:
     except ConfigError as exc:
         problem = f"config error: {exc}"
     except StartupError as exc:
-        problem = str(exc)
+        problem = redact.redact(str(exc))  # a plugin's exception, quoted: the admin answer carries it too
     else:
         return None
     log.error("reload refused, the running configuration stays: %s", problem)
