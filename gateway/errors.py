@@ -98,7 +98,9 @@ def circuit_open(message: str, retry_after_s: float) -> GatewayError:
 
 
 def backend_unavailable(message: str) -> GatewayError:
-    return GatewayError(503, "backend_unavailable", message)
+    """503 with ``Retry-After: 1`` (like every 503 the gateway makes): a client that obeys
+    it waits a moment for the backend to come back instead of hammering the gateway."""
+    return GatewayError(503, "backend_unavailable", message, headers={"Retry-After": "1"})
 
 
 def upstream_timeout(message: str) -> GatewayError:

@@ -588,6 +588,7 @@ async def test_redis_budget_calls_get_spans_and_a_redis_outage_follows_failure_m
         ready, _ = await admin_get(gw, "/readyz")
         quota_status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
     assert refused.value.status_code == 503 and refused.value.body["code"] == "backend_unavailable"
+    assert refused.value.response.headers["Retry-After"] == "1"  # as on every 503 (before: none)
     assert ready == 503
     assert quota_status == 503 and quota["error"]["code"] == "backend_unavailable"  # the same code, on the admin port
 
