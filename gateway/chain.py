@@ -150,7 +150,9 @@ class Chain:
                 self._failed(hook, exc, exchange)
                 continue
             if answer is not None:
-                return answer
+                if isinstance(answer, Response):
+                    return answer
+                self._failed(hook, _not_a_response(hook, answer), exchange)
         exchange.reached = self.last_index
         return None
 
@@ -203,7 +205,10 @@ class Chain:
                 self._failed(hook, exc, exchange)
                 continue
             if replaced is not None:
-                response = replaced
+                if isinstance(replaced, Response):
+                    response = replaced
+                else:
+                    self._failed(hook, _not_a_response(hook, replaced), exchange)
         return response
 
     def chunk_hooks_for(self, exchange: Exchange) -> tuple[Hook, ...]:
@@ -280,8 +285,12 @@ class Chain:
             try:
                 if exchange.recording:
                     with self._span(hook):
-                        return await function(exchange, recorder)  # type: ignore[no-any-return]
-                return await function(exchange, recorder)  # type: ignore[no-any-return]
+                        answer = await function(exchange, recorder)
+                else:
+                    answer = await function(exchange, recorder)
+                if not isinstance(answer, Response):  # a send hook that forgot to return call_next's answer
+                    raise _not_a_response(hook, answer)
+                return answer
             except BaseException as exc:
                 if not isinstance(exc, Exception) and not stray(exc):
                     raise
@@ -371,6 +380,11 @@ def stray(exc: BaseException) -> bool:
         task = asyncio.current_task()
         return task is not None and task.cancelling() == 0
     return isinstance(exc, (SystemExit, KeyboardInterrupt))
+
+
+def _not_a_response(hook: Hook, value: Any) -> TypeError:
+    expected = "a Response" if hook.name == "send" else "a Response or None"
+    return TypeError(f"{hook.name} returned {type(value).__name__}, not {expected}")
 
 
 def _mark_failed(span: trace.Span, exc: BaseException) -> None:

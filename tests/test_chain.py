@@ -213,6 +213,26 @@ async def test_a_hook_raising_cancelled_error_or_system_exit_is_a_plugin_failure
     assert span.status.status_code == StatusCode.ERROR
 
 
+@pytest.mark.parametrize("hook", ["request", "send", "response"])
+async def test_a_hook_returning_something_other_than_a_response_is_a_plugin_failure(tmp_path, hook):
+    # Before: the core tripped on it later, a 500 internal_error whatever the plugin's on_error.
+    closed = probes({"tag": "sloppy", "wrong_return": [hook]})
+    opened = probes({"tag": "sloppy", "wrong_return": [hook]})
+    opened["plugins"][0]["on_error"] = "open"
+    for directory in ("closed", "open"):
+        (tmp_path / directory).mkdir()
+    async with run_gateway(closed, tmp_path / "closed") as gw:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+    assert caught.value.body["code"] == "plugin_error" and "sloppy" in caught.value.body["message"]
+    async with run_gateway(opened, tmp_path / "open") as gw:
+        completion = await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        stats = await _admin_json(gw, "/stats")
+    assert completion.choices[0].message.content.startswith("Mock reply to: hello")
+    assert stats["plugins"]["sloppy"]["failures"] == 1
+    assert [s.attributes["gateway.attempt"] for s in gw.spans() if s.kind.name == "CLIENT"] == [1]
+
+
 async def test_fail_open_send_hook_that_breaks_after_the_upstream_answered_does_not_call_it_twice(tmp_path):
     config = probes({"tag": "late", "fail_in": ["send-done"]})
     config["plugins"][0]["on_error"] = "open"
