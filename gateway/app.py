@@ -115,6 +115,8 @@ class Gateway:
         self._finished_exchanges: list[tuple[Exchange, int, trace.Span | None]] = []
         self.started = False
         self.draining = False
+        #: the loop time the drain's grace period ends at, once a drain began
+        self.drain_deadline: float | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
         #: the Redis handles this generation's plugins asked for; closed after their shutdown
@@ -184,7 +186,7 @@ class Gateway:
     async def stop(self) -> None:
         """After the data plane drained: finish leftover exchanges, stop plugins, close pools."""
         if self.background:
-            await asyncio.gather(*self.background, return_exceptions=True)
+            await self._finish_background()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._shut(self.chain, self.providers, self.redis_handles)
@@ -192,6 +194,23 @@ class Gateway:
         self.started = False
         if isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.force_flush)  # exporting may wait on the network
+
+    async def _finish_background(self) -> None:
+        """Let the ``complete`` hooks still running finish until the drain's deadline (a
+        grace period from now without a drain), then cancel them: a plugin whose hook
+        never returns kept SIGTERM from ever ending the process."""
+        loop = asyncio.get_running_loop()
+        deadline = self.drain_deadline
+        if deadline is None:
+            deadline = loop.time() + self.config.shutdown_grace_s
+        _, pending = await asyncio.wait(set(self.background), timeout=max(deadline - loop.time(), CANCEL_WAIT_S))
+        if pending:
+            log.warning(
+                "grace period over, cancelling %d unfinished complete hook(s); their records may be lost", len(pending)
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
 
     async def _shut(self, chain: Chain, providers: dict[str, Provider], redis_handles: list[Redis]) -> None:
         await chain.shutdown(self)
@@ -456,7 +475,7 @@ async def _drain(runner: web.BaseRunner, gateway: Gateway, grace_s: float) -> No
     if runner.server is not None:
         runner.server.pre_shutdown()  # keep-alive connections close after their current request
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace_s
+    deadline = gateway.drain_deadline = loop.time() + grace_s
     while gateway.proxy.in_flight and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL_S)
     leftovers = list(gateway.proxy.serving)
