@@ -61,6 +61,8 @@ GENERATION = (
 
 #: once the grace period is over, how long cancelled requests get to unwind
 CANCEL_WAIT_S = 0.25
+#: the least time a plugin's shutdown hook gets, whatever shutdown_grace_s says
+MIN_SHUTDOWN_HOOK_S = 1.0
 DRAIN_POLL_S = 0.02
 #: objects allocated (net) before the young generation is collected (CPython: 700)
 GC_YOUNG_THRESHOLD = 10_000
@@ -213,7 +215,8 @@ class Gateway:
             await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
 
     async def _shut(self, chain: Chain, providers: dict[str, Provider], redis_handles: list[Redis]) -> None:
-        await chain.shutdown(self)
+        # Each shutdown hook gets the grace period (at least a second), then is cancelled.
+        await chain.shutdown(self, max(self.config.shutdown_grace_s, MIN_SHUTDOWN_HOOK_S))
         # After the plugins' shutdown: the writes they queued (and any made while
         # shutting down) reach Redis before the connection closes.
         for handle in redis_handles:

@@ -354,10 +354,17 @@ class Chain:
                 raise StartupError(f"plugin {hook.label} failed to start: {exc}") from exc
             log.debug("plugin %s started in %.1f ms", hook.label, (time.perf_counter() - started) * 1000)
 
-    async def shutdown(self, gateway: Any) -> None:
+    async def shutdown(self, gateway: Any, timeout_s: float | None = None) -> None:
+        """Each plugin's ``shutdown``, in reverse order; one that takes longer than
+        ``timeout_s`` is cancelled (logged), so that a hung backend cannot keep the
+        process from exiting."""
         for hook in self.shutdown_hooks:
             try:
-                await hook.function(gateway)
+                async with asyncio.timeout(timeout_s):
+                    await hook.function(gateway)
+            except TimeoutError:
+                label = hook.label
+                log.error("plugin %s did not shut down within %g s; cancelled", label, timeout_s, extra={"plugin": label})
             except Exception:
                 log.exception("plugin %s failed in shutdown", hook.label, extra={"plugin": hook.label})
 

@@ -400,3 +400,27 @@ async def test_a_complete_hook_that_never_returns_is_cancelled_at_the_grace_peri
         gw.send_signal(signal.SIGTERM)
         assert await gw.wait(timeout_s=15) == 0
     assert any("unfinished complete hook" in line["message"] for line in gw.log_lines())
+
+
+HANGS_IN_SHUTDOWN = """
+import asyncio
+
+from gateway import hookimpl
+
+
+class HangsInShutdown:
+    @hookimpl
+    async def shutdown(self, gateway):
+        await asyncio.sleep(3600)
+"""
+
+
+async def test_a_shutdown_hook_that_never_returns_is_cancelled_and_the_process_exits_0(tmp_path):
+    # Before: SIGTERM never ended the process; each shutdown hook now gets the grace period.
+    (tmp_path / "hangs.py").write_text(HANGS_IN_SHUTDOWN)
+    config = loopback_config(shutdown_grace_s=1, plugins=[{"use": "hangs:HangsInShutdown"}, {"use": "accesslog"}])
+    async with start_gateway(config, tmp_path) as gw:
+        await sdk(gw.url).chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
+        gw.send_signal(signal.SIGTERM)
+        assert await gw.wait(timeout_s=15) == 0
+    assert any("did not shut down" in line["message"] for line in gw.log_lines())
