@@ -150,7 +150,7 @@ def _current_handler(gateway: Gateway, method: str, path: str) -> Any:
         current = gateway.admin_handlers.get((method, path))
         if current is None:
             return _error(404, "not_found_error", "not_found", "No plugin of the running configuration serves this path.")
-        return await current(request)  # type: ignore[no-any-return]
+        return await _plugin_route(current, request)
 
     return handler
 
@@ -160,9 +160,21 @@ def _added_by_reload(gateway: Gateway) -> Any:
         current = gateway.admin_handlers.get((request.method, request.path))
         if current is None:
             return _error(404, "not_found_error", "not_found", f"No admin route {request.method} {request.path}.")
-        return await current(request)  # type: ignore[no-any-return]
+        return await _plugin_route(current, request)
 
     return handler
+
+
+async def _plugin_route(handler: Any, request: web.Request) -> web.StreamResponse:
+    """A plugin's admin route; one that raises is a JSON 500 ``plugin_error`` (aiohttp's
+    own answer is a plain-text page), its text in the log only."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except web.HTTPException:
+        raise  # an answer, as aiohttp means it
+    except Exception:
+        log.exception("admin route %s %s of a plugin failed", request.method, request.path)
+        return _error(500, "server_error", "plugin_error", "The plugin's admin route failed; see the gateway log.")
 
 
 def _error(status: int, kind: str, code: str, message: str) -> web.Response:

@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from gateway import plugins as plugin_loader
+from gateway import redact
 from gateway.admin import admin_app
 from gateway.chain import Chain
 from gateway.config import ConfigError, GatewayConfig, LoadedConfig, load, parse_listen
@@ -60,6 +61,8 @@ GENERATION = (
 
 #: once the grace period is over, how long cancelled requests get to unwind
 CANCEL_WAIT_S = 0.25
+#: the least time a plugin's shutdown hook gets, whatever shutdown_grace_s says
+MIN_SHUTDOWN_HOOK_S = 1.0
 DRAIN_POLL_S = 0.02
 #: objects allocated (net) before the young generation is collected (CPython: 700)
 GC_YOUNG_THRESHOLD = 10_000
@@ -82,6 +85,7 @@ class Gateway:
         """Build from ``loaded``; with ``previous`` (a reload), share its telemetry and counters."""
         self.config_path = loaded.path
         self.config: GatewayConfig = loaded.gateway
+        redact.remember(redact.keys_of(self.config))  # before a plugin is built: it may log
         self.providers: dict[str, Provider] = {
             name: make_provider(name, provider) for name, provider in self.config.providers.items()
         }
@@ -113,6 +117,8 @@ class Gateway:
         self._finished_exchanges: list[tuple[Exchange, int, trace.Span | None]] = []
         self.started = False
         self.draining = False
+        #: the loop time the drain's grace period ends at, once a drain began
+        self.drain_deadline: float | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
         #: the Redis handles this generation's plugins asked for; closed after their shutdown
@@ -182,7 +188,7 @@ class Gateway:
     async def stop(self) -> None:
         """After the data plane drained: finish leftover exchanges, stop plugins, close pools."""
         if self.background:
-            await asyncio.gather(*self.background, return_exceptions=True)
+            await self._finish_background()
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         await self._shut(self.chain, self.providers, self.redis_handles)
@@ -191,8 +197,26 @@ class Gateway:
         if isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.force_flush)  # exporting may wait on the network
 
+    async def _finish_background(self) -> None:
+        """Let the ``complete`` hooks still running finish until the drain's deadline (a
+        grace period from now without a drain), then cancel them: a plugin whose hook
+        never returns kept SIGTERM from ever ending the process."""
+        loop = asyncio.get_running_loop()
+        deadline = self.drain_deadline
+        if deadline is None:
+            deadline = loop.time() + self.config.shutdown_grace_s
+        _, pending = await asyncio.wait(set(self.background), timeout=max(deadline - loop.time(), CANCEL_WAIT_S))
+        if pending:
+            log.warning(
+                "grace period over, cancelling %d unfinished complete hook(s); their records may be lost", len(pending)
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
+
     async def _shut(self, chain: Chain, providers: dict[str, Provider], redis_handles: list[Redis]) -> None:
-        await chain.shutdown(self)
+        # Each shutdown hook gets the grace period (at least a second), then is cancelled.
+        await chain.shutdown(self, max(self.config.shutdown_grace_s, MIN_SHUTDOWN_HOOK_S))
         # After the plugins' shutdown: the writes they queued (and any made while
         # shutting down) reach Redis before the connection closes.
         for handle in redis_handles:
@@ -429,7 +453,7 @@ async def reload_logged(gateway: Gateway) -> str | None:
     except ConfigError as exc:
         problem = f"config error: {exc}"
     except StartupError as exc:
-        problem = str(exc)
+        problem = redact.redact(str(exc))  # a plugin's exception, quoted: the admin answer carries it too
     else:
         return None
     log.error("reload refused, the running configuration stays: %s", problem)
@@ -454,7 +478,7 @@ async def _drain(runner: web.BaseRunner, gateway: Gateway, grace_s: float) -> No
     if runner.server is not None:
         runner.server.pre_shutdown()  # keep-alive connections close after their current request
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace_s
+    deadline = gateway.drain_deadline = loop.time() + grace_s
     while gateway.proxy.in_flight and loop.time() < deadline:
         await asyncio.sleep(DRAIN_POLL_S)
     leftovers = list(gateway.proxy.serving)

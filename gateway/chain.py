@@ -12,6 +12,7 @@ plugin's answer (429, 402...) and always reaches the caller.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -23,11 +24,11 @@ from typing import Any
 import pluggy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import GatewayError, StartupError, plugin_error
 from gateway.exchange import Exchange, Response, StreamEvent
 from gateway.plugins import Plugin
+from gateway.redact import record_exception
 from gateway.telemetry import start_span
 
 log = logging.getLogger("gateway.chain")
@@ -143,8 +144,15 @@ class Chain:
             except Exception as exc:
                 self._failed(hook, exc, exchange)
                 continue
+            except BaseException as exc:
+                if not stray(exc):
+                    raise
+                self._failed(hook, exc, exchange)
+                continue
             if answer is not None:
-                return answer
+                if isinstance(answer, Response):
+                    return answer
+                self._failed(hook, _not_a_response(hook, answer), exchange)
         exchange.reached = self.last_index
         return None
 
@@ -163,16 +171,16 @@ class Chain:
                         await decision
                 else:
                     await decision
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    for _, rest in pending[position + 1 :]:
+                        rest.close()
+                    raise
                 try:
                     self._failed(hook, exc, exchange)
                 except Exception as answer:
                     if refusal is None:
                         refusal = answer
-            except BaseException:
-                for _, rest in pending[position + 1 :]:
-                    rest.close()
-                raise
         if refusal is not None:
             raise refusal
 
@@ -191,8 +199,16 @@ class Chain:
             except Exception as exc:
                 self._failed(hook, exc, exchange)
                 continue
+            except BaseException as exc:
+                if not stray(exc):
+                    raise
+                self._failed(hook, exc, exchange)
+                continue
             if replaced is not None:
-                response = replaced
+                if isinstance(replaced, Response):
+                    response = replaced
+                else:
+                    self._failed(hook, _not_a_response(hook, replaced), exchange)
         return response
 
     def chunk_hooks_for(self, exchange: Exchange) -> tuple[Hook, ...]:
@@ -206,7 +222,9 @@ class Chain:
                 continue  # it failed open on an earlier event
             try:
                 await hook.function(exchange, event)
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    raise
                 if exchange._chunk_spans is not None:
                     _mark_failed(exchange._chunk_spans[hook.index], exc)
                 self._failed(hook, exc, exchange)
@@ -245,9 +263,11 @@ class Chain:
                         await hook.function(exchange)
                 else:
                     await hook.function(exchange)
-            except Exception:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    raise
                 self.failures[hook.label] += 1
-                log.exception("plugin %s failed in complete", hook.label, extra={"plugin": hook.label})
+                log.error("plugin %s failed in complete", hook.label, exc_info=exc, extra={"plugin": hook.label})
 
     def _onion(self, forward: Send) -> Send:
         call = forward
@@ -265,9 +285,15 @@ class Chain:
             try:
                 if exchange.recording:
                     with self._span(hook):
-                        return await function(exchange, recorder)  # type: ignore[no-any-return]
-                return await function(exchange, recorder)  # type: ignore[no-any-return]
-            except Exception as exc:
+                        answer = await function(exchange, recorder)
+                else:
+                    answer = await function(exchange, recorder)
+                if not isinstance(answer, Response):  # a send hook that forgot to return call_next's answer
+                    raise _not_a_response(hook, answer)
+                return answer
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and not stray(exc):
+                    raise
                 self._failed(hook, exc, exchange)
                 # Failing open: behave as if the plugin were not there, without
                 # calling the upstream twice when the plugin already had its answer.
@@ -278,7 +304,7 @@ class Chain:
 
         return layer
 
-    def _failed(self, hook: Hook, exc: Exception, exchange: Exchange) -> None:
+    def _failed(self, hook: Hook, exc: BaseException, exchange: Exchange) -> None:
         """Re-raise an answer; fail closed (500) or open (log, and go on as if the plugin
         were not there: its later hooks skip this exchange)."""
         if isinstance(exc, GatewayError):
@@ -328,10 +354,17 @@ class Chain:
                 raise StartupError(f"plugin {hook.label} failed to start: {exc}") from exc
             log.debug("plugin %s started in %.1f ms", hook.label, (time.perf_counter() - started) * 1000)
 
-    async def shutdown(self, gateway: Any) -> None:
+    async def shutdown(self, gateway: Any, timeout_s: float | None = None) -> None:
+        """Each plugin's ``shutdown``, in reverse order; one that takes longer than
+        ``timeout_s`` is cancelled (logged), so that a hung backend cannot keep the
+        process from exiting."""
         for hook in self.shutdown_hooks:
             try:
-                await hook.function(gateway)
+                async with asyncio.timeout(timeout_s):
+                    await hook.function(gateway)
+            except TimeoutError:
+                label = hook.label
+                log.error("plugin %s did not shut down within %g s; cancelled", label, timeout_s, extra={"plugin": label})
             except Exception:
                 log.exception("plugin %s failed in shutdown", hook.label, extra={"plugin": hook.label})
 
@@ -343,10 +376,28 @@ def _drop(exchange: Exchange) -> None:
         decision.close()
 
 
-def _mark_failed(span: trace.Span, exc: Exception) -> None:
-    """A hook's span when the hook raised: the exception as an event, status ERROR."""
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+def stray(exc: BaseException) -> bool:
+    """Whether a hook's BaseException is the plugin's failure rather than the gateway's
+    business: ``SystemExit`` or ``KeyboardInterrupt`` (the process's signals are the
+    gateway's: a plugin's ``sys.exit()`` stopped it without a line), or a
+    ``CancelledError`` while this task is not being cancelled (a task or future the
+    plugin awaited was cancelled: passed on, it dropped the caller's connection as if
+    the caller had left)."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
+    return isinstance(exc, (SystemExit, KeyboardInterrupt))
+
+
+def _not_a_response(hook: Hook, value: Any) -> TypeError:
+    expected = "a Response" if hook.name == "send" else "a Response or None"
+    return TypeError(f"{hook.name} returned {type(value).__name__}, not {expected}")
+
+
+def _mark_failed(span: trace.Span, exc: BaseException) -> None:
+    """A hook's span when the hook raised: the exception as an event (its text without
+    a known key), status ERROR."""
+    record_exception(span, exc)
 
 
 class _HookSpan:
@@ -365,7 +416,7 @@ class _HookSpan:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         otel_context.detach(self.token)
         span = self.span
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) or (exc is not None and stray(exc)):
             _mark_failed(span, exc)
         span.end()
 

@@ -48,6 +48,7 @@ def _run(path: str | None) -> int:
     from gateway import logs
     from gateway.app import build, serve
     from gateway.errors import StartupError
+    from gateway.redact import redact
     from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
 
     try:
@@ -61,8 +62,8 @@ def _run(path: str | None) -> int:
     _use_uvloop()
     try:
         asyncio.run(serve(gateway))
-    except StartupError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
+    except StartupError as exc:  # it may quote a plugin's exception, whose text may hold a key
+        print(f"gateway: {redact(str(exc))}", file=sys.stderr)
         return 1
     finally:
         tracer_provider.shutdown()

@@ -12,6 +12,8 @@ import math
 
 import msgspec
 
+from gateway.redact import redact
+
 # OpenAI's error "type" for each status the gateway answers; Anthropic routes carry
 # the gateway's own code in error.type instead (see error_body).
 _OPENAI_TYPES = {
@@ -96,7 +98,9 @@ def circuit_open(message: str, retry_after_s: float) -> GatewayError:
 
 
 def backend_unavailable(message: str) -> GatewayError:
-    return GatewayError(503, "backend_unavailable", message)
+    """503 with ``Retry-After: 1`` (like every 503 the gateway makes): a client that obeys
+    it waits a moment for the backend to come back instead of hammering the gateway."""
+    return GatewayError(503, "backend_unavailable", message, headers={"Retry-After": "1"})
 
 
 def upstream_timeout(message: str) -> GatewayError:
@@ -126,10 +130,10 @@ _encode = msgspec.json.Encoder().encode
 
 
 def error_body(error: GatewayError, api: str) -> bytes:
-    """The JSON body for ``error`` in the shape of ``api`` ("openai" or "anthropic")."""
+    """The JSON body for ``error`` in the shape of ``api`` ("openai" or "anthropic"); a
+    plugin's message never shows a key of the configuration."""
+    message = redact(error.message)
     if api == "anthropic":
-        return _encode({"type": "error", "error": {"type": error.code, "message": error.message}})
+        return _encode({"type": "error", "error": {"type": error.code, "message": message}})
     kind = _OPENAI_TYPES.get(error.status, "server_error" if error.status >= 500 else "invalid_request_error")
-    return _encode(
-        {"error": {"message": error.message, "type": kind, "code": error.code, "param": error.param}}
-    )
+    return _encode({"error": {"message": message, "type": kind, "code": error.code, "param": error.param}})

@@ -81,8 +81,14 @@ _NO_USAGE: tuple[None, None, None, None, None] = (None, None, None, None, None)
 UNBILLED_PATHS = frozenset({"/v1/messages/count_tokens", "/v1/responses/input_tokens"})
 
 
+#: the most tokens one usage figure may report. A provider's figure above it or below
+#: zero is garbage, taken as not reported (so it is estimated, when cost estimates): one
+#: of 2**64 stopped the usage ledger for good, since SQLite stores at most 2**63 - 1.
+MAX_REPORTED_TOKENS = 10**9
+
+
 def _int(value: Any) -> int | None:
-    return value if type(value) is int else None
+    return value if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS else None
 
 
 def _detail(usage: dict[str, Any], key: str, field: str) -> int | None:

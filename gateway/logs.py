@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from gateway.metrics import route_of
 from gateway.proxy import request_id_var
+from gateway.redact import redact
 from gateway.telemetry import requested_model
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class JsonFormatter(logging.Formatter):
                     line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return _encode(line).decode()
+        return redact(_encode(line).decode())  # a plugin's message or exception may quote a key
 
 
 class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -45,6 +45,7 @@ from gateway.errors import (
 )
 from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, carries_usage, close_stream, usage_details
 from gateway.mock_upstream import MockUpstream
+from gateway.redact import redact_bytes
 from gateway.telemetry import (
     end_client_span_on_answer,
     end_client_span_on_error,
@@ -303,7 +304,20 @@ class Provider:
             raise upstream_timeout(f"Provider {self.name} did not answer within {self.timeout_s:g} s.") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise upstream_error(f"Provider {self.name} failed: {type(exc).__name__}.") from None
-        return Response(answer.status, _answer_headers(answer.headers), answer.body, answer.stream)
+        body = answer.body
+        if answer.status >= 400 and body:  # a provider that quotes the key it was sent ("Invalid key: sk-...")
+            body = redact_bytes(body)
+        elif (
+            answer.stream is None
+            and answer.status < 300
+            and exchange.method == "POST"
+            and (path or exchange.path) in JSON_ANSWERS
+            and not _frames_a_json_object(body)
+        ):
+            raise upstream_error(
+                f"Provider {self.name} answered {answer.status} with a body that is not a JSON object."
+            )
+        return Response(answer.status, _answer_headers(answer.headers), body, answer.stream)
 
 
 class MockProvider(Provider):
@@ -352,6 +366,26 @@ async def _idle_timeout(chunks: AsyncIterator[bytes], timeout_s: float) -> Async
             yield data
     finally:
         await close_stream(iterator)
+
+
+#: the POST paths whose successful buffered answer is a JSON object, in both APIs: one
+#: that is not (an HTML page from a proxy on the way, a body cut short, nothing) is
+#: unusable, a 502 ``upstream_error`` (SPEC), which the breaker counts as a failure
+JSON_ANSWERS = frozenset(
+    {
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/responses",
+        "/v1/messages", "/v1/messages/count_tokens", "/v1/responses/input_tokens",
+    }
+)  # fmt: skip
+
+
+def _frames_a_json_object(body: bytes) -> bool:
+    """Whether ``body`` starts with ``{`` and ends with ``}`` (whitespace aside): a check
+    on two bytes, not a parse, so an answer no plugin reads costs nothing more."""
+    if body[:1] == b"{" and body[-1:] == b"}":
+        return True
+    body = body.strip()
+    return body[:1] == b"{" and body[-1:] == b"}"
 
 
 def make_provider(name: str, config: ProviderConfig) -> Provider:

@@ -53,6 +53,7 @@ from opentelemetry.util.types import Attributes
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, close_stream, usage_from
+from gateway.redact import redact
 from gateway.spans import make_lean
 
 if TYPE_CHECKING:
@@ -360,7 +361,7 @@ def end_server_span(span: trace.Span, exchange: Exchange, status: int, provider_
         if error is not None:
             attributes["error.type"] = error.code
             if error.status >= 500:
-                span.set_status(StatusCode.ERROR, error.message)
+                span.set_status(StatusCode.ERROR, redact(error.message))
         elif status >= 500:
             attributes["error.type"] = str(status)
             span.set_status(StatusCode.ERROR)
@@ -396,7 +397,7 @@ def start_client_span(
 def end_client_span_on_error(span: trace.Span, exc: BaseException) -> None:
     if isinstance(exc, GatewayError):
         span.set_attribute("error.type", exc.code)
-        span.set_status(StatusCode.ERROR, exc.message)
+        span.set_status(StatusCode.ERROR, redact(exc.message))
     else:
         span.set_attribute("error.type", type(exc).__name__)
     span.end()

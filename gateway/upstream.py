@@ -46,6 +46,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 #: answers that never carry a body (RFC 9110 6.4.1)
 BODILESS = frozenset({204, 304})
 ACCEPT_ENCODING = "gzip, deflate"
+#: the most an answer's head (status line and headers) may take: an upstream that sends
+#: more (a header without end) is not HTTP the gateway can relay, and would grow its memory
+MAX_HEAD_BYTES = 64 * 1024
 SSE_CONTENT_TYPE = "text/event-stream"
 
 
@@ -249,6 +252,8 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[Answer] | None = None
         self.parts: list[bytes] = []
         self.buffered = 0
+        self.head_bytes = 0  # bytes received of the answer's head so far
+        self.feeding = 0  # the size of the read being parsed
         self.stream: _Stream | None = None
         self.until_close = False
         self.error: BaseException | None = None
@@ -267,6 +272,7 @@ class _Connection(asyncio.Protocol):
             return
         self.received = True
         self.last_read = self.loop.time()
+        self.feeding = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -276,6 +282,11 @@ class _Connection(asyncio.Protocol):
             else:
                 self._fail(UpstreamProtocolError(f"The upstream's answer is not valid HTTP: {type(exc).__name__}."))
             return
+        if self.answer is None:  # all of it was head (the parser holds a header until it ends)
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(_head_too_large())
+                return
         if self.done and self.stream is None and self.active:
             self.finish()  # only now: bytes after the answer in the same read must be seen first
 
@@ -307,6 +318,8 @@ class _Connection(asyncio.Protocol):
             return
         status = self.parser.get_status_code()
         raw, self.raw_headers = self.raw_headers, []
+        if self.head_bytes + self.feeding > MAX_HEAD_BYTES and sum([len(n) + len(v) for n, v in raw]) > MAX_HEAD_BYTES:
+            raise _head_too_large()  # the parser's feed_data raises, with it as its context
         if status < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
         headers: CIMultiDict[str] = CIMultiDict(
@@ -366,7 +379,7 @@ class _Connection(asyncio.Protocol):
         self.head_only = method == "HEAD"
         self.answer, self.stream, self.error, self.decoder = None, None, None, None
         self.until_close = False
-        self.parts, self.buffered = [], 0
+        self.parts, self.buffered, self.head_bytes = [], 0, 0
         waiter = self.waiter = self.loop.create_future()
         transport = self.transport
         assert transport is not None
@@ -491,6 +504,10 @@ class _Stream:
             connection = self.connection
             if connection.used == self.ticket and connection.active:
                 connection.abort()
+
+
+def _head_too_large() -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"The upstream's answer head is larger than {MAX_HEAD_BYTES} bytes.")
 
 
 def _decoder(encoding: str) -> Any:

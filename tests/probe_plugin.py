@@ -20,6 +20,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tag: str
     answer: bool = False  # answer from `request` instead of the upstream
     fail_in: list[str] = []  # hooks that raise RuntimeError ("send-done": send, once the upstream answered)
+    wrong_return: list[str] = []  # hooks that return something that is not a Response (send: None)
+    fail_with: str = "RuntimeError"  # or "CancelledError" (a future the plugin awaited was cancelled), "SystemExit"
     raise_status: int = 0  # `request` raises a GatewayError with this status
     raise_code: str = ""
     upper_chunks: bool = False  # `chunk` upper-cases streamed content
@@ -37,6 +39,10 @@ class Probe:
     def _run(self, hook: str) -> None:
         CALLS.append((self.tag, hook))
         if hook in self.config.fail_in:
+            if self.config.fail_with == "CancelledError":
+                raise asyncio.CancelledError()
+            if self.config.fail_with == "SystemExit":
+                raise SystemExit(3)
             raise RuntimeError(f"{self.tag} fails in {hook} (sk-secret-in-exception)")
 
     @hookimpl
@@ -55,6 +61,8 @@ class Probe:
         self._refuse()
         if self.config.answer:
             return Response.json_response({"answered_by": self.tag}, headers={"x-answered-by": self.tag})
+        if "request" in self.config.wrong_return:
+            return {"answered_by": self.tag}  # type: ignore[return-value]
         return None
 
     async def _decide(self) -> None:
@@ -77,12 +85,14 @@ class Probe:
                 break
             response = await call_next(exchange)
         self._run("send-done")
-        return response
+        return None if "send" in self.config.wrong_return else response  # type: ignore[return-value]
 
     @hookimpl
     async def response(self, exchange: Exchange, response: Response) -> None:
         self._run("response")
         response.headers[f"x-probe-{self.tag}"] = "seen"
+        if "response" in self.config.wrong_return:
+            return response.body  # type: ignore[return-value]
 
     @hookimpl
     async def chunk(self, exchange: Exchange, event: StreamEvent) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 
 import aiohttp
 from aiohttp import web
 
 from gateway import hookimpl
-from gateway.testing import run_gateway
+from gateway.testing import run_gateway, write_config
 
-from helpers_lifecycle import loopback_config, start_gateway
+from helpers_lifecycle import child_env, gateway_command, loopback_config, start_gateway
 
 CHAT = [{"role": "user", "content": "hello"}]
 
@@ -170,3 +171,51 @@ async def test_metrics_carry_the_asyncio_task_count(tmp_path):
         _, metrics = await _get(gw.admin_url + "/metrics")
     lines = [line for line in metrics.splitlines() if line.startswith("gateway_asyncio_tasks ")]
     assert len(lines) == 1 and float(lines[0].split()[1]) >= 1
+
+
+class Broken:
+    """A plugin whose admin route raises."""
+
+    @hookimpl
+    def admin_routes(self, gateway):
+        async def explode(request: web.Request) -> web.Response:
+            raise RuntimeError("the plugin's route is broken")
+
+        return [web.get("/broken", explode)]
+
+
+async def test_a_plugin_admin_route_that_raises_is_a_json_500_plugin_error(tmp_path):
+    # Before: aiohttp's plain-text "500 Internal Server Error / Server got itself in trouble".
+    config = {"providers": {"mock": {"type": "mock"}}, "plugins": [{"use": "test_admin:Broken"}]}
+    async with run_gateway(config, tmp_path) as gw:
+        status, body = await _get(gw.admin_url + "/broken")
+        assert await _get(gw.admin_url + "/healthz") == (200, {"status": "ok"})
+    assert status == 500
+    assert body["error"]["code"] == "plugin_error" and "broken" not in body["error"]["message"]
+
+
+FAILS_TO_START = """
+from gateway import hookimpl
+
+
+class FailsToStart:
+    @hookimpl
+    async def startup(self, gateway):
+        raise RuntimeError(f"cannot log in with {gateway.config.providers['mock'].api_key}")
+"""
+
+
+def test_a_startup_failure_quoting_a_key_never_prints_it(tmp_path):
+    # Before: the last line on stderr was "gateway: plugin ... failed to start: <its text>", key and all.
+    key = "sk-provider-STARTUP-SECRET-1"
+    (tmp_path / "fails_to_start.py").write_text(FAILS_TO_START)
+    config = loopback_config(plugins=[{"use": "fails_to_start:FailsToStart"}])
+    config["providers"]["mock"]["api_key"] = key
+    path = write_config(config, tmp_path)
+    done = subprocess.run(
+        gateway_command("run", "--config", str(path)), cwd=tmp_path, env=child_env(), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "failed to start" in done.stderr and "[REDACTED]" in done.stderr
+    assert key not in done.stderr + done.stdout

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
 import pytest
+from aiohttp import web
 from opentelemetry.trace import SpanKind
 
 from gateway.config import ConfigError
-from gateway.testing import run_gateway
+from gateway.testing import run_gateway, serve_app
 from gateway_plugins.cascade.answer import Draft, Question, StreamReader, draft_from_body
 from gateway_plugins.cascade.validators import Complexity, Confidence, JsonAnswer, MinLength, Refusal, ToolArguments
 
@@ -381,3 +383,35 @@ async def test_a_draft_tool_call_with_valid_arguments_is_accepted(tmp_path):
     assert raw.headers["x-gateway-cascade"] == "accepted"
     (send,) = gw.spans_named("cascade send")
     assert "tool_arguments=1.000" in send.attributes["gateway.cascade.scores"]
+
+
+async def test_a_rejected_drafts_garbage_usage_is_not_charged_and_never_fails_cost(tmp_path):
+    # Before: the draft's usage went into the cost as reported; "many" made cost's
+    # response hook raise: the caller got a 500 plugin_error for a call the upstream answered.
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        draft = body["model"] == DRAFT
+        content = "I'm sorry, but I can't help with that." if draft else "Paris is the capital of France."
+        usage = {"prompt_tokens": "many", "completion_tokens": -1} if draft else {"prompt_tokens": 9}
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        document = {"id": "c", "object": "chat.completion", "created": 1, "model": body["model"], "choices": [choice]}
+        return web.json_response({**document, "usage": usage})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    plugins = [
+        {"use": "cascade", "config": {"draft_model": DRAFT, "escalate_model": STRONG}},
+        {"use": "cost", "config": {"store": str(tmp_path / "usage.db"), "flush_interval_s": 0.05}},
+    ]
+    async with serve_app(app) as url:
+        providers = {"oa": {"type": "openai", "base_url": url, "api_key": "sk-test"}}
+        async with run_gateway({"providers": providers, "plugins": plugins}, tmp_path) as gw:
+            raw = await gw.openai().chat.completions.with_raw_response.create(model=STRONG, messages=HELLO)
+            cost = next(p.instance for p in gw.gateway.chain.plugins if p.label == "cost")
+            for _ in range(500):  # the complete hooks may still be running
+                if cost.records or gw.gateway.chain.failures["cost"]:
+                    break
+                await asyncio.sleep(0.02)
+    assert raw.headers["x-gateway-cascade"] == "escalated"
+    assert gw.gateway.chain.failures["cost"] == 0 and cost.records == 1
+    assert float(raw.headers["x-gateway-cost-usd"]) > 0

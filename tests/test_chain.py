@@ -179,6 +179,60 @@ async def test_a_chunk_hook_that_raises_leaves_an_error_span_with_the_exception(
     assert [event.name for event in span.events] == ["exception"]
 
 
+@pytest.mark.parametrize("fail_with", ["CancelledError", "SystemExit"])
+@pytest.mark.parametrize("hook", ["request", "send", "response", "chunk", "complete"])
+async def test_a_hook_raising_cancelled_error_or_system_exit_is_a_plugin_failure_like_any_other(
+    tmp_path, hook, fail_with
+):
+    # Before: a stray CancelledError (a future the plugin awaited was cancelled) was taken
+    # for the caller leaving, whose connection was dropped without an answer; a
+    # SystemExit left the event loop and stopped the whole gateway without a log line.
+    config = probes(
+        {"tag": "closed", "fail_in": [hook], "fail_with": fail_with},
+        {"tag": "open", "fail_in": [hook], "fail_with": fail_with},
+    )
+    config["plugins"][1]["on_error"] = "open"
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        for _ in range(2):  # the same answer again: the gateway still serves
+            if hook in ("request", "send", "response"):
+                with pytest.raises(openai.InternalServerError) as caught:
+                    await client.chat.completions.create(model="m", messages=CHAT)
+                assert caught.value.status_code == 500 and caught.value.body["code"] == "plugin_error"
+            elif hook == "chunk":
+                stream = await client.chat.completions.create(model="m", messages=CHAT, stream=True)
+                with pytest.raises(openai.APIError, match="Plugin 'closed' failed"):
+                    [chunk async for chunk in stream]
+            else:
+                assert (await client.chat.completions.create(model="m", messages=CHAT)).choices[0].message.content
+        stats = await _admin_json(gw, "/stats")
+    assert stats["plugins"]["closed"]["failures"] == 2
+    # forward, the closed plugin answers first; backward (response, chunk, complete), the open one fails first
+    assert stats["plugins"]["open"]["failures"] == (0 if hook in ("request", "send") else 2)
+    (span, *_) = [s for s in gw.spans() if s.name == f"closed {hook}"]
+    assert span.status.status_code == StatusCode.ERROR
+
+
+@pytest.mark.parametrize("hook", ["request", "send", "response"])
+async def test_a_hook_returning_something_other_than_a_response_is_a_plugin_failure(tmp_path, hook):
+    # Before: the core tripped on it later, a 500 internal_error whatever the plugin's on_error.
+    closed = probes({"tag": "sloppy", "wrong_return": [hook]})
+    opened = probes({"tag": "sloppy", "wrong_return": [hook]})
+    opened["plugins"][0]["on_error"] = "open"
+    for directory in ("closed", "open"):
+        (tmp_path / directory).mkdir()
+    async with run_gateway(closed, tmp_path / "closed") as gw:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await gw.openai().chat.completions.create(model="m", messages=CHAT)
+    assert caught.value.body["code"] == "plugin_error" and "sloppy" in caught.value.body["message"]
+    async with run_gateway(opened, tmp_path / "open") as gw:
+        completion = await gw.openai().chat.completions.create(model="m", messages=CHAT)
+        stats = await _admin_json(gw, "/stats")
+    assert completion.choices[0].message.content.startswith("Mock reply to: hello")
+    assert stats["plugins"]["sloppy"]["failures"] == 1
+    assert [s.attributes["gateway.attempt"] for s in gw.spans() if s.kind.name == "CLIENT"] == [1]
+
+
 async def test_fail_open_send_hook_that_breaks_after_the_upstream_answered_does_not_call_it_twice(tmp_path):
     config = probes({"tag": "late", "fail_in": ["send-done"]})
     config["plugins"][0]["on_error"] = "open"

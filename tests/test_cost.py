@@ -197,6 +197,8 @@ def fake_provider_app() -> web.Application:
             }
         elif kind == "malformed":
             document["usage"] = {"prompt_tokens": "lots", "completion_tokens": None}
+        elif kind == "absurd":  # over SQLite's 2**63 - 1, and below zero
+            document["usage"] = {"prompt_tokens": 2**64 - 1, "completion_tokens": -5, "total_tokens": 2**64 - 6}
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -265,7 +267,7 @@ async def test_anthropic_cache_reads_and_writes_are_billed_at_their_own_rates(tm
     assert (row["input_tokens"], row["cached_input_tokens"], row["cache_write_tokens"]) == (5020, 4000, 1000)
 
 
-@pytest.mark.parametrize("kind", ["missing", "malformed"])
+@pytest.mark.parametrize("kind", ["missing", "malformed", "absurd"])
 async def test_an_answer_without_usable_usage_is_estimated_offline_and_flagged(tmp_path, fake_provider, kind):
     async with run_gateway(cost_config(tmp_path, fake_provider), tmp_path) as gw:
         raw = await gw.openai().chat.completions.with_raw_response.create(
@@ -286,6 +288,46 @@ async def test_an_answer_without_usable_usage_is_estimated_offline_and_flagged(t
         assert row["input_tokens"] >= 2
         assert row["cost_picousd"] > 0
     assert stats["usage_missing"] == 2 and stats["estimated"] == 2
+
+
+async def test_absurd_usage_figures_never_stop_the_ledger_and_later_calls_are_recorded(tmp_path, fake_provider):
+    # Before: a provider's prompt_tokens of 2**64 - 1 stopped the ledger's writer thread
+    # (OverflowError), so that call and every later one were lost from /usage for good.
+    async with run_gateway(cost_config(tmp_path, fake_provider), tmp_path) as gw:
+        client = gw.openai()
+        await client.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"x-fake": "absurd"})
+        await client.chat.completions.create(model="gpt-4o", messages=HELLO, extra_headers={"x-fake": "cached"})
+        rows = await ledger_rows(gw, at_least=2)
+        _, usage = await admin_get(gw, "/usage?days=1")
+    assert len(rows) == 2
+    assert all(row[name] >= 0 for row in rows for name in ("input_tokens", "output_tokens", "cost_picousd"))
+    assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == (2000, 500)
+    assert usage["totals"]["requests"] == 2
+
+
+class HugeUsage:
+    """A plugin after cost that reports a figure SQLite cannot store (2**63 + 1)."""
+
+    @hookimpl
+    async def response(self, exchange: Exchange, response: Response) -> None:
+        if "x-huge" in exchange.headers:
+            exchange.add_usage(2**63 + 1, 1)
+
+
+async def test_a_record_the_ledger_cannot_store_is_lost_alone_and_counted(tmp_path):
+    config = cost_config(tmp_path)
+    config["plugins"].append({"use": "test_cost:HugeUsage"})
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, extra_headers={"x-huge": "1"})
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        rows = await ledger_rows(gw, at_least=3)
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        later = await ledger_rows(gw, at_least=4)
+        ledger = plugin(gw).ledger
+    assert len(rows) == 2 and len(later) == 3  # the writer goes on
+    assert ledger.lost == 1 and ledger.pending == 0
 
 
 async def test_an_unknown_model_costs_zero_and_is_warned_about_once(tmp_path, caplog):
@@ -546,6 +588,7 @@ async def test_redis_budget_calls_get_spans_and_a_redis_outage_follows_failure_m
         ready, _ = await admin_get(gw, "/readyz")
         quota_status, quota = await admin_get(gw, "/usage/quota?client=127.0.0.1")
     assert refused.value.status_code == 503 and refused.value.body["code"] == "backend_unavailable"
+    assert refused.value.response.headers["Retry-After"] == "1"  # as on every 503 (before: none)
     assert ready == 503
     assert quota_status == 503 and quota["error"]["code"] == "backend_unavailable"  # the same code, on the admin port
 

@@ -63,6 +63,9 @@ def provider_app(seen: list[dict[str, str]]) -> web.Application:
         if model == "fail-401":  # what OpenAI says: the key, masked
             error = {"message": "Incorrect API key provided: sk-provi**********-123.", "type": "invalid_request_error"}
             return web.json_response({"error": {**error, "code": "invalid_api_key", "param": None}}, status=401)
+        if model == "echo-401":  # a sloppy provider: quotes the key it was sent
+            message = f"Incorrect API key provided: {request.headers['Authorization'].removeprefix('Bearer ')}"
+            return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=401)
         if model == "fail-500":
             return web.json_response(
                 {"error": {"message": "The server had an error", "type": "server_error"}}, status=500
@@ -248,3 +251,107 @@ async def test_a_request_the_parser_refuses_is_logged_without_quoting_it(tmp_pat
     assert len(refused) == 2
     assert all("not quoted" in line["message"] and "exception" not in line for line in refused)
     assert CLIENT_KEY not in "\n".join(gw.stderr)
+
+
+QUOTING_PLUGIN = """
+import logging
+
+import msgspec
+from gateway import GatewayError, hookimpl
+
+log = logging.getLogger("quoting_plugin")
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    tag: str
+
+
+class QuotesTheKey:
+    '''Fails where the request's x-test-quote header says (TAG:HOOK), quoting the caller's key.'''
+
+    Config = Config
+
+    def __init__(self, config):
+        self.tag = config.tag
+
+    def _maybe_fail(self, exchange, hook):
+        if exchange.headers.get("x-test-quote") != f"{self.tag}:{hook}":
+            return
+        key = exchange.headers.get("Authorization", "")
+        log.warning("about to fail in %s for %s", hook, key)
+        if hook == "answer":
+            raise GatewayError(403, "permission_denied", f"{key} may not call this")
+        try:
+            int(key)  # ValueError: invalid literal for int() with base 10: 'Bearer ...'
+        except ValueError as exc:
+            raise RuntimeError(f"could not parse {key}") from exc
+
+    @hookimpl
+    async def request(self, exchange):
+        self._maybe_fail(exchange, "request")
+        self._maybe_fail(exchange, "answer")
+
+    @hookimpl
+    async def send(self, exchange, call_next):
+        self._maybe_fail(exchange, "send")
+        return await call_next(exchange)
+
+    @hookimpl
+    async def response(self, exchange, response):
+        self._maybe_fail(exchange, "response")
+
+    @hookimpl
+    async def chunk(self, exchange, event):
+        self._maybe_fail(exchange, "chunk")
+
+    @hookimpl
+    async def complete(self, exchange):
+        self._maybe_fail(exchange, "complete")
+"""
+
+
+async def test_a_plugin_or_a_provider_that_quotes_a_key_never_gets_it_into_logs_spans_or_answers(tmp_path):
+    # Before: a plugin exception quoting the caller's key went whole into the log line
+    # (its message, its traceback) and into the hook's span (status and exception
+    # event); a GatewayError message from a plugin, and a provider's error answer
+    # quoting the key it was sent, reached the caller with the key in them.
+    (tmp_path / "quoting_plugin.py").write_text(QUOTING_PLUGIN)
+    config = {
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0", "token": ADMIN_TOKEN},
+        "providers": {"openai": {"type": "openai", "base_url": "", "api_key": PROVIDER_KEY}},
+        "clients": {"app": {"key": CLIENT_KEY}},
+        "log": {"level": "debug"},
+        "plugins": [
+            {"use": "quoting_plugin:QuotesTheKey", "name": "closed", "config": {"tag": "closed"}},
+            {"use": "quoting_plugin:QuotesTheKey", "name": "open", "on_error": "open", "config": {"tag": "open"}},
+        ],
+    }
+    env = child_env(OTEL_TRACES_EXPORTER="console", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
+    answers: list[str] = []
+    async with serve_app(provider_app([])) as upstream, aiohttp.ClientSession() as session:
+        config["providers"]["openai"]["base_url"] = upstream
+        async with start_gateway(config, tmp_path, env=env) as gw:
+            statuses = []
+            for tag in ("closed", "open"):
+                for hook in ("request", "answer", "send", "response", "chunk", "complete"):
+                    headers = {"x-test-quote": f"{tag}:{hook}"}
+                    statuses.append(await call(session, gw.url, answers, stream=hook == "chunk", headers=headers))
+            statuses.append(await call(session, gw.url, answers, model="echo-401"))
+            async with session.get(gw.admin_url + "/traces.json", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as reply:
+                traces = await reply.text()
+            gw.send_signal(signal.SIGTERM)
+            assert await gw.wait(20) == 0
+            logs, spans = list(gw.stderr), list(gw.stdout)
+
+    # closed: 500 in request, send, response; 403 (the plugin's answer) either way; a
+    # failing chunk hook ends the stream with an error event; complete fails after the answer
+    assert statuses == [500, 403, 500, 500, 200, 200, 200, 403, 200, 200, 200, 200, 401], statuses
+    assert "Incorrect API key provided: [REDACTED]" in answers[-1]
+    assert sum("could not parse" in line for line in logs) >= 10  # what was scanned is real
+    assert sum("could not parse" in line for line in spans) >= 10
+    assert "could not parse" in traces
+    everything = "\n".join([*logs, *spans, traces, *answers])
+    for secret in SECRETS:
+        assert secret not in everything, f"{secret} leaked: {_around(everything, secret)}"
+    assert "[REDACTED]" in everything

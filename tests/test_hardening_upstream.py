@@ -114,6 +114,55 @@ async def test_garbage_inside_a_stream_is_relayed_and_ends_cleanly_without_plugi
         assert await plugin_failures(gw) == {}
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html", b"<html><body>Service unavailable (captive portal)</body></html>"),
+        ("application/json", b'{"id": "chatcmpl-1", "choices": [{"index": 0, "mess'),
+        ("application/json", b""),
+        ("application/json", b"[1, 2, 3]"),
+    ],
+    ids=["html", "cut-short", "empty", "array"],
+)
+async def test_a_2xx_answer_that_is_not_a_json_object_is_502_in_the_callers_shape_and_fails_over(
+    tmp_path, content_type, body
+):
+    # Before: relayed as 200, so the openai SDK returned the HTML page as a str (or
+    # raised a bare JSONDecodeError), and the breaker never counted the failure.
+    import anthropic
+    import openai
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async with serve_app(upstream(answer)) as url:
+        providers = {
+            "oa": {"type": "openai", "base_url": url, "api_key": "sk-provider"},
+            "claude": {"type": "anthropic", "base_url": url, "api_key": "sk-provider"},
+            "backup": {"type": "mock"},
+        }
+        config = {
+            "providers": providers,
+            "routes": [{"prefix": "/v1/messages", "provider": "claude"}, {"prefix": "/v1/", "provider": "oa"}],
+            "plugins": [{"use": "cost", "config": {"store": str(tmp_path / "usage.db")}}],
+        }
+        async with run_gateway(config, tmp_path) as gw:
+            with pytest.raises(openai.InternalServerError) as raised:
+                await gw.openai().chat.completions.create(**CHAT)
+            assert raised.value.status_code == 502 and raised.value.body["code"] == "upstream_error"
+            with pytest.raises(anthropic.InternalServerError) as failed:
+                await gw.anthropic().messages.create(**MESSAGE)
+            assert failed.value.status_code == 502 and failed.value.body["error"]["type"] == "upstream_error"
+            assert await plugin_failures(gw) == {}
+        breaker = {"use": "breaker", "config": {"retries": 0, "fallbacks": {"oa": ["backup"], "claude": ["backup"]}}}
+        config["plugins"].append(breaker)
+        async with run_gateway(config, tmp_path) as gw:
+            raw = await gw.openai().chat.completions.with_raw_response.create(**CHAT)
+            assert raw.headers["x-gateway-provider"] == "backup"
+            assert raw.parse().choices[0].message.content.startswith("Mock reply to: hi")
+
+
 async def test_a_very_slow_first_byte_is_504_at_the_providers_timeout(tmp_path):
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(30)

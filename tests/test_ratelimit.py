@@ -327,6 +327,7 @@ async def test_redis_down_with_failure_mode_closed_answers_503_then_recovers(tmp
             await chat(client)
         assert caught.value.status_code == 503
         assert caught.value.code == "backend_unavailable"
+        assert caught.value.response.headers["Retry-After"] == "1"  # as on every 503 (before: none)
         status, body = await get_json(f"{gw.admin_url}/readyz")
         assert status == 503 and body["checks"]["ratelimit"] is False
         redis_server.start()

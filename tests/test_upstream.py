@@ -321,6 +321,34 @@ async def test_a_corrupt_gzip_body_is_502_not_garbage(tmp_path):
     assert status == 502 and b"upstream_error" in body
 
 
+@pytest.mark.parametrize("kind", ["one-huge-header", "endless-header"])
+async def test_an_answer_head_over_64_kib_is_502_and_never_relayed(tmp_path, kind):
+    # Before: a 200 KB header was relayed (the caller's own client then refused the
+    # answer), and a header that never ends grew the gateway's memory for as long as
+    # bytes kept coming (each read resets the provider's timeout).
+    sent = {"bytes": 0}
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: Upstream) -> None:
+        while await upstream.read_request(reader) is not None:
+            if kind == "one-huge-header":
+                writer.write(answer(ANSWER, "X-Huge: " + "a" * 200_000))
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Endless: ")
+            while sent["bytes"] < 50_000_000:  # stopped by the gateway closing the connection
+                writer.write(b"a" * 16384)
+                sent["bytes"] += 16384
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async with raw_upstream(huge) as upstream, run_gateway(config_for(upstream.url), tmp_path) as gw:
+        status, body, headers = await post(gw)
+        assert status == 502 and b"upstream_error" in body
+        assert "X-Huge" not in headers
+        assert (await post(gw))[0] == 502  # the next call the same, not hung
+    assert sent["bytes"] < 5_000_000
+
+
 async def test_bytes_after_a_complete_answer_drop_the_connection(tmp_path):
     async def extra(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: Upstream) -> None:
         while await upstream.read_request(reader) is not None:

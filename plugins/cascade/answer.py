@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from gateway import StreamEvent
-from gateway.exchange import SSEBuffer
+from gateway.exchange import MAX_REPORTED_TOKENS, SSEBuffer
 
 #: finish reasons in OpenAI's words; Anthropic's stop reasons are mapped to them
 _STOP_REASONS = {
@@ -96,7 +96,15 @@ def _usage(document: dict[str, Any]) -> tuple[int | None, int | None]:
     usage = document.get("usage")
     if not isinstance(usage, dict):
         return None, None
-    return usage.get("prompt_tokens", usage.get("input_tokens")), usage.get("completion_tokens", usage.get("output_tokens"))
+    return (
+        _count(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        _count(usage.get("completion_tokens", usage.get("output_tokens"))),
+    )
+
+
+def _count(value: Any) -> int | None:
+    """A token figure as reported, or None for a provider's garbage (not an int, below zero, absurd)."""
+    return value if type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS else None
 
 
 def draft_from_body(body: bytes) -> Draft:

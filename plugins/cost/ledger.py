@@ -331,9 +331,37 @@ class Ledger:
                 except sqlite3.Error:
                     pass
             return None, exc
+        except (OverflowError, ValueError, TypeError):
+            # A record sqlite3 cannot bind (an integer over 2**63 - 1): written again one
+            # by one, so that it alone is lost, not the thread and every later record.
+            return self._write_each(connection, batch)
         self.written += len(batch)
         self.batches += 1
         batch.clear()
+        return connection, None
+
+    def _write_each(
+        self, connection: sqlite3.Connection, batch: deque[tuple[Any, ...]]
+    ) -> tuple[sqlite3.Connection | None, sqlite3.Error | None]:
+        """Write ``batch`` a record at a time, dropping (and counting as lost) those that cannot be bound."""
+        try:
+            while batch:
+                record = batch[0]
+                try:
+                    connection.execute(_INSERTS[1], record)
+                except (OverflowError, ValueError, TypeError) as exc:
+                    self.lost += 1
+                    log.error("usage ledger: a record that cannot be stored is lost (%s: %s)", type(exc).__name__, exc)
+                else:
+                    self.written += 1
+                batch.popleft()
+        except sqlite3.Error as exc:
+            try:
+                connection.close()
+            except sqlite3.Error:
+                pass
+            return None, exc
+        self.batches += 1
         return connection, None
 
 
