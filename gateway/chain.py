@@ -226,7 +226,7 @@ class Chain:
                 if not isinstance(exc, Exception) and not stray(exc):
                     raise
                 if exchange._chunk_spans is not None:
-                    _mark_failed(exchange._chunk_spans[hook.index], exc)
+                    record_exception(exchange._chunk_spans[hook.index], exc)
                 self._failed(hook, exc, exchange)
             if event.drop:
                 return
@@ -394,12 +394,6 @@ def _not_a_response(hook: Hook, value: Any) -> TypeError:
     return TypeError(f"{hook.name} returned {type(value).__name__}, not {expected}")
 
 
-def _mark_failed(span: trace.Span, exc: BaseException) -> None:
-    """A hook's span when the hook raised: the exception as an event (its text without
-    a known key), status ERROR."""
-    record_exception(span, exc)
-
-
 class _HookSpan:
     """A hook's span, current while the hook runs: what ``start_as_current_span`` does
     (an exception is recorded on it and makes it an ERROR), in a plain class instead of
@@ -417,7 +411,7 @@ class _HookSpan:
         otel_context.detach(self.token)
         span = self.span
         if isinstance(exc, Exception) or (exc is not None and stray(exc)):
-            _mark_failed(span, exc)
+            record_exception(span, exc)
         span.end()
 
 
