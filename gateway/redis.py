@@ -88,7 +88,7 @@ class _Call:
 
 
 class _Connection(asyncio.Protocol):
-    """One connection to Redis: RESP written by :func:`pack`, replies parsed by hiredis.
+    """One connection to Redis: RESP written by hiredis's packer or :func:`pack`, replies parsed by hiredis.
 
     Replies come in the order of the commands, so each is the first waiting call's."""
 
@@ -215,7 +215,7 @@ class _Pipe:
         for start in range(0, len(calls), MAX_BATCH):
             batch = calls[start : start + MAX_BATCH]
             try:
-                data = b"".join([pack(call.command) for call in batch])
+                data = _pack_batch(batch)
             except (TypeError, ValueError) as error:  # an argument Redis cannot take: the caller's mistake
                 for call in batch:
                     if not call.future.done():
@@ -401,9 +401,11 @@ def _ignore_reply(future: asyncio.Future[Any]) -> None:
 def pack(command: tuple[Any, ...]) -> bytes:
     """One command in RESP: an array of bulk strings (str as UTF-8, int and float as text).
 
-    Every Redis call of every request goes through here (five commands a request on the
-    full chain's Redis backends): the common types are told apart by ``type``, in one
-    step, rather than by a chain of ``isinstance`` calls per argument."""
+    The definition of what is sent: a pipeline goes through hiredis's packer (C) when
+    that packs the same bytes (:func:`_hiredis_packer`) and takes every argument, and
+    through here when one is a subclass of str or int, a bytearray or a mistake. The
+    common types are told apart by ``type``, in one step, rather than by a chain of
+    ``isinstance`` calls per argument."""
     parts = [b"*%d\r\n" % len(command)]
     append = parts.append
     for argument in command:
@@ -420,6 +422,32 @@ def pack(command: tuple[Any, ...]) -> bytes:
     return b"".join(parts)
 
 
+def _pack_batch(batch: list[_Call]) -> bytes:
+    """The commands of a pipeline in RESP, each by hiredis's packer (C) when it takes every
+    argument; a subclass of str or int, a bytearray (or a mistake, which raises) by :func:`pack`."""
+    if _pack_command is not None:
+        try:
+            return b"".join([_pack_command(call.command) for call in batch])
+        except TypeError:
+            pass
+    return b"".join([pack(call.command) for call in batch])
+
+
+def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
+    """hiredis's ``pack_command`` (hiredis-py 2.1 and later), if it packs exactly as
+    :func:`pack` does (floats as ``repr``, ints as decimal text, str as UTF-8)."""
+    packer = getattr(hiredis, "pack_command", None)
+    if packer is None:
+        return None
+    sample = ("EVALSHA", "é", b"\x00\r\n", 0, -7, 2**70, 0.1, 1 / 3, 1e22, -2.5e-8, float("inf"), "")
+    try:
+        if packer(sample) == pack(sample):
+            return packer
+    except Exception:  # an older hiredis that takes fewer types
+        pass
+    return None
+
+
 def _other_argument(argument: Any) -> bytes | bytearray | memoryview:
     """A subclass of str, int, float or bytes, a bytearray or memoryview; anything else
     (a bool included: Redis has none) is the caller's mistake."""
@@ -430,6 +458,10 @@ def _other_argument(argument: Any) -> bytes | bytearray | memoryview:
     if isinstance(argument, (bytes, bytearray, memoryview)):
         return argument
     raise TypeError(f"a Redis argument must be str, bytes, int or float, not {type(argument).__name__}")
+
+
+#: hiredis's packer, or None: every command packed by :func:`pack`
+_pack_command = _hiredis_packer()
 
 
 def _greeting(settings: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -115,6 +115,23 @@ async def test_arguments_reach_redis_as_text_of_their_type_and_other_types_are_r
         await handle.close()
 
 
+async def test_a_pipeline_with_an_argument_hiredis_does_not_pack_is_packed_whole_in_python(redis_server, probe):
+    class Name(str):
+        pass
+
+    assert shared._pack_command is not None  # the installed hiredis packs as pack() does
+    handle = shared.connect(redis_server.url)
+    try:
+        # One pipeline: hiredis's packer refuses the subclass, so the batch is packed by pack().
+        assert await asyncio.gather(
+            handle.call("SET", "plain", 1.5), handle.call("SET", "sub", Name("x")), handle.call("GET", "plain")
+        ) == [b"OK", b"OK", b"1.5"]
+        assert await probe.get("sub") == b"x"
+        assert shared._pack_command(("SET", "k", -3, 0.25, b"\r\n")) == shared.pack(("SET", "k", -3, 0.25, b"\r\n"))
+    finally:
+        await handle.close()
+
+
 async def test_a_connection_error_reaches_every_caller_of_the_pipeline(redis_server):
     handle = shared.connect(redis_server.url, timeout_s=5)
     try:

@@ -171,14 +171,15 @@ class LRUMemoryCache(BaseCache):
         return len(self._entries)
 
 
-# KEYS: the entry, the index. ARGV: the entry's bytes, its TTL (ms), its expiry (the
-# index's score, epoch s), now (epoch s), max_entries. Returns how many were evicted.
+# KEYS: the entry, the index. ARGV: the entry's bytes, its TTL (ms), its expiry and now
+# (epoch microseconds, whole: the index's score is epoch seconds, made here, so the
+# gateway formats no float), max_entries. Returns how many were evicted.
 # (The evicted entries are keys the script finds in the index, so it is for a single
 # Redis, not a Cluster, as the index already was.)
 STORE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) / 1000000, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[4]) / 1000000)
 local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
 if excess <= 0 then return 0 end
 local oldest = redis.call('ZPOPMIN', KEYS[2], excess)
@@ -250,10 +251,14 @@ class RedisEntryCache(BaseCache):
         self._handle()
         assert self._store is not None
         now = time.time()
+        # Times as whole microseconds: an int is packed for a fraction of a float's repr.
         future = self._store(
             keys=(key, self.index),
-            args=(self._encode(entry), max(1, int(ttl_s * 1000)), repr(now + ttl_s), repr(now), self.max_entries),
-        )
+            args=(
+                self._encode(entry), max(1, int(ttl_s * 1000)), int((now + ttl_s) * 1e6), int(now * 1e6),
+                self.max_entries,
+            ),
+        )  # fmt: skip
         future.add_done_callback(self._evicted)
         return future
 

@@ -33,6 +33,10 @@ MONTH_TTL_S = 33 * 86400
 RESERVATION_TTL_S = 900
 #: how long a reservation given back by a call that cost nothing may wait for the next reserve
 RELEASE_WITHIN_S = 0.05
+#: callers whose Redis keys are kept made (more: the keys are made again)
+_KEYS_KEPT = 10_000
+#: a settle waiting to be sent: the caller's keys, the script's arguments, its span, its callback
+_Settle = tuple[tuple[str, str, str], list[Any], Span | None, Callable[[BaseException | None], None]]
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -199,16 +203,31 @@ class RedisBudgets:
         self._settle = redis.script(_SETTLE)
         self._quota = redis.script(_QUOTA)
         #: settles that only give a reservation back, waiting for the next reserve (see settle_behind)
-        self._releases: list[tuple[list[str], list[Any], Span | None, Callable[[BaseException | None], None]]] = []
+        self._releases: list[_Settle] = []
         self._release_timer: asyncio.TimerHandle | None = None
+        #: the day (days since the epoch) the keys below were made for, and each caller's keys
+        self._keys_day = -1
+        self._keys_by_caller: dict[str, tuple[str, str, str]] = {}
 
-    def _keys(self, caller: str, now: float) -> list[str]:
-        day, month = periods(now)
-        return [
-            f"{self.prefix}:spent:{caller}:{day}",
-            f"{self.prefix}:spent:{caller}:{month}",
-            f"{self.prefix}:reserved:{caller}",
-        ]
+    def _keys(self, caller: str, now: float) -> tuple[str, str, str]:
+        """The caller's three keys (spent of the day, of the month, reservations): made
+        once a day per caller, not twice a call (a reserve and a settle)."""
+        day_number = int(now // 86400)
+        if day_number != self._keys_day:
+            self._keys_day = day_number
+            self._keys_by_caller = {}
+        keys = self._keys_by_caller.get(caller)
+        if keys is None:
+            day, month = periods(now)
+            keys = (
+                f"{self.prefix}:spent:{caller}:{day}",
+                f"{self.prefix}:spent:{caller}:{month}",
+                f"{self.prefix}:reserved:{caller}",
+            )
+            if len(self._keys_by_caller) >= _KEYS_KEPT:
+                self._keys_by_caller.clear()  # many callers: start over rather than grow
+            self._keys_by_caller[caller] = keys
+        return keys
 
     async def ping(self) -> bool:
         await self.redis.ping()
@@ -262,7 +281,7 @@ class RedisBudgets:
         for settle in releases:
             self._send(settle)
 
-    def _send(self, settle: tuple[list[str], list[Any], Span | None, Callable[[BaseException | None], None]]) -> None:
+    def _send(self, settle: _Settle) -> None:
         keys, args, span, done = settle
         try:
             future = self._settle(keys=keys, args=args)
@@ -279,7 +298,7 @@ class RedisBudgets:
 
     def _settle_call(
         self, caller: str, request_id: str, estimate: int | None, actual: int, now: float
-    ) -> tuple[list[str], list[Any]]:
+    ) -> tuple[tuple[str, str, str], list[Any]]:
         """The settle script's keys and arguments: drop the reservation (if any), add ``actual``."""
         member = f"{request_id}:{estimate}" if estimate is not None else ""
         return self._keys(caller, now), [member, str(actual), DAY_TTL_S, MONTH_TTL_S]

@@ -287,7 +287,7 @@ class RateLimit:
     ) -> None:
         assert self.redis is not None
         try:
-            allowed, levels, backend_s = await self.redis.taken(sent)
+            allowed, levels, backend_s = await self.redis.taken(sent, exchange.recording)
         except BACKEND_ERRORS as exc:
             return self._without_backend(exchange, exc)
         if not self.up:

@@ -134,11 +134,12 @@ class RedisStore:
         future.add_done_callback(_retrieved)  # a request cancelled before it awaits leaves no warning
         return future, started, sent_ns
 
-    async def taken(self, sent: Sent) -> tuple[bool, list[float], float]:
+    async def taken(self, sent: Sent, traced: bool) -> tuple[bool, list[float], float]:
         """(allowed, level of each limit in seconds before the charge, seconds Redis took).
-        The call's span is made here, under the span current now, from when it was sent."""
+        With ``traced`` (the request is recorded) the call's span is made here, under the
+        span current now, from when it was sent."""
         future, started, sent_ns = sent
-        if not trace.get_current_span().is_recording():
+        if not traced:
             reply = await future
             return reply[0] == 1, [level / 1e6 for level in reply[1:]], time.perf_counter() - started
         # The key names the caller: it stays off the span like every identity but the trace's own.
