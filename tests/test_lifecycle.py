@@ -377,50 +377,32 @@ async def test_mock_upstream_prints_its_url_and_the_openai_sdk_can_call_it(tmp_p
         assert await process.wait() == 0
 
 
-HANGS_IN_COMPLETE = """
+HANGS = """
 import asyncio
 
 from gateway import hookimpl
 
 
-class HangsInComplete:
+class Hangs:
     @hookimpl
-    async def complete(self, exchange):
+    async def {hook}(self, {argument}):
         await asyncio.sleep(3600)
 """
 
 
-async def test_a_complete_hook_that_never_returns_is_cancelled_at_the_grace_period_and_the_process_exits_0(tmp_path):
-    # Before: stop() awaited every complete hook without a bound: SIGTERM never ended the process.
-    (tmp_path / "hangs.py").write_text(HANGS_IN_COMPLETE)
-    config = loopback_config(shutdown_grace_s=1, plugins=[{"use": "hangs:HangsInComplete"}])
+@pytest.mark.parametrize(
+    ("hook", "argument", "logged"),
+    [("complete", "exchange", "unfinished complete hook"), ("shutdown", "gateway", "did not shut down")],
+)
+async def test_a_hook_that_never_returns_is_cancelled_at_the_grace_period_and_the_process_exits_0(
+    tmp_path, hook, argument, logged
+):
+    # Before: stop() awaited every complete and shutdown hook without a bound: SIGTERM never ended the process.
+    (tmp_path / "hangs.py").write_text(HANGS.format(hook=hook, argument=argument))
+    config = loopback_config(shutdown_grace_s=1, plugins=[{"use": "hangs:Hangs"}, {"use": "accesslog"}])
     async with start_gateway(config, tmp_path) as gw:
         reply = await sdk(gw.url).chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
         assert reply.choices[0].message.content.startswith("Mock reply to:")
         gw.send_signal(signal.SIGTERM)
         assert await gw.wait(timeout_s=15) == 0
-    assert any("unfinished complete hook" in line["message"] for line in gw.log_lines())
-
-
-HANGS_IN_SHUTDOWN = """
-import asyncio
-
-from gateway import hookimpl
-
-
-class HangsInShutdown:
-    @hookimpl
-    async def shutdown(self, gateway):
-        await asyncio.sleep(3600)
-"""
-
-
-async def test_a_shutdown_hook_that_never_returns_is_cancelled_and_the_process_exits_0(tmp_path):
-    # Before: SIGTERM never ended the process; each shutdown hook now gets the grace period.
-    (tmp_path / "hangs.py").write_text(HANGS_IN_SHUTDOWN)
-    config = loopback_config(shutdown_grace_s=1, plugins=[{"use": "hangs:HangsInShutdown"}, {"use": "accesslog"}])
-    async with start_gateway(config, tmp_path) as gw:
-        await sdk(gw.url).chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
-        gw.send_signal(signal.SIGTERM)
-        assert await gw.wait(timeout_s=15) == 0
-    assert any("did not shut down" in line["message"] for line in gw.log_lines())
+    assert any(logged in line["message"] for line in gw.log_lines())
