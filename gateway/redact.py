@@ -3,8 +3,7 @@
 The core never quotes a key; but a plugin's exception may (``int(exchange.headers
 ["Authorization"])`` says ``invalid literal for int() with base 10: 'Bearer sk-...'``),
 and its text goes to the log and to the hook's span. :func:`redact` replaces every
-provider key, client key and admin token of the configuration with ``[REDACTED]``
-wherever the gateway copies text it did not write itself, and in every log line
+secret of the configuration (:func:`keys_of`) with ``[REDACTED]`` wherever the gateway copies text it did not write itself, and in every log line
 (access lines excepted: they are built from fields that never hold a key).
 
 Keys shorter than :data:`MIN_LENGTH` are not searched for: replacing a short word
@@ -13,9 +12,11 @@ everywhere would garble the log more than it protects.
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 MIN_LENGTH = 8
 MASK = "[REDACTED]"
+#: provider header names whose values are credentials
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|password|cookie", re.IGNORECASE)
 
 #: every key of every configuration loaded so far (a reload keeps the old ones: their
 #: requests may still be in flight)
@@ -31,11 +34,39 @@ _secrets: tuple[str, ...] = ()
 
 
 def keys_of(config: GatewayConfig) -> list[str]:
-    """The secrets of a configuration: provider keys (not ``passthrough``), client keys, the admin token."""
+    """The secrets of a configuration: provider keys (not ``passthrough``) and the values of
+    their extra headers that carry credentials (``Helicone-Auth: Bearer ...``, and the token
+    after the scheme), client keys, the admin token, and the password of every URL in it
+    (a provider's ``base_url``, a plugin's ``redis://:PASSWORD@host``)."""
     found = [provider.api_key for provider in config.providers.values() if provider.api_key != "passthrough"]
+    for provider in config.providers.values():
+        for name, value in provider.headers.items():
+            if _CREDENTIAL_HEADER.search(name):
+                found.append(value)
+                found.append(value.partition(" ")[2].strip())  # "Bearer TOKEN": TOKEN alone too
+        found.extend(_url_passwords(provider.base_url))
     found.extend(client.key for client in config.clients.values())
     found.append(config.admin.token)
+    for entry in config.plugins:
+        found.extend(_url_passwords(entry.config))
     return found
+
+
+def _url_passwords(value: object) -> list[str]:
+    """The passwords of the URLs in ``value`` (a string, or plugin options at any depth)."""
+    if isinstance(value, str):
+        if "://" not in value or "@" not in value:
+            return []
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            return []
+        return [unquote(password)] if password else []
+    if isinstance(value, dict):
+        return [found for item in value.values() for found in _url_passwords(item)]
+    if isinstance(value, (list, tuple)):
+        return [found for item in value for found in _url_passwords(item)]
+    return []
 
 
 def remember(secrets: Iterable[str]) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.config import AdminConfig, GatewayConfig
+from gateway import redact
+from gateway.config import AdminConfig, GatewayConfig, load
 from gateway.testing import serve_app
 
 from helpers_lifecycle import child_env, start_gateway
@@ -29,6 +30,7 @@ PROVIDER_KEY = "sk-provider-SECRET-123"
 CLIENT_KEY = "client-key-SECRET-456"
 WRONG_KEY = "client-key-WRONG-SECRET-000"
 ADMIN_TOKEN = "admin-token-SECRET-789"
+HEADER_TOKEN = "helicone-token-SECRET-321"
 SECRETS = (PROVIDER_KEY, CLIENT_KEY, WRONG_KEY, ADMIN_TOKEN)
 
 FAILING_PLUGIN = """
@@ -63,6 +65,9 @@ def provider_app(seen: list[dict[str, str]]) -> web.Application:
         if model == "fail-401":  # what OpenAI says: the key, masked
             error = {"message": "Incorrect API key provided: sk-provi**********-123.", "type": "invalid_request_error"}
             return web.json_response({"error": {**error, "code": "invalid_api_key", "param": None}}, status=401)
+        if model == "echo-header-401":  # a sloppy provider: quotes the extra credential header it was sent
+            message = f"Bad token: {request.headers.get('Helicone-Auth', '')}"
+            return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=401)
         if model == "echo-401":  # a sloppy provider: quotes the key it was sent
             message = f"Incorrect API key provided: {request.headers['Authorization'].removeprefix('Bearer ')}"
             return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=401)
@@ -319,7 +324,12 @@ async def test_a_plugin_or_a_provider_that_quotes_a_key_never_gets_it_into_logs_
     config = {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0", "token": ADMIN_TOKEN},
-        "providers": {"openai": {"type": "openai", "base_url": "", "api_key": PROVIDER_KEY}},
+        "providers": {
+            "openai": {
+                "type": "openai", "base_url": "", "api_key": PROVIDER_KEY,
+                "headers": {"Helicone-Auth": f"Bearer {HEADER_TOKEN}"},
+            }
+        },  # fmt: skip
         "clients": {"app": {"key": CLIENT_KEY}},
         "log": {"level": "debug"},
         "plugins": [
@@ -338,6 +348,7 @@ async def test_a_plugin_or_a_provider_that_quotes_a_key_never_gets_it_into_logs_
                     headers = {"x-test-quote": f"{tag}:{hook}"}
                     statuses.append(await call(session, gw.url, answers, stream=hook == "chunk", headers=headers))
             statuses.append(await call(session, gw.url, answers, model="echo-401"))
+            statuses.append(await call(session, gw.url, answers, model="echo-header-401"))
             async with session.get(gw.admin_url + "/traces.json", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as reply:
                 traces = await reply.text()
             gw.send_signal(signal.SIGTERM)
@@ -346,12 +357,40 @@ async def test_a_plugin_or_a_provider_that_quotes_a_key_never_gets_it_into_logs_
 
     # closed: 500 in request, send, response; 403 (the plugin's answer) either way; a
     # failing chunk hook ends the stream with an error event; complete fails after the answer
-    assert statuses == [500, 403, 500, 500, 200, 200, 200, 403, 200, 200, 200, 200, 401], statuses
-    assert "Incorrect API key provided: [REDACTED]" in answers[-1]
+    assert statuses == [500, 403, 500, 500, 200, 200, 200, 403, 200, 200, 200, 200, 401, 401], statuses
+    assert "Incorrect API key provided: [REDACTED]" in answers[-2]
+    assert "Bad token: [REDACTED]" in answers[-1]
     assert sum("could not parse" in line for line in logs) >= 10  # what was scanned is real
     assert sum("could not parse" in line for line in spans) >= 10
     assert "could not parse" in traces
     everything = "\n".join([*logs, *spans, traces, *answers])
-    for secret in SECRETS:
+    for secret in (*SECRETS, HEADER_TOKEN):
         assert secret not in everything, f"{secret} leaked: {_around(everything, secret)}"
     assert "[REDACTED]" in everything
+
+
+def test_every_secret_of_a_configuration_is_known_to_redaction(tmp_path):
+    """Beyond the keys: credential headers of a provider (whole, and the token after the
+    scheme), and the passwords of URLs anywhere in the config, plugins' options included."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "oa": {
+                        "type": "openai", "base_url": "https://proxy-user:proxy-pass-SECRET-1@proxy.example",
+                        "api_key": PROVIDER_KEY,
+                        "headers": {"Helicone-Auth": f"Bearer {HEADER_TOKEN}", "OpenAI-Organization": "org-not-a-secret"},
+                    }
+                },
+                "plugins": [
+                    {"use": "cache", "config": {"backend": "redis://:redis%2Fpass-SECRET-2@127.0.0.1:6379/0"}},
+                    {"use": "ratelimit", "config": {"requests_per_minute": 5, "backend": "redis://u:rl-pass-SECRET-3@h/0"}},
+                ],
+            }
+        )
+    )  # fmt: skip
+    secrets = set(redact.keys_of(load(path).gateway))
+    assert {PROVIDER_KEY, f"Bearer {HEADER_TOKEN}", HEADER_TOKEN, "proxy-pass-SECRET-1"} <= secrets
+    assert {"redis/pass-SECRET-2", "rl-pass-SECRET-3"} <= secrets
+    assert "org-not-a-secret" not in secrets
