@@ -141,11 +141,8 @@ class Chain:
                         answer = await hook.function(exchange)
                 else:
                     answer = await hook.function(exchange)
-            except Exception as exc:
-                self._failed(hook, exc, exchange)
-                continue
             except BaseException as exc:
-                if not stray(exc):
+                if not plugin_failure(exc):
                     raise
                 self._failed(hook, exc, exchange)
                 continue
@@ -172,7 +169,7 @@ class Chain:
                 else:
                     await decision
             except BaseException as exc:
-                if not isinstance(exc, Exception) and not stray(exc):
+                if not plugin_failure(exc):
                     for _, rest in pending[position + 1 :]:
                         rest.close()
                     raise
@@ -196,11 +193,8 @@ class Chain:
                         replaced = await hook.function(exchange, response)
                 else:
                     replaced = await hook.function(exchange, response)
-            except Exception as exc:
-                self._failed(hook, exc, exchange)
-                continue
             except BaseException as exc:
-                if not stray(exc):
+                if not plugin_failure(exc):
                     raise
                 self._failed(hook, exc, exchange)
                 continue
@@ -223,7 +217,7 @@ class Chain:
             try:
                 await hook.function(exchange, event)
             except BaseException as exc:
-                if not isinstance(exc, Exception) and not stray(exc):
+                if not plugin_failure(exc):
                     raise
                 if exchange._chunk_spans is not None:
                     record_exception(exchange._chunk_spans[hook.index], exc)
@@ -264,7 +258,7 @@ class Chain:
                 else:
                     await hook.function(exchange)
             except BaseException as exc:
-                if not isinstance(exc, Exception) and not stray(exc):
+                if not plugin_failure(exc):
                     raise
                 self.failures[hook.label] += 1
                 log.error("plugin %s failed in complete", hook.label, exc_info=exc, extra={"plugin": hook.label})
@@ -292,7 +286,7 @@ class Chain:
                     raise _not_a_response(hook, answer)
                 return answer
             except BaseException as exc:
-                if not isinstance(exc, Exception) and not stray(exc):
+                if not plugin_failure(exc):
                     raise
                 self._failed(hook, exc, exchange)
                 # Failing open: behave as if the plugin were not there, without
@@ -376,13 +370,15 @@ def _drop(exchange: Exchange) -> None:
         decision.close()
 
 
-def stray(exc: BaseException) -> bool:
-    """Whether a hook's BaseException is the plugin's failure rather than the gateway's
-    business: ``SystemExit`` or ``KeyboardInterrupt`` (the process's signals are the
-    gateway's: a plugin's ``sys.exit()`` stopped it without a line), or a
-    ``CancelledError`` while this task is not being cancelled (a task or future the
-    plugin awaited was cancelled: passed on, it dropped the caller's connection as if
-    the caller had left)."""
+def plugin_failure(exc: BaseException) -> bool:
+    """Whether what a hook raised is the plugin's failure (handled under its ``on_error``)
+    rather than the gateway's business: any ``Exception``; ``SystemExit`` or
+    ``KeyboardInterrupt`` (the process's signals are the gateway's: a plugin's
+    ``sys.exit()`` stopped it without a line); a ``CancelledError`` while this task is
+    not being cancelled (a task or future the plugin awaited was cancelled: passed on, it
+    dropped the caller's connection as if the caller had left)."""
+    if isinstance(exc, Exception):
+        return True
     if isinstance(exc, asyncio.CancelledError):
         task = asyncio.current_task()
         return task is not None and task.cancelling() == 0
@@ -410,7 +406,7 @@ class _HookSpan:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         otel_context.detach(self.token)
         span = self.span
-        if isinstance(exc, Exception) or (exc is not None and stray(exc)):
+        if exc is not None and plugin_failure(exc):
             record_exception(span, exc)
         span.end()
 
