@@ -127,6 +127,21 @@ async def test_scope_client_never_serves_one_callers_answer_to_another(tmp_path)
         assert upstream_calls(gw) == 2
 
 
+async def test_a_repeated_body_is_keyed_anew_when_the_caller_or_a_key_header_differs(tmp_path):
+    """The cache remembers its decision by body (a repeat skips decoding and hashing it):
+    the caller, the headers that shape an answer and Cache-Control still count on every call."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": CHAT}).encode()
+    async with run_gateway(cache_config(), tmp_path) as gw:
+        assert (await post(gw.url, body))[1] == "miss"
+        assert (await post(gw.url, body))[1] == "hit"
+        assert (await post(gw.url, body, {"anthropic-beta": "b1"}))[1] == "miss"
+        assert (await post(gw.url, body, {"anthropic-beta": "b1"}))[1] == "hit"
+        assert (await post(gw.url, body, {"x-gateway-user": "bob"}))[1] == "miss"
+        assert (await post(gw.url, body, {"Cache-Control": "no-cache"}))[1] == "bypass"
+        assert (await post(gw.url, body))[1] == "hit"
+        assert upstream_calls(gw) == 4
+
+
 async def test_scope_shared_lets_callers_share_answers(tmp_path):
     async with run_gateway(cache_config(scope="shared"), tmp_path) as gw:
         alice = gw.openai(default_headers={"x-gateway-user": "alice"})

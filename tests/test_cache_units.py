@@ -13,7 +13,7 @@ from gateway import Exchange, Response
 from gateway_plugins.cache import Cache, Config, formats
 from gateway_plugins.cache.backends import Entry, MsgpackSerializer
 from gateway_plugins.cache.keys import MAX_HEADS, KeyRules, escape, request_key
-from gateway_plugins.cache.plugin import CALL
+from gateway_plugins.cache.plugin import CALL, MAX_DECISION_BODY, MAX_DECISIONS
 
 TOOL_CHAT = {
     "id": "chatcmpl-1",
@@ -107,6 +107,33 @@ def test_key_heads_stay_bounded_whatever_models_callers_name():
         found = rules.key("/v1/chat/completions", "openai", "openai", f"m{index}", document, None, {})
         assert found == key(document, model=f"m{index}", caller=None)
     assert len(rules._heads) <= MAX_HEADS
+
+
+def test_remembered_decisions_stay_bounded_and_match_the_key_made_afresh():
+    class Provider:
+        name = "openai"
+
+    def decide(plugin: Cache, body: bytes) -> str | None:
+        exchange = Exchange(None, method="POST", path="/v1/chat/completions", headers={}, body=body, caller="alice")
+        exchange.provider = Provider()  # type: ignore[assignment]
+        call = plugin._decide(exchange)
+        return call.key if call is not None else None
+
+    plugin = Cache(Config())
+    bodies = [
+        json.dumps({"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}).encode()
+        for i in range(MAX_DECISIONS + 10)
+    ]
+    keys = [decide(plugin, body) for body in bodies]
+    assert len(plugin.decisions) <= MAX_DECISIONS
+    fresh = Cache(Config())
+    assert [decide(plugin, body) for body in bodies] == keys == [decide(fresh, bytes(body)) for body in bodies]
+    assert len(set(keys)) == len(bodies)
+    huge = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * MAX_DECISION_BODY}]}).encode()
+    plugin.decisions.clear()
+    assert decide(plugin, huge) is not None and not plugin.decisions  # decoded and hashed every time
+    hot = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.5}).encode()
+    assert decide(plugin, hot) is None and decide(plugin, hot) is None  # a bypass, remembered as one
 
 
 async def test_a_hit_carries_the_stored_content_type_and_its_age_in_whole_seconds():

@@ -31,7 +31,7 @@ from gateway.redis import when_written
 from gateway_plugins.cache import formats
 from gateway_plugins.cache.backends import Entry, LRUMemoryCache, RedisEntryCache
 from gateway_plugins.cache.flight import BUFFERED, DONE, FAILED, STREAMING, Flight
-from gateway_plugins.cache.keys import IGNORED_FIELDS, KeyRules, escape, key_prefix
+from gateway_plugins.cache.keys import IGNORED_FIELDS, VARY_HEADERS, KeyRules, escape, key_prefix
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -47,6 +47,12 @@ BACKEND_PAUSE_S = 1.0
 _NAMESPACE = re.compile(r"^[A-Za-z0-9._-]+$")
 #: the most content types whose headers are kept built (upstreams name them: few)
 MAX_CONTENT_TYPES = 64
+#: decisions kept by request body (see Cache._decide): how many, their bodies' bytes in all,
+#: and the largest body kept (a bigger one is decoded and hashed every time)
+MAX_DECISIONS = 1024
+MAX_DECISION_BYTES = 4 << 20
+MAX_DECISION_BODY = 64 << 10
+_VARY_1, _VARY_2, _VARY_3 = VARY_HEADERS
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +97,8 @@ class _Call(msgspec.Struct):
     #: the body's model when the key was made: a call for another model (an alias set after
     #: the cache's request hook, a cascade's draft before its send) needs a key of its own
     model: str | None = None
+    #: the body the key was made from: while the exchange's is this one, so is its model
+    body: bytes = b""
     flight: Flight | None = None
     captured: Entry | None = None
     #: the task reading a streamed answer into the flight
@@ -102,6 +110,20 @@ class _Call(msgspec.Struct):
     lookup: asyncio.Future[Any] | None = None
     #: the leader's ``served_model`` once the upstream answered (kept with the entry)
     served_model: str | None = None
+
+
+class _Decision(msgspec.Struct, frozen=True, gc=False):
+    """What a request's body decides about its call, remembered for the same request again."""
+
+    #: None: the call bypasses the cache (its temperature is above ``max_temperature``)
+    key: str | None
+    kind: str | None = None
+    wants_stream: bool = False
+    include_usage: bool = False
+    model: str | None = None
+
+
+_BYPASS = _Decision(None)
 
 
 CALL = StashKey[_Call]("cache.call")
@@ -132,6 +154,9 @@ class Cache:
             self.memory = LRUMemoryCache(config.max_entries, self._evicted, config.max_memory_bytes)
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self.flights: dict[str, Flight] = {}
+        #: body -> (path, provider, api, caller, vary headers) and what they decided (see _decide)
+        self.decisions: dict[bytes, tuple[tuple[str | None, ...], _Decision]] = {}
+        self._decision_bytes = 0
         #: content type -> a hit's headers but ``Age`` (see _headers)
         self._built_headers: dict[str, CIMultiDict[str]] = {}
         #: pumps: tasks reading streamed answers into flights
@@ -217,32 +242,57 @@ class Cache:
                         max_age_s = float(directive[8:])
         if not exchange.has_json_body:
             return None
+        body = exchange.body
+        caller = None if self.shared else exchange.caller
+        provider = exchange.provider.name
+        # The same request again (what a cache answers) is a look-up by its body, not a
+        # decode and a hash of it; the rest the decision reads must match too.
+        header = exchange.headers.get
+        context = (exchange.path, provider, exchange.api, caller, header(_VARY_1), header(_VARY_2), header(_VARY_3))
+        remembered = self.decisions.get(body)
+        if remembered is not None and remembered[0] == context:
+            decision = remembered[1]
+        else:
+            decision = self._decision(exchange, provider, caller)
+            if decision is None:
+                return None  # not JSON: the upstream's to judge
+            size = len(body)
+            if size <= MAX_DECISION_BODY:
+                if remembered is None:  # a body not kept yet (another caller's is replaced)
+                    if len(self.decisions) >= MAX_DECISIONS or self._decision_bytes + size > MAX_DECISION_BYTES:
+                        self.decisions.clear()  # emptied when full: a look-up stays one dict get
+                        self._decision_bytes = 0
+                    self._decision_bytes += size
+                self.decisions[body] = (context, decision)
+        if decision.key is None:
+            return None
+        return _Call(
+            decision.key, read, write, decision.kind, decision.wants_stream, decision.include_usage, max_age_s,
+            decision.model, body,
+        )  # fmt: skip
+
+    def _decision(self, exchange: Exchange, provider: str, caller: str | None) -> _Decision | None:
+        """What the body decides: its key, or a bypass for its temperature; None when it is not JSON."""
         try:
             document = exchange.json()
         except GatewayError:
-            return None  # not JSON: the upstream's to judge
-        model = document.get("model")
+            return None
         temperature = document.get("temperature")
         bound = self.max_temperature
         if bound is not None and isinstance(temperature, (int, float)) and temperature > bound:
-            return None
+            return _BYPASS
+        model = document.get("model")
+        model = model if isinstance(model, str) else None
         path = exchange.path
         kind = formats.KIND_BY_PATH.get(path)
-        wants_stream = document.get("stream") is True
         options = document.get("stream_options")
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        key = self.keys.key(
-            path,
-            exchange.provider.name,
-            exchange.api,
-            model if isinstance(model, str) else "",
-            document,
-            None if self.shared else exchange.caller,
-            exchange.headers,
-            kind is None,
-        )
-        return _Call(
-            key, read, write, kind, wants_stream, include_usage, max_age_s, model if isinstance(model, str) else None
+        key = self.keys.key(path, provider, exchange.api, model or "", document, caller, exchange.headers, kind is None)
+        return _Decision(
+            key,
+            kind,
+            document.get("stream") is True,
+            isinstance(options, dict) and options.get("include_usage") is True,
+            model,
         )
 
     @hookimpl
@@ -250,7 +300,7 @@ class Cache:
         call = exchange.state.get(CALL)
         if call is None:
             return await call_next(exchange)
-        if exchange.model != call.model:
+        if exchange.body is not call.body and exchange.model != call.model:
             # The body now asks another model than the key was made for: a plugin changed it
             # after the cache's request hook (an alias) or before the cache's send (a cascade's
             # draft, then its escalation). The key must describe what is sent.
