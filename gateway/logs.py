@@ -10,6 +10,7 @@ With ``log.access`` (the default) the core writes one access line per request
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -79,15 +80,62 @@ class JsonFormatter(logging.Formatter):
 class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The stderr handler :func:`setup` installs. Access lines skip the logging
     machinery (a record, its handlers, the formatter) and go straight to it when it
-    is the only handler they would reach: see :meth:`AccessLog.write`."""
+    is the only handler they would reach: see :meth:`AccessLog.write`.
 
-    def write_line(self, line: str) -> None:
+    The access lines of the requests that end in one event-loop iteration go out in
+    one write when it is over (a write and a flush a line cost a request about a
+    fifth of what its access line does); any other line first writes those, so the
+    order of lines is kept, and so does ``flush`` (at exit too)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._lines: list[bytes] = []
+
+    def write_line(self, line: bytes) -> None:
+        """Queue one encoded line (no newline) for the end of this loop iteration."""
         self.acquire()
         try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            lines = self._lines
+            lines.append(line)
+            if len(lines) > 1:
+                return  # the write is already due
         finally:
             self.release()
+        try:
+            asyncio.get_running_loop().call_soon(self.write_lines)
+        except RuntimeError:  # no loop running: now
+            self.write_lines()
+
+    def write_lines(self) -> None:
+        """Write the queued access lines, in one write."""
+        self.acquire()
+        try:
+            lines = self._lines
+            if not lines:
+                return
+            self._lines = []
+            lines.append(b"")
+            data = b"\n".join(lines)
+            stream = self.stream
+            binary = getattr(stream, "buffer", None)
+            if binary is None:
+                stream.write(data.decode())
+            else:
+                stream.flush()  # a text write not flushed yet goes first
+                binary.write(data)
+                binary.flush()
+        finally:
+            self.release()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._lines:
+            self.write_lines()
+        super().emit(record)
+
+    def flush(self) -> None:
+        if self._lines:
+            self.write_lines()
+        super().flush()
 
 
 def setup(level: str = "info") -> None:
@@ -201,7 +249,7 @@ class AccessLog:
             message = f"{exchange.method} {exchange.path} {status}"
             line = formatter.head(time.time(), self.level_name, "gateway.access", message, exchange.request_id, context)
             line.update(access_fields(exchange, status, model))
-            handler.write_line(_encode(line).decode())
+            handler.write_line(_encode(line))
         self.lines += 1
 
 

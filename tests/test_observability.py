@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import re
@@ -13,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import Exchange, hookimpl
-from gateway.logs import JsonFormatter
+from gateway.logs import GatewayHandler, JsonFormatter
 from gateway.metrics import Metrics, ModelLabels, PluginCollector, route_of
 from gateway.telemetry import RateLimitingSampler, TraceBuffer
 from gateway.testing import run_gateway
@@ -424,6 +425,33 @@ async def test_gateway_run_writes_the_access_line_without_any_plugin(tmp_path):
     (access,) = [line for line in lines if line["logger"] == "gateway.access"]
     assert access["request_id"] == "req-proc-1" and re.match(r"^[0-9a-f]{32}$", access["trace_id"])
     assert access["status"] == 200 and access["model"] == "gpt-4o-mini" and access["upstream_ms"] > 0
+
+
+async def test_access_lines_ending_in_one_loop_iteration_go_out_in_one_write_in_order():
+    """The stderr handler queues access lines until the loop iteration is over; any other line
+    writes the queued ones first, so the order of lines is what happened."""
+
+    class Counting(io.BytesIO):
+        writes = 0
+
+        def write(self, data):  # type: ignore[override]
+            Counting.writes += 1
+            return super().write(data)
+
+    binary = Counting()
+    handler = GatewayHandler(io.TextIOWrapper(binary, encoding="utf-8"))
+    handler.setFormatter(JsonFormatter())
+    handler.write_line(b'{"n":1}')
+    handler.write_line(b'{"n":2}')
+    assert binary.getvalue() == b""
+    await asyncio.sleep(0)
+    assert binary.getvalue() == b'{"n":1}\n{"n":2}\n' and Counting.writes == 1
+    handler.write_line(b'{"n":3}')
+    handler.handle(logging.LogRecord("gateway", logging.WARNING, "", 0, "after three", None, None))
+    handler.write_line(b'{"n":4}')
+    handler.flush()  # what logging does at exit
+    lines = [json.loads(line) for line in binary.getvalue().splitlines()]
+    assert [line.get("n", line.get("message")) for line in lines] == [1, 2, 3, "after three", 4]
 
 
 # -- /traces.json ------------------------------------------------------------------------------
