@@ -235,6 +235,7 @@ class Target:
     url: str = ""  # chat completions, non-streaming
     stream_url: str = ""  # chat completions through the streaming upstream
     chain: list[dict[str, str]] | None = None  # a gateway's plugins (None: not a gateway)
+    log: dict[str, Any] | None = None  # a gateway's log: section (None: the defaults, access lines on)
     process: subprocess.Popen[bytes] | None = None
     problem: str | None = None  # why it is NOT MEASURED
     stream_problem: str | None = None
@@ -293,14 +294,16 @@ http {{
 """
 
 
-def gateway_config(upstream: str, plugins: list[dict[str, str]]) -> str:
+def gateway_config(upstream: str, plugins: list[dict[str, str]], log: dict[str, Any] | None = None) -> str:
     """A minimal gateway config: one openai provider, no routes, the given chain (JSON is YAML)."""
-    document = {
+    document: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
         "providers": {"upstream": {"type": "openai", "base_url": upstream, "api_key": "sk-bench"}},
         "plugins": plugins,
     }
+    if log is not None:
+        document["log"] = log
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -431,7 +434,7 @@ class Bench:
         if target.chain is None:
             return [sys.executable, "-m", "benchmarks.passthrough_proxy", "--upstream", upstream], None
         config = self.run_dir / f"{name}.yaml"
-        config.write_text(gateway_config(upstream, target.chain))
+        config.write_text(gateway_config(upstream, target.chain, target.log))
         env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{target.tracing}", OTEL_TRACES_EXPORTER="none")
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(ROOT), env.get("PYTHONPATH")])
