@@ -120,20 +120,25 @@ def test_remembered_decisions_stay_bounded_and_match_the_key_made_afresh():
         return call.key if call is not None else None
 
     plugin = Cache(Config())
+    once = json.dumps({"model": "m", "messages": [{"role": "user", "content": "once"}]}).encode()
+    key = decide(plugin, once)
+    assert not plugin.decisions  # a body seen once is not kept: most never come again
+    assert decide(plugin, bytes(once)) == key and len(plugin.decisions) == 1  # the second time it is
     bodies = [
         json.dumps({"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}).encode()
         for i in range(MAX_DECISIONS + 10)
     ]
     keys = [decide(plugin, body) for body in bodies]
-    assert len(plugin.decisions) <= MAX_DECISIONS
+    assert [decide(plugin, body) for body in bodies] == keys  # kept now (the second time)...
+    assert [decide(plugin, body) for body in bodies] == keys  # ...and read from the table
+    assert 0 < len(plugin.decisions) <= MAX_DECISIONS and len(plugin._seen) <= MAX_DECISIONS
     fresh = Cache(Config())
-    assert [decide(plugin, body) for body in bodies] == keys == [decide(fresh, bytes(body)) for body in bodies]
-    assert len(set(keys)) == len(bodies)
+    assert keys == [decide(fresh, bytes(body)) for body in bodies] and len(set(keys)) == len(bodies)
     huge = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * MAX_DECISION_BODY}]}).encode()
     plugin.decisions.clear()
-    assert decide(plugin, huge) is not None and not plugin.decisions  # decoded and hashed every time
+    assert decide(plugin, huge) == decide(plugin, huge) is not None and not plugin.decisions  # never kept
     hot = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.5}).encode()
-    assert decide(plugin, hot) is None and decide(plugin, hot) is None  # a bypass, remembered as one
+    assert [decide(plugin, hot) for _ in range(3)] == [None, None, None]  # a bypass, kept as one
 
 
 async def test_a_hit_carries_the_stored_content_type_and_its_age_in_whole_seconds():

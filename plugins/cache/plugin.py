@@ -126,6 +126,13 @@ class _Decision(msgspec.Struct, frozen=True, gc=False):
 _BYPASS = _Decision(None)
 
 
+def _context(exchange: Exchange, provider: str, caller: str | None) -> tuple[str | None, ...]:
+    """What a decision reads besides the body: route, provider, API shape, caller, the
+    headers that shape an answer."""
+    header = exchange.headers.get
+    return exchange.path, provider, exchange.api, caller, header(_VARY_1), header(_VARY_2), header(_VARY_3)
+
+
 CALL = StashKey[_Call]("cache.call")
 
 
@@ -157,6 +164,8 @@ class Cache:
         #: body -> (path, provider, api, caller, vary headers) and what they decided (see _decide)
         self.decisions: dict[bytes, tuple[tuple[str | None, ...], _Decision]] = {}
         self._decision_bytes = 0
+        #: hashes of the bodies seen once (a body's decision is kept the second time)
+        self._seen: set[int] = set()
         #: content type -> a hit's headers but ``Age`` (see _headers)
         self._built_headers: dict[str, CIMultiDict[str]] = {}
         #: pumps: tasks reading streamed answers into flights
@@ -247,29 +256,48 @@ class Cache:
         provider = exchange.provider.name
         # The same request again (what a cache answers) is a look-up by its body, not a
         # decode and a hash of it; the rest the decision reads must match too.
-        header = exchange.headers.get
-        context = (exchange.path, provider, exchange.api, caller, header(_VARY_1), header(_VARY_2), header(_VARY_3))
+        decision = None
+        context = None
         remembered = self.decisions.get(body)
-        if remembered is not None and remembered[0] == context:
-            decision = remembered[1]
-        else:
+        if remembered is not None:
+            context = _context(exchange, provider, caller)
+            if remembered[0] == context:
+                decision = remembered[1]
+        if decision is None:
             decision = self._decision(exchange, provider, caller)
             if decision is None:
                 return None  # not JSON: the upstream's to judge
-            size = len(body)
-            if size <= MAX_DECISION_BODY:
-                if remembered is None:  # a body not kept yet (another caller's is replaced)
-                    if len(self.decisions) >= MAX_DECISIONS or self._decision_bytes + size > MAX_DECISION_BYTES:
-                        self.decisions.clear()  # emptied when full: a look-up stays one dict get
-                        self._decision_bytes = 0
-                    self._decision_bytes += size
-                self.decisions[body] = (context, decision)
+            self._remember(exchange, provider, caller, context, decision)
         if decision.key is None:
             return None
         return _Call(
             decision.key, read, write, decision.kind, decision.wants_stream, decision.include_usage, max_age_s,
             decision.model, body,
         )  # fmt: skip
+
+    def _remember(
+        self, exchange: Exchange, provider: str, caller: str | None, context: tuple[Any, ...] | None, decision: _Decision
+    ) -> None:
+        """Keep a body's decision from the second time it comes (most bodies come once: they
+        cost a set of fingerprints, not a kept body); bounded, emptied when full."""
+        body = exchange.body
+        size = len(body)
+        if size > MAX_DECISION_BODY:
+            return
+        if context is None:  # a body not kept yet
+            fingerprint = hash(body)
+            seen = self._seen
+            if fingerprint not in seen:
+                if len(seen) >= MAX_DECISIONS:
+                    seen.clear()
+                seen.add(fingerprint)
+                return
+            if len(self.decisions) >= MAX_DECISIONS or self._decision_bytes + size > MAX_DECISION_BYTES:
+                self.decisions.clear()
+                self._decision_bytes = 0
+            self._decision_bytes += size
+            context = _context(exchange, provider, caller)
+        self.decisions[body] = (context, decision)  # (another caller's is replaced)
 
     def _decision(self, exchange: Exchange, provider: str, caller: str | None) -> _Decision | None:
         """What the body decides: its key, or a bypass for its temperature; None when it is not JSON."""
