@@ -43,8 +43,12 @@ SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES, start=1)}
 MAX_MATCHES_PER_RULE = 20
 #: how deep encoded blobs are decoded (base64 of hex of ...)
 MAX_DECODE_DEPTH = 2
-#: memory budget of the RE2 set's DFA (taken lazily, as states are made)
-SET_MAX_MEM = 256 << 20
+#: memory budget of each RE2 set's DFA (taken lazily, as states are made)
+SET_MAX_MEM = 64 << 20
+#: the patterns with a bounded gap go in this many sets of their own (see RuleStage)
+GAP_SETS = 3
+#: a bounded gap: up to n words (or characters) between two parts of a pattern
+_GAP = re.compile(r"\{0,\d+\}")
 #: texts longer than this go through the set in overlapping chunks
 CHUNK = 128 * 1024
 CHUNK_OVERLAP = 2048
@@ -310,7 +314,7 @@ class _Compiled:
 
 
 class RuleStage:
-    """Every pattern rule in one RE2 set pass, plus the built-in obfuscation detectors."""
+    """Every pattern rule in a few RE2 set passes, plus the built-in obfuscation detectors."""
 
     name = "rules"
 
@@ -323,22 +327,38 @@ class RuleStage:
                 self.detectors[rule.detector] = rule
             for pattern in rule.patterns:
                 self.compiled.append(_Compiled(rule, pattern))
-        # One RE2 set of every pattern: one lazily built DFA. Measured on a 4 KB
-        # prompt: 40 us for one set with a 64 MB budget, 240 us for one set per family
-        # (their DFAs evict each other from the CPU caches), and 80 us with the default
-        # 8 MB budget. The memory is only taken as DFA states are made.
-        options = re2.Options()
-        options.max_mem = SET_MAX_MEM
-        matcher = re2.Set.SearchSet(options)
-        for compiled in self.compiled:
-            matcher.Add(compiled.regex.pattern)
-        # The hints that decide which views are worth making ride along in the same
-        # pass (one DFA run instead of one per hint).
+        # Which patterns match, in a few RE2 set passes, each a lazily built DFA. The
+        # patterns with a bounded gap ("{0,n}": up to n words between two keywords) make
+        # a state for every combination of partial matches: in one set with all the
+        # others, varied text meets new states text after text (52 µs a text, the DFA
+        # past +150 MiB after 18,000 texts, still growing); in GAP_SETS sets of their own,
+        # by family, beside one set of the rest, about 19 µs and +30 MiB, for a pass more
+        # each on a text whose states are built (benchmarks/scan_dfa.py, docs/scan.md).
+        # The hints that decide which views are worth making ride in the first set.
         self.aux = len(self.compiled)
-        for hint in _HINTS:
-            matcher.Add(hint.pattern.decode())
-        matcher.Compile()
-        self.matcher = matcher
+        patterns = [compiled.regex.pattern for compiled in self.compiled]
+        patterns += [hint.pattern.decode() for hint in _HINTS]
+        plain = list(range(self.aux, len(patterns)))  # the hints
+        by_family: dict[str, list[int]] = {}
+        for index, compiled in enumerate(self.compiled):
+            if _GAP.search(compiled.regex.pattern):
+                by_family.setdefault(compiled.rule.family, []).append(index)
+            else:
+                plain.append(index)
+        gapped: list[list[int]] = [[] for _ in range(GAP_SETS)]
+        for _, indexes in sorted(by_family.items(), key=lambda item: (-len(item[1]), item[0])):
+            min(gapped, key=len).extend(indexes)  # the largest families first, each to the smallest set
+        #: (an RE2 set, the index in ``compiled`` (or aux + hint) of each of its patterns)
+        self.matchers: list[tuple[Any, tuple[int, ...]]] = []
+        for indexes in (plain, *gapped):
+            if indexes:
+                options = re2.Options()
+                options.max_mem = SET_MAX_MEM
+                matcher = re2.Set.SearchSet(options)
+                for index in indexes:
+                    matcher.Add(patterns[index])
+                matcher.Compile()
+                self.matchers.append((matcher, tuple(indexes)))
         self.any_normalised = any(compiled.normalised for compiled in self.compiled)
 
     def scan(self, text: str) -> list[Detection]:
@@ -378,13 +398,19 @@ class RuleStage:
         return found
 
     def _hits(self, view: str | bytes) -> set[int]:
-        """Indexes of the patterns that match ``view``, in one pass (chunked when huge,
-        so one DFA cache reset never loses a long text's matches)."""
-        if len(view) <= CHUNK:
-            return set(self.matcher.Match(view) or ())
+        """Indexes of the patterns (and, from ``aux`` on, hints) that match ``view``: a pass
+        a set (in chunks when huge, so one DFA cache reset never loses a long text's matches)."""
+        data = view.encode() if isinstance(view, str) else view
+        if len(data) <= CHUNK:
+            chunks: Sequence[bytes] = (data,)
+        else:
+            chunks = [data[start : start + CHUNK] for start in range(0, len(data), CHUNK - CHUNK_OVERLAP)]
         hits: set[int] = set()
-        for start in range(0, len(view), CHUNK - CHUNK_OVERLAP):
-            hits.update(self.matcher.Match(view[start : start + CHUNK]) or ())
+        for matcher, indexes in self.matchers:
+            for chunk in chunks:
+                found = matcher.Match(chunk)
+                if found:
+                    hits.update([indexes[index] for index in found])
         return hits
 
     def _match(
