@@ -25,7 +25,8 @@ CONC, LOW_CONC, STREAM_REQUESTS, STREAM_WARMUP, GW_CPU, LOAD_CPU, READY_TIMEOUT,
 PROFILE_SECONDS, PROFILE_RATE, RUN_DIR, QUICK) plus PEERS_DIR=~/.cache/gateway-peers,
 PEER_READY_TIMEOUT=120, PEERS=litellm,portkey, RSS_REQUESTS=100000, RSS_STEP=10000,
 REDIS_SECONDS=5, SCALE_SECONDS=10, BUDGET_CALLS=500, BUDGET_SECONDS=8,
-OTLP_PROTOCOL=http/protobuf (how the traced gateways export).
+OTLP_PROTOCOL=http/protobuf (how the traced gateways export), TARGETS (label substrings to keep,
+``;``-separated), VARIED=1 (cache-missing prompts carry 40 random words each: varied text).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ PEERS_DIR = Path(os.environ.get("PEERS_DIR") or Path.home() / ".cache" / "gatewa
 PEERS = tuple(p for p in (os.environ.get("PEERS", "litellm,portkey")).split(",") if p)
 #: TARGETS="full chain, memory" measures only the targets whose label contains one of these
 ONLY = tuple(p.strip() for p in os.environ.get("TARGETS", "").split(";") if p.strip())
+#: VARIED=1: each cache-missing prompt also carries 40 random words, so the scan meets varied
+#: text (its rule sets' DFA states: docs/scan.md), not one sentence and a counter
+VARIED = os.environ.get("VARIED") == "1"
 
 
 def unique_request() -> dict[str, Any]:
@@ -164,6 +168,14 @@ class Peers:
         self.fixed_body.write_bytes(compact(REQUEST))
         self.unique_body = self.run_dir / "request-unique.json"
         self.unique_body.write_bytes(compact(unique_request()))
+        self.words = ""
+        if VARIED:
+            from benchmarks.scan_dfa import sentences
+
+            vocabulary = sorted({word.lower() for text in sentences() for word in re.findall(r"[A-Za-z]{2,12}", text)})
+            words = self.run_dir / "words.txt"
+            words.write_text("\n".join(vocabulary) + "\n")
+            self.words = str(words)
         self.wrk_log = self.run_dir / "wrk.jsonl"
         self.base = oh.Bench(knobs, processes)
         self.redis_port = 0
@@ -322,6 +334,7 @@ class Peers:
             os.environ,
             WRK_BODY_FILE=str(self.unique_body if target.unique else self.fixed_body),
             WRK_UNIQUE="1" if target.unique else "0",
+            WRK_WORDS_FILE=self.words,
             WRK_SEED="".join(random.choices(string.ascii_lowercase, k=12)),
             WRK_HEADERS="|".join(f"{k}: {v}" for k, v in (headers if headers is not None else target.headers).items()),
             WRK_STOP_AFTER=str(stop_after),

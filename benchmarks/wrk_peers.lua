@@ -6,6 +6,8 @@
 --   WRK_UNIQUE=1    replace "#BENCHSEQ" in the body with "WRK_SEED <counter in letters>" on every request
 --                   (a cache miss and a scan of new text every time: nothing is served from memory)
 --   WRK_SEED        makes the bodies of this wrk run differ from every other run's (letters)
+--   WRK_WORDS_FILE  with WRK_UNIQUE=1: also 40 words drawn at random from this file (one a line)
+--                   after the counter, so each prompt is varied text, not one sentence and a counter
 --   WRK_STOP_AFTER  exit once this many answers came back (one thread: -t1; wrk itself would
 --                   wait out -d): prints a WRKJSON line with the answers and non-2xx counted so
 --                   far (no latencies; requests still in flight are not counted)
@@ -39,9 +41,21 @@ if unique then
   local at = string.find(body, "#BENCHSEQ", 1, true)
   assert(at, "WRK_UNIQUE=1 needs #BENCHSEQ in the body")
   head, tail = string.sub(body, 1, at - 1), string.sub(body, at + 9)
+  local words = {}
+  local words_file = os.getenv("WRK_WORDS_FILE") or ""
+  if words_file ~= "" then
+    for word in io.lines(words_file) do words[#words + 1] = word end
+    math.randomseed(os.time())
+  end
+  local function varied()
+    if #words == 0 then return "" end
+    local drawn = {}
+    for i = 1, 40 do drawn[i] = words[math.random(#words)] end
+    return " " .. table.concat(drawn, " ")
+  end
   request = function()
     counter = counter + 1
-    return wrk.format(nil, nil, nil, head .. seed .. " " .. letters(counter) .. tail)
+    return wrk.format(nil, nil, nil, head .. seed .. " " .. letters(counter) .. varied() .. tail)
   end
 end
 
