@@ -28,6 +28,8 @@ import sys
 import time
 import warnings
 
+from benchmarks.stream_client import letters  # a counter in letters, as the benchmarks' prompts
+
 #: modules whose docstrings give varied, ordinary English sentences
 MODULES = (
     "os sys re json http.client asyncio logging collections itertools functools email urllib.request argparse "
@@ -60,15 +62,6 @@ def sentences() -> list[str]:
                     if 20 < len(sentence) < 300:
                         found[sentence] = None
     return list(found)
-
-
-def letters(number: int) -> str:
-    out = ""
-    while True:
-        number, digit = divmod(number, 26)
-        out = chr(97 + digit) + out
-        if not number:
-            return out
 
 
 def rss_mib() -> float:

@@ -330,9 +330,9 @@ class RuleStage:
         # Which patterns match, in a few RE2 set passes, each a lazily built DFA. The
         # patterns with a bounded gap ("{0,n}": up to n words between two keywords) make
         # a state for every combination of partial matches: in one set with all the
-        # others, varied text meets new states text after text (52 µs a text, the DFA
+        # others, varied text meets new states text after text (53 µs a text, the DFA
         # past +150 MiB after 18,000 texts, still growing); in GAP_SETS sets of their own,
-        # by family, beside one set of the rest, about 19 µs and +30 MiB, for a pass more
+        # by family, beside one set of the rest, about 15 µs and +32 MiB, for a pass more
         # each on a text whose states are built (benchmarks/scan_dfa.py, docs/scan.md).
         # The hints that decide which views are worth making ride in the first set.
         self.aux = len(self.compiled)
