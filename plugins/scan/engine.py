@@ -44,7 +44,7 @@ MAX_MATCHES_PER_RULE = 20
 #: how deep encoded blobs are decoded (base64 of hex of ...)
 MAX_DECODE_DEPTH = 2
 #: memory budget of each RE2 set's DFA (taken lazily, as states are made)
-SET_MAX_MEM = 64 << 20
+SET_MAX_MEM = 16 << 20
 #: the patterns with a bounded gap go in this many sets of their own (see RuleStage)
 GAP_SETS = 3
 #: a bounded gap: up to n words (or characters) between two parts of a pattern
