@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SET = ROOT.parent.parent / "shared" / "data" / "scan" / "dev.jsonl"
+DEFAULT_SET = ROOT.parent / "shared" / "data" / "scan" / "dev.jsonl"  # ../shared beside the repository
 
 from gateway_plugins.scan.engine import SEVERITY_RANK, build_scanner  # noqa: E402
 
