@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _encode = msgspec.json.Encoder(enc_hook=repr).encode
 _UNKNOWN: Any = object()
+#: the record logging's error report names when access lines could not be written
+_UNWRITTEN = logging.LogRecord("gateway.access", logging.INFO, "", 0, "access lines not written", None, None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -118,12 +120,15 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
             data = b"\n".join(lines)
             stream = self.stream
             binary = getattr(stream, "buffer", None)
-            if binary is None:
-                stream.write(data.decode())
-            else:
-                stream.flush()  # a text write not flushed yet goes first
-                binary.write(data)
-                binary.flush()
+            try:
+                if binary is None:
+                    stream.write(data.decode())
+                else:
+                    stream.flush()  # a text write not flushed yet goes first
+                    binary.write(data)
+                    binary.flush()
+            except Exception:  # stderr closed or full: what logging does with any line it cannot write
+                self.handleError(_UNWRITTEN)
         finally:
             self.release()
 

@@ -453,6 +453,17 @@ async def test_access_lines_ending_in_one_loop_iteration_go_out_in_one_write_in_
     lines = [json.loads(line) for line in binary.getvalue().splitlines()]
     assert [line.get("n", line.get("message")) for line in lines] == [1, 2, 3, "after three", 4]
 
+    class Closed(io.StringIO):
+        def write(self, text):  # type: ignore[override]
+            raise OSError("stderr is gone")
+
+    failed: list[str] = []
+    broken = GatewayHandler(Closed())
+    broken.handleError = lambda record: failed.append(record.getMessage())  # type: ignore[method-assign]
+    broken.write_line(b'{"n":5}')
+    await asyncio.sleep(0)  # the loop's callback does not raise: logging's error path has it
+    assert failed == ["access lines not written"] and not broken._lines
+
 
 # -- /traces.json ------------------------------------------------------------------------------
 
