@@ -13,7 +13,7 @@ from gateway import Exchange, Response
 from gateway_plugins.cache import Cache, Config, formats
 from gateway_plugins.cache.backends import Entry, MsgpackSerializer
 from gateway_plugins.cache.keys import MAX_HEADS, KeyRules, escape, request_key
-from gateway_plugins.cache.plugin import CALL, MAX_DECISION_BODY, MAX_DECISIONS
+from gateway_plugins.cache.plugin import CALL, MAX_DECISION_BODY, MAX_DECISION_BYTES, MAX_DECISIONS
 
 TOOL_CHAT = {
     "id": "chatcmpl-1",
@@ -134,6 +134,15 @@ def test_remembered_decisions_stay_bounded_and_match_the_key_made_afresh():
     assert 0 < len(plugin.decisions) <= MAX_DECISIONS and len(plugin._seen) <= MAX_DECISIONS
     fresh = Cache(Config())
     assert keys == [decide(fresh, bytes(body)) for body in bodies] and len(set(keys)) == len(bodies)
+    big = [
+        json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": f"{i} " + "y" * (MAX_DECISION_BODY // 2)}]}
+        ).encode()
+        for i in range(MAX_DECISION_BYTES // (MAX_DECISION_BODY // 2) + 10)
+    ]
+    for body in big * 2:  # each kept the second time: the bytes bound, not the count, empties the table
+        decide(plugin, body)
+    assert plugin._decision_bytes == sum(map(len, plugin.decisions)) <= MAX_DECISION_BYTES
     huge = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * MAX_DECISION_BODY}]}).encode()
     plugin.decisions.clear()
     assert decide(plugin, huge) == decide(plugin, huge) is not None and not plugin.decisions  # never kept
