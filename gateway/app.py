@@ -115,6 +115,7 @@ class Gateway:
         self.proxy.finished = self._finished
         #: exchanges over whose metrics and access line are not recorded yet (this loop iteration's)
         self._finished_exchanges: list[tuple[Exchange, int, trace.Span | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
         self.draining = False
         #: the loop time the drain's grace period ends at, once a drain began
@@ -146,7 +147,10 @@ class Gateway:
         finished = self._finished_exchanges
         finished.append((exchange, status, span))
         if len(finished) == 1:
-            asyncio.get_running_loop().call_soon(self._record_finished)
+            loop = self._loop
+            if loop is None:  # kept: on Python 3.11 every get_running_loop() is a getpid() system call
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._record_finished)
 
     def _record_finished(self) -> None:
         finished, self._finished_exchanges = self._finished_exchanges, []
@@ -277,9 +281,8 @@ class Gateway:
 
         def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
             # aiohttp enforces the body limit itself while reading a chunked body.
-            loop = asyncio.get_running_loop()
             limit = self.config.limits.max_body_bytes
-            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
+            return web.BaseRequest(message, payload, protocol, writer, task, writer.loop, client_max_size=limit)
 
         def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
             return self.proxy.handle(request)

@@ -594,7 +594,8 @@ class Proxy:
         traced = not self.roots_unsampled or "traceparent" in headers
         if traced:
             span, token = start_server_span(self.tracer, request, exchange)
-        task = asyncio.current_task()
+        # The loop named: without it, Python 3.11 asks get_running_loop(), a getpid() system call.
+        task = asyncio.current_task(request.task.get_loop())
         self.serving.add(task)  # type: ignore[arg-type]
         status = 0
         try:

@@ -137,13 +137,14 @@ class UpstreamPool:
     async def _acquire(self, fresh: bool = False) -> _Connection:
         if self._closed:
             raise UpstreamError("The provider is closed.")
-        loop = asyncio.get_running_loop()
         idle = self._idle
         while idle and not fresh:
             connection = idle.pop()
-            if loop.time() - connection.idle_since < KEEPALIVE_S and not connection.closed:
+            # its loop's clock: asking get_running_loop() is a getpid() system call on Python 3.11
+            if connection.loop.time() - connection.idle_since < KEEPALIVE_S and not connection.closed:
                 return connection
             connection.abort()
+        loop = asyncio.get_running_loop()
         while self._open >= self.limit:
             if idle:  # a fresh connection wanted, none free: make room
                 idle.pop(0).abort()
