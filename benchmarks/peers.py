@@ -122,18 +122,20 @@ def chain(backend: str, run_dir: Path, name: str, redis_url: str) -> list[dict[s
     return plugins
 
 
-def process_cpu_s(pid: int | None) -> float | None:
-    """CPU seconds (user + system, every thread) the process has used so far.
+def process_times_s(pid: int | None) -> tuple[float, float] | None:
+    """(user, system) CPU seconds, every thread, the process has used so far.
 
     CPU per request is the figure that a busy machine disturbs least: another job on
-    the core slows a proxy's req/s, not the work each request costs it."""
+    the core slows a proxy's req/s, not the work each request costs it. The system
+    share is the kernel's work for the process (sockets, thread wake-ups, disk)."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def tracing_env(tracing: str, sink: str) -> dict[str, str]:
@@ -343,18 +345,19 @@ class Peers:
         argv = [oh.tool("wrk"), "-t1", f"-c{conc}", f"-d{seconds}s", "--timeout", "10s",
                 "-s", str(HERE / "wrk_peers.lua"), url or target.url]  # fmt: skip
         pid = target.process.pid if target.process is not None and url is None else None
-        cpu_before = process_cpu_s(pid)
+        times_before = process_times_s(pid)
         out = self.processes.run(
             "wrk", self.knobs.load_cpu if cpu is None else cpu, argv, timeout=seconds + 30, env=env
         )
-        cpu_after = process_cpu_s(pid)
+        times_after = process_times_s(pid)
         found = re.search(r"^WRKJSON (.*)$", out, re.MULTILINE)
         if found is None:
             log(f"wrk gave no summary for {target.label}: {out.strip()[-300:]}")
             return None
         result: dict[str, Any] = json.loads(found.group(1))
-        if cpu_before is not None and cpu_after is not None and result.get("requests"):
-            result["cpu_us"] = (cpu_after - cpu_before) / result["requests"] * 1e6
+        if times_before is not None and times_after is not None and result.get("requests"):
+            result["cpu_us"] = (sum(times_after) - sum(times_before)) / result["requests"] * 1e6
+            result["sys_us"] = (times_after[1] - times_before[1]) / result["requests"] * 1e6
         with self.wrk_log.open("a") as out_file:
             out_file.write(found.group(1) + "\n")
         log(
