@@ -802,11 +802,13 @@ def profile(bench: Bench, processes: Processes, which: str) -> str:
     return hot_spots(raw, target, knobs)
 
 
-def hot_spots(raw: Path, target: Target, knobs: Knobs, top: int = 25) -> str:
-    """Own and total share of samples per function, from py-spy's collapsed stacks."""
+def hot_spots(raw: Path, target: Target, knobs: Knobs, top: int = 25, cpu_us: float | None = None) -> str:
+    """Own and total share of samples per function, from py-spy's collapsed stacks; and,
+    when the chain has plugins, each plugin's share (in µs a request given ``cpu_us``)."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    owners: Counter[str] = Counter()
     samples = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -817,6 +819,7 @@ def hot_spots(raw: Path, target: Target, knobs: Knobs, top: int = 25) -> str:
         samples += count
         own[frames[-1]] += count
         packages[package_of(frames[-1])] += count
+        owners[owner_of(frames)] += count
         for frame in set(frames):
             total[frame] += count
     lines = [
@@ -832,7 +835,32 @@ def hot_spots(raw: Path, target: Target, knobs: Knobs, top: int = 25) -> str:
         lines.append(f"| {100 * count / samples:.1f} | {100 * total[frame] / samples:.1f} | `{shorten(frame)}` |")
     lines += ["", "| own % | package (first directory of the file) |", "|---:|---|"]
     lines += [f"| {100 * count / samples:.1f} | {package} |" for package, count in packages.most_common()]
+    if len(owners) > 1:
+        unit = f"µs a request (of {cpu_us:.0f})" if cpu_us else "µs a request (CPU not measured)"
+        lines += ["", f"| % | {unit} | whose: a plugin's hooks and what they call, or the core |", "|---:|---:|---|"]
+        for owner, count in owners.most_common():
+            share = count / samples
+            lines.append(f"| {100 * share:.1f} | {share * cpu_us:.1f} | {owner} |" if cpu_us else f"| {100 * share:.1f} | - | {owner} |")
     return "\n".join(lines) + "\n"
+
+
+#: the core's own dispatch: a plugin frame above one of these is waiting for the rest of the chain
+_DISPATCH = ("gateway/chain.py", "gateway/proxy.py", "gateway/app.py", "gateway/upstream.py", "gateway/cli.py")
+
+
+def owner_of(frames: list[str]) -> str:
+    """Whose time a sample is: the innermost plugin frame's plugin, with what it calls (RE2,
+    msgspec, SQLite, the core's helpers such as ``Response.json``), unless the core's
+    dispatch (the chain, the proxy, the upstream client) is deeper: a plugin's ``call_next``
+    is the rest of the chain's time, not the plugin's."""
+    for frame in reversed(frames):
+        found = re.search(r"\(([^()]*)\)$", shorten(frame))
+        path = found.group(1) if found else ""
+        if path.startswith("plugins/"):
+            return "plugin " + path.split("/")[1]
+        if path.startswith(_DISPATCH):
+            return "core (proxy, chain, upstream client, aiohttp, the loop)"
+    return "core (proxy, chain, upstream client, aiohttp, the loop)"
 
 
 def package_of(frame: str) -> str:

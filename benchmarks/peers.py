@@ -809,10 +809,10 @@ def run_profile(peers: Peers) -> str:
         [str(py_spy), "record", "--pid", str(target.process.pid), "--duration", str(knobs.profile_seconds),
          "--rate", str(knobs.profile_rate), "--nonblocking", "--nolineno", "--format", "raw", "--output", str(raw)],
     )  # fmt: skip
-    peers.wrk(target, knobs.conc, knobs.profile_seconds + 2, "profile")
+    result = peers.wrk(target, knobs.conc, knobs.profile_seconds + 2, "profile")
     spy.wait(timeout=30)
     peers.processes.stop(spy)
-    return oh.hot_spots(raw, target, knobs, top=35)
+    return oh.hot_spots(raw, target, knobs, top=35, cpu_us=(result or {}).get("cpu_us"))
 
 
 # -- main ------------------------------------------------------------------------------
