@@ -45,10 +45,21 @@ MAX_MATCHES_PER_RULE = 20
 MAX_DECODE_DEPTH = 2
 #: memory budget of each RE2 set's DFA (taken lazily, as states are made)
 SET_MAX_MEM = 16 << 20
-#: the patterns with a bounded gap go in this many sets of their own (see RuleStage)
-GAP_SETS = 3
+#: the prefiltered patterns with a bounded gap go in this many sets (see RuleStage)
+GATED_SETS = 3
+#: up to this many prefilter candidates are searched one by one, more go through the gated sets
+FEW_CANDIDATES = 2
+#: longer texts go through the gated sets at once: they seldom lack the words of a few gapped patterns
+PREFILTER_MAX_BYTES = 2048
 #: a bounded gap: up to n words (or characters) between two parts of a pattern
 _GAP = re.compile(r"\{0,\d+\}")
+#: ordinary prose: a gapped pattern that RE2's prefilter cannot rule out on it has words too
+#: common to filter on, and stays in a set (see RuleStage)
+_PROBE = b"""The meeting notes say that the team will review the quarterly report again on Monday.
+She said the main point of the paper is that caching saves time and money, and he agreed.
+Please contain the spill, then wait for the detailed instructions from the maintenance staff.
+Our assistant can help you draft a message to the landlord about the broken heater.
+Remember to attach the invoice and send it to accounting before the end of the day."""
 #: texts longer than this go through the set in overlapping chunks
 CHUNK = 128 * 1024
 CHUNK_OVERLAP = 2048
@@ -313,6 +324,28 @@ class _Compiled:
         self.normalised = rule.normalised
 
 
+def _prefilters(pattern: str) -> bool:
+    """Whether RE2's prefilter narrows ``pattern`` down: it has words to look for, and not
+    ones ordinary prose holds (the prefilter does not rule it out on :data:`_PROBE`)."""
+    alone = re2.Filter()
+    try:
+        alone.Add(pattern)
+        alone.Compile()
+    except re2.error:
+        return False
+    return not alone.Match(_PROBE, potential=True)
+
+
+def _set_of(patterns: Sequence[str]) -> Any:
+    options = re2.Options()
+    options.max_mem = SET_MAX_MEM
+    matcher = re2.Set.SearchSet(options)
+    for pattern in patterns:
+        matcher.Add(pattern)
+    matcher.Compile()
+    return matcher
+
+
 class RuleStage:
     """Every pattern rule in a few RE2 set passes, plus the built-in obfuscation detectors."""
 
@@ -327,38 +360,48 @@ class RuleStage:
                 self.detectors[rule.detector] = rule
             for pattern in rule.patterns:
                 self.compiled.append(_Compiled(rule, pattern))
-        # Which patterns match, in a few RE2 set passes, each a lazily built DFA. The
-        # patterns with a bounded gap ("{0,n}": up to n words between two keywords) make
-        # a state for every combination of partial matches: in one set with all the
-        # others, varied text meets new states text after text (53 µs a text, the DFA
-        # past +150 MiB after 18,000 texts, still growing); in GAP_SETS sets of their own,
-        # by family, beside one set of the rest, about 15 µs and +32 MiB, for a pass more
-        # each on a text whose states are built (benchmarks/scan_dfa.py, docs/scan.md).
-        # The hints that decide which views are worth making ride in the first set.
+        # Which patterns match, in RE2 set passes, each a lazily built DFA. The patterns with
+        # a bounded gap ("{0,n}": up to n words between two keywords) make a state for every
+        # combination of partial matches: in a set with all the others, varied text meets
+        # new states text after text (53 µs a text, the DFA past +150 MiB after 18,000 texts,
+        # still growing); in sets of their own, about 17 µs and +33 MiB, still growing. Most
+        # of them need words ordinary text seldom holds ("disregard", "previous"): RE2's
+        # prefilter (FilteredRE2, a pass of a small literal set) tells whether any of them
+        # may match, and their sets run only then (on about one text of ordinary prose in
+        # five). The few whose words are too common to tell (the prefilter keeps them on
+        # _PROBE) sit in a set with the rest. The hints that decide which views are worth
+        # making ride in the first set. (benchmarks/scan_dfa.py, docs/scan.md)
         self.aux = len(self.compiled)
         patterns = [compiled.regex.pattern for compiled in self.compiled]
         patterns += [hint.pattern.decode() for hint in _HINTS]
         plain = list(range(self.aux, len(patterns)))  # the hints
+        common: list[int] = []  # gapped, but not worth a prefilter
         by_family: dict[str, list[int]] = {}
         for index, compiled in enumerate(self.compiled):
-            if _GAP.search(compiled.regex.pattern):
+            if not _GAP.search(compiled.regex.pattern):
+                plain.append(index)
+            elif _prefilters(compiled.regex.pattern):
                 by_family.setdefault(compiled.rule.family, []).append(index)
             else:
-                plain.append(index)
-        gapped: list[list[int]] = [[] for _ in range(GAP_SETS)]
+                common.append(index)
+        gated: list[list[int]] = [[] for _ in range(GATED_SETS)]
         for _, indexes in sorted(by_family.items(), key=lambda item: (-len(item[1]), item[0])):
-            min(gapped, key=len).extend(indexes)  # the largest families first, each to the smallest set
+            min(gated, key=len).extend(indexes)  # the largest families first, each to the smallest set
         #: (an RE2 set, the index in ``compiled`` (or aux + hint) of each of its patterns)
         self.matchers: list[tuple[Any, tuple[int, ...]]] = []
-        for indexes in (plain, *gapped):
+        for indexes in (plain, common, *gated):
             if indexes:
-                options = re2.Options()
-                options.max_mem = SET_MAX_MEM
-                matcher = re2.Set.SearchSet(options)
-                for index in indexes:
-                    matcher.Add(patterns[index])
-                matcher.Compile()
-                self.matchers.append((matcher, tuple(indexes)))
+                self.matchers.append((_set_of([patterns[index] for index in indexes]), tuple(indexes)))
+        #: how many of ``matchers`` always run; the others only when ``prefilter`` says they may match
+        self.always = len(self.matchers) - sum(1 for indexes in gated if indexes)
+        #: the gated patterns (indexes in ``compiled``), in the prefilter's order
+        self.gated = tuple(index for _, indexes in self.matchers[self.always :] for index in indexes)
+        self.prefilter: Any = None
+        if self.gated:
+            self.prefilter = re2.Filter()
+            for index in self.gated:
+                self.prefilter.Add(patterns[index])
+            self.prefilter.Compile()
         self.any_normalised = any(compiled.normalised for compiled in self.compiled)
 
     def scan(self, text: str) -> list[Detection]:
@@ -399,14 +442,26 @@ class RuleStage:
 
     def _hits(self, view: str | bytes) -> set[int]:
         """Indexes of the patterns (and, from ``aux`` on, hints) that match ``view``: a pass
-        a set (in chunks when huge, so one DFA cache reset never loses a long text's matches)."""
+        a set, and for the gated patterns a search of the prefilter's few candidates or, when
+        there are more (or the text is long), a pass of their sets (in chunks when huge, so one
+        DFA cache reset never loses a long text's matches)."""
         data = view.encode() if isinstance(view, str) else view
         if len(data) <= CHUNK:
             chunks: Sequence[bytes] = (data,)
         else:
             chunks = [data[start : start + CHUNK] for start in range(0, len(data), CHUNK - CHUNK_OVERLAP)]
         hits: set[int] = set()
-        for matcher, indexes in self.matchers:
+        for position, (matcher, indexes) in enumerate(self.matchers):
+            if position == self.always and len(data) <= PREFILTER_MAX_BYTES:
+                # The gated sets: the prefilter says which of their patterns may match.
+                candidates = self.prefilter.Match(data, potential=True) or ()
+                if len(candidates) <= FEW_CANDIDATES:
+                    # A search each costs less than the sets' passes, and makes no state in their DFAs.
+                    compiled, gated = self.compiled, self.gated
+                    for candidate in candidates:
+                        if compiled[gated[candidate]].ascii_regex.search(data):
+                            hits.add(gated[candidate])
+                    break
             for chunk in chunks:
                 found = matcher.Match(chunk)
                 if found:
