@@ -1,6 +1,6 @@
 """The rules stage before and after a change, on every labelled text except the held-out split (v9).
 
-    git -C /work/main archive main plugins/scan/rules | tar -x -C /tmp/before   # the packs before
+    mkdir -p /tmp/before && git archive main plugins/scan/rules | tar -x -C /tmp/before   # the packs before
     python benchmarks/scan_rules_dev.py --before /tmp/before/plugins/scan/rules [--scores SCORES.json] [--show]
 
 Rows come from ``scan_corpus.build`` with the development split set aside (as in scan_classifier_dev.py, plus its
