@@ -8,6 +8,7 @@
     python benchmarks/scan_classifier_dev.py --embedding  # v7: v4 and the static-embedding variants A, B, C
     python benchmarks/scan_classifier_dev.py --mlp  # v8: v4 and the small-MLP variants A, B, C, D
     python benchmarks/scan_classifier_dev.py --mlp-latency  # v8: the stage's time with each variant's shape
+    python benchmarks/scan_classifier_dev.py --rule-misses [SCORES.json]  # v9: attacks neither stage catches
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="v8: also the small-MLP variants A, B, C and D (docs/scan-classifier-v8-plan.md)")
     ap.add_argument("--mlp-latency", action="store_true",
                     help="v8: stage latency (4 KB and 300 B) with v4 and with MLPs of each variant's shape; no training")
+    ap.add_argument("--rule-misses", nargs="?", const="scan-dev-scores.json", default=None, metavar="SCORES",
+                    help="v9: print the development attacks that neither the rules nor the model catch, by source, "
+                         "and write the model's score of every development text to SCORES (JSON)")
     args = ap.parse_args(argv)
     if args.mlp_latency:
         return _mlp_latency()
@@ -73,19 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in scan_corpus.build(trainer.SEED, DEV_SOURCES) if r["split"] != "heldout"
             and trainer._source_group(r["source"]) not in args.without]
     dev = [r for r in rows if r["split"] == "dev"]
-    # Long benign texts too: a model scored in windows has more chances to fire on a long document than on a
-    # chat line. 300 texts of 2 KB or more, each made of consecutive development chat turns.
-    turns = [r["text"] for r in dev if r["source"] == "chitchat"]
-    long_texts, current = [], []
-    for turn in turns:
-        current.append(turn)
-        if sum(len(t) + 1 for t in current) >= 2048:
-            long_texts.append("\n".join(current))
-            current = []
-        if len(long_texts) == 300:
-            break
-    dev += [{"text": t, "label": "benign", "family": "benign", "source": "chitchat-long", "split": "dev"}
-            for t in long_texts]
+    dev += long_chat_texts(dev)
     shared = [json.loads(line) for line in bench.DEV.read_text("utf-8").splitlines() if line.strip()]
     rules = bench._rules_stage()
     rules_hits = {r["text"]: bool(rules.scan(r["text"])) for r in shared} if rules is not None else {}
@@ -102,9 +94,27 @@ def main(argv: list[str] | None = None) -> int:
                                                                mlp="all" if args.mlp else None,
                                                                log=print if args.mlp else lambda *_: None)
         seconds = round(time.perf_counter() - t0, 1)
+        if args.rule_misses:
+            _rule_misses(weights, dev, rules, Path(args.rule_misses))
         for variant, w in (weights.items() if args.embedding or args.mlp else [("v4", weights)]):
             _report(variant, w, dev, shared, rules_hits, bits, c, share, seconds, args)
     return 0
+
+
+def long_chat_texts(dev: list[dict]) -> list[dict]:
+    """Long benign texts too: a model scored in windows has more chances to fire on a long document than on a
+    chat line. 300 texts of 2 KB or more, each made of consecutive development chat turns."""
+    turns = [r["text"] for r in dev if r["source"] == "chitchat"]
+    long_texts, current = [], []
+    for turn in turns:
+        current.append(turn)
+        if sum(len(t) + 1 for t in current) >= 2048:
+            long_texts.append("\n".join(current))
+            current = []
+        if len(long_texts) == 300:
+            break
+    return [{"text": t, "label": "benign", "family": "benign", "source": "chitchat-long", "split": "dev"}
+            for t in long_texts]
 
 
 def _mlp_latency() -> None:
@@ -126,6 +136,35 @@ def _mlp_latency() -> None:
         for size in (4096, 300):
             for name, model in models.items():
                 print(json.dumps({"round": rnd, "variant": name, **bench.latency(model, size, 2000)}), flush=True)
+
+
+def _rule_misses(weights, dev, rules, out: Path) -> None:
+    """v9 (docs/scan-classifier-v9-plan.md): the development attacks caught by neither the rules stage (every
+    shipped pack, any detection, as scan_classifier_bench.py counts) nor the model fitted without them (at the
+    model card's threshold), by source; and every development text's model score, written to ``out`` so that
+    rules + model can be recomputed after a rule change without fitting again (benchmarks/scan_rules_dev.py)."""
+    model = variants.classifier(weights)
+    scores = {r["text"]: model.best(r["text"])[0].probability for r in dev}
+    out.write_text(json.dumps({"threshold": model.threshold, "scores": scores}, ensure_ascii=False), "utf-8")
+    attacks = [r for r in dev if r["label"] == "attack"]
+    by_source: dict[str, list[dict]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for r in attacks:
+        rule_hit = bool(rules.scan(r["text"]))
+        model_hit = scores[r["text"]] >= model.threshold
+        c = counts.setdefault(r["source"], {"attacks": 0, "rules": 0, "model": 0, "either": 0})
+        c["attacks"] += 1
+        c["rules"] += rule_hit
+        c["model"] += model_hit
+        c["either"] += rule_hit or model_hit
+        if not (rule_hit or model_hit):
+            by_source.setdefault(r["source"], []).append(r)
+    print(json.dumps({"rule_misses": counts, "scores_file": str(out)}), flush=True)
+    for source, rows in sorted(by_source.items()):
+        print(f"\n== {source}: {len(rows)} attacks caught by neither stage")
+        for r in rows:
+            print(json.dumps({"family": r["family"], "p": round(scores[r["text"]], 4), "text": r["text"]},
+                             ensure_ascii=False))
 
 
 def _report(variant, weights, dev, shared, rules_hits, bits, c, share, seconds, args) -> None:
