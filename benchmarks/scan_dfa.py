@@ -72,13 +72,12 @@ def rss_mib() -> float:
 
 def layout_pass(layout: str) -> tuple[str, Callable[[bytes], object]]:
     """A label and what one text costs the shipped rules' patterns and hints in a layout:
-    as the scan plugin runs them (``shipped``: RE2 sets, the gapped patterns' behind RE2's
+    as the scan plugin runs them (``shipped``: RE2 sets, the gapped patterns behind RE2's
     prefilter), as one RE2 set (``one``: the layout before 2026-12-03, 256 MB),
     with the gapped patterns in three sets by family beside one of the rest (``gapsets``: the
     layout of 2026-12-03 morning) or as one set per family (``family``)."""
-    import re2
 
-    from gateway_plugins.scan.engine import _GAP, _HINTS, SET_MAX_MEM, build_scanner
+    from gateway_plugins.scan.engine import _GAP, _HINTS, SET_MAX_MEM, _set_of, build_scanner
 
     stage = build_scanner([], [], ()).stages[0]
     if layout == "shipped":
@@ -103,15 +102,7 @@ def layout_pass(layout: str) -> tuple[str, Callable[[bytes], object]]:
         families = sorted({family for family, _ in patterns})
         groups = [[pattern for family, pattern in patterns if family == name] for name in families]
         label = f"one set per family ({len(groups)})"
-    built = []
-    for group in groups:
-        options = re2.Options()
-        options.max_mem = budget
-        matcher = re2.Set.SearchSet(options)
-        for pattern in group:
-            matcher.Add(pattern)
-        matcher.Compile()
-        built.append(matcher)
+    built = [_set_of(group, budget) for group in groups]
 
     def sets(text: bytes) -> None:
         for matcher in built:

@@ -336,9 +336,10 @@ def _prefilters(pattern: str) -> bool:
     return not alone.Match(_PROBE, potential=True)
 
 
-def _set_of(patterns: Sequence[str]) -> Any:
+def _set_of(patterns: Sequence[str], max_mem: int = SET_MAX_MEM) -> Any:
+    """An RE2 set of ``patterns``, its lazily built DFA within ``max_mem`` bytes."""
     options = re2.Options()
-    options.max_mem = SET_MAX_MEM
+    options.max_mem = max_mem
     matcher = re2.Set.SearchSet(options)
     for pattern in patterns:
         matcher.Add(pattern)
