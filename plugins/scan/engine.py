@@ -366,12 +366,13 @@ class RuleStage:
         # combination of partial matches: in a set with all the others, varied text meets
         # new states text after text (53 µs a text, the DFA past +150 MiB after 18,000 texts,
         # still growing); in sets of their own, about 17 µs and +33 MiB, still growing. Most
-        # of them need words ordinary text seldom holds ("disregard", "previous"): RE2's
-        # prefilter (FilteredRE2, a pass of a small literal set) tells whether any of them
-        # may match, and their sets run only then (on about one text of ordinary prose in
-        # five). The few whose words are too common to tell (the prefilter keeps them on
-        # _PROBE) sit in a set with the rest. The hints that decide which views are worth
-        # making ride in the first set. (benchmarks/scan_dfa.py, docs/scan.md)
+        # of them need words ordinary text seldom holds ("disregard", "previous"): on a short
+        # text RE2's prefilter (FilteredRE2, a pass of a small literal set) names the ones
+        # that may match (none on most prose), and a few candidates are searched alone; their
+        # sets run for more candidates or a long text (13 µs and +18 MiB, flattening). The
+        # few whose words are too common to tell (the prefilter keeps them on _PROBE) sit in a
+        # set that always runs. The hints that decide which views are worth making ride in the
+        # first set. (benchmarks/scan_dfa.py, docs/scan.md)
         self.aux = len(self.compiled)
         patterns = [compiled.regex.pattern for compiled in self.compiled]
         patterns += [hint.pattern.decode() for hint in _HINTS]
