@@ -846,6 +846,7 @@ def hot_spots(raw: Path, target: Target, knobs: Knobs, top: int = 25, cpu_us: fl
 
 #: the core's own dispatch: a plugin frame above one of these is waiting for the rest of the chain
 _DISPATCH = ("gateway/chain.py", "gateway/proxy.py", "gateway/app.py", "gateway/upstream.py", "gateway/cli.py")
+_CORE = "core (proxy, chain, upstream client, aiohttp, the loop)"
 
 
 def owner_of(frames: list[str]) -> str:
@@ -854,20 +855,24 @@ def owner_of(frames: list[str]) -> str:
     dispatch (the chain, the proxy, the upstream client) is deeper: a plugin's ``call_next``
     is the rest of the chain's time, not the plugin's."""
     for frame in reversed(frames):
-        found = re.search(r"\(([^()]*)\)$", shorten(frame))
-        path = found.group(1) if found else ""
+        path = file_of(frame) or ""
         if path.startswith("plugins/"):
             return "plugin " + path.split("/")[1]
         if path.startswith(_DISPATCH):
-            return "core (proxy, chain, upstream client, aiohttp, the loop)"
-    return "core (proxy, chain, upstream client, aiohttp, the loop)"
+            return _CORE
+    return _CORE
 
 
 def package_of(frame: str) -> str:
     """``func (aiohttp/client.py)`` -> ``aiohttp``; the innermost directory py-spy kept."""
-    found = re.search(r"\(([^()]*)\)$", shorten(frame))
-    path = found.group(1) if found else frame
+    path = file_of(frame) or frame
     return path.split("/", 1)[0] if "/" in path else path
+
+
+def file_of(frame: str) -> str | None:
+    """``func (/long/path/site-packages/aiohttp/client.py)`` -> ``aiohttp/client.py``."""
+    found = re.search(r"\(([^()]*)\)$", shorten(frame))
+    return found.group(1) if found else None
 
 
 def shorten(frame: str) -> str:
