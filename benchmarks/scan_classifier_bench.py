@@ -72,13 +72,14 @@ def latency(model: clf.InjectionClassifier, size: int, runs: int) -> dict:
     }
 
 
-def _rules_stage():
-    """The scan plugin's rules stage with every shipped pack, or None when the plugin is not installed."""
+def _rules_stage(rules_dir: Path | None = None):
+    """The scan plugin's rules stage with every pack of ``rules_dir`` (the shipped ones by default),
+    or None when the plugin is not installed."""
     try:
         from gateway_plugins.scan import engine, packs
     except ImportError:
         return None
-    rules_dir = Path(engine.__file__).parent / "rules"
+    rules_dir = rules_dir or Path(engine.__file__).parent / "rules"
     rules = [r for p in sorted(rules_dir.glob("*.yaml")) for r in packs.load_pack(p)]
     return engine.RuleStage(rules)
 

@@ -30,15 +30,9 @@ import scan_classifier_dev as dev_protocol  # noqa: E402
 import scan_corpus  # noqa: E402
 import train_scan_classifier as trainer  # noqa: E402
 
-from gateway_plugins.scan import engine, packs  # noqa: E402
-
 #: training benign sources of the v9 acceptance pool (by the source's first word), with every dev-split benign text
 POOL_TRAIN = ("chatterbot", "chitchat", "stdlib", "django", "djangoi18n", "ovos")
 LIMIT = 0.002
-
-
-def _stage(rules_dir: Path) -> engine.RuleStage:
-    return engine.RuleStage([r for p in sorted(rules_dir.glob("*.yaml")) for r in packs.load_pack(p)])
 
 
 def _group(source: str) -> str:
@@ -56,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in scan_corpus.build(trainer.SEED, dev_protocol.DEV_SOURCES) if r["split"] != "heldout"]
     rows += dev_protocol.long_chat_texts([r for r in rows if r["split"] == "dev"])
     assert not any(r["split"] == "heldout" for r in rows)
-    before, after = _stage(args.before), bench._rules_stage()
+    before, after = bench._rules_stage(args.before), bench._rules_stage()
     hits = [(bool(before.scan(r["text"])), bool(after.scan(r["text"]))) for r in rows]
 
     attacks: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
