@@ -16,7 +16,8 @@ the streaming client and this script share the other core (``LOAD_CPU``). Target
 * ``gateway trivial``: the same with :mod:`benchmarks.trivial_plugin`,
 
 each gateway twice: tracing sampled off (``OTEL_TRACES_SAMPLER=always_off``, the
-headline) and always on (exporter ``none``: the cost of making the spans). Each
+headline) and always on (exporter ``none``: the cost of making the spans); ``default``
+in ``TRACING`` adds the gateway as it runs out of the box (no OTEL variable). Each
 round measures every target at ``CONC`` connections (throughput) then at
 ``LOW_CONC`` (latency), the order rotating every round; tables show medians over
 rounds. Then the streaming test, one request at a time, targets interleaved. A
@@ -107,8 +108,8 @@ class Knobs:
 
         duration = int(number("DURATION", 10, 3))
         tracing = tuple(part.strip() for part in env.get("TRACING", "off,on").split(",") if part.strip())
-        if not tracing or set(tracing) - {"off", "on"}:
-            raise SystemExit("TRACING must list off and/or on (e.g. TRACING=off,on)")
+        if not tracing or set(tracing) - {"off", "on", "default"}:
+            raise SystemExit("TRACING must list off, on and/or default (e.g. TRACING=off,on)")
         run_dir = Path(env["RUN_DIR"]) if env.get("RUN_DIR") else Path(tempfile.mkdtemp(prefix="gateway-bench."))
         run_dir.mkdir(parents=True, exist_ok=True)
         return cls(
@@ -435,7 +436,10 @@ class Bench:
             return [sys.executable, "-m", "benchmarks.passthrough_proxy", "--upstream", upstream], None
         config = self.run_dir / f"{name}.yaml"
         config.write_text(gateway_config(upstream, target.chain, target.log))
-        env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{target.tracing}", OTEL_TRACES_EXPORTER="none")
+        if target.tracing == "default":  # no OTEL variable: as a gateway runs out of the box
+            env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+        else:
+            env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{target.tracing}", OTEL_TRACES_EXPORTER="none")
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(ROOT), env.get("PYTHONPATH")])
         )  # benchmarks.trivial_plugin

@@ -139,11 +139,15 @@ def process_times_s(pid: int | None) -> tuple[float, float] | None:
 
 
 def tracing_env(tracing: str, sink: str) -> dict[str, str]:
-    """The environment of a gateway with tracing sampled ``off`` or always ``on``.
+    """The environment of a gateway with tracing sampled ``off``, always ``on`` or as by
+    ``default`` (no OTEL variable: nothing exported, a few traces a second sampled for
+    the trace page).
 
     Always on exports through the BatchSpanProcessor over OTLP/HTTP to ``sink`` (nginx,
     which answers 200 to ``/v1/traces``: it costs the gateway what a collector on
     loopback would); ``OTLP_PROTOCOL`` picks the protocol (``http/protobuf``)."""
+    if tracing == "default":
+        return {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
     env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{tracing}")
     if tracing == "on":
         protocol = os.environ.get("OTLP_PROTOCOL") or "http/protobuf"

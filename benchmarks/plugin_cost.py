@@ -19,9 +19,9 @@ figure another job on the machine disturbs least. A plugin's cost is its variant
 figure minus ``empty``'s. ``variant@DIR`` runs that chain with ``DIR`` first on
 ``PYTHONPATH`` (a directory holding ``gateway`` and ``gateway_plugins`` of another
 commit), so a change is A/B-measured in the same interleaved rounds. Knobs: ``ROUNDS``
-(4), ``SECONDS`` (4), ``BACKEND`` (memory | redis), ``TRACING`` (off | on | off,on:
+(4), ``SECONDS`` (4), ``BACKEND`` (memory | redis), ``TRACING`` (off | on | default | off,on:
 each variant with tracing sampled off and/or always on, exported as in
-benchmarks/peers.py), ``OTLP_PROTOCOL`` and those of benchmarks/overhead.py.
+benchmarks/peers.py; ``default``: no OTEL variable, as a gateway runs out of the box), ``OTLP_PROTOCOL`` and those of benchmarks/overhead.py.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def main() -> int:
     seconds = bench.env_int("SECONDS", 4)
     hit = os.environ.get("HIT") == "1"
     tracings = [part.strip() for part in os.environ.get("TRACING", "off").split(",") if part.strip()]
-    if not tracings or set(tracings) - {"off", "on"}:
-        raise SystemExit("TRACING must list off and/or on")
+    if not tracings or set(tracings) - {"off", "on", "default"}:
+        raise SystemExit("TRACING must list off, on and/or default")
     knobs = oh.Knobs.from_env()
     oh.ensure_tools()
     os.sched_setaffinity(0, {knobs.load_cpu})

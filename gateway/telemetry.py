@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -43,18 +43,16 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBased,
     ParentBasedTraceIdRatio,
     Sampler,
-    SamplingResult,
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, StatusCode
-from opentelemetry.util.types import Attributes
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange, Response, SSEBuffer, StreamEvent, close_stream, usage_from
 from gateway.redact import redact
-from gateway.spans import make_lean
+from gateway.spans import RateLimitingSampler, make_lean
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -155,42 +153,6 @@ def _page_sampler(env: os._Environ[str] | dict[str, str]) -> Sampler:
     if per_s <= 0 or math.isnan(per_s):
         return ParentBased(StaticSampler(Decision.DROP))
     return ParentBased(RateLimitingSampler(per_s))
-
-
-class RateLimitingSampler(Sampler):
-    """Samples at most ``per_s`` new traces a second (a token bucket holding one
-    second's worth), the rest not: Jaeger's rate-limiting sampler. A quiet gateway
-    samples every request; a busy one pays for ``per_s`` sampled requests a second."""
-
-    def __init__(self, per_s: float) -> None:
-        self.per_s = per_s
-        self.capacity = max(per_s, 1.0)
-        self.tokens = self.capacity
-        self.last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def should_sample(
-        self,
-        parent_context: otel_context.Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        with self._lock:
-            now = time.monotonic()
-            tokens = min(self.capacity, self.tokens + (now - self.last) * self.per_s)
-            self.last = now
-            sampled = tokens >= 1.0
-            self.tokens = tokens - 1.0 if sampled else tokens
-        if sampled:
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, None)
-        return SamplingResult(Decision.DROP, None, None)
-
-    def get_description(self) -> str:
-        return f"RateLimitingSampler{{{self.per_s:g}/s}}"
 
 
 def _sampler(env: os._Environ[str] | dict[str, str]) -> Sampler | None:

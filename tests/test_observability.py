@@ -550,10 +550,15 @@ def test_trace_buffer_files_late_spans_under_their_request_and_forgets_evicted_o
 
 
 def test_rate_limiting_sampler_samples_at_most_its_rate():
-    sampler = RateLimitingSampler(2)
+    now = [100.0]
+    sampler = RateLimitingSampler(2, clock=lambda: now[0])
     decisions = [sampler.should_sample(None, 1, "x").decision.is_sampled() for _ in range(10)]
     assert decisions.count(True) == 2
-    sampler.last -= 1.0  # a second later: two more
+    now[0] += 0.25  # half a token
+    assert not sampler.should_sample(None, 1, "x").decision.is_sampled()
+    now[0] += 0.25  # a whole one
+    assert [sampler.should_sample(None, 1, "x").decision.is_sampled() for _ in range(2)] == [True, False]
+    now[0] += 1.0  # a second later: two more
     assert [sampler.should_sample(None, 1, "x").decision.is_sampled() for _ in range(3)] == [True, True, False]
 
 

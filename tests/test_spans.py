@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, ParentBased, ParentBasedTraceIdRatio, Sampler
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.spans import LeanSpan, LeanTracer, make_lean
-from gateway.telemetry import RateLimitingSampler, TraceBuffer, start_span
+from gateway.spans import LeanSpan, LeanTracer, RateLimitingSampler, make_lean
+from gateway.telemetry import TraceBuffer, start_span
 
 
 def fields(span: ReadableSpan, ids: dict[int, str]) -> dict[str, Any]:
@@ -130,6 +130,32 @@ def test_a_sampled_out_trace_makes_no_recording_span() -> None:
     sdk, lean = run(lambda: ParentBased(RateLimitingSampler(2.0)), tree)
     assert [span["name"] for span in lean] == ["child", "root"] * 2  # the bucket holds two traces
     assert lean == sdk
+
+
+def test_under_the_rate_limiting_sampler_a_dropped_root_is_the_sdk_s_non_recording_span() -> None:
+    """The lean tracer takes the bucket's token itself: the same decisions, and for a
+    dropped trace a span like the SDK's (flags, trace state, not remote, valid ids)."""
+    roots: dict[bool, list[trace.Span]] = {}
+    now = [0.0]
+    for lean in (False, True):
+        now[0] = 0.0
+        tracer = TracerProvider(sampler=ParentBased(RateLimitingSampler(2.0, clock=lambda: now[0]))).get_tracer("g")
+        if lean:
+            tracer = make_lean(tracer)
+            assert tracer._lean_bucket is not None  # type: ignore[attr-defined]
+        roots[lean] = []
+        for step in range(6):
+            now[0] = step * 0.2  # two tokens at first, then one every 0.5 s
+            roots[lean].append(tracer.start_span("root"))
+    sdk, lean_roots = roots[False], roots[True]
+    assert [span.is_recording() for span in lean_roots] == [span.is_recording() for span in sdk]
+    assert [span.is_recording() for span in sdk] == [True, True, False, True, False, True]
+    for made, expected in zip(lean_roots, sdk, strict=True):
+        context, wanted = made.get_span_context(), expected.get_span_context()
+        assert type(made) is (LeanSpan if made.is_recording() else type(expected))
+        assert (context.trace_flags, context.trace_state, context.is_remote, context.is_valid) == (
+            wanted.trace_flags, wanted.trace_state, wanted.is_remote, wanted.is_valid
+        )  # fmt: skip
 
 
 def test_what_the_fast_path_does_not_cover_goes_the_sdk_s_way() -> None:
