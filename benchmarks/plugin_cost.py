@@ -92,8 +92,8 @@ def main() -> int:
             config = knobs.run_dir / f"{name}.yaml"
             config.write_text(json.dumps(document, indent=2) + "\n")
             env = bench.tracing_env(tracing, peers.upstream)
-            if code:
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
+            # the checkout's code first; the repository root for benchmarks.trivial_plugin (``answer``)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, str(oh.ROOT), env.get("PYTHONPATH")]))
             process = processes.start(name, knobs.gw_cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
             url = processes.ready_url(name, process, time.monotonic() + knobs.ready_timeout)
             target = bench.Target(variant, tracing, kind="gateway", unique=not hit, streams=False)
