@@ -164,10 +164,13 @@ def _sampler(env: os._Environ[str] | dict[str, str]) -> Sampler | None:
     if name in fixed:
         return fixed[name]
     if name in ("traceidratio", "parentbased_traceidratio"):
+        raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1.0"
         try:
-            rate = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+            rate = float(raw)
         except ValueError:
-            raise TelemetryConfigError("OTEL_TRACES_SAMPLER_ARG: expected a number from 0 to 1") from None
+            rate = math.nan
+        if not 0.0 <= rate <= 1.0:  # NaN too: the SDK's sampler raises a bare ValueError on it
+            raise TelemetryConfigError(f"OTEL_TRACES_SAMPLER_ARG: expected a number from 0 to 1, got {raw!r}")
         return TraceIdRatioBased(rate) if name == "traceidratio" else ParentBasedTraceIdRatio(rate)
     raise TelemetryConfigError(
         f"OTEL_TRACES_SAMPLER: unknown sampler {name!r} (use always_on, always_off, traceidratio or their parentbased_ forms)"

@@ -324,6 +324,19 @@ def test_an_unknown_otel_exporter_is_rejected_with_exit_2(tmp_path, command):
     assert "OTEL_TRACES_EXPORTER" in result.stderr and "carrier-pigeon" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("rate", ["2", "-0.5", "nan", "half"])
+def test_a_sampler_ratio_outside_0_to_1_is_rejected_with_exit_2(tmp_path, command, rate):
+    path = write_config(loopback_config(), tmp_path)
+    env = child_env(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=rate)
+    result = run_cli(command, "--config", str(path), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "OTEL_TRACES_SAMPLER_ARG" in result.stderr and repr(rate) in result.stderr
+    assert result.stdout == ""
+
+
 def test_check_prints_the_chain_and_exits_0(tmp_path):
     path = write_config(loopback_config(plugins=[{"use": "accesslog", "name": "audit"}]), tmp_path)
     result = run_cli("check", "--config", str(path), cwd=tmp_path)
