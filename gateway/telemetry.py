@@ -137,7 +137,10 @@ def tracer_provider_from_env(environ: os._Environ[str] | dict[str, str] | None =
     # requests while a busy gateway pays for almost none. Unsampled spans are still
     # made (see roots_unsampled), so log lines keep a trace id.
     sampler = _sampler(env) or (None if processors else _page_sampler(env))
-    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    try:
+        provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    except ValueError as exc:  # the SDK's span limits (OTEL_SPAN_*_LIMIT, OTEL_ATTRIBUTE_*_LIMIT)
+        raise TelemetryConfigError(" ".join(str(exc).split())) from None
     for processor in processors:
         provider.add_span_processor(processor)
     trace_buffer(provider, env)
