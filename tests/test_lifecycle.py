@@ -349,6 +349,17 @@ def test_a_span_limit_that_is_not_a_number_is_rejected_with_exit_2(tmp_path, com
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_an_unknown_otel_propagator_is_rejected_with_exit_2(tmp_path, command):
+    path = write_config(loopback_config(), tmp_path)
+    result = run_cli(command, "--config", str(path), cwd=tmp_path, env=child_env(OTEL_PROPAGATORS="smoke-signals"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "OTEL_PROPAGATORS" in result.stderr and "smoke-signals" in result.stderr
+    assert result.stdout == ""
+
+
 def test_check_prints_the_chain_and_exits_0(tmp_path):
     path = write_config(loopback_config(plugins=[{"use": "accesslog", "name": "audit"}]), tmp_path)
     result = run_cli("check", "--config", str(path), cwd=tmp_path)
