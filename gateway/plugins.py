@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
@@ -156,7 +157,13 @@ def load(loaded: LoadedConfig) -> tuple[pluggy.PluginManager, list[Plugin]]:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {one_line(exc)}") from None
+        # pluggy names the plugin by its object's repr: name the chain entry instead
+        problem = re.sub(r" in plugin <.*?>", "", one_line(exc))
+        for plugin in chain:
+            if plugin.instance is exc.plugin:
+                where = f"plugins[{plugin.index}]"
+                raise ConfigError(loaded.path, where, f"({plugin.label}) a hook with no such name: {problem}") from None
+        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {problem}") from None
     return manager, chain
 
 

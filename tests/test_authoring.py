@@ -207,6 +207,15 @@ def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, pl
     assert problem in lines[0]
 
 
+def test_a_misspelt_hook_names_its_chain_entry_not_the_object(tmp_path):
+    (tmp_path / "bad_plugins.py").write_text(BAD_PLUGINS)
+    config, result = _check_plugin(tmp_path, "bad_plugins:Misspelt")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"config error: {config}: plugins[0]: (bad_plugins:Misspelt) a hook with no such name: unknown hook 'requets'"
+    ]
+
+
 def test_a_plugin_module_that_raises_on_import_is_refused_with_one_line(tmp_path):
     (tmp_path / "explodes.py").write_text("raise RuntimeError('boom at import')\n")
     config, result = _check_plugin(tmp_path, "explodes:Plugin")
