@@ -103,6 +103,20 @@ async def test_a_running_gateway_loads_the_scaffold_and_the_examples_by_entry_po
     assert raw.parse().model == "gpt-4o-mini"
 
 
+def test_new_plugin_takes_a_name_with_underscores_and_its_tests_pass_as_generated(tmp_path):
+    done = subprocess.run(
+        gateway_command("new-plugin", "tenant_rules", "--dir", str(tmp_path)), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    package = tmp_path / "gateway-tenant-rules"
+    assert "tenant_rules = \"gateway_tenant_rules:TenantRules\"" in (package / "pyproject.toml").read_text()
+    target = tmp_path / "site"
+    pip_install(package, target)
+    result = run_tests_of(package, target)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
 def test_new_plugin_refuses_a_bad_name_and_an_existing_folder(tmp_path):
     bad = subprocess.run(gateway_command("new-plugin", "Bad_Name", "--dir", str(tmp_path)), capture_output=True, text=True)
     assert bad.returncode == 2 and "not a plugin name" in bad.stderr
