@@ -202,6 +202,12 @@ def _build(path: str, index: int, entry: PluginEntry) -> Any:
             if entry.config:
                 raise ConfigError(path, f"{where}.config", f"({entry.label}) this plugin takes no options")
             return factory()
+        if not config_type.__struct_config__.forbid_unknown_fields:
+            # a struct that lets unknown fields through would take a misspelt option silently
+            known = {field.encode_name for field in msgspec.structs.fields(config_type)}
+            for key in entry.config:
+                if key not in known:
+                    raise ConfigError(path, f"{where}.config.{key}", f"({entry.label}) unknown key")
         try:
             options = msgspec.convert(entry.config, config_type, strict=False)
         except msgspec.ValidationError as exc:

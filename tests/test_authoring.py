@@ -194,6 +194,17 @@ class RaisesInAdminRoutes:
         raise RuntimeError("routes broke")
 
 NotCallable = 42
+
+class LooseOptions:
+    class Config(msgspec.Struct, frozen=True):  # no forbid_unknown_fields
+        color: str = "red"
+
+    def __init__(self, config):
+        self.config = config
+
+    @hookimpl
+    async def request(self, exchange):
+        return None
 '''
 
 
@@ -219,6 +230,23 @@ def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, pl
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"config error: {config}: plugins")
     assert problem in lines[0]
+
+
+def test_a_misspelt_option_is_refused_even_when_the_plugins_struct_lets_unknown_fields_through(tmp_path):
+    (tmp_path / "bad_plugins.py").write_text(BAD_PLUGINS)
+    config = tmp_path / "gateway.yaml"
+
+    def check(options: str) -> subprocess.CompletedProcess[str]:
+        config.write_text(f"providers: {{mock: {{type: mock}}}}\nplugins: [{{use: 'bad_plugins:LooseOptions', config: {options}}}]\n")
+        command = gateway_command("check", "--config", str(config))
+        return subprocess.run(command, env=child_env(PYTHONPATH=str(tmp_path)), capture_output=True, text=True)
+
+    assert check("{color: blue}").returncode == 0
+    misspelt = check("{colour: blue}")
+    assert misspelt.returncode == 2
+    assert misspelt.stderr.splitlines() == [
+        f"config error: {config}: plugins[0].config.colour: (bad_plugins:LooseOptions) unknown key"
+    ]
 
 
 def test_a_misspelt_hook_names_its_chain_entry_not_the_object(tmp_path):
