@@ -155,10 +155,16 @@ class Cascade:
         self.figures: Counter[str] = Counter()
         self.escalations: Counter[str] = Counter()
         self.micro_usd: Counter[str] = Counter()  # cost and baseline, summed exactly
+        self.model_routes: tuple[Any, ...] = ()
+        self.routes_all: tuple[Any, ...] = ()
 
     @hookimpl
     def configure(self, gateway: Any) -> None:
         providers = gateway.providers
+        # The gateway's routes by model glob: a draft (or escalation) model goes where they send it.
+        router = getattr(gateway, "router", None)
+        self.model_routes = tuple(route for route in getattr(router, "routes", ()) if route.model is not None)
+        self.routes_all = tuple(getattr(router, "routes", ()))
         for index, rule in enumerate(self.rules):
             for attribute in ("draft_provider", "escalate_provider"):
                 name = getattr(rule.config, attribute)
@@ -204,8 +210,12 @@ class Cascade:
 
         original_body, original_provider = exchange.body, exchange.provider
         draft_document = {**document, "model": rule.config.draft_model}
+        follows_routes = rule.draft_provider is None and self._routed(exchange) is original_provider
+        exchange.set_json(draft_document)
         if rule.draft_provider is not None:
             exchange.provider = rule.draft_provider
+        elif follows_routes:
+            exchange.provider = self._routed(exchange) or original_provider
         asked_logprobs = "logprobs" in document
         added_logprobs = (
             self.wants_logprobs
@@ -216,7 +226,7 @@ class Cascade:
         )
         if added_logprobs:
             draft_document["logprobs"] = True
-        exchange.set_json(draft_document)
+            exchange.set_json(draft_document)
         started = time.perf_counter()
         try:
             response = await call_next(exchange)
@@ -276,7 +286,10 @@ class Cascade:
     ) -> Response:
         target = rule.config.escalate_model or requested
         if target != requested:
+            follows_routes = rule.escalate_provider is None and self._routed(exchange) is exchange.provider
             exchange.model = target
+            if follows_routes:
+                exchange.provider = self._routed(exchange) or exchange.provider
         if rule.escalate_provider is not None:
             exchange.provider = rule.escalate_provider
         self._decided(exchange, "escalated", target, verdict, span)
@@ -328,6 +341,16 @@ class Cascade:
         if low is not None and low[1] < threshold:
             return Verdict(False, low[0], scores)
         return Verdict(True, None, scores)
+
+    def _routed(self, exchange: Exchange) -> Any:
+        """The provider of the first route that matches the exchange as it is now (its
+        model), when the gateway routes by model at all; else None."""
+        if not self.model_routes:
+            return None
+        for route in self.routes_all:
+            if route.matches(exchange):
+                return route.provider
+        return None
 
     @staticmethod
     def _restore(exchange: Exchange, body: bytes, provider: Any) -> None:
