@@ -281,6 +281,20 @@ BAD_CONFIGS = [
         "not valid yaml",
         id="malformed-yaml",
     ),
+    *(
+        pytest.param(
+            f"providers:\n  mock: {{type: mock}}\nplugins: [{{use: {use}, config: {{{key}: '{url}'{extra}}}}}]\n",
+            f"plugins[0].config.{key}",
+            problem,
+            id=f"redis-url-{use}",
+        )
+        for use, key, url, extra, problem in (
+            ("ratelimit", "backend", "redis://:pw@localhost:notaport/0", ", requests_per_minute: 5", "not a usable Redis URL: Port"),
+            ("cache", "backend", "redis://localhost:99999/0", "", "out of range"),
+            ("breaker", "backend", "unix://", "", "socket's path"),
+            ("cost", "store", "redis://localhost/0?socket_timeout=soon", "", "socket_timeout"),
+        )
+    ),
 ]
 
 
