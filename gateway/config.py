@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from yarl import URL
 
 from gateway.mock_upstream import MockSettings
 
@@ -395,6 +396,13 @@ def _check(path: str, config: GatewayConfig) -> None:
             raise ConfigError(path, f"{where}.max_connections", "must be 0 (no limit) or more")
         if provider.base_url and not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(path, f"{where}.base_url", "must start with http:// or https://")
+        if provider.base_url:
+            try:  # what the upstream pool will parse; the message never quotes the URL (it may hold a password)
+                host = URL(provider.base_url).host
+            except ValueError as exc:
+                raise ConfigError(path, f"{where}.base_url", f"not a valid URL: {exc}") from None
+            if not host:
+                raise ConfigError(path, f"{where}.base_url", "names no host (http://HOST[:PORT][/PATH])")
     for i, route in enumerate(config.routes):
         if route.provider not in config.providers:
             known = ", ".join(config.providers)

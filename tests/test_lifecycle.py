@@ -283,6 +283,17 @@ BAD_CONFIGS = [
     ),
     *(
         pytest.param(
+            f"providers:\n  openai: {{type: openai, base_url: '{url}'}}\n", "providers.openai.base_url", problem, id=name
+        )
+        for name, url, problem in (
+            ("base-url-port", "http://localhost:eighty", "not a valid URL: Invalid URL: port"),
+            ("base-url-port-range", "http://localhost:99999/v1", "not a valid URL: Port out of range"),
+            ("base-url-ipv6", "http://[::1/v1", "not a valid URL"),
+            ("base-url-no-host", "https://", "names no host"),
+        )
+    ),
+    *(
+        pytest.param(
             f"providers:\n  mock: {{type: mock}}\nplugins: [{{use: {use}, config: {{{key}: '{url}'{extra}}}}}]\n",
             f"plugins[0].config.{key}",
             problem,
@@ -316,7 +327,7 @@ def test_check_rejects_a_bad_config_with_exit_2_and_one_line_naming_file_and_key
     assert result.stdout == ""
 
 
-RUN_CASES = {"unknown-provider-key", "wrong-type", "unknown-plugin", "bad-plugin-option", "env-var-unset"}
+RUN_CASES = {"unknown-provider-key", "wrong-type", "unknown-plugin", "bad-plugin-option", "env-var-unset", "base-url-port"}
 
 
 @pytest.mark.parametrize(("text", "key_path", "problem"), [case for case in BAD_CONFIGS if case.id in RUN_CASES])
