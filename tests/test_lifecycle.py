@@ -292,6 +292,18 @@ BAD_CONFIGS = [
             ("base-url-no-host", "https://", "names no host"),
         )
     ),
+    pytest.param(
+        'providers:\n  openai: {type: openai, headers: {"bad header": x}}\n',
+        "providers.openai.headers",
+        "'bad header' is not a header name",
+        id="provider-header-name",
+    ),
+    pytest.param(
+        'providers:\n  openai: {type: openai, api_key: "sk-read-from-a-file\\n"}\n',
+        "providers.openai.api_key",
+        "contains a line break or NUL (the key is not shown)",
+        id="provider-key-with-newline",
+    ),
     *(
         pytest.param(
             f"providers:\n  mock: {{type: mock}}\nplugins: [{{use: {use}, config: {{{key}: '{url}'{extra}}}}}]\n",
