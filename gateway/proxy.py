@@ -680,6 +680,7 @@ class Proxy:
         headers = self.cors.preflight(exchange.headers)
         headers.update(SECURITY_HEADERS)
         headers["x-request-id"] = exchange.request_id
+        headers["Server-Timing"] = server_timing(exchange)  # as on every answer the gateway gives
         return web.Response(status=204, headers=headers)
 
     def _allow_origin(self, exchange: Exchange, headers: Any) -> None:
