@@ -429,6 +429,8 @@ def _check(path: str, config: GatewayConfig) -> None:
     for name, client in config.clients.items():
         if not client.key:
             raise ConfigError(path, f"clients.{name}.key", "must not be empty")
+        if _LINE_BREAK.search(client.key):  # no caller can present it in a header
+            raise ConfigError(path, f"clients.{name}.key", "contains a line break or NUL (the key is not shown)")
         if client.key in keys:
             raise ConfigError(path, f"clients.{name}.key", f"the same key as client {keys[client.key]!r}")
         keys[client.key] = name

@@ -304,6 +304,12 @@ BAD_CONFIGS = [
         "contains a line break or NUL (the key is not shown)",
         id="provider-key-with-newline",
     ),
+    pytest.param(
+        'providers:\n  mock: {type: mock}\nclients:\n  app: {key: "gw-key-from-a-file\\n"}\n',
+        "clients.app.key",
+        "contains a line break or NUL (the key is not shown)",
+        id="client-key-with-newline",
+    ),
     *(
         pytest.param(
             f"providers:\n  mock: {{type: mock}}\nplugins: [{{use: {use}, config: {{{key}: '{url}'{extra}}}}}]\n",
