@@ -371,8 +371,11 @@ async def test_a_draft_on_a_provider_of_the_other_api_type_answers_in_the_caller
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("Mock reply to:")
 
 
-async def test_the_simple_forms_draft_goes_where_the_model_routes_send_it_across_api_types(tmp_path, mock_http_upstream):
-    providers = {"openai": {"type": "openai", "base_url": mock_http_upstream}, "claude": {"type": "anthropic", "base_url": mock_http_upstream}}
+async def test_the_simple_forms_draft_goes_where_model_routes_send_it_across_api_types(tmp_path, mock_http_upstream):
+    providers = {
+        "openai": {"type": "openai", "base_url": mock_http_upstream},
+        "claude": {"type": "anthropic", "base_url": mock_http_upstream},
+    }
     config = {
         "providers": providers,
         "routes": [{"model": "claude-*", "provider": "claude"}, {"model": "gpt-*", "provider": "openai"}],

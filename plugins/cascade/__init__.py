@@ -36,7 +36,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from fnmatch import translate
+from fnmatch import fnmatchcase, translate
 from typing import Any
 
 import msgspec
@@ -210,12 +210,10 @@ class Cascade:
 
         original_body, original_provider = exchange.body, exchange.provider
         draft_document = {**document, "model": rule.config.draft_model}
-        follows_routes = rule.draft_provider is None and self._routed(exchange) is original_provider
-        exchange.set_json(draft_document)
         if rule.draft_provider is not None:
             exchange.provider = rule.draft_provider
-        elif follows_routes:
-            exchange.provider = self._routed(exchange) or original_provider
+        elif self.model_routes and self._routed(exchange, requested) is original_provider:
+            exchange.provider = self._routed(exchange, rule.config.draft_model) or original_provider
         asked_logprobs = "logprobs" in document
         added_logprobs = (
             self.wants_logprobs
@@ -226,7 +224,7 @@ class Cascade:
         )
         if added_logprobs:
             draft_document["logprobs"] = True
-            exchange.set_json(draft_document)
+        exchange.set_json(draft_document)
         started = time.perf_counter()
         try:
             response = await call_next(exchange)
@@ -286,10 +284,10 @@ class Cascade:
     ) -> Response:
         target = rule.config.escalate_model or requested
         if target != requested:
-            follows_routes = rule.escalate_provider is None and self._routed(exchange) is exchange.provider
+            routed = rule.escalate_provider is None and self.model_routes
+            if routed and self._routed(exchange, requested) is exchange.provider:
+                exchange.provider = self._routed(exchange, target) or exchange.provider
             exchange.model = target
-            if follows_routes:
-                exchange.provider = self._routed(exchange) or exchange.provider
         if rule.escalate_provider is not None:
             exchange.provider = rule.escalate_provider
         self._decided(exchange, "escalated", target, verdict, span)
@@ -342,13 +340,13 @@ class Cascade:
             return Verdict(False, low[0], scores)
         return Verdict(True, None, scores)
 
-    def _routed(self, exchange: Exchange) -> Any:
-        """The provider of the first route that matches the exchange as it is now (its
-        model), when the gateway routes by model at all; else None."""
-        if not self.model_routes:
-            return None
+    def _routed(self, exchange: Exchange, model: str) -> Any:
+        """The provider of the gateway's first route that matches the exchange's path and
+        ``model`` (what the core's router would pick for that model); None when none does."""
         for route in self.routes_all:
-            if route.matches(exchange):
+            if route.prefix is not None and not exchange.path.startswith(route.prefix):
+                continue
+            if route.model is None or fnmatchcase(model, route.model):
                 return route.provider
         return None
 
