@@ -409,7 +409,8 @@ def _check(path: str, config: GatewayConfig) -> None:
             if not _HEADER_NAME.match(name):
                 raise ConfigError(path, f"{where}.headers", f"{name!r} is not a header name")
             if _LINE_BREAK.search(value):
-                raise ConfigError(path, f"{where}.headers.{name}", "contains a line break or NUL (the value is not shown)")
+                problem = "contains a line break or NUL (the value is not shown)"
+                raise ConfigError(path, f"{where}.headers.{name}", problem)
         if provider.base_url:
             try:  # what the upstream pool will parse; the message never quotes the URL (it may hold a password)
                 host = URL(provider.base_url).host

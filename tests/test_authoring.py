@@ -237,7 +237,8 @@ def test_a_misspelt_option_is_refused_even_when_the_plugins_struct_lets_unknown_
     config = tmp_path / "gateway.yaml"
 
     def check(options: str) -> subprocess.CompletedProcess[str]:
-        config.write_text(f"providers: {{mock: {{type: mock}}}}\nplugins: [{{use: 'bad_plugins:LooseOptions', config: {options}}}]\n")
+        entry = f"{{use: 'bad_plugins:LooseOptions', config: {options}}}"
+        config.write_text(f"providers: {{mock: {{type: mock}}}}\nplugins: [{entry}]\n")
         command = gateway_command("check", "--config", str(config))
         return subprocess.run(command, env=child_env(PYTHONPATH=str(tmp_path)), capture_output=True, text=True)
 
