@@ -90,6 +90,10 @@ class Gateway:
             name: make_provider(name, provider) for name, provider in self.config.providers.items()
         }
         self.router = Router(self.config, self.providers)
+        #: the addresses served (listen, admin.listen): the first configuration's, as a reload keeps them
+        self.listening: tuple[str, str] = (
+            previous.listening if previous is not None else (self.config.listen, self.config.admin.listen)
+        )
         if previous is not None:
             self.tracer_provider, self.tracer = previous.tracer_provider, previous.tracer
             self.background, self.metrics, self.traces = previous.background, previous.metrics, previous.traces
@@ -247,7 +251,10 @@ class Gateway:
             except BaseException:
                 await fresh._shut(fresh.chain, fresh.providers, fresh.redis_handles)  # the plugins that did start let go of their pools
                 raise
-            for key, new, old in (("listen", fresh.config.listen, self.config.listen), ("admin.listen", fresh.config.admin.listen, self.config.admin.listen)):
+            # Against the addresses served, not the last file's: a reload that changed them
+            # and one that changes them back both compare with what is really listening.
+            wanted = (fresh.config.listen, fresh.config.admin.listen)
+            for key, new, old in zip(("listen", "admin.listen"), wanted, self.listening, strict=True):
                 if new != old:
                     log.warning("%s changed to %s: listen addresses stay %s until a restart", key, new, old)
             old_chain, old_providers, old_handles = self.chain, self.providers, self.redis_handles

@@ -42,7 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     return _list_plugins(args.json)
 
 
+def _propagators_error() -> str | None:
+    """The one-line problem with ``OTEL_PROPAGATORS``, read when OpenTelemetry's propagate
+    module is first imported (an unknown name raises there, a traceback otherwise)."""
+    try:
+        import opentelemetry.propagate  # noqa: F401
+    except ValueError as exc:
+        return f"OTEL_PROPAGATORS: {' '.join(str(exc).split())}"
+    return None
+
+
 def _run(path: str | None) -> int:
+    problem = _propagators_error()
+    if problem is not None:
+        print(f"config error: {problem}", file=sys.stderr)
+        return 2
     from opentelemetry import trace
 
     from gateway import logs
@@ -71,6 +85,10 @@ def _run(path: str | None) -> int:
 
 
 def _check(path: str | None) -> int:
+    problem = _propagators_error()
+    if problem is not None:
+        print(f"config error: {problem}", file=sys.stderr)
+        return 2
     from gateway.app import build
     from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from yarl import URL
 
 from gateway.mock_upstream import MockSettings
 
@@ -375,6 +376,11 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+#: an HTTP field name (RFC 9110 5.1: a token); what an upstream request's head may carry
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_LINE_BREAK = re.compile(r"[\r\n\x00]")
+
+
 def _check(path: str, config: GatewayConfig) -> None:
     """Rules a struct cannot express: cross-references, addresses, sizes."""
     for key, value in (("listen", config.listen), ("admin.listen", config.admin.listen)):
@@ -395,6 +401,23 @@ def _check(path: str, config: GatewayConfig) -> None:
             raise ConfigError(path, f"{where}.max_connections", "must be 0 (no limit) or more")
         if provider.base_url and not provider.base_url.startswith(("http://", "https://")):
             raise ConfigError(path, f"{where}.base_url", "must start with http:// or https://")
+        if provider.api_key_header and not _HEADER_NAME.match(provider.api_key_header):
+            raise ConfigError(path, f"{where}.api_key_header", f"{provider.api_key_header!r} is not a header name")
+        if _LINE_BREAK.search(provider.api_key):  # an env var read from a file with its newline, say
+            raise ConfigError(path, f"{where}.api_key", "contains a line break or NUL (the key is not shown)")
+        for name, value in provider.headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ConfigError(path, f"{where}.headers", f"{name!r} is not a header name")
+            if _LINE_BREAK.search(value):
+                problem = "contains a line break or NUL (the value is not shown)"
+                raise ConfigError(path, f"{where}.headers.{name}", problem)
+        if provider.base_url:
+            try:  # what the upstream pool will parse; the message never quotes the URL (it may hold a password)
+                host = URL(provider.base_url).host
+            except ValueError as exc:
+                raise ConfigError(path, f"{where}.base_url", f"not a valid URL: {exc}") from None
+            if not host:
+                raise ConfigError(path, f"{where}.base_url", "names no host (http://HOST[:PORT][/PATH])")
     for i, route in enumerate(config.routes):
         if route.provider not in config.providers:
             known = ", ".join(config.providers)
@@ -407,6 +430,8 @@ def _check(path: str, config: GatewayConfig) -> None:
     for name, client in config.clients.items():
         if not client.key:
             raise ConfigError(path, f"clients.{name}.key", "must not be empty")
+        if _LINE_BREAK.search(client.key):  # no caller can present it in a header
+            raise ConfigError(path, f"clients.{name}.key", "contains a line break or NUL (the key is not shown)")
         if client.key in keys:
             raise ConfigError(path, f"clients.{name}.key", f"the same key as client {keys[client.key]!r}")
         keys[client.key] = name

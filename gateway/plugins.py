@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
@@ -156,7 +157,13 @@ def load(loaded: LoadedConfig) -> tuple[pluggy.PluginManager, list[Plugin]]:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {one_line(exc)}") from None
+        # pluggy names the plugin by its object's repr: name the chain entry instead
+        problem = re.sub(r" in plugin <.*?>", "", one_line(exc))
+        for plugin in chain:
+            if plugin.instance is exc.plugin:
+                where = f"plugins[{plugin.index}]"
+                raise ConfigError(loaded.path, where, f"({plugin.label}) a hook with no such name: {problem}") from None
+        raise ConfigError(loaded.path, "plugins", f"a hook with no such name: {problem}") from None
     return manager, chain
 
 
@@ -195,6 +202,12 @@ def _build(path: str, index: int, entry: PluginEntry) -> Any:
             if entry.config:
                 raise ConfigError(path, f"{where}.config", f"({entry.label}) this plugin takes no options")
             return factory()
+        if not config_type.__struct_config__.forbid_unknown_fields:
+            # a struct that lets unknown fields through would take a misspelt option silently
+            known = {field.encode_name for field in msgspec.structs.fields(config_type)}
+            for key in entry.config:
+                if key not in known:
+                    raise ConfigError(path, f"{where}.config.{key}", f"({entry.label}) unknown key")
         try:
             options = msgspec.convert(entry.config, config_type, strict=False)
         except msgspec.ValidationError as exc:

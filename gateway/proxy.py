@@ -449,6 +449,8 @@ class Router:
 
     def __init__(self, config: GatewayConfig, providers: dict[str, Provider]) -> None:
         self.routes = tuple(Route(route, providers[route.provider]) for route in config.routes)
+        #: whether a route matches on the body's model (a changed model may then change the provider)
+        self.by_model = any(route.model is not None for route in self.routes)
 
         def first(*types: str) -> Provider | None:
             for wanted in types:
@@ -462,6 +464,14 @@ class Router:
         # With no provider of the caller's API, a chat goes to one of the other, translated.
         self.translated_messages = first("openai")
         self.translated_chat = first("anthropic")
+
+    def provider_for_model(self, exchange: Exchange, current: Provider) -> Provider:
+        """The provider of the first route that matches the exchange as it is now (after a
+        plugin changed its model); ``current`` when none does."""
+        for route in self.routes:
+            if route.matches(exchange):
+                return route.provider
+        return current
 
     def provider_for(self, exchange: Exchange) -> Provider:
         for route in self.routes:
@@ -642,10 +652,14 @@ class Proxy:
                 return self._preflight(exchange)
             self._identify(exchange)
             exchange.body = await self._read_body(request)
-            exchange.provider = self.router.provider_for(exchange)
+            routed = exchange.provider = self.router.provider_for(exchange)
             # An empty stage costs nothing: no coroutine is made for it.
             if chain.request_hooks:
                 answer = await chain.request(exchange)
+                # A plugin changed the model (an alias) and left the provider: the new model's route.
+                rerouted = exchange.served_model is not None and exchange.provider is routed
+                if rerouted and answer is None and self.router.by_model:
+                    exchange.provider = self.router.provider_for_model(exchange, routed)
             else:
                 answer, exchange.reached = None, chain.last_index
             if answer is None:
@@ -680,6 +694,7 @@ class Proxy:
         headers = self.cors.preflight(exchange.headers)
         headers.update(SECURITY_HEADERS)
         headers["x-request-id"] = exchange.request_id
+        headers["Server-Timing"] = server_timing(exchange)  # as on every answer the gateway gives
         return web.Response(status=204, headers=headers)
 
     def _allow_origin(self, exchange: Exchange, headers: Any) -> None:

@@ -464,6 +464,20 @@ def _other_argument(argument: Any) -> bytes | bytearray | memoryview:
 _pack_command = _hiredis_packer()
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a Redis connection (read as the connection reads it: a port
+    that is not a number, an option that does not parse, a unix:// URL without a socket
+    path), or None. No I/O: for config checks, so ``gateway check`` finds the mistake. The
+    problem never quotes the URL, which may hold a password."""
+    try:
+        settings = parse_url(url)
+    except ValueError as exc:
+        return f"not a usable Redis URL: {exc}"
+    if url.startswith("unix://") and not settings.get("path"):
+        return "not a usable Redis URL: unix:// needs the socket's path (unix:///run/redis.sock)"
+    return None
+
+
 def _greeting(settings: dict[str, Any]) -> list[tuple[Any, ...]]:
     """The commands that set a new connection up: AUTH with the URL's credentials, SELECT its db."""
     commands: list[tuple[Any, ...]] = []

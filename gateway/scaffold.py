@@ -13,7 +13,8 @@ from pathlib import Path
 
 from gateway import __version__
 
-NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+#: an entry-point name: lower-case words joined by single dashes or underscores (pii-mask, pii_mask)
+NAME = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
 
 
 class ScaffoldError(Exception):
@@ -24,11 +25,12 @@ def names(name: str) -> tuple[str, str, str]:
     """(distribution, module, class) for an entry-point name such as ``pii-mask``."""
     if not NAME.match(name):
         raise ScaffoldError(
-            f"{name!r} is not a plugin name: use lower-case letters, digits and single dashes (e.g. pii-mask)"
+            f"{name!r} is not a plugin name: use lower-case letters, digits and single dashes or underscores"
+            " (e.g. pii-mask)"
         )
     module = "gateway_" + name.replace("-", "_")
-    cls = "".join(part.capitalize() for part in name.split("-"))
-    return f"gateway-{name}", module, cls
+    cls = "".join(part.capitalize() for part in re.split(r"[-_]", name))
+    return "gateway-" + name.replace("_", "-"), module, cls
 
 
 def new_plugin(name: str, directory: Path) -> Path:
@@ -42,7 +44,12 @@ def new_plugin(name: str, directory: Path) -> Path:
     root = directory / distribution
     if root.exists():
         raise ScaffoldError(f"{root} already exists")
-    values = {"name": name, "distribution": distribution, "module": module, "cls": cls, "version": __version__}
+    # the answer header the plugin adds: dashes, as proxies drop header names with underscores
+    header = "x-" + name.replace("_", "-")
+    values = {
+        "name": name, "distribution": distribution, "module": module, "cls": cls, "header": header,
+        "version": __version__,
+    }  # fmt: skip
     files = {
         "pyproject.toml": PYPROJECT,
         f"{module}.py": MODULE,
@@ -89,7 +96,7 @@ MODULE = '''\
 ```yaml
 plugins:
   - use: {name}
-    config: {{header: x-{name}, value: seen}}
+    config: {{header: {header}, value: seen}}
 ```
 
 It stamps every answer with a header and counts the requests it saw. Replace the
@@ -106,7 +113,7 @@ from gateway import Exchange, PluginConfigError, hookimpl
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The plugin's options: the gateway converts the entry's `config:` with this struct."""
 
-    header: str = "x-{name}"
+    header: str = "{header}"
     value: str = "seen"
 
 
@@ -147,7 +154,7 @@ Name it in the gateway's config:
 ```yaml
 plugins:
   - use: {name}
-    config: {{header: x-{name}, value: seen}}
+    config: {{header: {header}, value: seen}}
 ```
 
 `gateway plugins` lists it with its hooks and options once installed.
@@ -168,7 +175,7 @@ async def test_every_answer_carries_the_header(tmp_path):
         raw = await gw.openai().chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hi"}}]
         )
-    assert raw.headers["x-{name}"] == "hello"
+    assert raw.headers["{header}"] == "hello"
     assert raw.parse().choices[0].message.content
     assert gw.spans_named("{name} request")
 

@@ -137,7 +137,10 @@ def tracer_provider_from_env(environ: os._Environ[str] | dict[str, str] | None =
     # requests while a busy gateway pays for almost none. Unsampled spans are still
     # made (see roots_unsampled), so log lines keep a trace id.
     sampler = _sampler(env) or (None if processors else _page_sampler(env))
-    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    try:
+        provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    except ValueError as exc:  # the SDK's span limits (OTEL_SPAN_*_LIMIT, OTEL_ATTRIBUTE_*_LIMIT)
+        raise TelemetryConfigError(" ".join(str(exc).split())) from None
     for processor in processors:
         provider.add_span_processor(processor)
     trace_buffer(provider, env)
@@ -164,10 +167,13 @@ def _sampler(env: os._Environ[str] | dict[str, str]) -> Sampler | None:
     if name in fixed:
         return fixed[name]
     if name in ("traceidratio", "parentbased_traceidratio"):
+        raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1.0"
         try:
-            rate = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+            rate = float(raw)
         except ValueError:
-            raise TelemetryConfigError("OTEL_TRACES_SAMPLER_ARG: expected a number from 0 to 1") from None
+            rate = math.nan
+        if not 0.0 <= rate <= 1.0:  # NaN too: the SDK's sampler raises a bare ValueError on it
+            raise TelemetryConfigError(f"OTEL_TRACES_SAMPLER_ARG: expected a number from 0 to 1, got {raw!r}")
         return TraceIdRatioBased(rate) if name == "traceidratio" else ParentBasedTraceIdRatio(rate)
     raise TelemetryConfigError(
         f"OTEL_TRACES_SAMPLER: unknown sampler {name!r} (use always_on, always_off, traceidratio or their parentbased_ forms)"

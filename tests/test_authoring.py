@@ -103,6 +103,20 @@ async def test_a_running_gateway_loads_the_scaffold_and_the_examples_by_entry_po
     assert raw.parse().model == "gpt-4o-mini"
 
 
+def test_new_plugin_takes_a_name_with_underscores_and_its_tests_pass_as_generated(tmp_path):
+    done = subprocess.run(
+        gateway_command("new-plugin", "tenant_rules", "--dir", str(tmp_path)), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    package = tmp_path / "gateway-tenant-rules"
+    assert "tenant_rules = \"gateway_tenant_rules:TenantRules\"" in (package / "pyproject.toml").read_text()
+    target = tmp_path / "site"
+    pip_install(package, target)
+    result = run_tests_of(package, target)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
 def test_new_plugin_refuses_a_bad_name_and_an_existing_folder(tmp_path):
     bad = subprocess.run(gateway_command("new-plugin", "Bad_Name", "--dir", str(tmp_path)), capture_output=True, text=True)
     assert bad.returncode == 2 and "not a plugin name" in bad.stderr
@@ -180,6 +194,17 @@ class RaisesInAdminRoutes:
         raise RuntimeError("routes broke")
 
 NotCallable = 42
+
+class LooseOptions:
+    class Config(msgspec.Struct, frozen=True):  # no forbid_unknown_fields
+        color: str = "red"
+
+    def __init__(self, config):
+        self.config = config
+
+    @hookimpl
+    async def request(self, exchange):
+        return None
 '''
 
 
@@ -205,6 +230,33 @@ def test_a_badly_written_plugin_is_refused_at_startup_with_one_line(tmp_path, pl
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"config error: {config}: plugins")
     assert problem in lines[0]
+
+
+def test_a_misspelt_option_is_refused_even_when_the_plugins_struct_lets_unknown_fields_through(tmp_path):
+    (tmp_path / "bad_plugins.py").write_text(BAD_PLUGINS)
+    config = tmp_path / "gateway.yaml"
+
+    def check(options: str) -> subprocess.CompletedProcess[str]:
+        entry = f"{{use: 'bad_plugins:LooseOptions', config: {options}}}"
+        config.write_text(f"providers: {{mock: {{type: mock}}}}\nplugins: [{entry}]\n")
+        command = gateway_command("check", "--config", str(config))
+        return subprocess.run(command, env=child_env(PYTHONPATH=str(tmp_path)), capture_output=True, text=True)
+
+    assert check("{color: blue}").returncode == 0
+    misspelt = check("{colour: blue}")
+    assert misspelt.returncode == 2
+    assert misspelt.stderr.splitlines() == [
+        f"config error: {config}: plugins[0].config.colour: (bad_plugins:LooseOptions) unknown key"
+    ]
+
+
+def test_a_misspelt_hook_names_its_chain_entry_not_the_object(tmp_path):
+    (tmp_path / "bad_plugins.py").write_text(BAD_PLUGINS)
+    config, result = _check_plugin(tmp_path, "bad_plugins:Misspelt")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"config error: {config}: plugins[0]: (bad_plugins:Misspelt) a hook with no such name: unknown hook 'requets'"
+    ]
 
 
 def test_a_plugin_module_that_raises_on_import_is_refused_with_one_line(tmp_path):

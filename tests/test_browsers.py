@@ -92,6 +92,8 @@ async def test_an_allowed_origin_gets_its_preflight_and_can_read_answers_and_str
     assert preflight.headers["Access-Control-Allow-Methods"] == "GET, POST"
     assert preflight.headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-stainless-os"
     assert preflight.headers["Access-Control-Max-Age"] == "600"
+    # the headers every answer carries (SPEC), a preflight's included
+    assert preflight.headers["x-request-id"] and preflight.headers["Server-Timing"].startswith("gateway;dur=")
     assert (other.status, wrong_method.status) == (403, 403)
     assert stream.headers["Access-Control-Allow-Origin"] == APP
     assert "x-request-id" in stream.headers["Access-Control-Expose-Headers"]

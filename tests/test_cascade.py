@@ -371,6 +371,32 @@ async def test_a_draft_on_a_provider_of_the_other_api_type_answers_in_the_caller
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("Mock reply to:")
 
 
+async def test_the_simple_forms_draft_goes_where_model_routes_send_it_across_api_types(tmp_path, mock_http_upstream):
+    providers = {
+        "openai": {"type": "openai", "base_url": mock_http_upstream},
+        "claude": {"type": "anthropic", "base_url": mock_http_upstream},
+    }
+    config = {
+        "providers": providers,
+        "routes": [{"model": "claude-*", "provider": "claude"}, {"model": "gpt-*", "provider": "openai"}],
+        "plugins": [{"use": "cascade", "config": {"draft_model": "claude-haiku-4-5", "escalate_model": "gpt-4o"}}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+        message = await gw.anthropic().messages.with_raw_response.create(model="gpt-4o", max_tokens=100, messages=HELLO)
+        weak_raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, extra_headers=weak("refuse")
+        )
+    reply = raw.parse()
+    assert (raw.headers["x-gateway-cascade"], raw.headers["x-gateway-provider"]) == ("accepted", "claude")
+    assert raw.headers["x-gateway-model"] == reply.model == "claude-haiku-4-5"
+    assert reply.object == "chat.completion" and reply.id.startswith("msg_")  # Anthropic's answer, translated
+    assert (message.headers["x-gateway-cascade"], message.headers["x-gateway-provider"]) == ("accepted", "claude")
+    assert (await message.parse()).model == "claude-haiku-4-5"
+    assert (weak_raw.headers["x-gateway-cascade"], weak_raw.headers["x-gateway-provider"]) == ("escalated", "openai")
+    assert weak_raw.parse().model == "gpt-4o"
+
+
 async def test_a_draft_tool_call_with_valid_arguments_is_accepted(tmp_path):
     schema = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
     tools = [{"type": "function", "function": {"name": "weather", "parameters": schema}}]

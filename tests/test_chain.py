@@ -285,6 +285,25 @@ async def test_example_plugin_by_module_attr(tmp_path):
     assert stats["plugins"]["model_aliases:ModelAliases"]["rewrites"] == 1
 
 
+async def test_a_model_a_plugin_changes_goes_where_the_model_routes_send_it(tmp_path, mock_http_upstream):
+    """An alias for a model of the other provider: the model routes, not the alias's name, pick it."""
+    config = {
+        "providers": {
+            "openai": {"type": "openai", "base_url": mock_http_upstream},
+            "claude": {"type": "anthropic", "base_url": mock_http_upstream},
+        },
+        "routes": [{"model": "claude-*", "provider": "claude"}, {"prefix": "/v1/", "provider": "openai"}],
+        "plugins": [{"use": "model_aliases:ModelAliases", "config": {"aliases": {"fast": "claude-haiku-4-5"}}}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        aliased = await gw.openai().chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        plain = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=CHAT)
+    reply = aliased.parse()
+    assert (aliased.headers["x-gateway-provider"], aliased.headers["x-gateway-model"]) == ("claude", "claude-haiku-4-5")
+    assert reply.model == "claude-haiku-4-5" and reply.id.startswith("msg_")  # Anthropic's answer, translated
+    assert plain.headers["x-gateway-provider"] == "openai" and "x-gateway-model" not in plain.headers
+
+
 async def test_a_plugin_that_changes_the_model_gets_x_gateway_model_in_both_sdks(tmp_path):
     """SPEC: x-gateway-model names the model that answered when the gateway changed it
     (fallback, cascade, alias); a plugin that sets ``exchange.model`` changed it."""

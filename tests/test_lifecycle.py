@@ -281,6 +281,52 @@ BAD_CONFIGS = [
         "not valid yaml",
         id="malformed-yaml",
     ),
+    *(
+        pytest.param(
+            f"providers:\n  openai: {{type: openai, base_url: '{url}'}}\n",
+            "providers.openai.base_url",
+            problem,
+            id=name,
+        )
+        for name, url, problem in (
+            ("base-url-port", "http://localhost:eighty", "not a valid URL: Invalid URL: port"),
+            ("base-url-port-range", "http://localhost:99999/v1", "not a valid URL: Port out of range"),
+            ("base-url-ipv6", "http://[::1/v1", "not a valid URL"),
+            ("base-url-no-host", "https://", "names no host"),
+        )
+    ),
+    pytest.param(
+        'providers:\n  openai: {type: openai, headers: {"bad header": x}}\n',
+        "providers.openai.headers",
+        "'bad header' is not a header name",
+        id="provider-header-name",
+    ),
+    pytest.param(
+        'providers:\n  openai: {type: openai, api_key: "sk-read-from-a-file\\n"}\n',
+        "providers.openai.api_key",
+        "contains a line break or NUL (the key is not shown)",
+        id="provider-key-with-newline",
+    ),
+    pytest.param(
+        'providers:\n  mock: {type: mock}\nclients:\n  app: {key: "gw-key-from-a-file\\n"}\n',
+        "clients.app.key",
+        "contains a line break or NUL (the key is not shown)",
+        id="client-key-with-newline",
+    ),
+    *(
+        pytest.param(
+            f"providers:\n  mock: {{type: mock}}\nplugins: [{{use: {use}, config: {{{key}: '{url}'{extra}}}}}]\n",
+            f"plugins[0].config.{key}",
+            problem,
+            id=f"redis-url-{use}",
+        )
+        for use, key, url, extra, problem in (
+            ("ratelimit", "backend", "redis://:pw@localhost:notaport/0", ", requests_per_minute: 5", "Redis URL: Port"),
+            ("cache", "backend", "redis://localhost:99999/0", "", "out of range"),
+            ("breaker", "backend", "unix://", "", "socket's path"),
+            ("cost", "store", "redis://localhost/0?socket_timeout=soon", "", "socket_timeout"),
+        )
+    ),
 ]
 
 
@@ -302,7 +348,9 @@ def test_check_rejects_a_bad_config_with_exit_2_and_one_line_naming_file_and_key
     assert result.stdout == ""
 
 
-RUN_CASES = {"unknown-provider-key", "wrong-type", "unknown-plugin", "bad-plugin-option", "env-var-unset"}
+RUN_CASES = {
+    "unknown-provider-key", "wrong-type", "unknown-plugin", "bad-plugin-option", "env-var-unset", "base-url-port",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "key_path", "problem"), [case for case in BAD_CONFIGS if case.id in RUN_CASES])
@@ -322,6 +370,42 @@ def test_an_unknown_otel_exporter_is_rejected_with_exit_2(tmp_path, command):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert "OTEL_TRACES_EXPORTER" in result.stderr and "carrier-pigeon" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("rate", ["2", "-0.5", "nan", "half"])
+def test_a_sampler_ratio_outside_0_to_1_is_rejected_with_exit_2(tmp_path, command, rate):
+    path = write_config(loopback_config(), tmp_path)
+    env = child_env(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=rate)
+    result = run_cli(command, "--config", str(path), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "OTEL_TRACES_SAMPLER_ARG" in result.stderr and repr(rate) in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_span_limit_that_is_not_a_number_is_rejected_with_exit_2(tmp_path, command):
+    path = write_config(loopback_config(), tmp_path)
+    env = child_env(OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT="lots")
+    result = run_cli(command, "--config", str(path), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_an_unknown_otel_propagator_is_rejected_with_exit_2(tmp_path, command):
+    path = write_config(loopback_config(), tmp_path)
+    result = run_cli(command, "--config", str(path), cwd=tmp_path, env=child_env(OTEL_PROPAGATORS="smoke-signals"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert "OTEL_PROPAGATORS" in result.stderr and "smoke-signals" in result.stderr
+    assert result.stdout == ""
 
 
 def test_check_prints_the_chain_and_exits_0(tmp_path):

@@ -118,6 +118,22 @@ async def test_an_invalid_config_is_refused_and_the_old_one_keeps_serving(tmp_pa
     assert all(tag != "old" for tag, _ in events[1:])  # only a refused chain's own plugins were shut
 
 
+async def test_a_changed_listen_address_is_named_against_the_one_served_on_every_reload(tmp_path, caplog):
+    async with run_gateway(config("old", listen="127.0.0.1:18999"), tmp_path) as gw:
+        write_config(config("new", listen="127.0.0.1:18998"), tmp_path)
+        first, _ = await post_reload(gw.admin_url)
+        changed = [r.getMessage() for r in caplog.records if "listen changed" in r.getMessage()]
+        caplog.clear()
+        write_config(config("back", listen="127.0.0.1:18999"), tmp_path)  # the address it was started on
+        second, _ = await post_reload(gw.admin_url)
+        back = [r.getMessage() for r in caplog.records if "listen changed" in r.getMessage()]
+        still = await gw.openai().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+    assert (first, second) == (200, 200)
+    assert changed == ["listen changed to 127.0.0.1:18998: listen addresses stay 127.0.0.1:18999 until a restart"]
+    assert back == []  # back to what is served: nothing to warn about
+    assert still.headers["x-stamp"] == "back"
+
+
 async def test_post_reload_needs_the_admin_token(tmp_path):
     async with run_gateway(config("old", admin={"token": "s3cret"}), tmp_path) as gw:
         refused, _ = await post_reload(gw.admin_url)

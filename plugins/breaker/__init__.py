@@ -41,6 +41,7 @@ from opentelemetry import trace
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
 from gateway.errors import circuit_open, error_body, upstream_timeout
 from gateway.exchange import Response, close_stream
+from gateway.redis import url_problem
 from gateway.translate import Untranslatable
 from gateway_plugins.breaker.shared import SharedState
 from gateway_plugins.breaker.state import CALL, CLOSED, HALF_OPEN, OPEN, STATE_VALUES, Breaker, Transition
@@ -135,6 +136,9 @@ class CircuitBreaker:
     def __init__(self, config: Config) -> None:
         if config.backend != "memory" and not config.backend.startswith(("redis://", "rediss://", "unix://")):
             raise PluginConfigError("backend", "must be 'memory' or a redis://, rediss:// or unix:// URL")
+        problem = url_problem(config.backend) if config.backend != "memory" else None
+        if problem is not None:
+            raise PluginConfigError("backend", problem)
         if config.recovery_max_s is not None and config.recovery_max_s < config.recovery_s:
             raise PluginConfigError("recovery_max_s", "must be at least recovery_s")
         if config.backoff_max_s < config.backoff_base_s:

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 
 from gateway import CallNext, Exchange, GatewayError, PluginConfigError, Response, StashKey, hookimpl
 from gateway.exchange import SSEBuffer, StreamEvent, close_stream, usage_from
-from gateway.redis import when_written
+from gateway.redis import url_problem, when_written
 from gateway_plugins.cache import formats
 from gateway_plugins.cache.backends import Entry, LRUMemoryCache, RedisEntryCache
 from gateway_plugins.cache.flight import BUFFERED, DONE, FAILED, STREAMING, Flight
@@ -143,6 +143,9 @@ class Cache:
         backend = config.backend
         if backend != "memory" and not backend.startswith(("redis://", "rediss://")):
             raise PluginConfigError("backend", f"expected 'memory' or a redis:// URL, got {backend!r}")
+        problem = url_problem(backend) if backend != "memory" else None
+        if problem is not None:
+            raise PluginConfigError("backend", problem)
         if not _NAMESPACE.match(config.namespace):
             raise PluginConfigError("namespace", "use letters, digits, '.', '_' and '-' only")
         for path in config.paths:

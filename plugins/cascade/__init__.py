@@ -36,7 +36,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from fnmatch import translate
+from fnmatch import fnmatchcase, translate
 from typing import Any
 
 import msgspec
@@ -155,10 +155,16 @@ class Cascade:
         self.figures: Counter[str] = Counter()
         self.escalations: Counter[str] = Counter()
         self.micro_usd: Counter[str] = Counter()  # cost and baseline, summed exactly
+        self.model_routes: tuple[Any, ...] = ()
+        self.routes_all: tuple[Any, ...] = ()
 
     @hookimpl
     def configure(self, gateway: Any) -> None:
         providers = gateway.providers
+        # The gateway's routes by model glob: a draft (or escalation) model goes where they send it.
+        router = getattr(gateway, "router", None)
+        self.model_routes = tuple(route for route in getattr(router, "routes", ()) if route.model is not None)
+        self.routes_all = tuple(getattr(router, "routes", ()))
         for index, rule in enumerate(self.rules):
             for attribute in ("draft_provider", "escalate_provider"):
                 name = getattr(rule.config, attribute)
@@ -206,6 +212,8 @@ class Cascade:
         draft_document = {**document, "model": rule.config.draft_model}
         if rule.draft_provider is not None:
             exchange.provider = rule.draft_provider
+        elif self.model_routes and self._routed(exchange, requested) is original_provider:
+            exchange.provider = self._routed(exchange, rule.config.draft_model) or original_provider
         asked_logprobs = "logprobs" in document
         added_logprobs = (
             self.wants_logprobs
@@ -276,6 +284,9 @@ class Cascade:
     ) -> Response:
         target = rule.config.escalate_model or requested
         if target != requested:
+            routed = rule.escalate_provider is None and self.model_routes
+            if routed and self._routed(exchange, requested) is exchange.provider:
+                exchange.provider = self._routed(exchange, target) or exchange.provider
             exchange.model = target
         if rule.escalate_provider is not None:
             exchange.provider = rule.escalate_provider
@@ -328,6 +339,16 @@ class Cascade:
         if low is not None and low[1] < threshold:
             return Verdict(False, low[0], scores)
         return Verdict(True, None, scores)
+
+    def _routed(self, exchange: Exchange, model: str) -> Any:
+        """The provider of the gateway's first route that matches the exchange's path and
+        ``model`` (what the core's router would pick for that model); None when none does."""
+        for route in self.routes_all:
+            if route.prefix is not None and not exchange.path.startswith(route.prefix):
+                continue
+            if route.model is None or fnmatchcase(model, route.model):
+                return route.provider
+        return None
 
     @staticmethod
     def _restore(exchange: Exchange, body: bytes, provider: Any) -> None:

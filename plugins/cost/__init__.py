@@ -39,6 +39,7 @@ from opentelemetry import trace
 from gateway import Exchange, GatewayError, PluginConfigError, hookimpl
 from gateway.errors import backend_unavailable, budget_exceeded, error_body
 from gateway.exchange import UNBILLED_PATHS, Response, StashKey, StreamEvent, Usage, carries_usage, usage_details
+from gateway.redis import url_problem
 
 from . import estimate
 from .budgets import Decision, Limits, MemoryBudgets, RedisBudgets, periods, resets_at
@@ -177,6 +178,9 @@ class Cost:
                 else self.default_limits.per_month,
             )
         self.shared = config.store.startswith(("redis://", "rediss://", "unix://"))
+        problem = url_problem(config.store) if self.shared else None
+        if problem is not None:
+            raise PluginConfigError("store", problem)
         if not self.shared and not config.store.strip():
             raise PluginConfigError("store", "give a SQLite file path or a redis:// URL")
         self.ledger_path = config.ledger if self.shared else config.store

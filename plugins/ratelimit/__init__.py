@@ -30,6 +30,7 @@ from opentelemetry import trace
 from gateway import Exchange, GatewayError, PluginConfigError, StashKey, hookimpl
 from gateway.errors import backend_unavailable, rate_limit_exceeded
 from gateway.exchange import UNBILLED_PATHS
+from gateway.redis import url_problem
 from gateway_plugins.ratelimit.gcra import LIMIT_OPTIONS, Limit, MemoryStore, go_duration, remaining
 from gateway_plugins.ratelimit.redis_store import BACKEND_ERRORS, RedisStore, Sent
 
@@ -126,6 +127,9 @@ class RateLimit:
         backend = config.backend
         if backend != "memory" and not backend.startswith(("redis://", "rediss://", "unix://")):
             raise PluginConfigError("backend", f"expected memory or a redis://... URL, got {backend!r}")
+        problem = url_problem(backend) if backend != "memory" else None
+        if problem is not None:
+            raise PluginConfigError("backend", problem)
         self.config = config
         self.default_limits = _limits(config)
         self.client_limits = {
