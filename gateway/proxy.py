@@ -443,6 +443,12 @@ class Route:
             return model is not None and self._model_match(model) is not None
         return True
 
+    def accepts(self, path: str, model: str) -> bool:
+        """Whether a request for ``path`` and ``model`` takes this route."""
+        if self.prefix is not None and not path.startswith(self.prefix):
+            return False
+        return self._model_match is None or self._model_match(model) is not None
+
 
 class Router:
     """First matching route wins; without routes, the defaults of SPEC.md."""
@@ -465,13 +471,14 @@ class Router:
         self.translated_messages = first("openai")
         self.translated_chat = first("anthropic")
 
-    def provider_for_model(self, exchange: Exchange, current: Provider) -> Provider:
-        """The provider of the first route that matches the exchange as it is now (after a
-        plugin changed its model); ``current`` when none does."""
+    def for_model(self, path: str, model: str) -> Provider | None:
+        """Where the routes send a request for ``path`` and ``model``: the provider of the
+        first route it takes; None when none does. For a model a plugin changes (an alias,
+        a cascade's draft), which the routing of the request's own model did not see."""
         for route in self.routes:
-            if route.matches(exchange):
+            if route.accepts(path, model):
                 return route.provider
-        return current
+        return None
 
     def provider_for(self, exchange: Exchange) -> Provider:
         for route in self.routes:
@@ -658,8 +665,8 @@ class Proxy:
                 answer = await chain.request(exchange)
                 # A plugin changed the model (an alias) and left the provider: the new model's route.
                 rerouted = exchange.served_model is not None and exchange.provider is routed
-                if rerouted and answer is None and self.router.by_model:
-                    exchange.provider = self.router.provider_for_model(exchange, routed)
+                if rerouted and answer is None and self.router.by_model and exchange.model is not None:
+                    exchange.provider = self.router.for_model(exchange.path, exchange.model) or routed
             else:
                 answer, exchange.reached = None, chain.last_index
             if answer is None:

@@ -35,8 +35,8 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from fnmatch import fnmatchcase, translate
+from collections.abc import AsyncIterator, Callable
+from fnmatch import translate
 from typing import Any
 
 import msgspec
@@ -155,16 +155,15 @@ class Cascade:
         self.figures: Counter[str] = Counter()
         self.escalations: Counter[str] = Counter()
         self.micro_usd: Counter[str] = Counter()  # cost and baseline, summed exactly
-        self.model_routes: tuple[Any, ...] = ()
-        self.routes_all: tuple[Any, ...] = ()
+        #: the gateway's routing of a (path, model) when it routes by model (Router.for_model)
+        self.route_for: Callable[[str, str], Any] | None = None
 
     @hookimpl
     def configure(self, gateway: Any) -> None:
         providers = gateway.providers
-        # The gateway's routes by model glob: a draft (or escalation) model goes where they send it.
-        router = getattr(gateway, "router", None)
-        self.model_routes = tuple(route for route in getattr(router, "routes", ()) if route.model is not None)
-        self.routes_all = tuple(getattr(router, "routes", ()))
+        # With routes by model glob, a draft (or escalation) model goes where they send it.
+        router = gateway.router
+        self.route_for = router.for_model if router.by_model else None
         for index, rule in enumerate(self.rules):
             for attribute in ("draft_provider", "escalate_provider"):
                 name = getattr(rule.config, attribute)
@@ -212,8 +211,8 @@ class Cascade:
         draft_document = {**document, "model": rule.config.draft_model}
         if rule.draft_provider is not None:
             exchange.provider = rule.draft_provider
-        elif self.model_routes and self._routed(exchange, requested) is original_provider:
-            exchange.provider = self._routed(exchange, rule.config.draft_model) or original_provider
+        elif (routed := self._rerouted(exchange, requested, original_provider, rule.config.draft_model)) is not None:
+            exchange.provider = routed
         asked_logprobs = "logprobs" in document
         added_logprobs = (
             self.wants_logprobs
@@ -284,9 +283,10 @@ class Cascade:
     ) -> Response:
         target = rule.config.escalate_model or requested
         if target != requested:
-            routed = rule.escalate_provider is None and self.model_routes
-            if routed and self._routed(exchange, requested) is exchange.provider:
-                exchange.provider = self._routed(exchange, target) or exchange.provider
+            if rule.escalate_provider is None:
+                routed = self._rerouted(exchange, requested, exchange.provider, target)
+                if routed is not None:
+                    exchange.provider = routed
             exchange.model = target
         if rule.escalate_provider is not None:
             exchange.provider = rule.escalate_provider
@@ -340,15 +340,13 @@ class Cascade:
             return Verdict(False, low[0], scores)
         return Verdict(True, None, scores)
 
-    def _routed(self, exchange: Exchange, model: str) -> Any:
-        """The provider of the gateway's first route that matches the exchange's path and
-        ``model`` (what the core's router would pick for that model); None when none does."""
-        for route in self.routes_all:
-            if route.prefix is not None and not exchange.path.startswith(route.prefix):
-                continue
-            if route.model is None or fnmatchcase(model, route.model):
-                return route.provider
-        return None
+    def _rerouted(self, exchange: Exchange, requested: str, provider: Any, model: str) -> Any:
+        """Where the routes send ``model``, when ``provider`` is the one they give the
+        requested model (not a plugin's own choice); None otherwise, or when no route takes it."""
+        route_for = self.route_for
+        if route_for is None or route_for(exchange.path, requested) is not provider:
+            return None
+        return route_for(exchange.path, model)
 
     @staticmethod
     def _restore(exchange: Exchange, body: bytes, provider: Any) -> None:
