@@ -67,17 +67,18 @@ _UNSAMPLED_RANDOM = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 
 
 class RateLimitingSampler(Sampler):
-    """Samples at most ``per_s`` new traces a second (a token bucket holding one
-    second's worth), the rest not: Jaeger's rate-limiting sampler. A quiet gateway
-    samples every request; a busy one pays for ``per_s`` sampled requests a second.
+    """Samples at most ``per_s`` new traces a second (a token bucket holding ``burst``
+    tokens, at least one second's worth), the rest not: Jaeger's rate-limiting sampler.
+    A quiet gateway samples every request; after a quiet spell the next ``burst``
+    requests are all sampled; a busy one pays for ``per_s`` sampled requests a second.
 
     Its decision depends on nothing but the time, so :class:`LeanTracer` asks
     :meth:`take` itself for a new trace's root and skips the SDK's path (about 4 µs
     a request, most of them for the traces it drops)."""
 
-    def __init__(self, per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_s: float, clock: Callable[[], float] = time.monotonic, burst: float = 0.0) -> None:
         self.per_s = per_s
-        self.capacity = max(per_s, 1.0)
+        self.capacity = max(per_s, burst, 1.0)
         self.tokens = self.capacity
         self.clock = clock
         self.last = clock()

@@ -10,8 +10,9 @@ variables (read by the exporters themselves), ``OTEL_SERVICE_NAME`` and
 Two deviations, for a sidecar that must not spam a missing collector nor pay for
 spans nobody reads: with ``OTEL_TRACES_EXPORTER`` unset, spans are exported over
 OTLP only when an OTLP endpoint is set; and with nothing exported and no sampler
-named, new traces are sampled at most ``GATEWAY_TRACES_PER_S`` (10) a second, for
-the admin trace page only (unsampled spans still give log lines a trace id).
+named, new traces are sampled at most ``GATEWAY_TRACES_PER_S`` (10) a second (after a
+quiet spell, up to ``GATEWAY_TRACES_KEPT`` in a row), for the admin trace page only
+(unsampled spans still give log lines a trace id).
 
 Beside whatever exporter is chosen, :class:`TraceBuffer` keeps the spans of the last
 ``GATEWAY_TRACES_KEPT`` (100) sampled requests in memory for ``GET /traces``.
@@ -155,7 +156,9 @@ def _page_sampler(env: os._Environ[str] | dict[str, str]) -> Sampler:
         raise TelemetryConfigError("GATEWAY_TRACES_PER_S: expected a number of traces per second (0: none)") from None
     if per_s <= 0 or math.isnan(per_s):
         return ParentBased(StaticSampler(Decision.DROP))
-    return ParentBased(RateLimitingSampler(per_s))
+    # After a quiet spell as many requests in a row as the page keeps are all sampled: a
+    # developer's (or a test's) burst of calls shows whole, a busy gateway still pays for per_s.
+    return ParentBased(RateLimitingSampler(per_s, burst=_traces_kept(env)))
 
 
 def _sampler(env: os._Environ[str] | dict[str, str]) -> Sampler | None:
@@ -557,12 +560,7 @@ def trace_buffer(provider: trace.TracerProvider, environ: os._Environ[str] | dic
     existing = getattr(provider, "_gateway_trace_buffer", _NOT_YET)
     if existing is not _NOT_YET:
         return existing  # type: ignore[no-any-return]
-    env = os.environ if environ is None else environ
-    raw = env.get("GATEWAY_TRACES_KEPT", "").strip()
-    try:
-        kept = int(raw) if raw else DEFAULT_TRACES_KEPT
-    except ValueError:
-        raise TelemetryConfigError("GATEWAY_TRACES_KEPT: expected a number of requests (0: no trace page)") from None
+    kept = _traces_kept(os.environ if environ is None else environ)
     buffer = TraceBuffer(kept) if kept > 0 else None
     if buffer is not None:
         provider.add_span_processor(buffer)
@@ -571,6 +569,15 @@ def trace_buffer(provider: trace.TracerProvider, environ: os._Environ[str] | dic
 
 
 _NOT_YET = object()
+
+
+def _traces_kept(env: os._Environ[str] | dict[str, str]) -> int:
+    """``GATEWAY_TRACES_KEPT``: the requests the trace page keeps."""
+    raw = env.get("GATEWAY_TRACES_KEPT", "").strip()
+    try:
+        return int(raw) if raw else DEFAULT_TRACES_KEPT
+    except ValueError:
+        raise TelemetryConfigError("GATEWAY_TRACES_KEPT: expected a number of requests (0: no trace page)") from None
 
 
 def _attributes(attributes: Any) -> dict[str, Any]:
