@@ -338,6 +338,8 @@ def assert_one_line_config_error(result: subprocess.CompletedProcess[str], path:
     where = f"{path}: {key_path}" if key_path else str(path)
     assert lines[0].startswith(f"config error: {where}: "), lines[0]
     assert problem in lines[0]
+    # never a secret of the config: a URL's password, a key read from a file
+    assert ":pw@" not in result.stderr and "from-a-file" not in result.stderr
 
 
 @pytest.mark.parametrize(("text", "key_path", "problem"), BAD_CONFIGS)
