@@ -174,8 +174,9 @@ async def test_each_caller_waits_at_most_its_own_timeout(redis_server):
 
 
 async def test_writes_nobody_awaits_are_flushed_when_the_last_handle_closes(redis_server, probe):
-    handle = shared.connect(redis_server.url)
-    other = shared.connect(redis_server.url)
+    # timeouts far above what 2000 writes take on a loaded machine: this is about the flush at close
+    handle = shared.connect(redis_server.url, timeout_s=30)
+    other = shared.connect(redis_server.url, timeout_s=30)
     failures: list[BaseException] = []
     for index in range(2000):  # more than one pipeline's worth
         future = handle.call("SET", f"key:{index}", index)
