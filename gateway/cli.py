@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     scaffold.add_argument("name", help="the plugin's entry-point name, e.g. pii-mask")
     scaffold.add_argument("--dir", default=".", help="where to create the package folder (default: here)")
     args = parser.parse_args(argv)
+    if args.command in ("run", "check"):
+        problem = _propagators_error()
+        if problem is not None:
+            print(f"config error: {problem}", file=sys.stderr)
+            return 2
     if args.command == "run":
         return _run(args.config)
     if args.command == "check":
@@ -53,10 +58,6 @@ def _propagators_error() -> str | None:
 
 
 def _run(path: str | None) -> int:
-    problem = _propagators_error()
-    if problem is not None:
-        print(f"config error: {problem}", file=sys.stderr)
-        return 2
     from opentelemetry import trace
 
     from gateway import logs
@@ -85,10 +86,6 @@ def _run(path: str | None) -> int:
 
 
 def _check(path: str | None) -> int:
-    problem = _propagators_error()
-    if problem is not None:
-        print(f"config error: {problem}", file=sys.stderr)
-        return 2
     from gateway.app import build
     from gateway.telemetry import TelemetryConfigError, tracer_provider_from_env
 
