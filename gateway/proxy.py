@@ -665,8 +665,10 @@ class Proxy:
                 answer = await chain.request(exchange)
                 # A plugin changed the model (an alias) and left the provider: the new model's route.
                 rerouted = exchange.served_model is not None and exchange.provider is routed
-                if rerouted and answer is None and self.router.by_model and exchange.model is not None:
-                    exchange.provider = self.router.for_model(exchange.path, exchange.model) or routed
+                if rerouted and answer is None and self.router.by_model:
+                    model = exchange.model
+                    if model is not None:
+                        exchange.provider = self.router.for_model(exchange.path, model) or routed
             else:
                 answer, exchange.reached = None, chain.last_index
             if answer is None:
