@@ -24,9 +24,9 @@ plugins stay this checkout's). Every request carries a new prompt (a cache miss 
 fresh scan) unless ``HIT=1``. Knobs: ``REQUESTS`` (300), ``WARMUP`` (50), ``BACKEND``
 (memory | redis), ``TRACING`` (off | on: always on, exported over OTLP through the batch
 processor to the nginx upstream, as in benchmarks/peers.py; the export thread's work is
-counted too, callgrind counts every thread | default: no OTEL variable, as out of the box), ``BY_THREAD=1`` (also each thread's share,
-from callgrind's ``--separate-threads``: the event loop's and, traced, the export
-thread's), ``READY_TIMEOUT`` and the others of
+counted too, callgrind counts every thread | default: no OTEL variable, as out of the
+box), ``BY_THREAD=1`` (also each thread's share, from callgrind's ``--separate-threads``:
+the event loop's and, traced, the export thread's), ``READY_TIMEOUT`` and the others of
 benchmarks/overhead.py. Needs valgrind (Debian package ``valgrind``).
 """
 

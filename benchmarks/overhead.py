@@ -436,8 +436,8 @@ class Bench:
             return [sys.executable, "-m", "benchmarks.passthrough_proxy", "--upstream", upstream], None
         config = self.run_dir / f"{name}.yaml"
         config.write_text(gateway_config(upstream, target.chain, target.log))
-        if target.tracing == "default":  # no OTEL variable: as a gateway runs out of the box
-            env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+        if target.tracing == "default":
+            env = out_of_the_box_env()
         else:
             env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{target.tracing}", OTEL_TRACES_EXPORTER="none")
         env["PYTHONPATH"] = os.pathsep.join(
@@ -759,6 +759,12 @@ def ensure_tools() -> None:
     environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=environment)
     subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=environment)
+
+
+def out_of_the_box_env() -> dict[str, str]:
+    """This process's environment without any OTEL variable: a gateway's tracing as it runs
+    out of the box (``TRACING=default``: nothing exported, the trace page's sampler)."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
 
 
 def gateway_command() -> str:

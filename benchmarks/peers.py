@@ -147,7 +147,7 @@ def tracing_env(tracing: str, sink: str) -> dict[str, str]:
     which answers 200 to ``/v1/traces``: it costs the gateway what a collector on
     loopback would); ``OTLP_PROTOCOL`` picks the protocol (``http/protobuf``)."""
     if tracing == "default":
-        return {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+        return oh.out_of_the_box_env()
     env = dict(os.environ, OTEL_TRACES_SAMPLER=f"always_{tracing}")
     if tracing == "on":
         protocol = os.environ.get("OTLP_PROTOCOL") or "http/protobuf"

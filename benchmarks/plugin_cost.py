@@ -21,7 +21,8 @@ figure minus ``empty``'s. ``variant@DIR`` runs that chain with ``DIR`` first on
 commit), so a change is A/B-measured in the same interleaved rounds. Knobs: ``ROUNDS``
 (4), ``SECONDS`` (4), ``BACKEND`` (memory | redis), ``TRACING`` (off | on | default | off,on:
 each variant with tracing sampled off and/or always on, exported as in
-benchmarks/peers.py; ``default``: no OTEL variable, as a gateway runs out of the box), ``OTLP_PROTOCOL`` and those of benchmarks/overhead.py.
+benchmarks/peers.py; ``default``: no OTEL variable, as a gateway runs out of the box),
+``OTLP_PROTOCOL`` and those of benchmarks/overhead.py.
 """
 
 from __future__ import annotations
