@@ -8,12 +8,19 @@ over many runs after a warm-up. Quality: recall per family and false-positive ra
 rules alone and for both together (rules from ``gateway_plugins.scan.engine`` when the scan plugin is installed;
 otherwise only the model's figures are printed). The held-out split is benchmarks/scan_corpus.py's, chosen by
 source; the dev set is /work/shared/data/scan/dev.jsonl (never trained on; the threshold was picked looking at it).
+
+v10 (docs/scan-classifier-v10-plan.md): the held-out split is printed as the **original** one (the 133 attacks and
+2,962 benign texts of bastioncorpus, jailbreak-corpus-mini, chatterbot es/de/it/pt and the stdlib's held-out
+modules), the v10 sources alone, the **enlarged** one (both), the enlarged one without the packages looked at
+before v10, and per-source totals. ``--original-only`` builds the original split alone (the v10 packages need not
+be installed; a missing one is skipped with a note on stderr either way).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import sys
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--threshold", type=float, default=None, help="override the model card's threshold")
     ap.add_argument("--no-heldout", action="store_true")
+    ap.add_argument("--original-only", action="store_true", help="the original held-out split only (no v10 sources)")
     ap.add_argument("--model", type=Path, default=None, help="another weights file (default: the shipped model)")
     args = ap.parse_args(argv)
 
@@ -133,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     if rules is None:
         print("rules stage not installed (gateway_plugins.scan.engine): model-only figures")
 
+    @functools.cache
     def model_hit(text: str) -> bool:
         return bool(model.scan(text))
 
+    @functools.cache
     def rules_hit(text: str) -> bool:
         return bool(rules.scan(text))
 
@@ -145,16 +155,48 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_heldout:
         import scan_corpus
 
-        held = [r for r in scan_corpus.build() if r["split"] == "heldout"]
-        sets.append(("held-out split (by source)", held))
-        sets.append(("held-out: bastioncorpus only", [r for r in held if r["source"] == "bastioncorpus"]))
+        report: dict = {}
+        held = [r for r in scan_corpus.build(enlarged_heldout=not args.original_only, report=report)
+                if r["split"] == "heldout"]
+        new = scan_corpus.V10_HELDOUT
+        original = [r for r in held if r["source"] not in new]
+        sets.append(("original held-out split (by source)", original))
+        sets.append(("original held-out: bastioncorpus only", [r for r in original if r["source"] == "bastioncorpus"]))
+        if not args.original_only:
+            print("v10 held-out sources (after de-duplication and caps; None: not installed):")
+            for name, counts in report.items():
+                print(f"   {name} {new[name][0]}=={new[name][1]} ({new[name][2]}): {json.dumps(counts)}")
+            earlier = {name for name, v in new.items() if v[3]}
+            sets.append(("v10 sources only", [r for r in held if r["source"] in new]))
+            sets.append(("enlarged held-out split (original + v10)", held))
+            sets.append(("enlarged held-out without the packages looked at before v10",
+                         [r for r in held if r["source"] not in earlier]))
     for name, rows in sets:
         print(f"\n== {name}: {len(rows)} texts")
         print("model only:  ", json.dumps(quality(rows, model_hit)))
         if rules is not None:
             print("rules only:  ", json.dumps(quality(rows, rules_hit)))
             print("rules+model: ", json.dumps(quality(rows, lambda t: rules_hit(t) or model_hit(t))))
+    if not args.no_heldout:
+        print("\n== held-out totals per source: attacks caught / attacks, benign flagged / benign "
+              "(model | rules | rules+model)")
+        for source in sorted({r["source"] for r in held}):
+            print("  ", source, json.dumps(per_source([r for r in held if r["source"] == source], model_hit,
+                                                      rules_hit if rules is not None else None)))
     return 0
+
+
+def per_source(rows: list[dict], model_hit, rules_hit) -> dict:
+    """Totals for one source: attacks caught and benign texts flagged by each stage and by both."""
+    att = [r["text"] for r in rows if r["label"] == "attack"]
+    ben = [r["text"] for r in rows if r["label"] != "attack"]
+    stages = {"model": model_hit}
+    if rules_hit is not None:
+        stages |= {"rules": rules_hit, "both": lambda t: rules_hit(t) or model_hit(t)}
+    out = {}
+    for name, hit in stages.items():
+        out[name] = {"attacks": f"{sum(map(hit, att))}/{len(att)}", "benign_flagged": f"{sum(map(hit, ben))}/{len(ben)}"}
+    return out
 
 
 if __name__ == "__main__":

