@@ -33,7 +33,7 @@ import scan_corpus  # noqa: E402
 from gateway_plugins.scan import classifier as clf  # noqa: E402
 
 NAME = "injection-clf"
-VERSION = "4"
+VERSION = "5"
 SEED = 1234
 BITS = 18
 # v3: among 2048, 8192, 32768 on the development split (benchmarks/scan_classifier_dev.py; v2: 8 ... 8192)
@@ -88,9 +88,12 @@ LONG_CHAT_CHARS = 2048
 # v5's candidate sources (off: scan_corpus.V5_SOURCES; groups absent from the data take no share) had their benign
 # counterparts (raginject's documents without their payloads and its users' questions, honeypot-ai's control page
 # and look-alikes, lightguard-agent's controls) at small shares set before training, like agentprobe's and aib's.
+# v11 (docs/scan-classifier-v11-plan.md, fixed before training): the six packages looked at before v10 train
+# (scan_corpus.V11_TRAIN); raginject and lightguard keep v5's shares, honeypot-ai has one control page left (v5: 0.01
+# for 13 pages), aicu-scanner's 14 "legitimate tasks" get 0.01; agentred and nullsec have no benign texts.
 BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
                 "aib": 0.02, "agentprobe": 0.05, "django": 0.10, "djangoi18n": 0.06, "ovos": 0.08,
-                "raginject": 0.03, "honeypot": 0.01, "lightguard": 0.005}
+                "raginject": 0.03, "honeypot": 0.002, "lightguard": 0.005, "aicu": 0.01}
 
 
 def _matrix(rows: list[tuple[list[int], int]], bits: int):
@@ -328,7 +331,8 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
-    rows = scan_corpus.build(seed) if rows is None else rows
+    # every row: v11's training sources need the held-out packages too (their texts are kept out of training)
+    rows = scan_corpus.build(seed, enlarged_heldout=True) if rows is None else rows
     train_rows = [r for r in rows if r["split"] == "train"]
     fit_rows, val_rows = [], []
     for r in train_rows:
@@ -508,10 +512,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows, val_rows, W16, b, platt, weights = train()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        blas = blas_info()  # as train() ran it: one thread; the kernel (architecture) decides the build
     blob = _npz_bytes(W16, b, platt, BITS)
     digest = hashlib.sha256(blob).hexdigest()
     model = variants.classifier(weights)
-    heldout = [r for r in rows if r["split"] == "heldout"]
+    # the original held-out split only (v10's and v11's other held-out sources: scan_classifier_bench.py, once)
+    heldout = [r for r in rows if r["split"] == "heldout" and r["source"] not in scan_corpus.V10_HELDOUT]
     figures = {
         "validation (synthetic/chatterbot/stdlib, 20% by text hash)": evaluate(model, val_rows),
         "held-out by source (bastioncorpus, jailbreak-corpus-mini, chatterbot es/de/it/pt, stdlib email/xml/http)":
@@ -521,8 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = collections.Counter((r["source"], r["split"], r["label"]) for r in rows)
     by_source: dict = {}
     for (src, split, label), n in sorted(counts.items()):
-        by_source.setdefault(_source_group(src), {}).setdefault(split, {})[label] = \
-            by_source.get(_source_group(src), {}).get(split, {}).get(label, 0) + n
+        group = src if src in scan_corpus.V10_HELDOUT else _source_group(src)  # agent-guardian, agent-redteam...
+        by_source.setdefault(group, {}).setdefault(split, {})[label] = \
+            by_source.get(group, {}).get(split, {}).get(label, 0) + n
     import sklearn
 
     card = {
@@ -564,7 +574,16 @@ def main(argv: list[str] | None = None) -> int:
                 "djangoi18n": "BSD-3-Clause (PyPI Django 5.2.8, translated messages of its gettext catalogues)",
                 "ovos": "Apache-2.0, BSD-3-Clause (ovos-skill-alerts), MIT (ovos-skill-randomness): PyPI "
                         "OpenVoiceOS skills, locale files only (scan_corpus.OVOS_SKILLS)",
+                **{name: f"{lic} (PyPI {dist} {version}, data files only; "
+                         f"{'training (v11)' if name in scan_corpus.V11_TRAIN_SOURCES else 'held out (v10)'})"
+                   for name, (dist, version, lic, _earlier) in scan_corpus.V10_HELDOUT.items()
+                   if scan_corpus.V11_TRAIN or name not in scan_corpus.V11_TRAIN_SOURCES},
             },
+            "v11": "the six packages looked at before v10 (raginject, honeypot-ai, nullsec-promptinject, "
+                   "lightguard-agent, aicu-scanner, agentred) are training rows as v10's procedure built them; "
+                   "agent-guardian, agent-redteam, agentic-redteam, aion-redteam and dual-llm-bench stay held out "
+                   "(docs/scan-classifier-v11-plan.md)" if scan_corpus.V11_TRAIN else None,
+            "blas": [{k: v for k, v in d.items() if k != "filepath"} for d in blas],
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
                         "the scan dev set (never trained on; it checks the threshold, and two of its false "
                         "positives led to the synthetic 'meta' hard negatives: docs/scan-classifier.md)",
