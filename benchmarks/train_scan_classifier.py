@@ -33,7 +33,7 @@ import scan_corpus  # noqa: E402
 from gateway_plugins.scan import classifier as clf  # noqa: E402
 
 NAME = "injection-clf"
-VERSION = "5"
+VERSION = "4"
 SEED = 1234
 BITS = 18
 # v3: among 2048, 8192, 32768 on the development split (benchmarks/scan_classifier_dev.py; v2: 8 ... 8192)
@@ -45,6 +45,9 @@ STRIDE = 16
 # false positives at one or fewer. v2 did not (its highest benign score was 0.19); v3 did (0.544 and 0.512: 0.52);
 # v4 does not (its highest benign dev-set scores are 0.475 and 0.239).
 THRESHOLD = 0.5
+# v11 attempt (--v11, not shipped): version 5; its highest benign dev-set scores were 0.567 and 0.524, so the rule
+# above gives 0.53 (one model false positive left on the scan dev set, which failed v11's acceptance rule)
+V11_VERSION, V11_THRESHOLD = "5", 0.53
 BANDS = (0.5, 0.85)
 # Share of the benign weight per source group: hard negatives (synthetic), chat (chatterbot, chitchat),
 # technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
@@ -88,12 +91,14 @@ LONG_CHAT_CHARS = 2048
 # v5's candidate sources (off: scan_corpus.V5_SOURCES; groups absent from the data take no share) had their benign
 # counterparts (raginject's documents without their payloads and its users' questions, honeypot-ai's control page
 # and look-alikes, lightguard-agent's controls) at small shares set before training, like agentprobe's and aib's.
-# v11 (docs/scan-classifier-v11-plan.md, fixed before training): the six packages looked at before v10 train
-# (scan_corpus.V11_TRAIN); raginject and lightguard keep v5's shares, honeypot-ai has one control page left (v5: 0.01
-# for 13 pages), aicu-scanner's 14 "legitimate tasks" get 0.01; agentred and nullsec have no benign texts.
 BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
                 "aib": 0.02, "agentprobe": 0.05, "django": 0.10, "djangoi18n": 0.06, "ovos": 0.08,
-                "raginject": 0.03, "honeypot": 0.002, "lightguard": 0.005, "aicu": 0.01}
+                "raginject": 0.03, "honeypot": 0.01, "lightguard": 0.005}
+# v11 attempt (docs/scan-classifier-v11-plan.md, fixed before training; used when scan_corpus.V11_TRAIN is on): the
+# six packages looked at before v10 train; raginject and lightguard keep v5's shares, honeypot-ai has one control
+# page left (v5: 0.01 for 13 pages), aicu-scanner's 14 "legitimate tasks" get 0.01; agentred and nullsec have no
+# benign texts.
+V11_BENIGN_SHARE = {**BENIGN_SHARE, "honeypot": 0.002, "aicu": 0.01}
 
 
 def _matrix(rows: list[tuple[list[int], int]], bits: int):
@@ -341,7 +346,8 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     texts, labels, fams, weights = [], [], [], []
     # Class balance: attacks and benign weigh the same in total; within benign, each source group gets a fixed
     # share of the benign weight, whatever its row count (set once, before any held-out figure was computed).
-    benign_share = BENIGN_SHARE if benign_share is None else benign_share
+    if benign_share is None:
+        benign_share = V11_BENIGN_SHARE if scan_corpus.V11_TRAIN else BENIGN_SHARE
     expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
     emb_toks = []  # v7: the same windows' tokens
     for r in fit_rows + (_long_chat(fit_rows) if LONG_CHAT_SOURCES else []):
@@ -509,7 +515,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=clf.MODEL_DIR, help="directory for injection-clf.npz/.json")
     ap.add_argument("--check", action="store_true", help="train in memory; exit 1 if the shipped weights differ")
+    ap.add_argument("--v11", action="store_true",
+                    help="the v11 attempt (not shipped): the six packages looked at before v10 as training data, "
+                         "version 5, threshold 0.53 (use with --out elsewhere)")
     args = ap.parse_args(argv)
+    if args.v11:
+        global VERSION, THRESHOLD
+        scan_corpus.V11_TRAIN = True
+        VERSION, THRESHOLD = V11_VERSION, V11_THRESHOLD
     t0 = time.perf_counter()
     rows, val_rows, W16, b, platt, weights = train()
     from threadpoolctl import threadpool_limits
@@ -574,10 +587,10 @@ def main(argv: list[str] | None = None) -> int:
                 "djangoi18n": "BSD-3-Clause (PyPI Django 5.2.8, translated messages of its gettext catalogues)",
                 "ovos": "Apache-2.0, BSD-3-Clause (ovos-skill-alerts), MIT (ovos-skill-randomness): PyPI "
                         "OpenVoiceOS skills, locale files only (scan_corpus.OVOS_SKILLS)",
-                **{name: f"{lic} (PyPI {dist} {version}, data files only; "
-                         f"{'training (v11)' if name in scan_corpus.V11_TRAIN_SOURCES else 'held out (v10)'})"
-                   for name, (dist, version, lic, _earlier) in scan_corpus.V10_HELDOUT.items()
-                   if scan_corpus.V11_TRAIN or name not in scan_corpus.V11_TRAIN_SOURCES},
+                **{name: f"{lic} (PyPI {dist} {version}, data files only; " + (
+                    "training (v11))" if scan_corpus.V11_TRAIN and name in scan_corpus.V11_TRAIN_SOURCES
+                    else "held out (v10))")
+                   for name, (dist, version, lic, _earlier) in scan_corpus.V10_HELDOUT.items()},
             },
             "v11": "the six packages looked at before v10 (raginject, honeypot-ai, nullsec-promptinject, "
                    "lightguard-agent, aicu-scanner, agentred) are training rows as v10's procedure built them; "
