@@ -14,6 +14,10 @@ v10 (docs/scan-classifier-v10-plan.md): the held-out split is printed as the **o
 modules), the v10 sources alone, the **enlarged** one (both), the enlarged one without the packages looked at
 before v10, and per-source totals. ``--original-only`` builds the original split alone (the v10 packages need not
 be installed; a missing one is skipped with a note on stderr either way).
+
+v11 attempt (docs/scan-classifier-v11-plan.md): ``--v11-split`` treats the six packages looked at before v10 as
+training data (``scan_corpus.V11_TRAIN``), so the held-out split is the original one plus the five v10 packages
+found new (v11's held-out split), printed as the original split, the five alone, and both, with per-source totals.
 """
 
 from __future__ import annotations
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=None, help="override the model card's threshold")
     ap.add_argument("--no-heldout", action="store_true")
     ap.add_argument("--original-only", action="store_true", help="the original held-out split only (no v10 sources)")
+    ap.add_argument("--v11-split", action="store_true",
+                    help="v11's held-out split: the original one and the five v10 packages found new (the other six "
+                         "are v11's training sources)")
     ap.add_argument("--model", type=Path, default=None, help="another weights file (default: the shipped model)")
     args = ap.parse_args(argv)
 
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_heldout:
         import scan_corpus
 
+        scan_corpus.V11_TRAIN = args.v11_split and not args.original_only  # the original rows are the same either way
         report: dict = {}
         held = [r for r in scan_corpus.build(enlarged_heldout=not args.original_only, report=report)
                 if r["split"] == "heldout"]
@@ -162,7 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         original = [r for r in held if r["source"] not in new]
         sets.append(("original held-out split (by source)", original))
         sets.append(("original held-out: bastioncorpus only", [r for r in original if r["source"] == "bastioncorpus"]))
-        if not args.original_only:
+        if scan_corpus.V11_TRAIN:
+            print("v10's packages (after de-duplication and caps): training (v11) or held out")
+            for name, counts in report.items():
+                role = "training" if name in scan_corpus.V11_TRAIN_SOURCES else "held out"
+                print(f"   {name} {new[name][0]}=={new[name][1]} ({new[name][2]}), {role}: {json.dumps(counts)}")
+            sets.append(("v11 held-out sources only (the five v10 packages found new)",
+                         [r for r in held if r["source"] in new]))
+            sets.append(("v11 held-out split (original + the five)", held))
+        elif not args.original_only:
             print("v10 held-out sources (after de-duplication and caps; None: not installed):")
             for name, counts in report.items():
                 print(f"   {name} {new[name][0]}=={new[name][1]} ({new[name][2]}): {json.dumps(counts)}")

