@@ -10,6 +10,7 @@
     python benchmarks/scan_classifier_dev.py --mlp-latency  # v8: the stage's time with each variant's shape
     python benchmarks/scan_classifier_dev.py --rule-misses [SCORES.json]  # v9: attacks neither stage catches
     python benchmarks/scan_classifier_dev.py --v11-data  # v11 attempt: the six packages looked at before v10 train
+    python benchmarks/scan_classifier_dev.py --v11-data --c-binary 512 2048 8192 32768  # v12 attempt: C on v11's data
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
