@@ -186,6 +186,8 @@ class Peers:
         self.base = oh.Bench(knobs, processes)
         self.redis_port = 0
         self.redis_url = ""
+        #: benchmarks/redis_rtt.py's figures, measured after a streaming test with a Redis chain
+        self.redis_rtt: dict[str, dict[str, float]] | None = None
 
     @property
     def upstream(self) -> str:
@@ -405,6 +407,15 @@ class Peers:
         for line in found:
             result = json.loads(line)
             live[result["name"]].stream = result
+        if any(target.backend == "redis" for target in live.values()):
+            self.redis_rtt = self.measure_redis_rtt()
+
+    def measure_redis_rtt(self) -> dict[str, dict[str, float]] | None:
+        """A bare PING round trip from the gateway's core to redis-server's (benchmarks/redis_rtt.py)."""
+        argv = [sys.executable, "-m", "benchmarks.redis_rtt", "--port", str(self.redis_port)]
+        found = re.search(r"^RTTJSON (.*)$", self.processes.run("redis-rtt", self.knobs.gw_cpu, argv, timeout=60),
+                          re.MULTILINE)  # fmt: skip
+        return json.loads(found.group(1)) if found else None
 
 
 def wait_answers(url: str, deadline: float, stream: bool, headers: dict[str, str]) -> str | None:
@@ -459,7 +470,8 @@ def all_targets(peers: Peers) -> list[Target]:
 # -- report ----------------------------------------------------------------------------
 
 
-def report_run(knobs: oh.Knobs, targets: list[Target], started: float, busy: float, load: str) -> str:
+def report_run(knobs: oh.Knobs, targets: list[Target], started: float, busy: float, load: str,
+               redis_rtt: dict[str, dict[str, float]] | None = None) -> str:
     base = oh.Baselines.of(targets, knobs)
     minutes = (time.monotonic() - started) / 60
     lines = [
@@ -475,6 +487,12 @@ def report_run(knobs: oh.Knobs, targets: list[Target], started: float, busy: flo
     ]
     lines += oh.throughput_table(knobs, targets, base)
     lines += oh.stream_table([t for t in targets if t.streams and not t.same_process_as], base)
+    if redis_rtt:
+        gaps = ", ".join(f"{figures['p50_us']:.0f} µs after {gap} ms idle" if gap != "0" else
+                         f"{figures['p50_us']:.0f} µs back to back" for gap, figures in redis_rtt.items())  # fmt: skip
+        lines += ["", f"A bare Redis PING from cpu {knobs.gw_cpu} to redis-server on cpu {knobs.load_cpu} "
+                      f"(benchmarks/redis_rtt.py), p50: {gaps}. A Redis chain's time to first byte is the memory "
+                      "chain's plus one such round trip (its checks, pipelined, before the provider is called)."]
     lines += targets_table(knobs, targets, base)
     return "\n".join(lines) + "\n"
 
@@ -857,7 +875,7 @@ def main() -> int:
                 peers.start(targets)
                 peers.measure(targets)
                 peers.measure_streams(targets)
-                parts.append(report_run(knobs, targets, started, busy, load))
+                parts.append(report_run(knobs, targets, started, busy, load, peers.redis_rtt))
                 for target in targets:  # free the core and memory for what follows
                     if target.process is not None and target.process.poll() is None:
                         processes.stop(target.process)
