@@ -121,7 +121,11 @@ async def run(targets: list[Stream], requests: int, warmup: int, unique: bool = 
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for index in range(warmup + requests):
-            for target in targets:
+            # rotated each time, so that no target always follows the same one: what a
+            # target leaves to do after its answer (a ledger write, a cache store) runs on
+            # the shared core while the next one's request is in flight
+            shift = index % len(targets)
+            for target in targets[shift:] + targets[:shift]:
                 if unique:  # a new prompt each time: no cache answers, the scan sees new text
                     body = compact(unique_request(f"{seed} {letters(index)}"))
                 try:
