@@ -12,6 +12,12 @@ texts and the training benign sources (chatterbot, chitchat, stdlib, Django, OVO
 flag must stay under 0.2 % of it. With ``--scores`` (written by ``scan_classifier_dev.py --rule-misses``, the
 model fitted without the development split), rules + model on the development split, before and after.
 ``--show`` prints the benign texts only the new rules flag and the development attacks both stages still miss.
+
+v13 (docs/scan-classifier-v13-plan.md): ``--v11-data`` adds the six packages looked at before v10 as training rows
+(``scan_corpus.V11_TRAIN``; every v10 package must be installed, the five held-out ones only so that v11's leak
+check can run: their rows are split ``heldout`` and dropped like every held-out row). For the six, rules + the
+**shipped** model (v4, at its card threshold; it was not trained on them) before and after; with ``--show``, the
+six's attacks that neither the rules after nor the shipped model catch.
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", type=Path, required=True, help="directory of the packs before the change")
     ap.add_argument("--scores", type=Path, default=None, help="scan_classifier_dev.py --rule-misses's file")
     ap.add_argument("--show", action="store_true")
+    ap.add_argument("--v11-data", action="store_true", help="v13: the six training-side packages too (V11_TRAIN)")
     args = ap.parse_args(argv)
+    scan_corpus.V11_TRAIN = args.v11_data
 
     rows = [r for r in scan_corpus.build(trainer.SEED, dev_protocol.DEV_SOURCES) if r["split"] != "heldout"]
     rows += dev_protocol.long_chat_texts([r for r in rows if r["split"] == "dev"])
@@ -108,6 +116,32 @@ def main(argv: list[str] | None = None) -> int:
             print("\ndevelopment attacks both stages still miss:")
             for r, h in dev:
                 if r["label"] == "attack" and not h[1] and scores[r["text"]] < thr:
+                    print(json.dumps({"source": r["source"], "family": r["family"], "text": r["text"]},
+                                     ensure_ascii=False))
+    if args.v11_data:
+        from gateway_plugins.scan import classifier as clf
+
+        shipped = clf.InjectionClassifier.load()
+        six = [(r, h, bool(shipped.scan(r["text"]))) for r, h in zip(rows, hits, strict=True)
+               if r["source"] in scan_corpus.V11_TRAIN_SOURCES]
+        assert all(r["split"] == "train" for r, _, _ in six)
+        for name, i in (("before", 0), ("after", 1)):
+            caught, total, fp, n_benign = collections.Counter(), collections.Counter(), 0, 0
+            for r, h, m in six:
+                if r["label"] == "attack":
+                    total[r["source"]] += 1
+                    caught[r["source"]] += h[i] or m
+                else:
+                    n_benign += 1
+                    fp += h[i] or m
+            print(f"the six (training side), rules {name} + shipped model ({shipped.rule_id} at {shipped.threshold}): "
+                  f"recall {sum(caught.values())}/{sum(total.values())} "
+                  f"({', '.join(f'{s} {caught[s]}/{total[s]}' for s in sorted(total))}), "
+                  f"benign flagged {fp}/{n_benign}")
+        if args.show:
+            print("\nthe six's attacks neither the rules (after) nor the shipped model catch:")
+            for r, h, m in six:
+                if r["label"] == "attack" and not h[1] and not m:
                     print(json.dumps({"source": r["source"], "family": r["family"], "text": r["text"]},
                                      ensure_ascii=False))
     if args.show:
