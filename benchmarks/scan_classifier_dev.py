@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = round(time.perf_counter() - t0, 1)
         if args.rule_misses:
             _rule_misses(weights, dev, rules, Path(args.rule_misses))
-        for variant, w in (weights.items() if args.embedding or args.mlp else [("v4", weights)]):
+        # the data the row was fitted on: v4's, or v11's with --v11-data (v11, v12)
+        data = "v11 data" if args.v11_data else "v4"
+        for variant, w in (weights.items() if args.embedding or args.mlp else [(data, weights)]):
             _report(variant, w, dev, shared, rules_hits, bits, c, share, seconds, args)
     return 0
 
