@@ -48,7 +48,7 @@ from typing import Any
 import msgspec
 from multidict import CIMultiDict
 
-from benchmarks.fixtures import REQUEST, compact
+from benchmarks.fixtures import REQUEST, compact, rotated
 from benchmarks.overhead import (
     Bench,
     Knobs,
@@ -235,8 +235,7 @@ def measure(bench: Bench, knobs: Knobs, targets: list[Target]) -> None:
         bench.wrk(target, knobs.conc, knobs.warmup, "warmup")
     for round_index in range(knobs.rounds):
         log(f"round {round_index + 1}/{knobs.rounds}")
-        shift = round_index % len(live)
-        for target in live[shift:] + live[:shift]:
+        for target in rotated(live, round_index):
             for conc, seconds in ((knobs.conc, knobs.duration), (knobs.low_conc, knobs.low_duration)):
                 before = cpu_seconds(target.process.pid) if target.process else 0.0
                 result = bench.wrk(target, conc, seconds, f"round{round_index + 1}")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
+
+T = TypeVar("T")
 
 #: text found only in the upstream's answer: proof that a target really proxied
 MARKER = "fixed reply from the benchmark upstream"
@@ -65,6 +67,14 @@ CHAT_COMPLETION: dict[str, Any] = {
 
 # The streamed answer's content, one piece per content event; the marker is whole in one.
 _PIECES = ("Hello!", " This is a", f" {MARKER}.", " How can I", " help you", " today?")
+
+
+def rotated(items: Sequence[T], turn: int) -> list[T]:
+    """``items`` started ``turn`` places on (wrapping): each round of an interleaved
+    benchmark starts one target later, so that no target always runs first, or always
+    right after the same other one (whose leftover work shares the core)."""
+    shift = turn % len(items) if items else 0
+    return [*items[shift:], *items[:shift]]
 
 
 def compact(document: Any) -> bytes:

@@ -61,7 +61,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks.fixtures import CHAT_COMPLETION, MARKER, REQUEST, compact
+from benchmarks.fixtures import CHAT_COMPLETION, MARKER, REQUEST, compact, rotated
 from benchmarks.trivial_plugin import HEADER as TRIVIAL_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -482,8 +482,7 @@ class Bench:
             self.wrk(target, knobs.conc, knobs.warmup, "warmup")
         for round_index in range(knobs.rounds):
             log(f"round {round_index + 1}/{knobs.rounds}")
-            shift = round_index % len(live) if live else 0
-            for target in live[shift:] + live[:shift]:
+            for target in rotated(live, round_index):
                 for conc, seconds in ((knobs.conc, knobs.duration), (knobs.low_conc, knobs.low_duration)):
                     result = self.wrk(target, conc, seconds, f"round{round_index + 1}")
                     if result is not None:

@@ -48,7 +48,7 @@ from types import FrameType
 from typing import Any
 
 from benchmarks import overhead as oh
-from benchmarks.fixtures import MARKER, REQUEST, compact
+from benchmarks.fixtures import MARKER, REQUEST, compact, rotated
 
 ROOT = oh.ROOT
 HERE = oh.HERE
@@ -381,8 +381,7 @@ class Peers:
             self.wrk(target, knobs.conc, warmup, "warmup")
         for round_index in range(knobs.rounds):
             log(f"round {round_index + 1}/{knobs.rounds}")
-            shift = round_index % len(live) if live else 0
-            for target in live[shift:] + live[:shift]:
+            for target in rotated(live, round_index):
                 for conc, seconds in ((knobs.conc, knobs.duration), (knobs.low_conc, knobs.low_duration)):
                     result = self.wrk(target, conc, seconds, f"round{round_index + 1}")
                     if result is not None:

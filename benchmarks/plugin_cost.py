@@ -36,6 +36,7 @@ import time
 
 from benchmarks import overhead as oh
 from benchmarks import peers as bench
+from benchmarks.fixtures import rotated
 
 DEFAULT_VARIANTS = ("empty", "scan", "ratelimit", "cache", "cost", "breaker", "full")
 
@@ -103,8 +104,7 @@ def main() -> int:
         for target in targets:
             peers.wrk(target, knobs.conc, knobs.warmup, "warmup")
         for index in range(rounds):
-            shift = index % len(targets)
-            for target in targets[shift:] + targets[:shift]:
+            for target in rotated(targets, index):
                 result = peers.wrk(target, knobs.conc, seconds, f"round{index + 1}")
                 if result is not None and "cpu_us" in result:
                     target.wrk.setdefault(knobs.conc, []).append(result)

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.fixtures import MARKER, REQUEST, compact
+from benchmarks.fixtures import MARKER, REQUEST, compact, rotated
 
 
 class Stream:
@@ -121,11 +121,9 @@ async def run(targets: list[Stream], requests: int, warmup: int, unique: bool = 
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for index in range(warmup + requests):
-            # rotated each time, so that no target always follows the same one: what a
-            # target leaves to do after its answer (a ledger write, a cache store) runs on
-            # the shared core while the next one's request is in flight
-            shift = index % len(targets)
-            for target in targets[shift:] + targets[:shift]:
+            # rotated each time: what a target leaves to do after its answer (a ledger
+            # write, a cache store) runs on the shared core while the next one's request is in flight
+            for target in rotated(targets, index):
                 if unique:  # a new prompt each time: no cache answers, the scan sees new text
                     body = compact(unique_request(f"{seed} {letters(index)}"))
                 try:
