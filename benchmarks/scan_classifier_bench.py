@@ -172,16 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(("original held-out: bastioncorpus only", [r for r in original if r["source"] == "bastioncorpus"]))
         if scan_corpus.V11_TRAIN:
             print("v10's packages (after de-duplication and caps): training (v11) or held out")
-            for name, counts in report.items():
-                role = "training" if name in scan_corpus.V11_TRAIN_SOURCES else "held out"
-                print(f"   {name} {new[name][0]}=={new[name][1]} ({new[name][2]}), {role}: {json.dumps(counts)}")
+            _print_sources(report, lambda name: "training" if name in scan_corpus.V11_TRAIN_SOURCES else "held out")
             sets.append(("v11 held-out sources only (the five v10 packages found new)",
                          [r for r in held if r["source"] in new]))
             sets.append(("v11 held-out split (original + the five)", held))
         elif not args.original_only:
             print("v10 held-out sources (after de-duplication and caps; None: not installed):")
-            for name, counts in report.items():
-                print(f"   {name} {new[name][0]}=={new[name][1]} ({new[name][2]}): {json.dumps(counts)}")
+            _print_sources(report)
             earlier = {name for name, v in new.items() if v[3]}
             sets.append(("v10 sources only", [r for r in held if r["source"] in new]))
             sets.append(("enlarged held-out split (original + v10)", held))
@@ -200,6 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             print("  ", source, json.dumps(per_source([r for r in held if r["source"] == source], model_hit,
                                                       rules_hit if rules is not None else None)))
     return 0
+
+
+def _print_sources(report: dict, role=None) -> None:
+    """One line per v10 package: its pinned distribution, license, (role) and row counts."""
+    import scan_corpus
+
+    for name, counts in report.items():
+        distribution, version, license_, _earlier = scan_corpus.V10_HELDOUT[name]
+        part = f", {role(name)}" if role is not None else ""
+        print(f"   {name} {distribution}=={version} ({license_}){part}: {json.dumps(counts)}")
 
 
 def per_source(rows: list[dict], model_hit, rules_hit) -> dict:
