@@ -1583,13 +1583,11 @@ def v10_heldout(seed: int, existing: list[dict], report: dict | None = None,
             own.add(key)
             r["source"], r["split"] = name, "heldout"
             kept.append((key, r))
-        capped = []
+        chosen: set[str] = set()  # per label, the ``cap`` smallest keys (each key is kept once: ``own``)
         for label, cap in (("attack", V10_CAP_ATTACK), ("benign", V10_CAP_BENIGN)):
-            chosen = {k for k, _ in sorted((kr for kr in kept if kr[1]["label"] == label), key=lambda kr: kr[0])[:cap]}
-            capped += [kr for kr in kept if kr[1]["label"] == label and kr[0] in chosen]
-        capped_keys = {k for k, _ in capped}
-        final = [r for k, r in kept if k in capped_keys]
-        seen |= capped_keys
+            chosen.update(sorted(k for k, r in kept if r["label"] == label)[:cap])
+        final = [r for k, r in kept if k in chosen]
+        seen |= chosen
         out += final
         if report is not None:
             report[name] = {"read": len(rows), "duplicates_or_conflicts": dup, "capped": len(kept) - len(final),
