@@ -33,6 +33,7 @@ import re
 import statistics
 import sys
 import time
+from typing import Any
 
 from benchmarks import overhead as oh
 from benchmarks import peers as bench
@@ -53,6 +54,27 @@ def plugins_of(variant: str, full: list[dict]) -> list[dict]:
     if unknown:
         raise SystemExit(f"not in the full chain: {', '.join(sorted(unknown))}")
     return [plugin for plugin in full if plugin["use"] in wanted]
+
+
+def start_variant(peers: bench.Peers, variant: str, tracing: str, upstream: str) -> tuple[Any, str]:
+    """A ``gateway run`` of ``variant``'s chain (``chain[@DIR]``) in front of ``upstream``, pinned to
+    ``GW_CPU``: (its process, its URL) once it is ready."""
+    knobs, processes = peers.knobs, peers.processes
+    chain_name, _, code = variant.partition("@")
+    name = f"variant-{re.sub(r'[^a-z0-9]+', '-', variant.lower())}-tracing-{tracing}"
+    document = json.loads(oh.gateway_config(upstream, []))
+    # its own ledger and Redis keys: a variant must not find another's (an old
+    # checkout's schema, a budget already spent)
+    full = bench.chain(os.environ.get("BACKEND", "memory"), knobs.run_dir, name, peers.redis_url)
+    document["plugins"] = plugins_of(chain_name, full)
+    document["log"] = {"level": "warning"}
+    config = knobs.run_dir / f"{name}.yaml"
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    env = bench.tracing_env(tracing, peers.upstream)
+    # the checkout's code first; the repository root for benchmarks.trivial_plugin (``answer``)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, str(oh.ROOT), env.get("PYTHONPATH")]))
+    process = processes.start(name, knobs.gw_cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
+    return process, processes.ready_url(name, process, time.monotonic() + knobs.ready_timeout)
 
 
 def main() -> int:
@@ -83,21 +105,7 @@ def main() -> int:
                 target.url, target.process = url + "/v1/chat/completions", process
                 targets.append(target)
                 continue
-            chain_name, _, code = variant.partition("@")
-            name = f"variant-{re.sub(r'[^a-z0-9]+', '-', variant.lower())}-tracing-{tracing}"
-            document = json.loads(oh.gateway_config(peers.upstream, []))
-            # its own ledger and Redis keys: a variant must not find another's (an old
-            # checkout's schema, a budget already spent)
-            full = bench.chain(os.environ.get("BACKEND", "memory"), knobs.run_dir, name, peers.redis_url)
-            document["plugins"] = plugins_of(chain_name, full)
-            document["log"] = {"level": "warning"}
-            config = knobs.run_dir / f"{name}.yaml"
-            config.write_text(json.dumps(document, indent=2) + "\n")
-            env = bench.tracing_env(tracing, peers.upstream)
-            # the checkout's code first; the repository root for benchmarks.trivial_plugin (``answer``)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, str(oh.ROOT), env.get("PYTHONPATH")]))
-            process = processes.start(name, knobs.gw_cpu, [oh.gateway_command(), "run", "--config", str(config)], env)
-            url = processes.ready_url(name, process, time.monotonic() + knobs.ready_timeout)
+            process, url = start_variant(peers, variant, tracing, peers.upstream)
             target = bench.Target(variant, tracing, kind="gateway", unique=not hit, streams=False)
             target.url, target.process = url + "/v1/chat/completions", process
             targets.append(target)

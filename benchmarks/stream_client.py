@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import string
 import time
 from typing import Any
@@ -23,6 +24,9 @@ from typing import Any
 import aiohttp
 
 from benchmarks.fixtures import MARKER, REQUEST, compact, rotated
+
+#: the gateway's own time in its answer's headers (SPEC.md: ``Server-Timing: gateway;dur=MS, upstream;dur=MS``)
+SERVER_TIMING = re.compile(r"\bgateway;dur=([0-9.]+)")
 
 
 class Stream:
@@ -34,6 +38,8 @@ class Stream:
         self.headers: dict[str, str] = {}
         self.ttfb_ms: list[float] = []
         self.total_ms: list[float] = []
+        #: the gateway's own time until the answer's headers (its ``Server-Timing: gateway;dur=``), when it says
+        self.gateway_ms: list[float] = []
         self.bad = 0
         self.statuses: dict[str, int] = {}
 
@@ -47,6 +53,7 @@ class Stream:
             "ttfb_p90_ms": percentile(self.ttfb_ms, 90),
             "ttfb_p99_ms": percentile(self.ttfb_ms, 99),
             "total_p50_ms": percentile(self.total_ms, 50),
+            "gateway_p50_ms": percentile(self.gateway_ms, 50),
         }
 
 
@@ -80,8 +87,9 @@ def unique_request(tag: str) -> dict[str, Any]:
 
 async def one(
     session: aiohttp.ClientSession, url: str, body: bytes, extra: dict[str, str] | None = None
-) -> tuple[str, float | None, float]:
-    """One streamed call: (status or error, TTFB in ms or None if it failed, total ms)."""
+) -> tuple[str, float | None, float, float | None]:
+    """One streamed call: (status or error, TTFB in ms or None if it failed, total ms, the gateway's
+    ``Server-Timing`` time in ms or None)."""
     started = time.perf_counter()
     first: float | None = None
     text: list[str] = []
@@ -89,6 +97,7 @@ async def one(
     pending = b""
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **(extra or {})}
     async with session.post(url, data=body, headers=headers) as answer:
+        timing = SERVER_TIMING.search(answer.headers.get("Server-Timing", ""))
         async for data in answer.content.iter_any():
             pending += data
             *events, pending = pending.split(b"\n\n")
@@ -108,9 +117,10 @@ async def one(
                             text.append(content)
         status = answer.status
     total = (time.perf_counter() - started) * 1000
+    gateway_ms = float(timing.group(1)) if timing else None
     if first is None or status != 200 or not done or MARKER not in "".join(text):
-        return str(status), None, total
-    return str(status), (first - started) * 1000, total
+        return str(status), None, total, gateway_ms
+    return str(status), (first - started) * 1000, total, gateway_ms
 
 
 async def run(targets: list[Stream], requests: int, warmup: int, unique: bool = False) -> None:
@@ -127,9 +137,9 @@ async def run(targets: list[Stream], requests: int, warmup: int, unique: bool = 
                 if unique:  # a new prompt each time: no cache answers, the scan sees new text
                     body = compact(unique_request(f"{seed} {letters(index)}"))
                 try:
-                    status, ttfb, total = await one(session, target.url, body, target.headers)
+                    status, ttfb, total, gateway_ms = await one(session, target.url, body, target.headers)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    status, ttfb, total = type(exc).__name__, None, 0.0
+                    status, ttfb, total, gateway_ms = type(exc).__name__, None, 0.0, None
                 if index < warmup:
                     continue
                 target.statuses[status] = target.statuses.get(status, 0) + 1
@@ -138,6 +148,8 @@ async def run(targets: list[Stream], requests: int, warmup: int, unique: bool = 
                 else:
                     target.ttfb_ms.append(ttfb)
                     target.total_ms.append(total)
+                    if gateway_ms is not None:
+                        target.gateway_ms.append(gateway_ms)
 
 
 def main() -> None:
