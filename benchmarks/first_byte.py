@@ -29,19 +29,15 @@ import re
 import sys
 
 from benchmarks import overhead as oh
-from benchmarks import peers as bench
-from benchmarks.plugin_cost import DEFAULT_VARIANTS, start_variant
+from benchmarks.plugin_cost import DEFAULT_VARIANTS, pinned_peers, start_variant
 
 CHAT = "/v1/chat/completions"
 
 
 def main() -> int:
-    variants = sys.argv[1:] or ["empty", *(v for v in DEFAULT_VARIANTS if v != "empty")]
-    knobs = oh.Knobs.from_env()
-    oh.ensure_tools()
-    os.sched_setaffinity(0, {knobs.load_cpu})
-    processes = oh.Processes(knobs.run_dir)
-    peers = bench.Peers(knobs, processes)
+    variants = sys.argv[1:] or list(DEFAULT_VARIANTS)
+    peers = pinned_peers()
+    knobs, processes = peers.knobs, peers.processes
     try:
         peers.base.start_upstreams()
         peers.start_redis()

@@ -56,6 +56,15 @@ def plugins_of(variant: str, full: list[dict]) -> list[dict]:
     return [plugin for plugin in full if plugin["use"] in wanted]
 
 
+def pinned_peers() -> bench.Peers:
+    """The knobs from the environment, the tools checked, this script on ``LOAD_CPU``: what
+    starts the upstreams, redis-server and the gateways (each on its ``start_*``)."""
+    knobs = oh.Knobs.from_env()
+    oh.ensure_tools()
+    os.sched_setaffinity(0, {knobs.load_cpu})
+    return bench.Peers(knobs, oh.Processes(knobs.run_dir))
+
+
 def start_variant(peers: bench.Peers, variant: str, tracing: str, upstream: str) -> tuple[Any, str]:
     """A ``gateway run`` of ``variant``'s chain (``chain[@DIR]``) in front of ``upstream``, pinned to
     ``GW_CPU``: (its process, its URL) once it is ready."""
@@ -85,11 +94,8 @@ def main() -> int:
     tracings = [part.strip() for part in os.environ.get("TRACING", "off").split(",") if part.strip()]
     if not tracings or set(tracings) - {"off", "on", "default"}:
         raise SystemExit("TRACING must list off, on and/or default")
-    knobs = oh.Knobs.from_env()
-    oh.ensure_tools()
-    os.sched_setaffinity(0, {knobs.load_cpu})
-    processes = oh.Processes(knobs.run_dir)
-    peers = bench.Peers(knobs, processes)
+    peers = pinned_peers()
+    knobs, processes = peers.knobs, peers.processes
     try:
         peers.base.start_upstreams()
         peers.start_redis()
