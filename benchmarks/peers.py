@@ -16,7 +16,7 @@ copied into this repository); a peer that is missing is reported NOT MEASURED.
     benchmarks/peers.py redis         # Redis round trips and commands per request (INFO), miss and hit, c=1 and c=CONC
     benchmarks/peers.py scaleout      # two gateways on one redis-server: req/s and the budget's exactness
     benchmarks/peers.py profile       # py-spy on the full chain (cache miss) under load
-                                      # (PROFILE_BACKEND=memory|redis|empty, PROFILE_TRACING=off|on)
+                                      # (PROFILE_BACKEND=memory|redis|empty, PROFILE_TRACING=off|on, PROFILE_CACHE=miss|hit)
     benchmarks/peers.py all           # run, rss, redis, scaleout
     benchmarks/peers.py run redis     # several, in order
 
@@ -818,9 +818,10 @@ def run_profile(peers: Peers) -> str:
         raise SystemExit(f"py-spy is not installed: {sys.executable} -m pip install py-spy")
     backend = os.environ.get("PROFILE_BACKEND", "memory")
     tracing = os.environ.get("PROFILE_TRACING", "off")
-    label = "gateway empty" if backend == "empty" else f"gateway full chain, {backend}, cache miss"
+    hit = os.environ.get("PROFILE_CACHE", "miss") == "hit"  # the fixed request: every call answered from the cache
+    label = "gateway empty" if backend == "empty" else f"gateway full chain, {backend}, cache {'hit' if hit else 'miss'}"
     target = Target(label, tracing, kind="gateway", backend="" if backend == "empty" else backend,
-                    unique=True, streams=False)  # fmt: skip
+                    unique=not hit, streams=False)  # fmt: skip
     peers.start([target])
     if target.problem or target.process is None:
         raise SystemExit(f"NOT MEASURED: {target.problem}")
