@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from gateway import __version__, tracepage
+from gateway.cors import SERVER
 from gateway.redis import figures as redis_figures
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.admin")
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: the OpenAPI 3 description of this API (static: it lists the built-in plugins' routes)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
@@ -182,8 +183,9 @@ def _error(status: int, kind: str, code: str, message: str) -> web.Response:
 
 
 def _secured(response: web.StreamResponse) -> web.StreamResponse:
-    """The headers of a page a browser may open: no sniffing, no framing, no caching."""
+    """The headers of a page a browser may open: no sniffing, no framing, no caching (and no versions)."""
     if not response.prepared:
+        response.headers.setdefault("Server", SERVER)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Cache-Control", "no-store")

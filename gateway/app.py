@@ -48,7 +48,7 @@ from gateway.exchange import Exchange
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.plugins import PluginConfigError
-from gateway.proxy import Provider, Proxy, Router, make_provider, unreadable_body
+from gateway.proxy import Provider, Proxy, Router, make_provider, new_request_id, unreadable_body
 from gateway.redis import DEFAULT_TIMEOUT_S, Redis
 from gateway.telemetry import get_tracer, requested_model, roots_unsampled, trace_buffer
 
@@ -351,7 +351,13 @@ class DataConnection(RequestHandler):
         else:
             error = INTERNAL_ERROR
             api = "anthropic" if request.path.startswith("/v1/messages") else "openai"
-        headers = {"Content-Type": "application/json", "Cache-Control": "no-store", **SECURITY_HEADERS}
+        headers = {
+            "Content-Type": "application/json",
+            "Cache-Control": "no-store",
+            # a new id, as on every answer (the caller's header was not read, or not trusted)
+            "x-request-id": new_request_id(),
+            **SECURITY_HEADERS,
+        }
         response = web.Response(status=error.status, body=error_body(error, api), headers=headers)
         response.force_close()
         return response

@@ -13,8 +13,12 @@ from collections.abc import Mapping
 from gateway.config import CorsConfig
 from gateway.errors import GatewayError
 
-#: on every answer: no MIME sniffing, no framing (harmless for SSE and JSON)
-SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
+#: what the gateway calls itself in ``Server``: no version, neither its own nor aiohttp's and Python's
+#: (aiohttp's default), which would tell a scanner which known flaws to try
+SERVER = "llm-sidecar-gateway"
+#: on every answer: no MIME sniffing, no framing (harmless for SSE and JSON), and the
+#: gateway's own ``Server`` over the provider's (which would name the provider's software)
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Server": SERVER}
 
 #: the answer headers a page may read: the gateway's own and the rate-limit ones
 EXPOSED = (

@@ -414,11 +414,16 @@ MAX_CONNECTION_VALUES = 64
 
 
 def _answer_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
-    """The upstream's answer headers, minus this hop's and what the gateway decides (in place)."""
+    """The upstream's answer headers, minus this hop's and what the gateway decides (in place):
+    an ``x-gateway-*`` header is a fact of this gateway's (a cache hit, a cost, a threat),
+    never the upstream's to state, also when the plugin that would set it is not in the chain."""
     for name in _named_by_connection(headers):
         headers.popall(name, None)
     for name in DECODED_RESPONSE:
         headers.popall(name, None)
+    if "x-gateway-" in " ".join(headers).lower():  # one test in C (0.3 µs); true only of a spoofing upstream
+        for name in [name for name in headers if name[:10].lower() == "x-gateway-"]:
+            headers.popall(name, None)
     return headers
 
 

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import DataServer
+from gateway.cors import SERVER
 from gateway.exchange import Exchange
 from gateway.mock_upstream import MockUpstream
 from gateway.testing import run_gateway, serve_app
@@ -462,6 +463,8 @@ def assert_refused_in_the_api_shape(answer: tuple[str, dict[str, str], bytes, by
     assert headers["content-length"] == str(len(body))
     assert (headers["x-content-type-options"], headers["x-frame-options"], headers["cache-control"]) == ("nosniff", "DENY", "no-store")
     assert headers.get("connection", "").lower() == "close" or status_line.startswith("HTTP/1.0")
+    assert len(headers["x-request-id"]) == 32  # a new id, as on every answer: the one to quote in a report
+    assert headers["server"] == SERVER  # no aiohttp or Python version
 
 
 @pytest.mark.parametrize(("raw", "status", "code"), REFUSED.values(), ids=REFUSED.keys())
@@ -596,9 +599,12 @@ async def test_the_admin_api_describes_itself_at_openapi_json_with_every_route(t
     async with serve_app(Recorder().app()) as url:
         config = gateway_config(url, True, tmp_path, admin={"token": ADMIN_TOKEN})
         async with run_gateway(config, tmp_path) as gw, aiohttp.ClientSession() as session:
-            answer = await session.get(gw.admin_url + "/openapi.json")  # no token: it reveals nothing
+            # behind the token, as every admin call but the probes and /metrics (SPEC.md)
+            refused = await session.get(gw.admin_url + "/openapi.json")
+            answer = await session.get(gw.admin_url + "/openapi.json", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
             document = await answer.json()
-    assert answer.status == 200
+    assert refused.status == 401
+    assert answer.status == 200 and answer.headers["Server"] == SERVER
     assert document["openapi"].startswith("3.")
     for path in (
         "/healthz", "/readyz", "/metrics", "/plugins", "/stats", "/traces", "/traces.json", "/reload",

@@ -17,9 +17,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.cors import SERVER
 from gateway.testing import run_gateway, serve_app
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+CHAT_ANSWER = {
+    "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+}  # fmt: skip
 MESSAGE = {"model": "claude-3-5-haiku", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -112,6 +117,42 @@ async def test_garbage_inside_a_stream_is_relayed_and_ends_cleanly_without_plugi
                 translated = await asyncio.wait_for(reply.read(), 10)
             assert reply.status in (200, 502), translated[:300]
         assert await plugin_failures(gw) == {}
+
+
+SPOOFED = {
+    "x-gateway-cache": "hit",
+    "X-Gateway-Cost-USD": "0.000000",
+    "x-gateway-threat": "NONE",
+    "x-gateway-provider": "someone-else",
+    "x-gateway-cascade": "accepted",
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "stream"])
+async def test_an_upstreams_x_gateway_headers_and_server_never_reach_the_caller(tmp_path, stream):
+    """``x-gateway-*`` states what this gateway did (a hit, a cost, a threat): an upstream that
+    sends them (spoofing, or another gateway in front of the provider) is not believed, also
+    with no plugin that would set them. Its ``Server`` names its software: the gateway's
+    own replaces it. The provider's rate-limit headers are its own to state: they pass."""
+    headers = {**SPOOFED, "Server": "provider-box/9.9", "x-ratelimit-remaining-requests": "41"}
+
+    async def spoofing(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not stream:
+            return web.json_response(CHAT_ANSWER, headers=headers)
+        answer = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+        await answer.prepare(request)
+        await answer.write(b'data: {"id":"c","object":"chat.completion.chunk","choices":[]}\n\ndata: [DONE]\n\n')
+        return answer
+
+    async with serve_app(upstream(spoofing)) as url, run_gateway(config_for(url, tmp_path, chain=False), tmp_path) as gw:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": stream}) as reply:
+                await reply.read()
+    assert reply.status == 200
+    assert [name for name in reply.headers if name.lower().startswith("x-gateway-")] == ["x-gateway-provider"]
+    assert reply.headers["x-gateway-provider"] == "oa"
+    assert reply.headers["Server"] == SERVER and reply.headers["x-ratelimit-remaining-requests"] == "41"
 
 
 @pytest.mark.parametrize(
