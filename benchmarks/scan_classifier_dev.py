@@ -11,6 +11,7 @@
     python benchmarks/scan_classifier_dev.py --rule-misses [SCORES.json]  # v9: attacks neither stage catches
     python benchmarks/scan_classifier_dev.py --v11-data  # v11 attempt: the six packages looked at before v10 train
     python benchmarks/scan_classifier_dev.py --v11-data --c-binary 512 2048 8192 32768  # v12 attempt: C on v11's data
+    python benchmarks/scan_classifier_dev.py --static  # v14: v4 and the model2vec variants A, B, C, D, and their latency
 
 Whole training sources written by other people (hermes-jailbench, agent-injection-bench, agentprobe-injection
 attacks; chitchat-dataset conversations and those packages' benign texts; since v4 also django.contrib's docstrings
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="v8: also the small-MLP variants A, B, C and D (docs/scan-classifier-v8-plan.md)")
     ap.add_argument("--mlp-latency", action="store_true",
                     help="v8: stage latency (4 KB and 300 B) with v4 and with MLPs of each variant's shape; no training")
+    ap.add_argument("--static", action="store_true",
+                    help="v14: also the model2vec static-embedding variants A, B, C and D and each one's latency "
+                         "(docs/scan-classifier-v14-plan.md)")
     ap.add_argument("--rule-misses", nargs="?", const="scan-dev-scores.json", default=None, metavar="SCORES",
                     help="v9: print the development attacks that neither the rules nor the model catch, by source, "
                          "and write the model's score of every development text to SCORES (JSON)")
@@ -99,14 +103,18 @@ def main(argv: list[str] | None = None) -> int:
                                                                attack_windows=args.attack_windows,
                                                                embedding="all" if args.embedding else None,
                                                                mlp="all" if args.mlp else None,
-                                                               log=print if args.mlp else lambda *_: None)
+                                                               static="all" if args.static else None,
+                                                               log=print if args.mlp or args.static
+                                                               else lambda *_: None)
         seconds = round(time.perf_counter() - t0, 1)
         if args.rule_misses:
             _rule_misses(weights, dev, rules, Path(args.rule_misses))
         # the data the row was fitted on: v4's, or v11's with --v11-data (v11, v12)
         data = "v11 data" if args.v11_data else "v4"
-        for variant, w in (weights.items() if args.embedding or args.mlp else [(data, weights)]):
+        for variant, w in (weights.items() if args.embedding or args.mlp or args.static else [(data, weights)]):
             _report(variant, w, dev, shared, rules_hits, bits, c, share, seconds, args)
+        if args.static:
+            _latency({k: variants.classifier(w) for k, w in weights.items()})
     return 0
 
 
@@ -141,6 +149,15 @@ def _mlp_latency() -> None:
                            b1=np.zeros(hidden, np.float32), w2=rng.standard_normal(hidden, dtype=np.float32),
                            b2=-1e3, hidden=hidden, skip=skip)
         models[name] = variants.classifier(variants.MlpWeights.over(base, mlp=mlp))
+    for rnd in range(2):
+        for size in (4096, 300):
+            for name, model in models.items():
+                print(json.dumps({"round": rnd, "variant": name, **bench.latency(model, size, 2000)}), flush=True)
+
+
+def _latency(models: dict) -> None:
+    """v14: the stage's time per text (4 KB and 300 B) with each trained variant's own scoring path, alternating
+    over two rounds so that the machine's load falls on all of them alike."""
     for rnd in range(2):
         for size in (4096, 300):
             for name, model in models.items():

@@ -8,7 +8,10 @@ variant training in ``benchmarks/train_scan_classifier.py`` still reproduce the 
 - v7 (``--embedding``, docs/scan-classifier-v7-plan.md): v4's margin plus a static-embedding term, the mean
   score of each window's LLaMA pieces (:class:`EmbeddingClassifier`; the pieces come from wordllama's files,
   benchmarks/scan_classifier_embedding.py);
-- v8 (``--mlp``, docs/scan-classifier-v8-plan.md): a small MLP on v4's hashed features (:class:`MlpClassifier`).
+- v8 (``--mlp``, docs/scan-classifier-v8-plan.md): a small MLP on v4's hashed features (:class:`MlpClassifier`);
+- v14 (``--static``, docs/scan-classifier-v14-plan.md): a model2vec static model distilled from MiniLM, each
+  window's normalised summed WordPiece vector through a head, alone or mixed with v4's margin per window
+  (:class:`StaticClassifier`; the table and pieces come from benchmarks/scan_classifier_static.py).
 
 Each is a subclass of :class:`InjectionClassifier` that overrides the margin (the best window's raw score) and
 keeps everything else (calibration, family head, span, decoded views, severity) v4's; its weights are v4's
@@ -29,10 +32,11 @@ import numpy as np
 from gateway_plugins.scan import classifier as clf
 from gateway_plugins.scan.classifier import _Margin, blocks, normalize, pair_id, token_ids, tokens
 
-__all__ = ["EmbeddingClassifier", "EmbeddingWeights", "Mlp", "MlpClassifier", "MlpWeights", "classifier",
-           "window_tokens"]
+__all__ = ["EmbeddingClassifier", "EmbeddingWeights", "Mlp", "MlpClassifier", "MlpWeights", "StaticClassifier",
+           "StaticHead", "StaticWeights", "classifier", "static_head", "window_tokens"]
 
 _MLP_CACHE_TOKENS = 1 << 15  # v8: tokens whose summed embedding row is kept (32,768 x (H + 1) float32)
+_STATIC_CACHE_TOKENS = 1 << 15  # v14: tokens whose summed WordPiece vector is kept (32,768 x 256 float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +224,119 @@ class MlpClassifier(clf.InjectionClassifier):
         return _Margin(float(z[best]), best, norm, toks, parts)
 
 
+@dataclass(frozen=True, slots=True)
+class StaticHead:
+    """v14: a window's static margin is ``head(u)``, where ``u`` is the L2-normalised sum of the WordPiece vectors
+    (rows of ``E``) of its tokens' pieces (the mean's direction, as model2vec normalises it; zero for no piece):
+    ``u . w + b`` without a hidden layer (``W1`` None), else ``relu(u W1 + b1) . w + b``. The window's margin
+    is ``k4 * (v4's margin) + ks * head(u) + c`` with ``mix = (k4, ks, c)``."""
+
+    E: np.ndarray  # (vocabulary, dims) float32 (float16 values)
+    W1: np.ndarray | None  # (dims, H) float32, or None
+    b1: np.ndarray | None  # (H,) float32, or None
+    w: np.ndarray  # (H,) or (dims,) float32
+    b: float
+    mix: tuple[float, float, float]
+
+
+def static_head(u: np.ndarray, head: StaticHead) -> np.ndarray:
+    """The head's margin for each row of ``u`` (windows x dims, already normalised); training uses it too."""
+    if head.W1 is None:
+        return u @ head.w + head.b
+    h = u @ head.W1 + head.b1
+    np.maximum(h, 0.0, out=h)
+    return h @ head.w + head.b
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaticWeights(_VariantWeights):
+    """v14: v4's weights plus a static head and the pieces (``scan_classifier_static.StaticTable``)."""
+
+    static: StaticHead
+    pieces: object
+
+
+class StaticClassifier(clf.InjectionClassifier):
+    """v14: the stage with a static-embedding margin per window (each token's summed WordPiece vector cached,
+    a few numpy calls per text), alone or mixed with v4's."""
+
+    def __init__(self, weights: StaticWeights, **options) -> None:
+        super().__init__(weights, **options)
+        h = weights.static
+        # E with one zero row after the last piece: every token lists it, so a token with no piece sums to zero
+        self._sE = np.vstack([h.E, np.zeros((1, h.E.shape[1]), dtype=np.float32)])
+        self._szero = h.E.shape[0]
+        self._k4, self._ks, self._sc = (float(x) for x in h.mix)
+        self._srows = np.zeros((_STATIC_CACHE_TOKENS, h.E.shape[1]), dtype=np.float32)
+        self._stok: dict[str, int] = {}  # token -> its summed vector's row in _srows
+        self._slock = threading.Lock()  # a row index is valid only until the cache is emptied
+
+    def _piece_sums(self, tokens_: list[str]) -> np.ndarray:
+        ids = [self._w.pieces.ids(t) + [self._szero] for t in tokens_]
+        starts = list(itertools.accumulate((len(i) for i in ids[:-1]), initial=0))
+        return np.add.reduceat(self._sE[[i for row in ids for i in row]], starts, axis=0)
+
+    def _static_rows(self, distinct: list[str]) -> tuple[dict[str, int], np.ndarray]:
+        """Row of each token's summed piece vector (learning the new ones in one numpy call); under _slock."""
+        seen = self._stok
+        new = [t for t in distinct if t not in seen]
+        if not new:
+            return seen, self._srows
+        if len(distinct) > _STATIC_CACHE_TOKENS:  # a huge text: a table for this text alone, nothing cached
+            return {t: k for k, t in enumerate(distinct)}, self._piece_sums(distinct)
+        if len(seen) + len(new) > _STATIC_CACHE_TOKENS:
+            seen.clear()
+            new = distinct
+        first = len(seen)
+        self._srows[first : first + len(new)] = self._piece_sums(new)
+        seen.update(zip(new, range(first, first + len(new)), strict=True))
+        return seen, self._srows
+
+    def static_margins(self, parts) -> np.ndarray:
+        """The static head's margin of each window of ``parts`` (the stage's blocks; one window if one block)."""
+        tstarts = list(itertools.accumulate((len(t) for t, _p in parts[:-1]), initial=0))
+        with self._slock:
+            table, rows = self._static_rows(list(dict.fromkeys(t for b, _p in parts for t in b)))
+            tidx = [table[t] for b, _p in parts for t in b]
+            S = np.add.reduceat(rows[tidx], tstarts, axis=0)
+        if len(parts) > 1:
+            S = S[:-1] + S[1:]
+        norms = np.sqrt(np.einsum("ij,ij->i", S, S))
+        U = S / np.maximum(norms, 1e-12)[:, None]
+        return static_head(U, self._w.static)
+
+    def _margin(self, text: str) -> _Margin:
+        """The best window's margin: ``k4 * v4's + ks * the static head's + c`` per window."""
+        w = self._w
+        k4, ks, c, b0 = self._k4, self._ks, self._sc, self._b0
+        norm = normalize(text)
+        toks = tokens(norm)
+        if not toks:
+            zero = np.zeros((1, w.static.E.shape[1]), dtype=np.float32)
+            return _Margin(k4 * b0 + ks * float(static_head(zero, w.static)[0]) + c, 0, norm, toks, [])
+        parts = blocks(toks, w.window, w.stride)
+        zs = self.static_margins(parts)
+        if k4 == 0.0:
+            z = zs * ks + c
+        elif len(parts) == 1:
+            t, p = parts[0]
+            z = [k4 * (self._block(t, p) / math.sqrt(len(t) + len(p)) + b0) + ks * float(zs[0]) + c]
+        else:
+            sums = [self._block(t, p) for t, p in parts]
+            sizes = [len(t) + len(p) for t, p in parts]
+            z = [k4 * ((sums[i] + sums[i + 1]) / math.sqrt(sizes[i] + sizes[i + 1]) + b0) + ks * float(zs[i]) + c
+                 for i in range(len(parts) - 1)]
+        z = [float(x) for x in z]
+        best = max(range(len(z)), key=z.__getitem__)
+        return _Margin(z[best], best, norm, toks, parts)
+
+
 def classifier(weights: clf._Weights, **options) -> clf.InjectionClassifier:
     """The stage for ``weights``: v4's :class:`InjectionClassifier`, or the subclass of the variant they are."""
     if isinstance(weights, EmbeddingWeights):
         return EmbeddingClassifier(weights, **options)
     if isinstance(weights, MlpWeights):
         return MlpClassifier(weights, **options)
+    if isinstance(weights, StaticWeights):
+        return StaticClassifier(weights, **options)
     return clf.InjectionClassifier(weights, **options)

@@ -83,6 +83,17 @@ MLP_BETAS = (0.9, 0.999)
 MLP_EPS = 1e-8
 MLP_L2 = 1e-6
 MLP_INIT = 0.05
+# v14 attempt (docs/scan-classifier-v14-plan.md): a model2vec static model distilled from the MiniLM wheel, each
+# window's normalised summed WordPiece vector. None: v4. "all": v4 and the variants A (frozen table, logistic
+# regression), B (A and v4 fused per window), C (table fine-tuned with a one-hidden-layer head, PyTorch) and D (C and
+# v4 fused), for benchmarks/scan_classifier_dev.py --static. All settings below were fixed in the plan before any
+# figure was computed.
+STATIC: str | None = None
+STATIC_C = 1.0
+STATIC_HIDDEN = 256
+STATIC_EPOCHS = 5
+STATIC_BATCH = 512
+STATIC_LR = 1e-3
 # Chat sources whose consecutive lines also train as 2 KB transcripts (their windows), within the group's share.
 LONG_CHAT_SOURCES = ("chatterbot", "chitchat")
 LONG_CHAT_CHARS = 2048
@@ -154,7 +165,7 @@ def _source_group(source: str) -> str:
 def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None = None, c_binary: float = C_BINARY,
           benign_share: dict[str, float] | None = None, attack_share: dict[str, float] | None = None,
           attack_weight: dict[str, float] | None = None, attack_windows: str | None = None,
-          embedding: str | None = None, mlp: str | None = None):
+          embedding: str | None = None, mlp: str | None = None, static: str | None = None):
     """Fit on the rows whose split is ``train`` (default: scan_corpus.build's); ``rows``, ``c_binary`` and
     ``benign_share`` are for experiments (benchmarks/scan_classifier_dev.py), the defaults make the shipped model.
 
@@ -170,7 +181,8 @@ def train(seed: int = SEED, bits: int = BITS, log=print, rows: list[dict] | None
         return _train(seed, bits, log, rows, c_binary, benign_share, attack_share,
                       ATTACK_WEIGHT if attack_weight is None else attack_weight,
                       ATTACK_WINDOWS if attack_windows is None else attack_windows,
-                      EMBEDDING if embedding is None else embedding, MLP if mlp is None else mlp)
+                      EMBEDDING if embedding is None else embedding, MLP if mlp is None else mlp,
+                      STATIC if static is None else static)
 
 
 def _best_windows(texts: list, expanded: list, coef: np.ndarray, bits: int) -> int:
@@ -331,8 +343,135 @@ def _mlp_variants(X18, y, sw, val_rows, val_y, wanted, seed, log, t0, W16, b, co
     return out
 
 
+def _static_pieces(static_toks: list[list[str]], table) -> tuple[np.ndarray, np.ndarray]:
+    """v14: every window's WordPiece ids, flat, and each window's start in them (plus the end)."""
+    cache: dict[str, list[int]] = {}
+    flat: list[int] = []
+    offsets = [0]
+    for toks in static_toks:
+        for t in toks:
+            ids = cache.get(t)
+            if ids is None:
+                ids = cache[t] = table.ids(t)
+            flat.extend(ids)
+        offsets.append(len(flat))
+    return np.array(flat, dtype=np.int64), np.array(offsets, dtype=np.int64)
+
+
+def _static_features(flat: np.ndarray, offsets: np.ndarray, E: np.ndarray) -> np.ndarray:
+    """v14: one row per window, the L2-normalised sum of its pieces' vectors (as served; zero for no piece)."""
+    from scipy.sparse import csr_matrix
+
+    M = csr_matrix((np.ones(len(flat)), flat, offsets), shape=(len(offsets) - 1, E.shape[0]))
+    M.sum_duplicates()
+    S = np.asarray(M @ E.astype(np.float64))
+    return S / np.maximum(np.linalg.norm(S, axis=1), 1e-12)[:, None]
+
+
+def _static_fit(flat, offsets, y, sw, E16: np.ndarray, seed: int, log, t0: float):
+    """v14 C: the table (from the distilled float16 values) and a one-hidden-layer head fitted end to end on the
+    weighted logistic loss; PyTorch, one thread, deterministic. Returns E (float32), W1, b1, w, b."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    dims = E16.shape[1]
+    emb = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(E16.astype(np.float32)), freeze=False, mode="sum")
+    hid = torch.nn.Linear(dims, STATIC_HIDDEN)
+    out = torch.nn.Linear(STATIC_HIDDEN, 1)
+    torch.nn.init.kaiming_uniform_(hid.weight, nonlinearity="relu")  # model2vec's head initialisation
+    torch.nn.init.zeros_(hid.bias)
+    torch.nn.init.xavier_uniform_(out.weight)
+    torch.nn.init.zeros_(out.bias)
+    params = [*emb.parameters(), *hid.parameters(), *out.parameters()]
+    opt = torch.optim.Adam(params, lr=STATIC_LR)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    yt = torch.from_numpy(y.astype(np.float32))
+    wt = torch.from_numpy((sw / sw.mean()).astype(np.float32))
+    for epoch in range(STATIC_EPOCHS):
+        perm = torch.randperm(n, generator=gen).numpy()
+        loss_sum = 0.0
+        for s in range(0, n, STATIC_BATCH):
+            idx = perm[s : s + STATIC_BATCH]
+            ids = np.concatenate([flat[offsets[i] : offsets[i + 1]] for i in idx])
+            starts = np.concatenate([[0], np.cumsum(lengths[idx])[:-1]]).astype(np.int64)
+            U = F.normalize(emb(torch.from_numpy(ids), torch.from_numpy(starts)), dim=1, eps=1e-12)
+            z = out(torch.relu(hid(U))).squeeze(1)
+            it = torch.from_numpy(idx)
+            losses = F.binary_cross_entropy_with_logits(z, yt[it], reduction="none") * wt[it]
+            loss = losses.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += float(losses.detach().sum())
+        log(f"static C: epoch {epoch + 1}, mean weighted loss {loss_sum / float(wt.sum()):.5f} "
+            f"({time.perf_counter() - t0:.1f}s)")
+    with torch.no_grad():
+        E = emb.weight.numpy().astype(np.float32)
+        W1 = hid.weight.numpy().T.astype(np.float32).copy()
+        b1 = hid.bias.numpy().astype(np.float32).copy()
+        w = out.weight.numpy()[0].astype(np.float32).copy()
+        b = float(out.bias.numpy()[0])
+    return E, W1, b1, w, b
+
+
+def _static_variants(static_toks, y, sw, val_rows, val_y, seed, log, t0, W16, b, v4_platt, common):
+    """v14 (docs/scan-classifier-v14-plan.md): A, B, C and D, each Platt-calibrated through the serving path."""
+    import scan_classifier_static as statmod
+    from sklearn.linear_model import LogisticRegression
+
+    table = statmod.StaticTable(statmod.distill(log=log))
+    log(f"static table: {table.vectors.shape} float16, sha256 {table.sha256}, tokenizer {table.tokenizer_sha256}")
+    flat, offsets = _static_pieces(static_toks, table)
+    E16 = table.vectors
+    E_frozen = E16.astype(np.float32)
+    log(f"static pieces: {len(flat)} in {len(offsets) - 1} windows ({time.perf_counter() - t0:.1f}s)")
+
+    def calibrated(head):
+        raw_w = variants.StaticWeights.from_matrix(W16, b=b, platt=(1.0, 0.0), static=head, pieces=table, **common)
+        m = variants.classifier(raw_w)
+        raw = np.array([m.score(r["text"], family=False).raw for r in val_rows])
+        pl = LogisticRegression(C=1e6, solver="lbfgs").fit(raw[:, None], val_y)
+        return float(pl.coef_[0][0]), float(pl.intercept_[0])
+
+    def weights(head, platt):
+        return variants.StaticWeights.from_matrix(W16, b=b, platt=platt, static=head, pieces=table, **common)
+
+    a4, c4 = v4_platt
+    out = {}
+    # A: the frozen table, logistic regression on the standardised normalised sums (folded into one linear head)
+    Fx = _static_features(flat, offsets, E_frozen)
+    mu, sd = Fx.mean(axis=0), Fx.std(axis=0)
+    sd[sd == 0] = 1.0
+    lr = LogisticRegression(C=STATIC_C, solver="lbfgs", max_iter=2000, random_state=seed)
+    lr.fit((Fx - mu) / sd, y, sample_weight=sw)
+    wa = (lr.coef_[0] / sd).astype(np.float32)
+    head_a = variants.StaticHead(E=E_frozen, W1=None, b1=None, w=wa,
+                                 b=float(lr.intercept_[0]) - float(wa.astype(np.float64) @ mu), mix=(0.0, 1.0, 0.0))
+    pa = calibrated(head_a)
+    log(f"static A fitted, platt {pa[0]:.4f}, {pa[1]:.4f} ({time.perf_counter() - t0:.1f}s)")
+    out["A"] = weights(head_a, pa)
+    # B: the mean of v4's and A's calibrated log-odds per window; nothing fitted beyond A and v4
+    out["B"] = weights(variants.StaticHead(E=E_frozen, W1=None, b1=None, w=wa, b=head_a.b,
+                                           mix=(a4 / 2, pa[0] / 2, (c4 + pa[1]) / 2)), (1.0, 0.0))
+    # C: the table fine-tuned with its head; D: C and v4 fused as B
+    E, W1, b1, w, bc = _static_fit(flat, offsets, y, sw, E16, seed, log, t0)
+    E = E.astype(np.float16).astype(np.float32)  # every figure with the float16 table a model would ship
+    head_c = variants.StaticHead(E=E, W1=W1, b1=b1, w=w, b=bc, mix=(0.0, 1.0, 0.0))
+    pc = calibrated(head_c)
+    log(f"static C calibrated, platt {pc[0]:.4f}, {pc[1]:.4f} ({time.perf_counter() - t0:.1f}s)")
+    out["C"] = weights(head_c, pc)
+    out["D"] = weights(variants.StaticHead(E=E, W1=W1, b1=b1, w=w, b=bc, mix=(a4 / 2, pc[0] / 2, (c4 + pc[1]) / 2)),
+                       (1.0, 0.0))
+    return out
+
+
 def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_weight=None, attack_windows="whole",
-           embedding=None, mlp=None):
+           embedding=None, mlp=None, static=None):
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
@@ -349,11 +488,11 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
     if benign_share is None:
         benign_share = V11_BENIGN_SHARE if scan_corpus.V11_TRAIN else BENIGN_SHARE
     expanded = []  # (bucket ids, row): attacks whole, benign texts as the windows the stage will score
-    emb_toks = []  # v7: the same windows' tokens
+    emb_toks = []  # v7 and v14: the same windows' tokens
     for r in fit_rows + (_long_chat(fit_rows) if LONG_CHAT_SOURCES else []):
         for row in clf.window_ids(r["text"], bits, WINDOW, STRIDE, whole=r["label"] == "attack"):
             expanded.append((row, r))
-        if embedding:
+        if embedding or static:
             emb_toks += variants.window_tokens(r["text"], WINDOW, STRIDE, whole=r["label"] == "attack")
     n_attack = sum(1 for _, r in expanded if r["label"] == "attack")
     per_group = collections.Counter(_source_group(r["source"]) for _, r in expanded if r["label"] == "benign")
@@ -426,6 +565,13 @@ def _train(seed, bits, log, rows, c_binary, benign_share, attack_share, attack_w
             return rows, val_rows, W16, b, (a, c), {"v4": weights, **{k: v[1] for k, v in found.items()}}
         platt, weights = found[mlp]
         return rows, val_rows, W16, b, platt, weights
+    if static:
+        if static != "all":
+            raise ValueError(f"static: {static!r} (only 'all', for benchmarks/scan_classifier_dev.py --static)")
+        common = dict(bits=bits, version=VERSION, name=NAME, threshold=THRESHOLD, bands=BANDS, window=WINDOW,
+                      stride=STRIDE)
+        found = _static_variants(emb_toks, y, sw, val_rows, val_y, seed, log, t0, W16, b, (a, c), common)
+        return rows, val_rows, W16, b, (a, c), {"v4": weights, **found}
     if not embedding:
         return rows, val_rows, W16, b, (a, c), weights
 
