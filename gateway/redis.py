@@ -56,7 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["ERRORS", "MAX_BATCH", "Redis", "Script", "connect", "figures", "when_written"]
+__all__ = ["ERRORS", "MAX_BATCH", "Redis", "Script", "connect", "figures", "url_problem", "when_written"]
 
 #: what a call may raise when Redis is away, slow or confused
 ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -468,7 +468,7 @@ def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a Redis connection (read as the connection reads it: a port
     that is not a number, an option that does not parse, a unix:// URL without a socket
     path), or None. No I/O: for config checks, so ``gateway check`` finds the mistake. The
-    problem never quotes the URL, which may hold a password."""
+    problem never quotes the URL, which may hold a password. (Plugin API 1.4.)"""
     try:
         settings = parse_url(url)
     except ValueError as exc:
