@@ -625,6 +625,35 @@ async def test_a_model_changed_after_the_cache_request_hook_is_cached_under_the_
     assert upstream_calls(gw) == 1
 
 
+class AliasBeforeTheCache:
+    """An alias in front of the cache: its model is routed to another provider after the request hooks."""
+
+    @hookimpl
+    async def request(self, exchange: Exchange) -> None:
+        if exchange.model == "fast":
+            exchange.model = "gpt-4o-mini"
+
+
+async def test_an_alias_before_the_cache_keys_the_entry_under_the_provider_that_answers(tmp_path):
+    """The key's provider segment is the provider the call goes to, so ``DELETE /cache?provider=``
+    finds the entry there (it was filed under the provider the alias name would have taken)."""
+    config = {
+        "providers": {"mock": {"type": "mock"}, "mini": {"type": "mock"}},
+        "routes": [{"model": "gpt-4o-mini", "provider": "mini"}, {"prefix": "/v1/", "provider": "mock"}],
+        "plugins": [{"use": "test_cache:AliasBeforeTheCache"}, {"use": "cache"}],
+    }
+    async with run_gateway(config, tmp_path) as gw:
+        client = gw.openai()
+        first = await client.chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        second = await client.chat.completions.with_raw_response.create(model="fast", messages=CHAT)
+        async with aiohttp.ClientSession() as session:
+            elsewhere = await (await session.delete(gw.admin_url + "/cache?provider=mock")).json()
+            there = await (await session.delete(gw.admin_url + "/cache?provider=mini")).json()
+    assert [raw.headers["x-gateway-cache"] for raw in (first, second)] == ["miss", "hit"]
+    assert first.headers["x-gateway-provider"] == "mini"
+    assert (elsewhere["deleted"], there["deleted"]) == (0, 1)
+
+
 class CacheStatusRecorder:
     """A plugin after the cache in the chain: what cost and ratelimit would read."""
 

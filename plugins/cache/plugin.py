@@ -99,6 +99,9 @@ class _Call(msgspec.Struct):
     model: str | None = None
     #: the body the key was made from: while the exchange's is this one, so is its model
     body: bytes = b""
+    #: the provider the key names: the core routes a model changed by a request hook (an alias
+    #: before the cache) again after the last request hook, so by ``send`` it may be another
+    provider: Any = None
     flight: Flight | None = None
     captured: Entry | None = None
     #: the task reading a streamed answer into the flight
@@ -275,7 +278,7 @@ class Cache:
             return None
         return _Call(
             decision.key, read, write, decision.kind, decision.wants_stream, decision.include_usage, max_age_s,
-            decision.model, body,
+            decision.model, body, exchange.provider,
         )  # fmt: skip
 
     def _remember(
@@ -331,10 +334,11 @@ class Cache:
         call = exchange.state.get(CALL)
         if call is None:
             return await call_next(exchange)
-        if exchange.body is not call.body and exchange.model != call.model:
+        if exchange.provider is not call.provider or (exchange.body is not call.body and exchange.model != call.model):
             # The body now asks another model than the key was made for: a plugin changed it
             # after the cache's request hook (an alias) or before the cache's send (a cascade's
-            # draft, then its escalation). The key must describe what is sent.
+            # draft, then its escalation); or the model a plugin before the cache set was routed
+            # to another provider after the request hooks. The key must describe what is sent.
             if call.flight is not None or call.captured is not None or call.pump is not None:
                 return await call_next(exchange)  # this exchange led a call already: the next goes by
             fresh = self._decide(exchange)
