@@ -200,22 +200,29 @@ def _best_windows(texts: list, expanded: list, coef: np.ndarray, bits: int) -> i
     return n
 
 
-def _emb_features(window_toks: list[list[str]], pieces, E: np.ndarray) -> np.ndarray:
-    """One row per window: the mean LLaMA piece embedding over its tokens' pieces (as served, v7)."""
-    from scipy.sparse import csr_matrix
-
+def _window_pieces(window_toks: list[list[str]], pieces) -> tuple[np.ndarray, np.ndarray]:
+    """Every window's piece ids (``pieces.ids`` of each token, cached per token), flat, and each window's start
+    in them (plus the end): v7's LLaMA pieces and v14's WordPieces."""
     cache: dict[str, list[int]] = {}
-    indptr, indices = [0], []
+    flat: list[int] = []
+    offsets = [0]
     for toks in window_toks:
         for t in toks:
             ids = cache.get(t)
             if ids is None:
                 ids = cache[t] = pieces.ids(t)
-            indices.extend(ids)
-        indptr.append(len(indices))
+            flat.extend(ids)
+        offsets.append(len(flat))
+    return np.array(flat, dtype=np.int64), np.array(offsets, dtype=np.int64)
+
+
+def _emb_features(window_toks: list[list[str]], pieces, E: np.ndarray) -> np.ndarray:
+    """One row per window: the mean LLaMA piece embedding over its tokens' pieces (as served, v7)."""
+    from scipy.sparse import csr_matrix
+
+    indices, indptr = _window_pieces(window_toks, pieces)
     counts = np.diff(indptr)
-    M = csr_matrix((np.ones(len(indices)), np.array(indices, dtype=np.int64), np.array(indptr)),
-                   shape=(len(window_toks), E.shape[0]))
+    M = csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(window_toks), E.shape[0]))
     M.sum_duplicates()
     return np.asarray(M @ E) / np.maximum(counts, 1)[:, None]
 
@@ -343,21 +350,6 @@ def _mlp_variants(X18, y, sw, val_rows, val_y, wanted, seed, log, t0, W16, b, co
     return out
 
 
-def _static_pieces(static_toks: list[list[str]], table) -> tuple[np.ndarray, np.ndarray]:
-    """v14: every window's WordPiece ids, flat, and each window's start in them (plus the end)."""
-    cache: dict[str, list[int]] = {}
-    flat: list[int] = []
-    offsets = [0]
-    for toks in static_toks:
-        for t in toks:
-            ids = cache.get(t)
-            if ids is None:
-                ids = cache[t] = table.ids(t)
-            flat.extend(ids)
-        offsets.append(len(flat))
-    return np.array(flat, dtype=np.int64), np.array(offsets, dtype=np.int64)
-
-
 def _static_features(flat: np.ndarray, offsets: np.ndarray, E: np.ndarray) -> np.ndarray:
     """v14: one row per window, the L2-normalised sum of its pieces' vectors (as served; zero for no piece)."""
     from scipy.sparse import csr_matrix
@@ -426,7 +418,7 @@ def _static_variants(static_toks, y, sw, val_rows, val_y, seed, log, t0, W16, b,
 
     table = statmod.StaticTable(statmod.distill(log=log))
     log(f"static table: {table.vectors.shape} float16, sha256 {table.sha256}, tokenizer {table.tokenizer_sha256}")
-    flat, offsets = _static_pieces(static_toks, table)
+    flat, offsets = _window_pieces(static_toks, table)
     E16 = table.vectors
     E_frozen = E16.astype(np.float32)
     log(f"static pieces: {len(flat)} in {len(offsets) - 1} windows ({time.perf_counter() - t0:.1f}s)")

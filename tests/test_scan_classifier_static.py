@@ -107,7 +107,7 @@ def test_training_features_match_serving_and_the_fine_tuning_is_deterministic():
 
     model = _model(True)
     toks = [t for text in TEXTS for t in variants.window_tokens(text, 32, 16)]
-    flat, offsets = trainer._static_pieces(toks, _Pieces())
+    flat, offsets = trainer._window_pieces(toks, _Pieces())
     U = trainer._static_features(flat, offsets, model._w.static.E)
     want = variants.static_head(U.astype(np.float32), model._w.static)
     got = []
