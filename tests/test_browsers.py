@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import ConfigError, load
+from gateway.cors import SERVER
 from gateway.testing import run_gateway, serve_app, write_config
 
 APP = "https://app.example.com"
@@ -114,6 +115,7 @@ async def test_answers_carry_security_headers_and_gateway_errors_are_not_cacheab
     for answer in (ok, refused):
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
         assert answer.headers["X-Frame-Options"] == "DENY"
+        assert answer.headers["Server"] == SERVER  # no aiohttp or Python version, on a gateway error too
     assert refused.status == 401
     assert refused.headers["Cache-Control"] == "no-store"
 
