@@ -149,15 +149,12 @@ def _mlp_latency() -> None:
                            b1=np.zeros(hidden, np.float32), w2=rng.standard_normal(hidden, dtype=np.float32),
                            b2=-1e3, hidden=hidden, skip=skip)
         models[name] = variants.classifier(variants.MlpWeights.over(base, mlp=mlp))
-    for rnd in range(2):
-        for size in (4096, 300):
-            for name, model in models.items():
-                print(json.dumps({"round": rnd, "variant": name, **bench.latency(model, size, 2000)}), flush=True)
+    _latency(models)
 
 
 def _latency(models: dict) -> None:
-    """v14: the stage's time per text (4 KB and 300 B) with each trained variant's own scoring path, alternating
-    over two rounds so that the machine's load falls on all of them alike."""
+    """The stage's time per text (4 KB and 300 B) with each model's own scoring path (v8's shapes, v14's trained
+    variants), alternating over two rounds so that the machine's load falls on all of them alike."""
     for rnd in range(2):
         for size in (4096, 300):
             for name, model in models.items():
